@@ -1,0 +1,87 @@
+"""
+The settings of a L{crust.Service}, as one immutable value.
+
+L{crust.config_file} reads and validates the node's JSON config file into a
+L{Config}; library users may build one directly.  Durations are seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+from crust.identity import PeerId
+from crust.address import Address
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class HardCodedContact:
+    """A seed peer: its id and one address (C{tcp:} or C{udp:})."""
+
+    peer_id: PeerId
+    address: Address
+
+
+@dataclass(frozen=True)
+class BootstrapCacheConfig:
+    file: Optional[str] = None  # None: "bootstrap_cache.json" in the data directory
+    max_size: int = 200
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class Config:
+    # identity of the network: nodes of different names never connect
+    network_name: Optional[str] = None
+
+    # listening
+    listen_host: str = "0.0.0.0"
+    listen_port: Optional[int] = None  # None: a random port
+    udp_listen_port: Optional[int] = None  # None: a random port
+    enable_tcp: bool = True
+    enable_udp: bool = True
+    force_acceptor_port_in_ext_ep: bool = False
+
+    # messages
+    max_message_size: int = 2 * MIB
+    max_queued_bytes: int = 32 * MIB
+    drop_after: float = 60.0  # a queue of priority >= 2 whose oldest message waited longer is dropped
+
+    # liveness
+    heartbeat_interval: float = 20.0
+    inactivity_timeout: float = 120.0
+
+    # connecting
+    connect_timeout: float = 30.0
+    handshake_timeout: float = 10.0
+
+    # bootstrap and discovery
+    hard_coded_contacts: tuple[HardCodedContact, ...] = ()
+    service_discovery_port: int = 5484
+    service_discovery_listener_port: int = 5484
+    bootstrap_cache: BootstrapCacheConfig = field(default_factory=BootstrapCacheConfig)
+    whitelisted_node_ips: Optional[tuple[str, ...]] = None  # None: everyone
+    whitelisted_client_ips: Optional[tuple[str, ...]] = None
+    accept_bootstrap: bool = False
+    external_reachability_test: bool = True
+    bootstrap_timeout: float = 10.0
+    bootstrap_concurrency: int = 64
+
+    # NAT traversal
+    stun_servers: tuple[Address, ...] = ()
+    enable_port_mapping: bool = True
+
+    def replace(self, **changes) -> "Config":
+        return replace(self, **changes)
+
+    def __post_init__(self) -> None:
+        if self.max_message_size < 1:
+            raise ValueError("max_message_size must be positive")
+        if self.max_queued_bytes < self.max_message_size:
+            raise ValueError("max_queued_bytes must hold at least one maximum-size message")
+        for name in ("heartbeat_interval", "inactivity_timeout", "drop_after",
+                     "connect_timeout", "handshake_timeout", "bootstrap_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")

@@ -1,0 +1,45 @@
+"""
+The zope interfaces of crust's public API.
+
+L{ICrustObserver} receives a L{crust.Service}'s unsolicited events.  Subclass
+L{crust.observer.CrustObserver} to implement only the events you care about.
+"""
+
+from zope.interface import Interface
+
+
+class ICrustObserver(Interface):
+    """Receives the events of a L{crust.Service}.  Methods must not block."""
+
+    def listener_started(address):
+        """A listener is accepting on C{address} (L{crust.address.Address})."""
+
+    def listener_failed(transport, reason):
+        """Listening on C{transport} (C{"tcp"}/C{"udp"}) failed: C{reason} (str)."""
+
+    def connect_success(peer_id):
+        """A connection to C{peer_id} is active (ours or theirs to us)."""
+
+    def connect_failure(peer_id, reason):
+        """Our L{connect} to C{peer_id} failed; C{reason} is an exception."""
+
+    def lost_peer(peer_id, reason):
+        """The active connection to C{peer_id} ended; C{reason} is text."""
+
+    def new_message(peer_id, data):
+        """A message (bytes) arrived from C{peer_id}, in order."""
+
+    def message_dropped(peer_id, priority, count, size, reason):
+        """C{count} queued messages (C{size} bytes) of C{priority} to C{peer_id} were dropped."""
+
+    def message_too_large(peer_id, size, limit):
+        """A message to C{peer_id} of C{size} bytes was refused (limit C{limit})."""
+
+    def bootstrap_connect(peer_id, address):
+        """We bootstrapped to C{peer_id} at C{address}."""
+
+    def bootstrap_accept(peer_id, role):
+        """C{peer_id} bootstrapped off us with C{role} (L{crust.roles.Role})."""
+
+    def bootstrap_failed(reason):
+        """A bootstrap attempt failed: C{reason} (exception)."""

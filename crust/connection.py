@@ -1,0 +1,421 @@
+"""
+L{PeerConnection}: one secure connection to a peer, as a Twisted protocol.
+
+It runs inside Twisted's TLS wrapper (the transport it sees is the TLS
+layer) and joins the pure parts together: the L{Handshake} machine, the
+L{FrameDecoder}, the priority L{SendQueues} and the liveness timers.  The
+L{ConnectionOwner} (the service's peer table) decides what a connection means
+for the node; the connection only reports.
+
+Sending never piles unbounded data into the transport: the connection is a
+push producer registered with its transport, writes go straight through while
+the transport accepts them, and are queued by priority (bounded in bytes)
+while it is paused.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Protocol as TypingProtocol
+
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from crust.address import Address
+from crust.errors import InvalidPriority, MessageTooLarge, ProtocolViolation, SendQueueFull
+from crust.framing import FrameDecoder, FrameTooLarge
+from crust.handshake import Handshake, HandshakeState
+from crust.identity import PeerId
+from crust.send_queue import Dropped, SendQueues
+from crust.tls import peer_id_from_certificate
+from crust.wire import (
+    CHOOSE_FRAME,
+    DATA,
+    HEARTBEAT_FRAME,
+    CloseReason,
+    FrameType,
+    Hello,
+    Intent,
+    RejectReason,
+    decode_reason,
+    encode_close,
+    encode_reject,
+    pack_header,
+)
+
+_CLOSE_GRACE = 5.0  # seconds a closing connection may take to flush before it is aborted
+
+
+class ConnectionOwner(TypingProtocol):
+    """What a L{PeerConnection} reports to, and asks of, its node."""
+
+    def hello_for(self, conn: "PeerConnection") -> Hello: ...
+    def claim(self, conn: "PeerConnection", peer_id: PeerId) -> bool: ...
+    def promote(self, conn: "PeerConnection", peer_id: PeerId) -> None: ...
+    def candidate(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None: ...
+    def probed(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None: ...
+    def refused(self, conn: "PeerConnection", reason: str, detail: str) -> None: ...
+    def lost(self, conn: "PeerConnection", reason: str) -> None: ...
+    def dropped(self, conn: "PeerConnection", drops: list[Dropped], reason: str) -> None: ...
+    def writable(self, conn: "PeerConnection") -> None: ...
+    def control_received(self, conn: "PeerConnection", ftype: int, payload: bytes) -> bool: ...
+
+
+@implementer(IHandshakeListener, IPushProducer)
+class PeerConnection(Protocol):
+    """One crust connection; see the module docstring."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        owner: ConnectionOwner,
+        clock: IReactorTime,
+        *,
+        local_id: PeerId,
+        network: str,
+        intent: Intent = Intent.CONNECT,
+        expected_peer: Optional[PeerId] = None,
+        initiator: bool,
+        max_message_size: int,
+        max_queued_bytes: int,
+        drop_after: float,
+        heartbeat_interval: float,
+        inactivity_timeout: float,
+        handshake_timeout: float,
+        transport_name: str = "tcp",
+    ) -> None:
+        self.owner = owner
+        self.clock = clock
+        self.initiator = initiator
+        self.transport_name = transport_name
+        self.handshake = Handshake(self, local_id, network, intent, expected_peer)
+        self.max_message_size = max_message_size
+        self.max_queued_bytes = max_queued_bytes
+        self.heartbeat_interval = heartbeat_interval
+        self.inactivity_timeout = inactivity_timeout
+        self.handshake_timeout = handshake_timeout
+        self.queues = SendQueues(drop_after)
+        self._decoder = FrameDecoder(max_message_size, self._data_before_active, self._control)
+        self._paused = False
+        self._timer = None
+        self._close_timer = None
+        self._tls_problem = ""
+        self._close_reason: Optional[str] = None  # set when we decide to close
+        self._last_sent = 0.0
+        self._last_received = 0.0
+        self.peer_address: Optional[Address] = None
+        self.local_address: Optional[Address] = None
+        self.deliver: Callable[[bytes], object] = _discard
+        self.messages_received = 0
+        self.connected = False
+
+    # -- identity -----------------------------------------------------------
+
+    @property
+    def peer_id(self) -> Optional[PeerId]:
+        return self.handshake.peer_id
+
+    @property
+    def state(self) -> HandshakeState:
+        return self.handshake.state
+
+    @property
+    def is_active(self) -> bool:
+        return self.handshake.state is HandshakeState.ACTIVE
+
+    def __repr__(self) -> str:
+        peer = self.peer_id.short() if self.peer_id else "?"
+        return f"<PeerConnection {self.transport_name} {peer} {self.peer_address} {self.state.value}>"
+
+    # -- Twisted protocol ----------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.connected = True
+        self.peer_address = _address(self.transport.getPeer(), self.transport_name)
+        self.local_address = _address(self.transport.getHost(), self.transport_name)
+        self.transport.registerProducer(self, True)
+        now = self.clock.seconds()
+        self._last_received = self._last_sent = now
+        self._timer = self.clock.callLater(self.handshake_timeout, self._handshake_timed_out)
+
+    def tls_verify_peer(self, peer_id: Optional[PeerId], problem: str) -> bool:
+        """Called by the TLS layer while the handshake runs."""
+        problem = problem or self.handshake.check_key(peer_id) or ""
+        if problem:
+            self._tls_problem = problem
+            return False
+        return True
+
+    def handshakeCompleted(self) -> None:
+        cert = self.transport.getPeerCertificate()
+        peer_id = peer_id_from_certificate(cert.to_cryptography()) if cert is not None else None
+        problem = self.handshake.check_key(peer_id)
+        if problem or peer_id is None:
+            self._tls_problem = problem or "no peer certificate"
+            self.transport.abortConnection()
+            return
+        self.handshake.tls_complete(peer_id)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._last_received = self.clock.seconds()
+        try:
+            self._decoder.feed(data)
+        except FrameTooLarge as e:
+            self.log.warn("{conn}: {error}; closing", conn=repr(self), error=str(e))
+            self.close(CloseReason.OVERSIZE, str(e))
+        except ProtocolViolation as e:
+            self.log.warn("{conn}: protocol violation: {error}; closing", conn=repr(self), error=str(e))
+            if self.handshake.state is not HandshakeState.CLOSED:
+                self.handshake.closed()
+            self.close(CloseReason.PROTOCOL_ERROR, str(e))
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.connected = False
+        for timer in (self._timer, self._close_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._close_timer = None
+        was = self.handshake.state
+        self.handshake.closed()
+        if self._close_reason is not None:
+            text = self._close_reason
+        elif self._tls_problem:
+            text = self._tls_problem
+        elif was is HandshakeState.AWAIT_TLS:
+            text = f"TLS handshake failed: {_failure_text(reason)}"
+        else:
+            text = f"connection lost: {_failure_text(reason)}"
+        if self.queues:
+            self.owner.dropped(self, self.queues.clear(), "connection closed")
+        self.owner.lost(self, text)
+
+    # -- IPushProducer -------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self.queues:
+            self._drain()
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+    # -- sending ---------------------------------------------------------------
+
+    def send_message(self, data: bytes, priority: int) -> None:
+        """
+        Send one message.  Raises at once, queueing nothing, if it is over the
+        size limit, the priority is invalid, or the queue is at its bound.
+        """
+        if type(data) is not bytes:
+            data = bytes(data)
+        size = len(data)
+        if size > self.max_message_size:
+            raise MessageTooLarge(size, self.max_message_size)
+        if type(priority) is not int or not 0 <= priority <= 255:
+            raise InvalidPriority(f"priority must be an integer in 0..255, not {priority!r}")
+        frame = pack_header(size + 1, DATA) + data
+        if self._paused or self.queues.count:
+            queues = self.queues
+            now = self.clock.seconds()
+            if queues.size + size > self.max_queued_bytes:
+                self._expire(now)
+                if queues.size + size > self.max_queued_bytes:
+                    raise SendQueueFull(
+                        f"{queues.size} bytes already queued for this peer (bound {self.max_queued_bytes})"
+                    )
+            queues.push(priority, frame, size, now)
+            return
+        self.transport.write(frame)
+        self._last_sent = self.clock.seconds()
+
+    def _write_control(self, frame: bytes) -> None:
+        """Control frames (priority 0) go ahead of queued data."""
+        if self.transport is None or not self.connected:
+            return
+        if self._paused and self.queues.count:
+            self.queues.push(0, frame, 0, self.clock.seconds())
+            return
+        self.transport.write(frame)
+        self._last_sent = self.clock.seconds()
+
+    def _drain(self) -> None:
+        now = self.clock.seconds()
+        self._expire(now)
+        queues = self.queues
+        write = self.transport.write
+        had = queues.size
+        while not self._paused and queues.count:
+            frame, _ = queues.pop()
+            write(frame)
+        if queues.count == 0 or queues.size < had:
+            self._last_sent = now
+        if queues.size <= self.max_queued_bytes // 2:
+            self.owner.writable(self)
+
+    def _expire(self, now: float) -> None:
+        drops = self.queues.expire(now)
+        if drops:
+            self.owner.dropped(self, drops, f"waited over {self.queues.drop_after:g} s (insufficient bandwidth)")
+
+    @property
+    def queued_bytes(self) -> int:
+        return self.queues.size
+
+    @property
+    def is_paused(self) -> bool:
+        return self._paused
+
+    # -- closing -----------------------------------------------------------------
+
+    def close(self, reason: CloseReason, detail: str = "") -> None:
+        """Tell the peer why, then close cleanly (abort if it will not flush)."""
+        if self._close_reason is None:
+            self._close_reason = f"{reason.value}: {detail}" if detail else reason.value
+        if not self.connected:
+            return
+        if self.handshake.state is not HandshakeState.AWAIT_TLS:
+            self.transport.write(encode_close(reason, detail))
+        self._lose()
+
+    def close_duplicate(self) -> None:
+        """Close a candidate that lost the race to another connection."""
+        self.close(CloseReason.DUPLICATE, "another connection to this peer was chosen")
+
+    def _lose(self) -> None:
+        if self._close_timer is None and self.connected:
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+            self._close_timer = self.clock.callLater(_CLOSE_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        self._close_timer = None
+        if self.connected:
+            self.transport.abortConnection()
+
+    # -- HandshakeDelegate -----------------------------------------------------------
+
+    def send_hello(self) -> None:
+        self.transport.write(self.owner.hello_for(self).encode())
+
+    def send_choose(self) -> None:
+        self.transport.write(CHOOSE_FRAME)
+
+    def reject(self, reason: RejectReason, detail: str) -> None:
+        self.log.info("{conn}: refusing: {reason}: {detail}", conn=repr(self), reason=reason.value, detail=detail)
+        self._close_reason = f"{reason.value}: {detail}"
+        self.transport.write(encode_reject(reason, detail))
+        self._lose()
+
+    def claim(self, peer_id: PeerId) -> bool:
+        return self.owner.claim(self, peer_id)
+
+    def promote(self, peer_id: PeerId) -> None:
+        self._cancel_timer()
+        self._decoder.set_handlers(self._data_active, self._control)
+        self._schedule_liveness(self.clock.seconds())
+        self.owner.promote(self, peer_id)
+
+    def candidate(self, peer_id: PeerId, hello: Hello) -> None:
+        self.owner.candidate(self, peer_id, hello)
+
+    def probed(self, peer_id: PeerId, hello: Hello) -> None:
+        self._cancel_timer()
+        self.owner.probed(self, peer_id, hello)
+
+    def refused(self, reason: str, detail: str) -> None:
+        self._close_reason = f"{reason}: {detail}" if detail else reason
+        self.owner.refused(self, reason, detail)
+        self._lose()
+
+    # -- frames --------------------------------------------------------------------
+
+    def _data_before_active(self, payload: bytes) -> None:
+        raise ProtocolViolation("DATA before the connection was chosen")
+
+    def _data_active(self, payload: bytes) -> None:
+        self.deliver(payload)
+
+    def _control(self, ftype: int, payload: bytes) -> None:
+        if ftype == FrameType.HEARTBEAT:
+            return
+        if ftype == FrameType.HELLO:
+            self.handshake.hello_received(Hello.decode(payload))
+        elif ftype == FrameType.CHOOSE:
+            self.handshake.choose_received()
+        elif ftype == FrameType.REJECT:
+            reason, detail = decode_reason(payload, "REJECT")
+            self.handshake.reject_received(reason, detail)
+            self._lose()
+        elif ftype == FrameType.CLOSE:
+            reason, detail = decode_reason(payload, "CLOSE")
+            if self._close_reason is None:
+                self._close_reason = f"peer closed: {reason}" + (f" ({detail})" if detail else "")
+            self.handshake.closed()
+            self._lose()
+        elif not self.owner.control_received(self, ftype, payload):
+            raise ProtocolViolation(f"unknown frame type {ftype}")
+
+    # -- timers ----------------------------------------------------------------------
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        if self.handshake.state is HandshakeState.AWAIT_CHOICE:
+            self.handshake.choice_timed_out()
+            return
+        if self.handshake.state in (HandshakeState.AWAIT_TLS, HandshakeState.AWAIT_HELLO):
+            self._close_reason = f"timeout: handshake not complete after {self.handshake_timeout:g} s"
+            self.handshake.closed()
+            self._lose()
+
+    def _schedule_liveness(self, now: float) -> None:
+        due = min(self._last_sent + self.heartbeat_interval, self._last_received + self.inactivity_timeout)
+        self._timer = self.clock.callLater(max(0.0, due - now), self._liveness_tick)
+
+    def _liveness_tick(self) -> None:
+        self._timer = None
+        if not self.connected or self._close_reason is not None:
+            return
+        now = self.clock.seconds()
+        if now - self._last_received >= self.inactivity_timeout:
+            self.close(CloseReason.TIMEOUT, f"nothing received for {self.inactivity_timeout:g} s")
+            return
+        if self.queues:
+            self._expire(now)
+        if now - self._last_sent >= self.heartbeat_interval:
+            self._write_control(HEARTBEAT_FRAME)
+            self._last_sent = now
+        self._schedule_liveness(now)
+
+
+def _discard(payload: bytes) -> None:
+    pass
+
+
+def _address(addr, transport_name: str) -> Optional[Address]:
+    host = getattr(addr, "host", None)
+    port = getattr(addr, "port", None)
+    if host is None or not port:
+        return None
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    try:
+        return Address(transport_name, host.split("%")[0], port)
+    except ValueError:
+        return None
+
+
+def _failure_text(reason: Failure) -> str:
+    value = reason.value
+    text = str(value) or type(value).__name__
+    return text.strip()

@@ -1,0 +1,109 @@
+"""
+The frame decoder: bytes in, whole frames out.  Pure logic, no I/O.
+
+It rejects a frame as soon as its header announces more than the limit, so an
+oversize frame is never buffered; a large frame arriving in many small chunks
+is collected without quadratic copying.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from crust.errors import ProtocolViolation
+from crust.wire import DATA, HEADER_SIZE, LENGTH
+
+
+class FrameTooLarge(ProtocolViolation):
+    """A frame header announced more than the maximum frame size."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"peer announced a frame of {size} bytes, over the limit of {limit}")
+        self.size = size
+        self.limit = limit
+
+
+class FrameDecoder:
+    """
+    Splits a byte stream into frames.
+
+    DATA payloads go to C{on_data(payload)}, every other frame to
+    C{on_control(type, payload)}.  Errors raise L{ProtocolViolation}; the
+    decoder is then unusable, as is the stream it read.
+    """
+
+    __slots__ = ("_max_length", "_on_data", "_on_control", "_buffer", "_pending", "_pending_size", "_need")
+
+    def __init__(
+        self,
+        max_payload: int,
+        on_data: Callable[[bytes], object],
+        on_control: Callable[[int, bytes], object],
+    ) -> None:
+        self._max_length = max_payload + 1  # the type byte counts
+        self._on_data = on_data
+        self._on_control = on_control
+        self._buffer = b""
+        self._pending: list[bytes] = []  # chunks of a frame larger than what we hold
+        self._pending_size = 0
+        self._need = 0  # total bytes the pending frame needs (header included)
+
+    def set_handlers(self, on_data: Callable[[bytes], object], on_control: Callable[[int, bytes], object]) -> None:
+        self._on_data = on_data
+        self._on_control = on_control
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer) + self._pending_size
+
+    def feed(self, data: bytes) -> None:
+        if self._need:
+            self._pending.append(data)
+            self._pending_size += len(data)
+            if self._pending_size < self._need:
+                return
+            data = b"".join(self._pending)
+            self._pending = []
+            self._pending_size = 0
+            self._need = 0
+        elif self._buffer:
+            data = self._buffer + data
+        self._parse(data)
+
+    def _parse(self, buf: bytes) -> None:
+        unpack = LENGTH.unpack_from
+        max_length = self._max_length
+        on_data = self._on_data
+        size = len(buf)
+        offset = 0
+        while size - offset >= HEADER_SIZE:
+            (length,) = unpack(buf, offset)
+            if length > max_length:
+                self._buffer = b""
+                raise FrameTooLarge(length - 1, max_length - 1)
+            if length == 0:
+                self._buffer = b""
+                raise ProtocolViolation("peer sent a frame of length 0")
+            end = offset + 4 + length
+            if end > size:
+                break
+            ftype = buf[offset + 4]
+            if ftype == DATA:
+                on_data(buf[offset + 5 : end])
+            else:
+                self._on_control(ftype, buf[offset + 5 : end])
+            offset = end
+            # a handler may have swapped handlers (state change): pick them up
+            on_data = self._on_data
+        rest = buf[offset:] if offset else buf
+        if len(rest) >= HEADER_SIZE:
+            (length,) = unpack(rest, 0)
+            need = 4 + length
+            if need - len(rest) > 65536:
+                # a large frame: collect chunks, join once
+                self._buffer = b""
+                self._pending = [rest]
+                self._pending_size = len(rest)
+                self._need = need
+                return
+        self._buffer = rest

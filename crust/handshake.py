@@ -1,0 +1,182 @@
+"""
+The per-connection handshake state machine.  Pure logic: it decides, a
+L{HandshakeDelegate} acts (sends frames, closes, asks the peer table).
+
+States::
+
+    AWAIT_TLS --tls_complete--> AWAIT_HELLO --hello ok--> AWAIT_CHOICE --CHOOSE--> ACTIVE
+                                            \\--hello ok, we choose, claim ok-----> ACTIVE
+                                            \\--probe hello------------------------> PROBED
+    any --reject/close/error--> CLOSED
+
+Checks, in order, on the peer's HELLO: protocol version overlap, network name,
+not ourselves, the key we expected (if we connected to a named peer).  Of the
+two peers, the one with the larger L{PeerId} chooses which connection
+survives: it claims the first candidate that completes and sends CHOOSE on it;
+the other side promotes whichever candidate carries CHOOSE.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Optional, Protocol
+
+from crust.identity import PeerId
+from crust.wire import (
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+    CloseReason,
+    Hello,
+    Intent,
+    RejectReason,
+    negotiate_version,
+)
+
+
+class HandshakeState(enum.Enum):
+    AWAIT_TLS = "await-tls"
+    AWAIT_HELLO = "await-hello"
+    AWAIT_CHOICE = "await-choice"
+    ACTIVE = "active"
+    PROBED = "probed"
+    CLOSED = "closed"
+
+
+class HandshakeDelegate(Protocol):
+    def send_hello(self) -> None: ...
+    def send_choose(self) -> None: ...
+    def reject(self, reason: RejectReason, detail: str) -> None: ...
+    def close(self, reason: CloseReason, detail: str) -> None: ...
+    def claim(self, peer_id: PeerId) -> bool:
+        """We are the chooser: may this connection become the active one?"""
+    def promote(self, peer_id: PeerId) -> None:
+        """This connection is now the active connection to C{peer_id}."""
+    def candidate(self, peer_id: PeerId, hello: Hello) -> None:
+        """The HELLOs are exchanged and valid; wait for the chooser."""
+    def probed(self, peer_id: PeerId, hello: Hello) -> None:
+        """A probe completed (either side)."""
+    def refused(self, reason: str, detail: str) -> None:
+        """The handshake failed; C{reason} is a L{RejectReason} value or text."""
+
+
+class Handshake:
+    """One connection's handshake; see the module docstring."""
+
+    def __init__(
+        self,
+        delegate: HandshakeDelegate,
+        local_id: PeerId,
+        network: str,
+        intent: Intent,
+        expected_peer: Optional[PeerId] = None,
+        versions: tuple[int, int] = (MIN_PROTOCOL_VERSION, PROTOCOL_VERSION),
+    ) -> None:
+        self._delegate = delegate
+        self.local_id = local_id
+        self.network = network
+        self.intent = intent
+        self.expected_peer = expected_peer
+        self.versions = versions
+        self.state = HandshakeState.AWAIT_TLS
+        self.peer_id: Optional[PeerId] = None
+        self.peer_hello: Optional[Hello] = None
+        self.version: Optional[int] = None
+
+    # -- inputs -----------------------------------------------------------
+
+    def check_key(self, peer_id: Optional[PeerId]) -> Optional[str]:
+        """During TLS: the reason to refuse C{peer_id}'s key, or None."""
+        if peer_id is None:
+            return "no valid crust identity"
+        if self.expected_peer is not None and peer_id != self.expected_peer:
+            return f"wrong peer key: expected {self.expected_peer}, got {peer_id}"
+        return None
+
+    def tls_complete(self, peer_id: PeerId) -> None:
+        if self.state is not HandshakeState.AWAIT_TLS:
+            return
+        self.peer_id = peer_id
+        self.state = HandshakeState.AWAIT_HELLO
+        self._delegate.send_hello()
+
+    def hello_received(self, hello: Hello) -> None:
+        if self.state is not HandshakeState.AWAIT_HELLO:
+            self._fail(RejectReason.MALFORMED, f"unexpected HELLO in state {self.state.value}")
+            return
+        assert self.peer_id is not None
+        self.peer_hello = hello
+        version = negotiate_version(self.versions, (hello.min_version, hello.version))
+        if version is None:
+            self._fail(
+                RejectReason.VERSION_MISMATCH,
+                f"peer speaks protocol versions {hello.min_version}..{hello.version}, "
+                f"we speak {self.versions[0]}..{self.versions[1]}",
+            )
+            return
+        self.version = version
+        if hello.network != self.network:
+            self._fail(RejectReason.NETWORK_MISMATCH, "the peer belongs to another network (network name differs)")
+            return
+        if self.peer_id == self.local_id:
+            self._fail(RejectReason.CONNECT_TO_SELF, "the peer is this node itself")
+            return
+        if self.expected_peer is not None and self.peer_id != self.expected_peer:
+            self._fail(RejectReason.WRONG_PEER, f"expected {self.expected_peer}, got {self.peer_id}")
+            return
+        if hello.intent is None:
+            self._fail(RejectReason.UNSUPPORTED_INTENT, "the peer asked for an intent we do not know")
+            return
+        if hello.intent is Intent.PROBE or self.intent is Intent.PROBE:
+            self.state = HandshakeState.PROBED
+            self._delegate.probed(self.peer_id, hello)
+            return
+        if hello.intent is not self.intent and not (
+            {hello.intent, self.intent} <= {Intent.CONNECT, Intent.BOOTSTRAP}
+        ):
+            self._fail(RejectReason.UNSUPPORTED_INTENT, f"intent {hello.intent.value} not accepted here")
+            return
+        self.state = HandshakeState.AWAIT_CHOICE
+        if self.is_chooser:
+            if self._delegate.claim(self.peer_id):
+                self.state = HandshakeState.ACTIVE
+                self._delegate.send_choose()
+                self._delegate.promote(self.peer_id)
+            else:
+                self.state = HandshakeState.CLOSED
+                self._delegate.close(CloseReason.DUPLICATE, "another connection to this peer is active")
+        else:
+            self._delegate.candidate(self.peer_id, hello)
+
+    def choose_received(self) -> None:
+        if self.state is not HandshakeState.AWAIT_CHOICE or self.is_chooser:
+            self._fail(RejectReason.MALFORMED, f"unexpected CHOOSE in state {self.state.value}")
+            return
+        assert self.peer_id is not None
+        self.state = HandshakeState.ACTIVE
+        self._delegate.promote(self.peer_id)
+
+    def choice_timed_out(self) -> None:
+        if self.state is HandshakeState.AWAIT_CHOICE:
+            self.state = HandshakeState.CLOSED
+            self._delegate.close(CloseReason.TIMEOUT, "the peer did not choose this connection in time")
+
+    def reject_received(self, reason: str, detail: str) -> None:
+        """The peer refused us; report its reason."""
+        if self.state in (HandshakeState.CLOSED, HandshakeState.ACTIVE):
+            return
+        self.state = HandshakeState.CLOSED
+        self._delegate.refused(reason, f"refused by the peer: {detail}" if detail else "refused by the peer")
+
+    def closed(self) -> None:
+        self.state = HandshakeState.CLOSED
+
+    # -- helpers ----------------------------------------------------------
+
+    @property
+    def is_chooser(self) -> bool:
+        return self.peer_id is not None and self.local_id > self.peer_id
+
+    def _fail(self, reason: RejectReason, detail: str) -> None:
+        self.state = HandshakeState.CLOSED
+        self._delegate.reject(reason, detail)
+        self._delegate.refused(reason.value, detail)

@@ -1,0 +1,484 @@
+"""
+L{Service}: a crust node's public API, as a Twisted L{IService}.
+
+    service = Service(Identity.load_or_create("key"), Config(network_name="demo"))
+    service.add_observer(my_observer)
+    service.setServiceParent(application)          # or service.startService()
+    info = await service.prepare_connection_info()
+    print(info.public.to_json())                    # hand this to the other side
+    peer_id = await service.connect(info, their_info)
+    service.send(peer_id, b"hello", priority=1)
+
+Operations return Deferreds; unsolicited events reach the observers
+(L{crust.interfaces.ICrustObserver}).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional, Union
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ClientEndpoint,
+    TCP6ServerEndpoint,
+)
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+
+from crust.address import Address
+from crust.config import Config
+from crust.connect import ConnectAttempt
+from crust.connection import PeerConnection
+from crust.connection_info import PrivConnectionInfo, PubConnectionInfo
+from crust.errors import (
+    ConnectFailed,
+    ConnectToSelf,
+    CrustError,
+    MessageTooLarge,
+    PeerNotConnected,
+    ServiceNotRunning,
+)
+from crust.identity import Identity, PeerId
+from crust.local_addresses import addresses_for_listener
+from crust.observer import EVENT_NAMES
+from crust.peers import PeerTable
+from crust.tls import ConnectionCreator, make_context
+from crust.wire import CloseReason, Hello, Intent, network_hash
+from crust._waiters import OneShot
+
+MAX_ADVERTISED = 16
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What a probe of an address learned."""
+
+    peer_id: PeerId
+    observed: Optional[Address]  # our address as the probed peer saw it
+    rtt: float
+    peer_hello: Hello
+
+
+class _ConnectionFactory(Factory):
+    """Builds L{PeerConnection}s for one direction (listening, or one dial)."""
+
+    noisy = False
+
+    def __init__(self, service: "Service", *, initiator: bool, intent: Intent = Intent.CONNECT,
+                 expected_peer: Optional[PeerId] = None, attempt: Optional[ConnectAttempt] = None,
+                 probe: Optional[Deferred] = None, transport_name: str = "tcp") -> None:
+        self.service = service
+        self.initiator = initiator
+        self.intent = intent
+        self.expected_peer = expected_peer
+        self.attempt = attempt
+        self.probe = probe
+        self.transport_name = transport_name
+
+    def buildProtocol(self, addr) -> PeerConnection:
+        service = self.service
+        config = service.config
+        conn = PeerConnection(
+            service.peers,
+            service.clock,
+            local_id=service.peer_id,
+            network=service.network,
+            intent=self.intent,
+            expected_peer=self.expected_peer,
+            initiator=self.initiator,
+            max_message_size=config.max_message_size,
+            max_queued_bytes=config.max_queued_bytes,
+            drop_after=config.drop_after,
+            heartbeat_interval=config.heartbeat_interval,
+            inactivity_timeout=config.inactivity_timeout,
+            handshake_timeout=config.handshake_timeout,
+            transport_name=self.transport_name,
+        )
+        conn.attempt = self.attempt
+        conn.probe = self.probe
+        conn.started_at = service.clock.seconds()
+        service.peers.connection_made(conn)
+        return conn
+
+
+class Service(MultiService):
+    """
+    A crust node: listens, connects, and carries messages to peers.
+
+    @param identity: this node's key pair (its L{PeerId} is C{identity.peer_id}).
+    @param config: settings (L{Config}); defaults suit most uses.
+    @param reactor: the reactor (and clock) to use; the global one by default.
+    @param role: C{"node"} (reachable, may serve others) or C{"client"}.
+    """
+
+    log = Logger()
+
+    def __init__(self, identity: Identity, config: Optional[Config] = None, reactor: Any = None,
+                 role: str = "node") -> None:
+        MultiService.__init__(self)
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.identity = identity
+        self.peer_id = identity.peer_id
+        self.config = config or Config()
+        self.reactor = reactor
+        self.clock = reactor
+        self.role = role
+        self.network = network_hash(self.config.network_name)
+        self.peers = PeerTable(self)
+        self._creator = ConnectionCreator(make_context(identity))
+        self._observers: list[Any] = []
+        self._message_handlers: list[Callable[[PeerId, bytes], object]] = []
+        self._attempts: dict[PeerId, ConnectAttempt] = {}
+        self._listening: Optional[OneShot] = None
+        self._ports: list[Any] = []
+        self.listen_addresses: list[Address] = []
+        self.external_addresses: list[Address] = []  # learned from peers, STUN or port mapping
+        self.running_for_peers = False
+
+    # -- observers ---------------------------------------------------------------
+
+    def add_observer(self, observer: Any) -> None:
+        """Register an L{ICrustObserver} (any object with the event methods)."""
+        if observer not in self._observers:
+            self._observers.append(observer)
+            self._message_handlers.append(observer.new_message)
+
+    def remove_observer(self, observer: Any) -> None:
+        if observer in self._observers:
+            i = self._observers.index(observer)
+            del self._observers[i]
+            del self._message_handlers[i]
+
+    def _emit(self, event: str, *args: Any) -> None:
+        assert event in EVENT_NAMES, event
+        for observer in list(self._observers):
+            try:
+                getattr(observer, event)(*args)
+            except Exception:
+                self.log.failure("observer {observer!r} failed on {event}", observer=observer, event=event)
+
+    def _deliverer(self, peer_id: PeerId) -> Callable[[bytes], None]:
+        handlers = self._message_handlers  # the list object itself: later observers are seen
+        log = self.log
+
+        def deliver(payload: bytes) -> None:
+            for handler in handlers:
+                try:
+                    handler(peer_id, payload)
+                except Exception:
+                    log.failure("observer failed on new_message from {peer}", peer=str(peer_id))
+
+        return deliver
+
+    # -- IService ---------------------------------------------------------------------
+
+    def startService(self) -> None:
+        MultiService.startService(self)
+        self.running_for_peers = True
+        self.start_listening().addErrback(lambda f: None)  # reported as listener_failed
+
+    def stopService(self) -> Deferred:
+        self.running_for_peers = False
+        for attempt in list(self._attempts.values()):
+            attempt.fail("the service is stopping")
+        for port in self._ports:
+            port.stopListening()
+        self._ports = []
+        self._listening = None
+        self.listen_addresses = []
+        for conn in list(self.peers.connections):
+            conn.close(CloseReason.SHUTDOWN, "the node is stopping")
+        d = self.peers.wait_all_closed()
+        d.addCallback(lambda _: MultiService.stopService(self))
+        return d
+
+    # -- listening ----------------------------------------------------------------------
+
+    def start_listening(self) -> Deferred:
+        """
+        Start the TCP listener (once); fires with our listening addresses.
+        The port is random unless configured.
+        """
+        if self._listening is None:
+            self._listening = OneShot()
+            self._listen_tcp().addBoth(self._listening.fire)
+        return self._listening.wait()
+
+    def _listen_tcp(self) -> Deferred:
+        config = self.config
+        if not config.enable_tcp:
+            return succeed([])
+        host = config.listen_host
+        port = config.listen_port or 0
+        factory = TLSMemoryBIOFactory(self._creator, False, _ConnectionFactory(self, initiator=False), clock=self.clock)
+        if ":" in host:
+            endpoint = TCP6ServerEndpoint(self.reactor, port, backlog=128, interface=host)
+        else:
+            endpoint = TCP4ServerEndpoint(self.reactor, port, backlog=128, interface=host)
+
+        def listening(listening_port):
+            self._ports.append(listening_port)
+            bound = listening_port.getHost().port
+            self.listen_addresses = [Address("tcp", h, bound) for h in addresses_for_listener(host, 6 if ":" in host else 4)]
+            self.log.info(
+                "listening on tcp port {port} as {peer_id}; addresses: {addresses}",
+                port=bound, peer_id=str(self.peer_id), addresses=" ".join(map(str, self.listen_addresses)),
+            )
+            self._emit("listener_started", Address("tcp", host if host not in ("0.0.0.0", "::") else "0.0.0.0" if ":" not in host else "::", bound))
+            return list(self.listen_addresses)
+
+        def failed(failure: Failure):
+            reason = str(failure.value)
+            self.log.error("could not listen on tcp {host}:{port}: {reason}", host=host, port=port, reason=reason)
+            self._emit("listener_failed", "tcp", reason)
+            return failure
+
+        return endpoint.listen(factory).addCallbacks(listening, failed)
+
+    # -- connection info -------------------------------------------------------------------
+
+    def candidate_addresses(self) -> list[Address]:
+        """Every address a peer may reach us at: learned external ones, then local, loopback last."""
+        found: list[Address] = list(self.external_addresses)
+        if self.config.force_acceptor_port_in_ext_ep and self.config.listen_port:
+            found += [Address("tcp", a.host, self.config.listen_port) for a in self.external_addresses]
+        local = sorted(self.listen_addresses, key=lambda a: a.ip.is_loopback)
+        found += local
+        return list(dict.fromkeys(found))[: 4 * MAX_ADVERTISED]
+
+    def prepare_connection_info(self) -> Deferred:
+        """Fires with our L{PrivConnectionInfo}; share C{.public.to_json()}."""
+
+        def build(_):
+            return PrivConnectionInfo(PubConnectionInfo(self.peer_id, tuple(self.candidate_addresses())))
+
+        return self.start_listening().addCallback(build)
+
+    # -- connecting ---------------------------------------------------------------------------
+
+    def connect(self, our_info: Optional[PrivConnectionInfo],
+                their_info: Union[PubConnectionInfo, str]) -> Deferred:
+        """
+        Connect to the peer C{their_info} describes (a L{PubConnectionInfo} or
+        its JSON text).  All its addresses are tried at once; the first to
+        complete the secure handshake wins.  Fires with the L{PeerId}; fails
+        with L{ConnectFailed} (listing every address's reason),
+        L{ConnectToSelf} or L{ServiceNotRunning}.
+        """
+        try:
+            if isinstance(their_info, (str, bytes)):
+                their_info = PubConnectionInfo.from_json(their_info)
+        except CrustError as e:
+            return fail(e)
+        peer_id = their_info.peer_id
+        if peer_id == self.peer_id:
+            return fail(ConnectToSelf("refusing to connect to ourselves"))
+        if not self.running_for_peers:
+            return fail(ServiceNotRunning("the service is not running"))
+        if peer_id in self.peers.active:
+            return succeed(peer_id)
+        attempt = self._attempts.get(peer_id)
+        if attempt is not None:
+            return attempt.wait()
+        addresses = tuple(a for a in their_info.addresses if self._may_dial(a))
+        attempt = ConnectAttempt(
+            peer_id, addresses, self._dial, self.clock, self.config.connect_timeout,
+            self.peers.has_candidates, self._attempt_done,
+        )
+        self._attempts[peer_id] = attempt
+        d = attempt.wait()
+        self.log.info("connecting to {peer} at {addresses}", peer=str(peer_id),
+                      addresses=" ".join(map(str, addresses)) or "(no usable address)")
+        attempt.start()
+        return d
+
+    def _may_dial(self, address: Address) -> bool:
+        if address.transport != "tcp" or not self.config.enable_tcp:
+            return False
+        allowed = self.config.whitelisted_node_ips
+        return allowed is None or _ip_in(address.host, allowed)
+
+    def _dial(self, address: Address, expected: Optional[PeerId], attempt: Optional[ConnectAttempt],
+              intent: Intent = Intent.CONNECT, probe: Optional[Deferred] = None,
+              bind: Optional[tuple[str, int]] = None) -> Deferred:
+        factory = _ConnectionFactory(self, initiator=True, intent=intent, expected_peer=expected,
+                                     attempt=attempt, probe=probe)
+        tls = TLSMemoryBIOFactory(self._creator, True, factory, clock=self.clock)
+        endpoint_type = TCP6ClientEndpoint if address.family_is_v6 else TCP4ClientEndpoint
+        endpoint = endpoint_type(self.reactor, address.host, address.port,
+                                 timeout=max(1, int(self.config.connect_timeout)), bindAddress=bind)
+        return endpoint.connect(tls).addCallback(lambda tls_protocol: tls_protocol.wrappedProtocol)
+
+    def _attempt_done(self, attempt: ConnectAttempt) -> None:
+        if self._attempts.get(attempt.peer_id) is attempt:
+            del self._attempts[attempt.peer_id]
+        error = getattr(attempt, "error", None)
+        if error is not None:
+            self.log.warn("connect to {peer} failed: {reason}", peer=str(attempt.peer_id), reason=str(error))
+            self._emit("connect_failure", attempt.peer_id, error)
+
+    def probe(self, address: Address, expected_peer: Optional[PeerId] = None,
+              bind: Optional[tuple[str, int]] = None) -> Deferred:
+        """
+        Open a connection to C{address} only to run the handshake: fires with
+        a L{ProbeResult} (the peer's id and our address as it sees us).  Used
+        for external address discovery, reachability tests and liveness checks.
+        """
+        result: Deferred = Deferred()
+        dialled = self._dial(address, expected_peer, None, Intent.PROBE, result, bind)
+
+        def dial_failed(f: Failure) -> None:
+            if not result.called:
+                result.errback(f)
+
+        dialled.addErrback(dial_failed)
+        return result
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def send(self, peer_id: PeerId, data: bytes, priority: int) -> None:
+        """
+        Queue C{data} for C{peer_id}.  Lower C{priority} numbers go first;
+        0 and 1 are never dropped.  Raises L{PeerNotConnected},
+        L{MessageTooLarge}, L{crust.errors.SendQueueFull} or
+        L{crust.errors.InvalidPriority} at once, queueing nothing.
+        """
+        conn = self.peers.active.get(peer_id)
+        if conn is None:
+            raise PeerNotConnected(f"not connected to {peer_id}")
+        try:
+            conn.send_message(data, priority)
+        except MessageTooLarge as e:
+            self._emit("message_too_large", peer_id, e.size, e.limit)
+            raise
+
+    def when_writable(self, peer_id: PeerId) -> Deferred:
+        """Fires once the peer's queue is at most half full (at once if it is)."""
+        return self.peers.wait_writable(peer_id)
+
+    def queued_bytes(self, peer_id: PeerId) -> int:
+        conn = self.peers.active.get(peer_id)
+        return conn.queued_bytes if conn is not None else 0
+
+    def disconnect(self, peer_id: PeerId) -> bool:
+        """Close the connection to C{peer_id}; True if there was one.  C{lost_peer} follows."""
+        conn = self.peers.active.get(peer_id)
+        if conn is None:
+            return False
+        conn.close(CloseReason.DISCONNECT, "closed by the peer's user")
+        return True
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def is_connected(self, peer_id: PeerId) -> bool:
+        return peer_id in self.peers.active
+
+    def connected_peers(self) -> list[PeerId]:
+        return list(self.peers.active)
+
+    def peer_address(self, peer_id: PeerId) -> Optional[Address]:
+        conn = self.peers.active.get(peer_id)
+        return conn.peer_address if conn is not None else None
+
+    def peer_role(self, peer_id: PeerId) -> Optional[str]:
+        hello = self.peers.hellos.get(peer_id)
+        return hello.role if hello is not None else None
+
+    def peer_details(self, peer_id: PeerId) -> Optional[dict[str, Any]]:
+        conn = self.peers.active.get(peer_id)
+        if conn is None:
+            return None
+        return {
+            "peer_id": str(peer_id),
+            "transport": conn.transport_name,
+            "address": str(conn.peer_address),
+            "local_address": str(conn.local_address),
+            "role": self.peer_role(peer_id),
+            "initiator": conn.initiator,
+            "queued_bytes": conn.queued_bytes,
+            "observed_us_as": str(conn.handshake.peer_hello.observed) if conn.handshake.peer_hello and conn.handshake.peer_hello.observed else None,
+        }
+
+    # -- hooks called by the peer table ---------------------------------------------------------
+
+    def _hello_for(self, conn: PeerConnection) -> Hello:
+        listeners = tuple(a for a in self.candidate_addresses() if not a.ip.is_loopback)[:MAX_ADVERTISED]
+        return Hello(network=self.network, intent=conn.handshake.intent, role=self.role,
+                     observed=conn.peer_address, listeners=listeners)
+
+    def _admit(self, conn: PeerConnection, peer_id: PeerId) -> bool:
+        hello = conn.handshake.peer_hello
+        role = hello.role if hello is not None else "node"
+        allowed = self.config.whitelisted_client_ips if role == "client" else self.config.whitelisted_node_ips
+        if allowed is None or conn.peer_address is None:
+            return True
+        if _ip_in(conn.peer_address.host, allowed):
+            return True
+        self.log.info("refusing {peer} from {address}: not whitelisted", peer=str(peer_id), address=str(conn.peer_address))
+        return False
+
+    def _connection_promoted(self, conn: PeerConnection, peer_id: PeerId) -> None:
+        attempt = self._attempts.get(peer_id)
+        self._emit("connect_success", peer_id)
+        if attempt is not None:
+            attempt.succeeded()
+        observed = conn.handshake.peer_hello.observed if conn.handshake.peer_hello else None
+        if observed is not None:
+            self._observed_address(observed, conn)
+
+    def _connection_refused(self, conn: PeerConnection, reason: str) -> None:
+        attempt = getattr(conn, "attempt", None)
+        if attempt is not None:
+            attempt.connection_refused(conn, reason)
+
+    def _connection_lost(self, conn: PeerConnection, reason: str) -> None:
+        attempt = getattr(conn, "attempt", None)
+        if attempt is not None:
+            attempt.connection_lost(conn, reason)
+        probe = getattr(conn, "probe", None)
+        if probe is not None and not probe.called:
+            probe.errback(Failure(ConnectFailed(conn.peer_id, [f"{conn.peer_address}: {reason}"], "probe failed")))
+        # an incoming candidate that ends may leave a waiting attempt with nothing to wait for
+        peer_id = conn.peer_id
+        if peer_id is not None and peer_id in self._attempts and not self.peers.has_candidates(peer_id):
+            self._attempts[peer_id]._check_done()
+
+    def _probe_finished(self, conn: PeerConnection, peer_id: PeerId, hello: Hello) -> None:
+        probe = getattr(conn, "probe", None)
+        if probe is not None and not probe.called:
+            rtt = self.clock.seconds() - conn.started_at
+            probe.callback(ProbeResult(peer_id, hello.observed, rtt, hello))
+        conn.close(CloseReason.PROBE_DONE)
+
+    def _observed_address(self, observed: Address, conn: PeerConnection) -> None:
+        """A peer told us how it sees us (the echo); later issues use it for NAT discovery."""
+        self.log.debug("{peer} sees us as {observed}", peer=str(conn.peer_id), observed=str(observed))
+
+    def _control_received(self, conn: PeerConnection, ftype: int, payload: bytes) -> bool:
+        return False
+
+
+def _ip_in(host: str, allowed: Iterable[str]) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for entry in allowed:
+        try:
+            if ip in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False

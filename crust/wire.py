@@ -1,0 +1,215 @@
+"""
+The crust wire format inside the secure channel (see doc/protocol.md).
+
+Every frame is::
+
+    u32 length (big-endian, counts the type byte and the payload)
+    u8  type
+    payload (length - 1 bytes)
+
+Control payloads (HELLO, REJECT, CLOSE) are UTF-8 JSON objects; DATA carries
+the application's message bytes unchanged; HEARTBEAT and CHOOSE are empty.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from crust.address import Address
+from crust.errors import ProtocolViolation
+
+PROTOCOL_NAME = "crust"
+PROTOCOL_VERSION = 1
+MIN_PROTOCOL_VERSION = 1
+
+HEADER = struct.Struct("!IB")
+HEADER_SIZE = HEADER.size  # 5
+LENGTH = struct.Struct("!I")
+MAX_CONTROL_PAYLOAD = 16 * 1024
+
+pack_header = HEADER.pack
+
+
+class FrameType(enum.IntEnum):
+    HELLO = 1
+    REJECT = 2
+    CHOOSE = 3
+    DATA = 4
+    HEARTBEAT = 5
+    CLOSE = 6
+
+
+DATA = int(FrameType.DATA)
+HEARTBEAT_FRAME = pack_header(1, FrameType.HEARTBEAT)
+CHOOSE_FRAME = pack_header(1, FrameType.CHOOSE)
+
+
+def frame(ftype: int, payload: bytes = b"") -> bytes:
+    """Encode one frame."""
+    return pack_header(len(payload) + 1, ftype) + payload
+
+
+class Intent(str, enum.Enum):
+    """Why a connection is opened; the acceptor answers accordingly."""
+
+    CONNECT = "connect"  # become the peers' one active connection
+    PROBE = "probe"  # exchange HELLOs (learning the observed address), then close
+    BOOTSTRAP = "bootstrap"  # ask the acceptor to be our bootstrap peer
+
+
+class RejectReason(str, enum.Enum):
+    """Stable codes for refusals that cross the wire."""
+
+    NETWORK_MISMATCH = "network-mismatch"
+    VERSION_MISMATCH = "version-mismatch"
+    WRONG_PEER = "wrong-peer"
+    CONNECT_TO_SELF = "connect-to-self"
+    NOT_WHITELISTED = "not-whitelisted"
+    BOOTSTRAP_DENIED = "bootstrap-denied"
+    FAILED_REACHABILITY = "failed-external-reachability"
+    MALFORMED = "malformed"
+    UNSUPPORTED_INTENT = "unsupported-intent"
+    SHUTTING_DOWN = "shutting-down"
+
+
+class CloseReason(str, enum.Enum):
+    """Why a peer closed a connection cleanly."""
+
+    DUPLICATE = "duplicate"  # another connection to the same peer won
+    DISCONNECT = "disconnect"  # the user disconnected
+    SHUTDOWN = "shutdown"  # the service is stopping
+    PROBE_DONE = "probe-done"
+    OVERSIZE = "oversize"
+    TIMEOUT = "timeout"
+    PROTOCOL_ERROR = "protocol-error"
+    NOT_WHITELISTED = "not-whitelisted"
+
+
+def network_hash(network_name: Optional[str]) -> str:
+    """The hex digest both sides compare; nodes of different names never connect."""
+    name = "" if network_name is None else network_name
+    return hashlib.sha256(b"crust-network-name\x00" + name.encode("utf-8")).hexdigest()
+
+
+def _decode_json(payload: bytes, what: str) -> dict[str, Any]:
+    if len(payload) > MAX_CONTROL_PAYLOAD:
+        raise ProtocolViolation(f"{what} of {len(payload)} bytes is over {MAX_CONTROL_PAYLOAD}")
+    try:
+        body = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ProtocolViolation(f"{what} is not UTF-8 JSON") from None
+    if not isinstance(body, dict):
+        raise ProtocolViolation(f"{what} is not a JSON object")
+    return body
+
+
+def _encode_json(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Hello:
+    """The first frame each side sends once the TLS handshake is done."""
+
+    network: str
+    intent: Intent = Intent.CONNECT
+    version: int = PROTOCOL_VERSION
+    min_version: int = MIN_PROTOCOL_VERSION
+    role: str = "node"
+    observed: Optional[Address] = None  # the address we see the peer's connection come from
+    listeners: tuple[Address, ...] = ()  # our listening addresses, for reachability tests
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def encode(self) -> bytes:
+        body: dict[str, Any] = {
+            "proto": PROTOCOL_NAME,
+            "version": self.version,
+            "min_version": self.min_version,
+            "network": self.network,
+            "intent": self.intent.value,
+            "role": self.role,
+        }
+        if self.observed is not None:
+            body["observed"] = str(self.observed)
+        if self.listeners:
+            body["listeners"] = [str(a) for a in self.listeners]
+        body.update(self.extra)
+        return frame(FrameType.HELLO, _encode_json(body))
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "Hello":
+        body = _decode_json(payload, "HELLO")
+        if body.get("proto") != PROTOCOL_NAME:
+            raise ProtocolViolation("HELLO is not a crust hello")
+        version = body.get("version")
+        min_version = body.get("min_version", version)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (version, min_version)):
+            raise ProtocolViolation("HELLO has no valid version numbers")
+        network = body.get("network")
+        if not isinstance(network, str) or len(network) > 128:
+            raise ProtocolViolation("HELLO has no valid network hash")
+        try:
+            intent = Intent(body.get("intent", "connect"))
+        except ValueError:
+            # an intent we do not know: keep it visible, the acceptor refuses it
+            intent = None  # type: ignore[assignment]
+        role = body.get("role", "node")
+        if not isinstance(role, str) or len(role) > 32:
+            raise ProtocolViolation("HELLO has a bad role")
+        observed = None
+        if body.get("observed") is not None:
+            try:
+                observed = Address.parse(body["observed"])
+            except ValueError:
+                raise ProtocolViolation("HELLO has a bad observed address") from None
+        raw_listeners = body.get("listeners", [])
+        if not isinstance(raw_listeners, list) or len(raw_listeners) > 64:
+            raise ProtocolViolation("HELLO has a bad listener list")
+        listeners = []
+        for a in raw_listeners:
+            try:
+                listeners.append(Address.parse(a))
+            except ValueError:
+                raise ProtocolViolation("HELLO has a bad listener address") from None
+        known = {"proto", "version", "min_version", "network", "intent", "role", "observed", "listeners"}
+        extra = {k: v for k, v in body.items() if k not in known}
+        return cls(
+            network=network,
+            intent=intent,
+            version=version,
+            min_version=min_version,
+            role=role,
+            observed=observed,
+            listeners=tuple(listeners),
+            extra=extra,
+        )
+
+
+def negotiate_version(ours: tuple[int, int], theirs: tuple[int, int]) -> Optional[int]:
+    """The highest version both (min, max) ranges share, or None."""
+    low = max(ours[0], theirs[0])
+    high = min(ours[1], theirs[1])
+    return high if low <= high else None
+
+
+def encode_reject(reason: RejectReason, detail: str = "") -> bytes:
+    return frame(FrameType.REJECT, _encode_json({"reason": reason.value, "detail": detail[:512]}))
+
+
+def encode_close(reason: CloseReason, detail: str = "") -> bytes:
+    return frame(FrameType.CLOSE, _encode_json({"reason": reason.value, "detail": detail[:512]}))
+
+
+def decode_reason(payload: bytes, what: str) -> tuple[str, str]:
+    """Decode a REJECT or CLOSE payload into (reason code, detail)."""
+    body = _decode_json(payload, what)
+    reason = body.get("reason")
+    detail = body.get("detail", "")
+    if not isinstance(reason, str) or not isinstance(detail, str):
+        raise ProtocolViolation(f"{what} has no reason")
+    return reason[:64], detail[:512]

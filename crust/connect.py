@@ -94,14 +94,14 @@ class ConnectAttempt:
         if address is None:
             return
         if not self.done:
-            self.reasons[address] = f"{address}: {reason}"
+            self.reasons.setdefault(address, f"{address}: {reason}")
             self._check_done()
 
     def connection_refused(self, conn: "PeerConnection", reason: str) -> None:
         """A handshake check failed on one of our connections (its loss follows)."""
         address = self._connections.get(conn)
         if address is not None:
-            self.reasons[address] = f"{address}: {reason}"
+            self.reasons.setdefault(address, f"{address}: {reason}")
 
     def owns(self, conn: "PeerConnection") -> bool:
         return conn in self._connections

@@ -160,6 +160,8 @@ class PeerConnection(Protocol):
         self.handshake.tls_complete(peer_id)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._close_reason is not None:
+            return  # we are closing: nothing the peer says now changes that
         self._last_received = self.clock.seconds()
         try:
             self._decoder.feed(data)

@@ -1,0 +1,133 @@
+from twisted.trial.unittest import SynchronousTestCase
+
+from crust.handshake import Handshake, HandshakeState
+from crust.identity import PeerId
+from crust.wire import CloseReason, Hello, Intent, RejectReason, network_hash
+
+NET = network_hash("test")
+LOW = PeerId(b"\x01" * 32)
+HIGH = PeerId(b"\x02" * 32)
+OTHER = PeerId(b"\x03" * 32)
+
+
+class Recorder:
+    def __init__(self, claim=True):
+        self.calls = []
+        self._claim = claim
+
+    def __getattr__(self, name):
+        if name == "claim":
+            def claim(peer_id):
+                self.calls.append(("claim", peer_id))
+                return self._claim
+            return claim
+        return lambda *args: self.calls.append((name,) + args)
+
+    def names(self):
+        return [c[0] for c in self.calls]
+
+
+def hello(**kw):
+    kw.setdefault("network", NET)
+    return Hello(**kw)
+
+
+class HandshakeTests(SynchronousTestCase):
+    def make(self, local=HIGH, expected=None, intent=Intent.CONNECT, claim=True):
+        rec = Recorder(claim)
+        return Handshake(rec, local, NET, intent, expected), rec
+
+    def test_chooser_claims_and_chooses(self):
+        hs, rec = self.make(local=HIGH)
+        hs.tls_complete(LOW)
+        self.assertEqual(hs.state, HandshakeState.AWAIT_HELLO)
+        hs.hello_received(hello())
+        self.assertEqual(rec.names(), ["send_hello", "claim", "send_choose", "promote"])
+        self.assertEqual(hs.state, HandshakeState.ACTIVE)
+
+    def test_chooser_with_active_connection_closes_duplicate(self):
+        hs, rec = self.make(local=HIGH, claim=False)
+        hs.tls_complete(LOW)
+        hs.hello_received(hello())
+        self.assertEqual(rec.calls[-1][0:2], ("close", CloseReason.DUPLICATE))
+        self.assertEqual(hs.state, HandshakeState.CLOSED)
+
+    def test_non_chooser_waits_for_choose(self):
+        hs, rec = self.make(local=LOW)
+        hs.tls_complete(HIGH)
+        hs.hello_received(hello())
+        self.assertEqual(hs.state, HandshakeState.AWAIT_CHOICE)
+        self.assertEqual(rec.names(), ["send_hello", "candidate"])
+        hs.choose_received()
+        self.assertEqual(hs.state, HandshakeState.ACTIVE)
+        self.assertEqual(rec.names()[-1], "promote")
+
+    def test_non_chooser_timeout(self):
+        hs, rec = self.make(local=LOW)
+        hs.tls_complete(HIGH)
+        hs.hello_received(hello())
+        hs.choice_timed_out()
+        self.assertEqual(rec.calls[-1][0:2], ("close", CloseReason.TIMEOUT))
+
+    def test_choose_from_non_chooser_is_a_violation(self):
+        hs, rec = self.make(local=HIGH)
+        hs.tls_complete(LOW)
+        hs.choose_received()
+        self.assertIn(("reject", RejectReason.MALFORMED), [c[:2] for c in rec.calls])
+
+    def assertRejected(self, rec, reason):
+        self.assertIn(("reject", reason), [c[:2] for c in rec.calls])
+        self.assertIn(("refused", reason.value), [c[:2] for c in rec.calls])
+
+    def test_network_mismatch(self):
+        hs, rec = self.make()
+        hs.tls_complete(LOW)
+        hs.hello_received(hello(network=network_hash("other")))
+        self.assertRejected(rec, RejectReason.NETWORK_MISMATCH)
+        self.assertEqual(hs.state, HandshakeState.CLOSED)
+
+    def test_version_mismatch_names_both_ranges(self):
+        hs, rec = self.make()
+        hs.tls_complete(LOW)
+        hs.hello_received(hello(version=7, min_version=5))
+        self.assertRejected(rec, RejectReason.VERSION_MISMATCH)
+        detail = [c for c in rec.calls if c[0] == "reject"][0][2]
+        self.assertIn("5..7", detail)
+
+    def test_newer_peer_with_overlap_is_fine(self):
+        hs, rec = self.make()
+        hs.tls_complete(LOW)
+        hs.hello_received(hello(version=3, min_version=1))
+        self.assertEqual(hs.version, 1)
+        self.assertEqual(hs.state, HandshakeState.ACTIVE)
+
+    def test_self(self):
+        hs, rec = self.make(local=HIGH)
+        hs.tls_complete(HIGH)
+        hs.hello_received(hello())
+        self.assertRejected(rec, RejectReason.CONNECT_TO_SELF)
+
+    def test_expected_key(self):
+        hs, _ = self.make(expected=LOW)
+        self.assertIsNone(hs.check_key(LOW))
+        self.assertIn("wrong peer key", hs.check_key(OTHER))
+        self.assertIsNotNone(hs.check_key(None))
+
+    def test_probe(self):
+        hs, rec = self.make(intent=Intent.PROBE)
+        hs.tls_complete(LOW)
+        hs.hello_received(hello())
+        self.assertEqual(hs.state, HandshakeState.PROBED)
+        self.assertEqual(rec.names()[-1], "probed")
+
+    def test_unknown_intent(self):
+        hs, rec = self.make()
+        hs.tls_complete(LOW)
+        hs.hello_received(hello(intent=None))
+        self.assertRejected(rec, RejectReason.UNSUPPORTED_INTENT)
+
+    def test_reject_received(self):
+        hs, rec = self.make()
+        hs.tls_complete(LOW)
+        hs.reject_received("network-mismatch", "other network")
+        self.assertEqual(rec.calls[-1][0:2], ("refused", "network-mismatch"))

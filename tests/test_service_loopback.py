@@ -1,0 +1,256 @@
+"""Two or more services on 127.0.0.1 with real sockets and real TLS."""
+
+import json
+import os
+import socket
+import struct
+
+from twisted.internet import defer, protocol, reactor, ssl
+from twisted.trial.unittest import TestCase
+
+from crust import Identity, PubConnectionInfo
+from crust.address import Address
+from crust.errors import ConnectFailed, ConnectToSelf, MessageTooLarge, PeerNotConnected
+from crust.wire import DATA, Hello
+
+from tests.util import connect_pair, make_service, sleep, wait_for
+
+
+class ConnectTests(TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_exchange_10000_messages_in_order(self):
+        a, b = make_service(self), make_service(self)
+        peer = yield connect_pair(self, a, b)
+        self.assertEqual(peer, b.peer_id)
+        sent = [b"message %d " % i + os.urandom(i % 50) for i in range(10000)]
+        for i, m in enumerate(sent):
+            if a.queued_bytes(peer) > 1_000_000:
+                yield a.when_writable(peer)
+            a.send(peer, m, 1)
+        yield wait_for(lambda: len(b.events.named("new_message")) >= 10000)
+        got = [data for (pid, data) in b.events.named("new_message")]
+        self.assertEqual(got, sent)
+        self.assertTrue(all(pid == a.peer_id for (pid, _) in b.events.named("new_message")))
+        # and back the other way
+        b.send(a.peer_id, b"reply", 0)
+        yield wait_for(lambda: a.events.named("new_message"))
+        self.assertEqual(a.events.named("new_message"), [(b.peer_id, b"reply")])
+
+    @defer.inlineCallbacks
+    def test_one_sided_connect(self):
+        a, b = make_service(self), make_service(self)
+        yield connect_pair(self, a, b)
+        self.assertEqual(b.events.named("connect_success"), [(a.peer_id,)])
+        self.assertEqual(a.events.named("connect_success"), [(b.peer_id,)])
+        b.send(a.peer_id, b"from the listener", 2)
+        yield wait_for(lambda: a.events.named("new_message"))
+
+    @defer.inlineCallbacks
+    def test_simultaneous_connect_leaves_one_connection(self):
+        for _ in range(5):
+            a, b = make_service(self), make_service(self)
+            ia = yield a.prepare_connection_info()
+            ib = yield b.prepare_connection_info()
+            d1 = a.connect(ia, ib.public)
+            d2 = b.connect(ib, ia.public)
+            results = yield defer.gatherResults([d1, d2])
+            self.assertEqual(results, [b.peer_id, a.peer_id])
+            yield wait_for(lambda: len(a.peers.connections) == 1 and len(b.peers.connections) == 1)
+            yield sleep(0.2)
+            self.assertEqual(len(a.peers.connections), 1)
+            self.assertEqual(len(b.peers.connections), 1)
+            ca, cb = a.peers.active[b.peer_id], b.peers.active[a.peer_id]
+            self.assertEqual(ca.local_address.port, cb.peer_address.port)  # the same TCP connection
+            self.assertEqual(a.events.named("connect_success"), [(b.peer_id,)])
+            self.assertEqual(b.events.named("connect_success"), [(a.peer_id,)])
+            self.assertEqual(a.events.named("lost_peer"), [])
+            a.send(b.peer_id, b"ping", 1)
+            b.send(a.peer_id, b"pong", 1)
+            yield wait_for(lambda: a.events.named("new_message") and b.events.named("new_message"))
+            yield a.stopService()
+            yield b.stopService()
+
+    @defer.inlineCallbacks
+    def test_second_connect_opens_nothing(self):
+        a, b = make_service(self), make_service(self)
+        yield connect_pair(self, a, b)
+        ia = yield a.prepare_connection_info()
+        ib = yield b.prepare_connection_info()
+        peer = yield a.connect(ia, ib.public)
+        self.assertEqual(peer, b.peer_id)
+        yield sleep(0.1)
+        self.assertEqual(len(a.peers.connections), 1)
+        self.assertEqual(len(b.peers.connections), 1)
+
+    @defer.inlineCallbacks
+    def test_connect_to_self_refused(self):
+        a = make_service(self)
+        ia = yield a.prepare_connection_info()
+        yield self.assertFailure(a.connect(ia, ia.public), ConnectToSelf)
+
+    @defer.inlineCallbacks
+    def test_wrong_expected_key_refused(self):
+        a, b = make_service(self), make_service(self)
+        ia = yield a.prepare_connection_info()
+        ib = yield b.prepare_connection_info()
+        impostor = Identity.generate().peer_id
+        forged = PubConnectionInfo(impostor, ib.public.addresses)
+        e = yield self.assertFailure(a.connect(ia, forged), ConnectFailed)
+        self.assertIn("wrong peer key", str(e))
+        self.assertIn(str(b.peer_id), str(e))
+        self.assertEqual(a.events.named("connect_failure")[0][0], impostor)
+        self.assertEqual(b.connected_peers(), [])
+        self.assertEqual(a.connected_peers(), [])
+
+    @defer.inlineCallbacks
+    def test_wrong_network_refused_with_reason_on_both_sides(self):
+        a = make_service(self, network_name="alpha")
+        b = make_service(self, network_name="beta")
+        ia = yield a.prepare_connection_info()
+        ib = yield b.prepare_connection_info()
+        e = yield self.assertFailure(a.connect(ia, ib.public), ConnectFailed)
+        self.assertIn("network-mismatch", str(e))
+        yield sleep(0.1)
+        self.assertEqual(b.connected_peers(), [])
+        self.assertEqual(b.events.named("connect_success"), [])
+
+    @defer.inlineCallbacks
+    def test_incompatible_version_refused(self):
+        a, b = make_service(self), make_service(self)
+        original = b._hello_for
+        b._hello_for = lambda conn: Hello(**{**original(conn).__dict__, "version": 9, "min_version": 9})
+        ia = yield a.prepare_connection_info()
+        ib = yield b.prepare_connection_info()
+        e = yield self.assertFailure(a.connect(ia, ib.public), ConnectFailed)
+        self.assertIn("version-mismatch", str(e))
+        self.assertIn("9..9", str(e))
+
+    @defer.inlineCallbacks
+    def test_unreachable_address_fails_with_reason(self):
+        a = make_service(self, connect_timeout=5)
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()  # nothing listens there now
+        ia = yield a.prepare_connection_info()
+        info = PubConnectionInfo(Identity.generate().peer_id, (Address("tcp", "127.0.0.1", port),))
+        e = yield self.assertFailure(a.connect(ia, info), ConnectFailed)
+        self.assertIn(f"127.0.0.1:{port}", str(e))
+        self.assertIn("refused", str(e).lower())
+
+    @defer.inlineCallbacks
+    def test_disconnect_reports_lost_on_both_sides(self):
+        a, b = make_service(self), make_service(self)
+        yield connect_pair(self, a, b)
+        self.assertTrue(a.disconnect(b.peer_id))
+        self.assertFalse(a.disconnect(Identity.generate().peer_id))
+        yield wait_for(lambda: a.events.named("lost_peer") and b.events.named("lost_peer"))
+        self.assertIn("disconnect", b.events.named("lost_peer")[0][1])
+        self.assertRaises(PeerNotConnected, a.send, b.peer_id, b"x", 1)
+
+    @defer.inlineCallbacks
+    def test_stopping_a_service_makes_the_other_side_report_lost(self):
+        a, b = make_service(self), make_service(self)
+        yield connect_pair(self, a, b)
+        yield a.stopService()
+        yield wait_for(lambda: b.events.named("lost_peer"))
+        self.assertEqual(b.events.named("lost_peer")[0][0], a.peer_id)
+        self.assertIn("shutdown", b.events.named("lost_peer")[0][1])
+
+    @defer.inlineCallbacks
+    def test_silent_peer_is_lost_after_the_timeout(self):
+        a = make_service(self, heartbeat_interval=60)  # a never heartbeats in time
+        b = make_service(self, inactivity_timeout=0.5, heartbeat_interval=0.2)
+        yield connect_pair(self, a, b)
+        start = reactor.seconds()
+        yield wait_for(lambda: b.events.named("lost_peer"), timeout=5)
+        self.assertGreaterEqual(reactor.seconds() - start, 0.4)
+        self.assertIn("nothing received for 0.5 s", b.events.named("lost_peer")[0][1])
+
+    @defer.inlineCallbacks
+    def test_heartbeats_keep_an_idle_connection(self):
+        a = make_service(self, heartbeat_interval=0.1, inactivity_timeout=0.5)
+        b = make_service(self, heartbeat_interval=0.1, inactivity_timeout=0.5)
+        yield connect_pair(self, a, b)
+        yield sleep(1.5)
+        self.assertEqual(a.events.named("lost_peer") + b.events.named("lost_peer"), [])
+
+
+class BadInputTests(TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_oversize_send_fails_at_once(self):
+        a, b = make_service(self, max_message_size=1000), make_service(self, max_message_size=1000)
+        peer = yield connect_pair(self, a, b)
+        e = self.assertRaises(MessageTooLarge, a.send, peer, b"x" * 1001, 1)
+        self.assertEqual(e.limit, 1000)
+        self.assertEqual(a.events.named("message_too_large"), [(peer, 1001, 1000)])
+        a.send(peer, b"y" * 1000, 1)  # the limit itself is fine, connection unaffected
+        yield wait_for(lambda: b.events.named("new_message"))
+
+    @defer.inlineCallbacks
+    def test_peer_announcing_oversize_frame_is_disconnected_alone(self):
+        a = make_service(self)
+        b = make_service(self, max_message_size=1000)
+        c = make_service(self)
+        yield connect_pair(self, a, b)
+        yield connect_pair(self, c, b)
+        rogue = a.peers.active[b.peer_id]
+        rogue.transport.write(struct.pack("!IB", 5000, DATA) + b"z" * 100)
+        yield wait_for(lambda: b.events.named("lost_peer") and a.events.named("lost_peer"))
+        self.assertIn("oversize", b.events.named("lost_peer")[0][1])
+        self.assertIn("oversize", a.events.named("lost_peer")[0][1])
+        self.assertEqual(b.connected_peers(), [c.peer_id])
+        c.send(b.peer_id, b"still fine", 1)
+        yield wait_for(lambda: b.events.named("new_message"))
+
+    @defer.inlineCallbacks
+    def _other_clients_survive(self, make_client):
+        a, b = make_service(self), make_service(self)
+        yield connect_pair(self, a, b)
+        port = b.listen_addresses[0].port
+        closed = defer.Deferred()
+
+        class Raw(protocol.Protocol):
+            def connectionMade(self):
+                make_client.send(self)
+
+            def connectionLost(self, reason):
+                closed.callback(None)
+
+        factory = protocol.ClientFactory.forProtocol(Raw)
+        yield make_client.connect(port, factory)
+        yield closed
+        a.send(b.peer_id, b"after garbage", 1)
+        yield wait_for(lambda: b.events.named("new_message"))
+        self.assertEqual(b.connected_peers(), [a.peer_id])
+
+    def test_random_bytes_close_that_connection_only(self):
+        class Client:
+            @staticmethod
+            def send(proto):
+                proto.transport.write(os.urandom(4096))
+
+            @staticmethod
+            def connect(port, factory):
+                reactor.connectTCP("127.0.0.1", port, factory)
+                return defer.succeed(None)
+
+        return self._other_clients_survive(Client)
+
+    def test_plain_tls_client_closes_that_connection_only(self):
+        class Client:
+            @staticmethod
+            def send(proto):
+                proto.transport.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
+            @staticmethod
+            def connect(port, factory):
+                options = ssl.CertificateOptions(verify=False)
+                reactor.connectSSL("127.0.0.1", port, factory, options)
+                return defer.succeed(None)
+
+        return self._other_clients_survive(Client)

@@ -48,10 +48,15 @@ def interface_addresses() -> list[InterfaceAddress]:
     return list(dict.fromkeys(found))
 
 
-def addresses_for_listener(listen_host: str, version: int = 4) -> list[str]:
-    """The IPs a listener bound to C{listen_host} can be reached at (no link-local)."""
+def addresses_for_listener(listen_host: str) -> list[str]:
+    """
+    The IPs a listener bound to C{listen_host} can be reached at (no
+    link-local).  C{0.0.0.0} means every IPv4 address; C{::} (dual stack)
+    every IPv6 and IPv4 address.
+    """
     ip = ipaddress.ip_address(listen_host)
     if not ip.is_unspecified:
         return [str(ip)]
-    hosts = [a.ip for a in interface_addresses() if a.version == version and not a.is_link_local]
+    versions = (4,) if ip.version == 4 else (6, 4)
+    hosts = [a.ip for a in interface_addresses() if a.version in versions and not a.is_link_local]
     return list(dict.fromkeys(hosts))

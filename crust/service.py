@@ -229,12 +229,12 @@ class Service(MultiService):
         def listening(listening_port):
             self._ports.append(listening_port)
             bound = listening_port.getHost().port
-            self.listen_addresses = [Address("tcp", h, bound) for h in addresses_for_listener(host, 6 if ":" in host else 4)]
+            self.listen_addresses = [Address("tcp", h, bound) for h in addresses_for_listener(host)]
             self.log.info(
                 "listening on tcp port {port} as {peer_id}; addresses: {addresses}",
                 port=bound, peer_id=str(self.peer_id), addresses=" ".join(map(str, self.listen_addresses)),
             )
-            self._emit("listener_started", Address("tcp", host if host not in ("0.0.0.0", "::") else "0.0.0.0" if ":" not in host else "::", bound))
+            self._emit("listener_started", Address("tcp", host, bound))
             return list(self.listen_addresses)
 
         def failed(failure: Failure):

@@ -73,6 +73,14 @@ class ConnectTests(TestCase):
             yield b.stopService()
 
     @defer.inlineCallbacks
+    def test_ipv6_loopback(self):
+        a, b = make_service(self, listen_host="::1"), make_service(self, listen_host="::1")
+        ib = yield b.prepare_connection_info()
+        self.assertEqual([str(x) for x in ib.public.addresses], [f"tcp:[::1]:{b.listen_addresses[0].port}"])
+        yield connect_pair(self, a, b)
+        self.assertEqual(b.peer_address(a.peer_id).host, "::1")
+
+    @defer.inlineCallbacks
     def test_second_connect_opens_nothing(self):
         a, b = make_service(self), make_service(self)
         yield connect_pair(self, a, b)

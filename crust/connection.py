@@ -319,9 +319,9 @@ class PeerConnection(Protocol):
 
     def promote(self, peer_id: PeerId) -> None:
         self._cancel_timer()
-        self._decoder.set_handlers(self._data_active, self._control)
         self._schedule_liveness(self.clock.seconds())
-        self.owner.promote(self, peer_id)
+        self.owner.promote(self, peer_id)  # sets self.deliver
+        self._decoder.set_handlers(self.deliver, self._control)
 
     def candidate(self, peer_id: PeerId, hello: Hello) -> None:
         self.owner.candidate(self, peer_id, hello)
@@ -339,9 +339,6 @@ class PeerConnection(Protocol):
 
     def _data_before_active(self, payload: bytes) -> None:
         raise ProtocolViolation("DATA before the connection was chosen")
-
-    def _data_active(self, payload: bytes) -> None:
-        self.deliver(payload)
 
     def _control(self, ftype: int, payload: bytes) -> None:
         if ftype == FrameType.HEARTBEAT:

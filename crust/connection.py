@@ -33,6 +33,7 @@ from crust.tls import peer_id_from_certificate
 from crust.wire import (
     CHOOSE_FRAME,
     DATA,
+    GRANT_FRAME,
     HEARTBEAT_FRAME,
     CloseReason,
     FrameType,
@@ -55,6 +56,7 @@ class ConnectionOwner(TypingProtocol):
     def claim(self, conn: "PeerConnection", peer_id: PeerId) -> bool: ...
     def promote(self, conn: "PeerConnection", peer_id: PeerId) -> None: ...
     def candidate(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None: ...
+    def admit(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None: ...
     def probed(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None: ...
     def refused(self, conn: "PeerConnection", reason: str, detail: str) -> None: ...
     def lost(self, conn: "PeerConnection", reason: str) -> None: ...
@@ -308,6 +310,12 @@ class PeerConnection(Protocol):
     def send_choose(self) -> None:
         self.transport.write(CHOOSE_FRAME)
 
+    def send_grant(self) -> None:
+        self.transport.write(GRANT_FRAME)
+
+    def admit(self, peer_id: PeerId, hello: Hello) -> None:
+        self.owner.admit(self, peer_id, hello)
+
     def reject(self, reason: RejectReason, detail: str) -> None:
         self.log.info("{conn}: refusing: {reason}: {detail}", conn=repr(self), reason=reason.value, detail=detail)
         self._close_reason = f"{reason.value}: {detail}"
@@ -347,6 +355,8 @@ class PeerConnection(Protocol):
             self.handshake.hello_received(Hello.decode(payload))
         elif ftype == FrameType.CHOOSE:
             self.handshake.choose_received()
+        elif ftype == FrameType.GRANT:
+            self.handshake.grant_received()
         elif ftype == FrameType.REJECT:
             reason, detail = decode_reason(payload, "REJECT")
             self.handshake.reject_received(reason, detail)
@@ -372,7 +382,8 @@ class PeerConnection(Protocol):
         if self.handshake.state is HandshakeState.AWAIT_CHOICE:
             self.handshake.choice_timed_out()
             return
-        if self.handshake.state in (HandshakeState.AWAIT_TLS, HandshakeState.AWAIT_HELLO):
+        if self.handshake.state in (HandshakeState.AWAIT_TLS, HandshakeState.AWAIT_HELLO,
+                                    HandshakeState.AWAIT_GRANT, HandshakeState.ADMITTING):
             self._close_reason = f"timeout: handshake not complete after {self.handshake_timeout:g} s"
             self.handshake.closed()
             self._lose()

@@ -7,7 +7,11 @@ States::
     AWAIT_TLS --tls_complete--> AWAIT_HELLO --hello ok--> AWAIT_CHOICE --CHOOSE--> ACTIVE
                                             \\--hello ok, we choose, claim ok-----> ACTIVE
                                             \\--probe hello------------------------> PROBED
+                                            \\--we ask to bootstrap--> AWAIT_GRANT --GRANT--> (election)
+                                            \\--they ask to bootstrap--> ADMITTING --granted--> (election)
     any --reject/close/error--> CLOSED
+
+"Election" is the AWAIT_CHOICE / claim step above.
 
 Checks, in order, on the peer's HELLO: protocol version overlap, network name,
 not ourselves, the key we expected (if we connected to a named peer).  Of the
@@ -36,6 +40,8 @@ from crust.wire import (
 class HandshakeState(enum.Enum):
     AWAIT_TLS = "await-tls"
     AWAIT_HELLO = "await-hello"
+    AWAIT_GRANT = "await-grant"
+    ADMITTING = "admitting"
     AWAIT_CHOICE = "await-choice"
     ACTIVE = "active"
     PROBED = "probed"
@@ -45,6 +51,9 @@ class HandshakeState(enum.Enum):
 class HandshakeDelegate(Protocol):
     def send_hello(self) -> None: ...
     def send_choose(self) -> None: ...
+    def send_grant(self) -> None: ...
+    def admit(self, peer_id: PeerId, hello: Hello) -> None:
+        """The peer asks to bootstrap off us: decide, then call L{Handshake.admission_result}."""
     def reject(self, reason: RejectReason, detail: str) -> None: ...
     def close(self, reason: CloseReason, detail: str) -> None: ...
     def claim(self, peer_id: PeerId) -> bool:
@@ -130,11 +139,36 @@ class Handshake:
             self.state = HandshakeState.PROBED
             self._delegate.probed(self.peer_id, hello)
             return
-        if hello.intent is not self.intent and not (
-            {hello.intent, self.intent} <= {Intent.CONNECT, Intent.BOOTSTRAP}
-        ):
-            self._fail(RejectReason.UNSUPPORTED_INTENT, f"intent {hello.intent.value} not accepted here")
+        if hello.intent is Intent.BOOTSTRAP and self.intent is Intent.BOOTSTRAP:
+            self._fail(RejectReason.UNSUPPORTED_INTENT, "both sides asked to bootstrap on one connection")
             return
+        if hello.intent is Intent.BOOTSTRAP:
+            self.state = HandshakeState.ADMITTING
+            self._delegate.admit(self.peer_id, hello)
+            return
+        if self.intent is Intent.BOOTSTRAP:
+            self.state = HandshakeState.AWAIT_GRANT
+            return
+        self._elect()
+
+    def admission_result(self, granted: bool, reason: Optional[RejectReason] = None, detail: str = "") -> None:
+        """Our decision on the peer's bootstrap request."""
+        if self.state is not HandshakeState.ADMITTING:
+            return
+        if granted:
+            self._delegate.send_grant()
+            self._elect()
+        else:
+            self._fail(reason or RejectReason.BOOTSTRAP_DENIED, detail)
+
+    def grant_received(self) -> None:
+        if self.state is not HandshakeState.AWAIT_GRANT:
+            self._fail(RejectReason.MALFORMED, f"unexpected GRANT in state {self.state.value}")
+            return
+        self._elect()
+
+    def _elect(self) -> None:
+        assert self.peer_id is not None
         self.state = HandshakeState.AWAIT_CHOICE
         if self.is_chooser:
             if self._delegate.claim(self.peer_id):
@@ -145,7 +179,15 @@ class Handshake:
                 self.state = HandshakeState.CLOSED
                 self._delegate.close(CloseReason.DUPLICATE, "another connection to this peer is active")
         else:
-            self._delegate.candidate(self.peer_id, hello)
+            assert self.peer_hello is not None
+            self._delegate.candidate(self.peer_id, self.peer_hello)
+
+    @property
+    def is_bootstrap(self) -> bool:
+        """Whether this connection was opened to bootstrap (from either side)."""
+        return self.intent is Intent.BOOTSTRAP or (
+            self.peer_hello is not None and self.peer_hello.intent is Intent.BOOTSTRAP
+        )
 
     def choose_received(self) -> None:
         if self.state is not HandshakeState.AWAIT_CHOICE or self.is_chooser:

@@ -8,7 +8,8 @@ Every frame is::
     payload (length - 1 bytes)
 
 Control payloads (HELLO, REJECT, CLOSE) are UTF-8 JSON objects; DATA carries
-the application's message bytes unchanged; HEARTBEAT and CHOOSE are empty.
+the application's message bytes unchanged; HEARTBEAT, CHOOSE and GRANT are
+empty.
 """
 
 from __future__ import annotations
@@ -42,11 +43,13 @@ class FrameType(enum.IntEnum):
     DATA = 4
     HEARTBEAT = 5
     CLOSE = 6
+    GRANT = 7  # the acceptor grants a bootstrap request
 
 
 DATA = int(FrameType.DATA)
 HEARTBEAT_FRAME = pack_header(1, FrameType.HEARTBEAT)
 CHOOSE_FRAME = pack_header(1, FrameType.CHOOSE)
+GRANT_FRAME = pack_header(1, FrameType.GRANT)
 
 
 def frame(ftype: int, payload: bytes = b"") -> bytes:

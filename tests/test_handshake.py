@@ -131,3 +131,53 @@ class HandshakeTests(SynchronousTestCase):
         hs.tls_complete(LOW)
         hs.reject_received("network-mismatch", "other network")
         self.assertEqual(rec.calls[-1][0:2], ("refused", "network-mismatch"))
+
+
+class BootstrapHandshakeTests(SynchronousTestCase):
+    def make(self, local, intent):
+        rec = Recorder()
+        return Handshake(rec, local, NET, intent), rec
+
+    def test_requester_waits_for_grant_then_elects(self):
+        hs, rec = self.make(HIGH, Intent.BOOTSTRAP)
+        hs.tls_complete(LOW)
+        hs.hello_received(hello())
+        self.assertEqual(hs.state, HandshakeState.AWAIT_GRANT)
+        self.assertNotIn("claim", rec.names())
+        hs.grant_received()
+        self.assertEqual(hs.state, HandshakeState.ACTIVE)
+        self.assertEqual(rec.names()[-2:], ["send_choose", "promote"])
+        self.assertTrue(hs.is_bootstrap)
+
+    def test_acceptor_admits_then_grants(self):
+        hs, rec = self.make(LOW, Intent.CONNECT)
+        hs.tls_complete(HIGH)
+        hs.hello_received(hello(intent=Intent.BOOTSTRAP, role="client"))
+        self.assertEqual(hs.state, HandshakeState.ADMITTING)
+        self.assertEqual(rec.names()[-1], "admit")
+        hs.admission_result(True)
+        self.assertEqual(rec.names()[-2:], ["send_grant", "candidate"])
+        self.assertEqual(hs.state, HandshakeState.AWAIT_CHOICE)
+        self.assertTrue(hs.is_bootstrap)
+
+    def test_acceptor_denies_with_reason(self):
+        hs, rec = self.make(LOW, Intent.CONNECT)
+        hs.tls_complete(HIGH)
+        hs.hello_received(hello(intent=Intent.BOOTSTRAP))
+        hs.admission_result(False, RejectReason.FAILED_REACHABILITY, "no answer from tcp:1.2.3.4:5")
+        self.assertIn(("reject", RejectReason.FAILED_REACHABILITY, "no answer from tcp:1.2.3.4:5"), rec.calls)
+        self.assertEqual(hs.state, HandshakeState.CLOSED)
+
+    def test_unexpected_grant(self):
+        hs, rec = self.make(HIGH, Intent.CONNECT)
+        hs.tls_complete(LOW)
+        hs.grant_received()
+        self.assertIn(("reject", RejectReason.MALFORMED), [c[:2] for c in rec.calls])
+
+    def test_late_admission_result_ignored(self):
+        hs, rec = self.make(LOW, Intent.CONNECT)
+        hs.tls_complete(HIGH)
+        hs.hello_received(hello(intent=Intent.BOOTSTRAP))
+        hs.closed()
+        hs.admission_result(True)
+        self.assertNotIn("send_grant", rec.names())

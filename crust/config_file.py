@@ -164,7 +164,9 @@ def _address(value: Any, path: str, source: str) -> Address:
     try:
         return Address.parse(value)
     except ValueError as e:
-        raise ConfigFileError(source, path, f"bad address: {e}", value) from None
+        text = str(e)
+        raise ConfigFileError(source, path, text if text.startswith("bad address") else f"bad address: {text}",
+                              value) from None
 
 
 def _peer_id(value: Any, path: str, source: str) -> PeerId:

@@ -106,7 +106,10 @@ class PeerTable:
     def refused(self, conn: "PeerConnection", reason: str, detail: str) -> None:
         text = f"{reason}: {detail}" if detail else reason
         self.log.info("handshake with {address} refused: {reason}", address=str(conn.peer_address), reason=text)
-        self._service._connection_refused(conn, text)
+        self._service._connection_refused(conn, reason, detail)
+
+    def admit(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None:
+        self._service._admit_bootstrap(conn, peer_id, hello)
 
     def lost(self, conn: "PeerConnection", reason: str) -> None:
         self.connections.discard(conn)

@@ -33,6 +33,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from crust.address import Address
+from crust.bootstrap_cache import BootstrapCache
+from crust.bootstrapper import Bootstrapper, CacheValidator, bootstrap_error
 from crust.config import Config
 from crust.connect import ConnectAttempt
 from crust.connection import PeerConnection
@@ -49,8 +51,9 @@ from crust.identity import Identity, PeerId
 from crust.local_addresses import addresses_for_listener
 from crust.observer import EVENT_NAMES
 from crust.peers import PeerTable
+from crust.roles import Role
 from crust.tls import ConnectionCreator, make_context
-from crust.wire import CloseReason, Hello, Intent, network_hash
+from crust.wire import CloseReason, Hello, Intent, RejectReason, network_hash
 from crust._waiters import OneShot
 
 MAX_ADVERTISED = 16
@@ -73,8 +76,11 @@ class _ConnectionFactory(Factory):
 
     def __init__(self, service: "Service", *, initiator: bool, intent: Intent = Intent.CONNECT,
                  expected_peer: Optional[PeerId] = None, attempt: Optional[ConnectAttempt] = None,
-                 probe: Optional[Deferred] = None, transport_name: str = "tcp") -> None:
+                 probe: Optional[Deferred] = None, bootstrap: Optional[Deferred] = None,
+                 role: Optional[str] = None, transport_name: str = "tcp") -> None:
         self.service = service
+        self.bootstrap = bootstrap
+        self.role = role
         self.initiator = initiator
         self.intent = intent
         self.expected_peer = expected_peer
@@ -103,6 +109,9 @@ class _ConnectionFactory(Factory):
         )
         conn.attempt = self.attempt
         conn.probe = self.probe
+        conn.bootstrap = self.bootstrap
+        conn.role = self.role or service.role
+        conn.refusal = None
         conn.started_at = service.clock.seconds()
         service.peers.connection_made(conn)
         return conn
@@ -116,12 +125,14 @@ class Service(MultiService):
     @param config: settings (L{Config}); defaults suit most uses.
     @param reactor: the reactor (and clock) to use; the global one by default.
     @param role: C{"node"} (reachable, may serve others) or C{"client"}.
+    @param data_dir: where state is kept (the bootstrap cache); without it
+        the cache lives in memory only.
     """
 
     log = Logger()
 
     def __init__(self, identity: Identity, config: Optional[Config] = None, reactor: Any = None,
-                 role: str = "node") -> None:
+                 role: str = "node", data_dir: Optional[str] = None) -> None:
         MultiService.__init__(self)
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -144,6 +155,16 @@ class Service(MultiService):
         self.listen_addresses: list[Address] = []
         self.external_addresses: list[Address] = []  # learned from peers, STUN or port mapping
         self.running_for_peers = False
+        self.data_dir = data_dir
+        self.bootstrap_cache: Optional[BootstrapCache] = None
+        if data_dir is not None or self.config.bootstrap_cache.file is not None:
+            self.bootstrap_cache = BootstrapCache.from_config(self.config, data_dir or ".", self.clock)
+            self.bootstrap_cache.setServiceParent(self)
+        self.bootstrapper = Bootstrapper(self)
+        CacheValidator(self).setServiceParent(self)
+        self.discovery_requester: Any = None
+        self.discovery_responder: Any = None
+        self._discovery_service: Any = None
 
     # -- observers ---------------------------------------------------------------
 
@@ -310,9 +331,10 @@ class Service(MultiService):
 
     def _dial(self, address: Address, expected: Optional[PeerId], attempt: Optional[ConnectAttempt],
               intent: Intent = Intent.CONNECT, probe: Optional[Deferred] = None,
-              bind: Optional[tuple[str, int]] = None) -> Deferred:
+              bind: Optional[tuple[str, int]] = None, bootstrap: Optional[Deferred] = None,
+              role: Optional[str] = None) -> Deferred:
         factory = _ConnectionFactory(self, initiator=True, intent=intent, expected_peer=expected,
-                                     attempt=attempt, probe=probe)
+                                     attempt=attempt, probe=probe, bootstrap=bootstrap, role=role)
         tls = TLSMemoryBIOFactory(self._creator, True, factory, clock=self.clock)
         endpoint_type = TCP6ClientEndpoint if address.family_is_v6 else TCP4ClientEndpoint
         endpoint = endpoint_type(self.reactor, address.host, address.port,
@@ -378,6 +400,110 @@ class Service(MultiService):
         conn.close(CloseReason.DISCONNECT, "closed by the peer's user")
         return True
 
+    # -- bootstrap ---------------------------------------------------------------------------
+
+    def bootstrap(self, blacklist: Iterable[Any] = (), role: Union[Role, str] = Role.NODE) -> Deferred:
+        """
+        Find the network: try LAN discovery replies, cached peers and the
+        hard-coded contacts (minus C{blacklist}: addresses or their text),
+        concurrently with a cap, within C{bootstrap_timeout}.  Fires with the
+        L{PeerId} of the first peer that grants the request; fails with
+        L{crust.bootstrap_plan.BootstrapFailed} listing every reason.
+        C{role}: L{Role.NODE} claims to be reachable (the acceptor tests it),
+        L{Role.CLIENT} only consumes.
+        """
+        if not self.running_for_peers:
+            return fail(ServiceNotRunning("the service is not running"))
+        role = Role.from_text(role) if isinstance(role, str) else role
+        return self.bootstrapper.bootstrap(blacklist, role)
+
+    def set_accept_bootstrap(self, accept: bool) -> None:
+        """Grant other peers' bootstrap requests (off by default in the library)."""
+        self.config = self.config.replace(accept_bootstrap=bool(accept))
+
+    def set_ext_reachability_test(self, enabled: bool) -> None:
+        """Test a C{node} requester's reachability before granting (on by default)."""
+        self.config = self.config.replace(external_reachability_test=bool(enabled))
+
+    @property
+    def bootstrapped_to(self) -> Optional[tuple[PeerId, Address]]:
+        """The peer and address of our last successful bootstrap, if any."""
+        return self.bootstrapper.bootstrapped_to
+
+    def bootstrap_cached_peers(self) -> list[tuple[PeerId, Address]]:
+        """The bootstrap cache, most recently used first."""
+        return self.bootstrap_cache.peers() if self.bootstrap_cache is not None else []
+
+    def is_peer_hard_coded(self, peer_id: PeerId) -> bool:
+        return any(c.peer_id == peer_id for c in self.config.hard_coded_contacts)
+
+    # -- LAN discovery ------------------------------------------------------------------------
+
+    def start_service_discovery(self, listen: bool = False, destinations: Any = None,
+                                interfaces: Iterable[str] = ("0.0.0.0",)) -> None:
+        """
+        Enable LAN discovery: bootstraps ask the LAN first, and (with
+        C{listen}) we answer other nodes' requests on
+        C{service_discovery_listener_port}.  C{destinations} overrides where
+        requests go (default: every interface's broadcast address).
+        """
+        from crust.discovery import DiscoveryRequester, DiscoveryResponder, DiscoveryResponderService
+
+        config = self.config
+        if self.discovery_requester is None:
+            self.discovery_requester = DiscoveryRequester(
+                config.service_discovery_port, config.network_name, window=1.0,
+                destinations=destinations, exclude_peer_ids=[self.peer_id],
+                reactor=self.reactor,
+            )
+        if self.discovery_responder is None:
+            self.discovery_responder = DiscoveryResponder(
+                lambda: (self.peer_id, self.candidate_addresses()), config.network_name,
+                enabled=listen, clock=self.clock,
+            )
+            self._discovery_service = DiscoveryResponderService(
+                self.discovery_responder, config.service_discovery_listener_port,
+                interfaces=tuple(interfaces), reactor=self.reactor,
+            )
+            self._discovery_service.setServiceParent(self)
+        else:
+            self.discovery_responder.set_enabled(listen)
+
+    def set_service_discovery_listen(self, listen: bool) -> None:
+        """Answer (or stop answering) LAN discovery requests."""
+        if self.discovery_responder is not None:
+            self.discovery_responder.set_enabled(listen)
+
+    def has_peers_on_lan(self) -> Deferred:
+        """Fires True if any node of our network answers LAN discovery within 1 s."""
+        if self.discovery_requester is None:
+            return succeed(False)
+        return self.discovery_requester.has_peers_on_lan()
+
+    # -- configuration -----------------------------------------------------------------------
+
+    def apply_config(self, config: Config) -> None:
+        """
+        Take a new configuration while running: whitelists, contacts, cache
+        and bootstrap settings apply at once, and connections the new
+        whitelists no longer allow are closed.  Listening ports and the
+        network name apply at the next start.
+        """
+        old = self.config
+        for name in ("network_name", "listen_port", "listen_host", "udp_listen_port"):
+            if getattr(old, name) != getattr(config, name):
+                self.log.warn("config: {field} changes take effect when the node restarts", field=name)
+        config = config.replace(network_name=old.network_name, listen_port=old.listen_port,
+                                listen_host=old.listen_host, udp_listen_port=old.udp_listen_port)
+        self.config = config
+        if self.bootstrap_cache is not None:
+            self.bootstrap_cache.reconfigure(config)
+        for peer_id, conn in list(self.peers.active.items()):
+            if not self._ip_allowed(conn, self._peer_role(conn)):
+                self.log.info("config: {peer} at {address} is no longer whitelisted; closing",
+                              peer=str(peer_id), address=str(conn.peer_address))
+                conn.close(CloseReason.NOT_WHITELISTED, "no longer whitelisted")
+
     # -- queries ---------------------------------------------------------------------------
 
     def is_connected(self, peer_id: PeerId) -> bool:
@@ -412,31 +538,55 @@ class Service(MultiService):
     # -- hooks called by the peer table ---------------------------------------------------------
 
     def _hello_for(self, conn: PeerConnection) -> Hello:
-        listeners = tuple(a for a in self.candidate_addresses() if not a.ip.is_loopback)[:MAX_ADVERTISED]
-        return Hello(network=self.network, intent=conn.handshake.intent, role=self.role,
-                     observed=conn.peer_address, listeners=listeners)
+        candidates = self.candidate_addresses()
+        listeners = [a for a in candidates if not a.ip.is_loopback] or candidates
+        return Hello(network=self.network, intent=conn.handshake.intent, role=conn.role,
+                     observed=conn.peer_address, listeners=tuple(listeners[:MAX_ADVERTISED]))
 
-    def _admit(self, conn: PeerConnection, peer_id: PeerId) -> bool:
-        hello = conn.handshake.peer_hello
-        role = hello.role if hello is not None else "node"
-        allowed = self.config.whitelisted_client_ips if role == "client" else self.config.whitelisted_node_ips
+    def _ip_allowed(self, conn: PeerConnection, role: Role) -> bool:
+        allowed = self.config.whitelisted_client_ips if role is Role.CLIENT else self.config.whitelisted_node_ips
         if allowed is None or conn.peer_address is None:
             return True
-        if _ip_in(conn.peer_address.host, allowed):
+        return _ip_in(conn.peer_address.host, allowed)
+
+    def _peer_role(self, conn: PeerConnection) -> Role:
+        hello = conn.handshake.peer_hello
+        try:
+            return Role.from_text(hello.role) if hello is not None else Role.NODE
+        except ValueError:
+            return Role.NODE
+
+    def _admit(self, conn: PeerConnection, peer_id: PeerId) -> bool:
+        if self._ip_allowed(conn, self._peer_role(conn)):
             return True
         self.log.info("refusing {peer} from {address}: not whitelisted", peer=str(peer_id), address=str(conn.peer_address))
         return False
 
+    def _admit_bootstrap(self, conn: PeerConnection, peer_id: PeerId, hello: Hello) -> None:
+        self.bootstrapper.admit(conn, peer_id, hello)
+
     def _connection_promoted(self, conn: PeerConnection, peer_id: PeerId) -> None:
         attempt = self._attempts.get(peer_id)
-        self._emit("connect_success", peer_id)
+        if conn.handshake.is_bootstrap:
+            if not conn.initiator:
+                role = self._peer_role(conn)
+                self.log.info("{peer} bootstrapped off us as {role}", peer=str(peer_id), role=str(role))
+                self._emit("bootstrap_accept", peer_id, role)
+        else:
+            self._emit("connect_success", peer_id)
+        if conn.initiator and conn.peer_address is not None and self.bootstrap_cache is not None:
+            self.bootstrap_cache.put(peer_id, conn.peer_address)  # directly reachable
+        if conn.bootstrap is not None and not conn.bootstrap.called:
+            conn.bootstrap.callback(peer_id)
         if attempt is not None:
             attempt.succeeded()
         observed = conn.handshake.peer_hello.observed if conn.handshake.peer_hello else None
         if observed is not None:
             self._observed_address(observed, conn)
 
-    def _connection_refused(self, conn: PeerConnection, reason: str) -> None:
+    def _connection_refused(self, conn: PeerConnection, reason: str, detail: str = "") -> None:
+        conn.refusal = (reason, detail)
+        reason = f"{reason}: {detail}" if detail else reason
         attempt = getattr(conn, "attempt", None)
         if attempt is not None:
             attempt.connection_refused(conn, reason)
@@ -448,6 +598,12 @@ class Service(MultiService):
         probe = getattr(conn, "probe", None)
         if probe is not None and not probe.called:
             probe.errback(Failure(ConnectFailed(conn.peer_id, [f"{conn.peer_address}: {reason}"], "probe failed")))
+        bootstrap = getattr(conn, "bootstrap", None)
+        if bootstrap is not None and not bootstrap.called:
+            if conn.peer_id is not None and conn.peer_id in self.peers.active:
+                bootstrap.callback(conn.peer_id)  # we were connected to it already
+            else:
+                bootstrap.errback(Failure(bootstrap_error(conn, reason)))
         # an incoming candidate that ends may leave a waiting attempt with nothing to wait for
         peer_id = conn.peer_id
         if peer_id is not None and peer_id in self._attempts and not self.peers.has_candidates(peer_id):

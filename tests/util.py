@@ -15,9 +15,9 @@ def loopback_config(**kw) -> Config:
     return Config(**kw)
 
 
-def make_service(testcase, identity=None, start=True, **config) -> Service:
+def make_service(testcase, identity=None, start=True, data_dir=None, **config) -> Service:
     """A started service on 127.0.0.1 with a RecordingObserver at C{.events}."""
-    service = Service(identity or Identity.generate(), loopback_config(**config), reactor)
+    service = Service(identity or Identity.generate(), loopback_config(**config), reactor, data_dir=data_dir)
     service.events = RecordingObserver()
     service.add_observer(service.events)
     if start:

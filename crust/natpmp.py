@@ -154,8 +154,9 @@ class DatagramRequestClient(DatagramProtocol):
     Request/response over UDP with one gateway: one request outstanding at a
     time, retransmitted after C{initial_timeout} seconds, doubling, up to
     C{max_tries} sends.  Datagrams from anyone but C{(gateway, port)}, with no
-    request outstanding, or that do not decode as the awaited response, are
-    dropped, logged and counted in C{rejected} (by reason).
+    request outstanding, malformed, or answering another request, are
+    dropped, logged and counted in C{rejected} by reason (C{"wrong source"},
+    C{"unsolicited"}, C{"malformed"}, C{"mismatch"}).
 
     Call L{start} (or give a transport with C{makeConnection}) before
     requests; L{stop} releases the port.
@@ -186,6 +187,7 @@ class DatagramRequestClient(DatagramProtocol):
         self._lock = DeferredLock()
         self._pending: Optional[_Pending] = None
         self._listening: Any = None
+        self._stopped = False
         self._last_epoch: Optional[tuple[int, float]] = None
         self.rejected: Counter[str] = Counter()
         self.epoch_resets = 0
@@ -200,6 +202,7 @@ class DatagramRequestClient(DatagramProtocol):
         address, filters other senders, and turns ICMP port unreachable into
         L{connectionRefused}.
         """
+        self._stopped = False
         if self.transport is not None:
             return
         listening = self._reactor.listenUDP(0, self, interface=self._interface)  # type: ignore[attr-defined]
@@ -211,13 +214,26 @@ class DatagramRequestClient(DatagramProtocol):
                           proto=self.protocol_name, gateway=self.gateway, error=e)
 
     def stop(self) -> Deferred:
-        """Fail any outstanding request and release the port."""
+        """Fail the outstanding and queued requests, and release the port."""
+        self._stopped = True
         if self._pending is not None:
             self._finish(self._pending, failure=CancelledError("client stopped"))
         listening, self._listening = self._listening, None
         if listening is not None:
             return maybeDeferred(listening.stopListening)
         return succeed(None)
+
+    def stopProtocol(self) -> None:
+        # The reactor closes a connected UDP port on a socket error (epoll
+        # reports ICMP port unreachable as an error): the gateway does not
+        # serve this protocol.  A later start() binds a new port.
+        self._listening = None
+        if not self._stopped:
+            self.log.info("{proto}: socket towards {gateway}:{port} closed (ICMP port unreachable?)",
+                          proto=self.protocol_name, gateway=self.gateway, port=self.port)
+            if self._pending is not None:
+                self._finish(self._pending, failure=NoService(
+                    f"{self.gateway}:{self.port}: socket error (port unreachable?): no {self.protocol_name} server"))
 
     def local_host(self) -> Optional[str]:
         """Our address as the gateway sees it (valid once started and connected)."""
@@ -235,6 +251,8 @@ class DatagramRequestClient(DatagramProtocol):
         """
 
         def run() -> Deferred:
+            if self._stopped:
+                raise CancelledError(f"{self.protocol_name} client stopped")
             if self.transport is None:
                 raise PortMappingError(f"{self.protocol_name} client is not started")
 
@@ -249,6 +267,9 @@ class DatagramRequestClient(DatagramProtocol):
         return self._lock.run(run)
 
     def _send(self, pending: _Pending) -> None:
+        if self.transport is None:
+            self._finish(pending, failure=CancelledError(f"{self.protocol_name} client stopped"))
+            return
         pending.tries += 1
         timeout = self.initial_timeout * 2 ** (pending.tries - 1)
         pending.timer = self._reactor.callLater(timeout, self._timed_out, pending)
@@ -296,7 +317,7 @@ class DatagramRequestClient(DatagramProtocol):
             self._finish(pending, failure=answer.error)
             return
         except MalformedResponse as e:
-            self._reject("malformed", source, str(e))
+            self._reject("mismatch" if isinstance(e, ResponseMismatch) else "malformed", source, str(e))
             return
         except Exception:
             self.log.failure("{proto}: error decoding a datagram from {source}",
@@ -331,6 +352,10 @@ class DatagramRequestClient(DatagramProtocol):
 
     def _epoch_restart(self, prev_epoch: int, prev_time: float, epoch: int, now: float) -> bool:
         return epoch_indicates_restart(prev_epoch, prev_time, epoch, now)
+
+
+class ResponseMismatch(MalformedResponse):
+    """A well-formed response, but not to our request (opcode, port, nonce)."""
 
 
 class AnswerError(Exception):
@@ -399,9 +424,9 @@ class NATPMPClient(DatagramRequestClient):
         else:
             got = OPCODES[response.transport]
         if got != opcode:
-            raise MalformedResponse(f"response to opcode {got}, expected {opcode}")
+            raise ResponseMismatch(f"response to opcode {got}, expected {opcode}")
         if isinstance(response, MapResponse) and response.internal_port != internal_port:
-            raise MalformedResponse(f"response for internal port {response.internal_port}, expected {internal_port}")
+            raise ResponseMismatch(f"response for internal port {response.internal_port}, expected {internal_port}")
         self.note_epoch(response.epoch)
         if isinstance(response, ErrorResponse):
             if response.result in (1, 5):

@@ -22,7 +22,7 @@ from typing import Optional
 from twisted.internet.defer import Deferred, fail
 
 from crust.gateway import MalformedResponse, MappingRefused, NoService
-from crust.natpmp import DEFAULT_LIFETIME, AnswerError, DatagramRequestClient
+from crust.natpmp import DEFAULT_LIFETIME, AnswerError, DatagramRequestClient, ResponseMismatch
 
 SERVER_PORT = 5351
 VERSION = 2
@@ -223,7 +223,7 @@ class PCPClient(DatagramRequestClient):
             response = decode_map_response(data)
             if response.nonce is not None and (response.nonce != nonce or response.transport != transport
                                                or response.internal_port != internal_port):
-                raise MalformedResponse("nonce, protocol or internal port do not match our request")
+                raise ResponseMismatch("nonce, protocol or internal port do not match our request")
             self.note_epoch(response.epoch)
             if response.result in _NO_SERVICE_RESULTS:
                 raise AnswerError(NoService(f"PCP server {self.gateway}: {response.reason}"))

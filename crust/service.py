@@ -162,6 +162,7 @@ class Service(MultiService):
             self.bootstrap_cache.setServiceParent(self)
         self.bootstrapper = Bootstrapper(self)
         CacheValidator(self).setServiceParent(self)
+        self.port_mapper: Any = None
         self.discovery_requester: Any = None
         self.discovery_responder: Any = None
         self._discovery_service: Any = None
@@ -221,7 +222,15 @@ class Service(MultiService):
             conn.close(CloseReason.SHUTDOWN, "the node is stopping")
         d = self.peers.wait_all_closed()
         d.addCallback(lambda _: MultiService.stopService(self))
+        d.addCallback(self._forget_port_mapper)
         return d
+
+    def _forget_port_mapper(self, result: Any) -> Any:
+        if self.port_mapper is not None:
+            self.port_mapper.disownServiceParent()
+            self.port_mapper = None
+        self.external_addresses = []
+        return result
 
     # -- listening ----------------------------------------------------------------------
 
@@ -256,6 +265,7 @@ class Service(MultiService):
                 port=bound, peer_id=str(self.peer_id), addresses=" ".join(map(str, self.listen_addresses)),
             )
             self._emit("listener_started", Address("tcp", host, bound))
+            self._start_port_mapping(tcp_port=bound)
             return list(self.listen_addresses)
 
         def failed(failure: Failure):
@@ -265,6 +275,27 @@ class Service(MultiService):
             return failure
 
         return endpoint.listen(factory).addCallbacks(listening, failed)
+
+    def _start_port_mapping(self, tcp_port: Optional[int] = None, udp_port: Optional[int] = None) -> None:
+        """Ask the router (PCP, NAT-PMP, UPnP IGD) to forward our ports; not for loopback listeners."""
+        if not self.config.enable_port_mapping or self.port_mapper is not None:
+            return
+        if ipaddress.ip_address(self.config.listen_host).is_loopback:
+            return
+        from crust.port_mapper import PortMapper
+
+        self.port_mapper = PortMapper(tcp_port=tcp_port, udp_port=udp_port, reactor=self.reactor)
+        self.port_mapper.add_observer(self._mapping_changed)
+        self.port_mapper.setServiceParent(self)
+
+    def _mapping_changed(self, what: str, mapping: Any) -> None:
+        external = mapping.external
+        if what == "added" and external not in self.external_addresses:
+            self.log.info("port mapping: {internal} is reachable at {external} via {method}",
+                          internal=mapping.internal_port, external=str(external), method=mapping.method)
+            self.external_addresses.append(external)
+        elif what == "removed" and external in self.external_addresses:
+            self.external_addresses.remove(external)
 
     # -- connection info -------------------------------------------------------------------
 

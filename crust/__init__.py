@@ -7,24 +7,35 @@ info, and the errors in L{crust.errors}.
 """
 
 from crust._version import __version__
-from crust.address import Address
-from crust.config import Config
-from crust.connection_info import PrivConnectionInfo, PubConnectionInfo
-from crust.identity import Identity, PeerId
-from crust.interfaces import ICrustObserver
-from crust.observer import CrustObserver
-from crust.service import ProbeResult, Service
 
-__all__ = [
-    "__version__",
-    "Address",
-    "Config",
-    "CrustObserver",
-    "ICrustObserver",
-    "Identity",
-    "PeerId",
-    "PrivConnectionInfo",
-    "ProbeResult",
-    "PubConnectionInfo",
-    "Service",
-]
+# Imported on first use (PEP 562), so that `import crust.cli` stays light.
+_LAZY = {
+    "Address": "crust.address",
+    "Config": "crust.config",
+    "CrustObserver": "crust.observer",
+    "ICrustObserver": "crust.interfaces",
+    "Identity": "crust.identity",
+    "PeerId": "crust.identity",
+    "PrivConnectionInfo": "crust.connection_info",
+    "ProbeResult": "crust.service",
+    "PubConnectionInfo": "crust.connection_info",
+    "Role": "crust.roles",
+    "Service": "crust.service",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'crust' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)

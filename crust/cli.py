@@ -284,6 +284,10 @@ def cmd_info(ctx: Context) -> int:
         f"listening on:     {' '.join(info.get('listen_addresses') or []) or '(not listening)'}",
         f"external:         {' '.join(info.get('external_addresses') or []) or '(none known)'}",
         f"connected peers:  {info.get('peers', 0)}",
+        "bootstrapped to:  " + (f"{info['bootstrapped_to']['peer_id']} at {info['bootstrapped_to']['address']}"
+                                if info.get("bootstrapped_to") else "(not bootstrapped)"),
+        f"accepts bootstrap: {'yes' if info.get('accept_bootstrap') else 'no'}; "
+        f"bootstrap cache: {info.get('bootstrap_cache_size', 0)} peer(s)",
         f"data directory:   {info.get('data_dir')}",
         f"control socket:   {info.get('control')}",
         f"pid:              {info.get('pid')} (up {_duration(info.get('uptime') or 0)})",
@@ -332,6 +336,39 @@ def _configure_connect(p: argparse.ArgumentParser) -> None:
                                 "their side), @file, or - for standard input")
     p.add_argument("--timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT, metavar="SECONDS",
                    help=f"give up after this long (default {DEFAULT_CONNECT_TIMEOUT:g})")
+
+
+def _configure_bootstrap(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--blacklist", action="append", default=[], metavar="ADDRESS",
+                   help="never try this address (tcp:ip:port, ip:port or ip); repeatable")
+    p.add_argument("--role", choices=("node", "client"), default=None,
+                   help="bootstrap as a reachable node (tested by the peer) or as a client (default: the node's role)")
+
+
+@register("bootstrap", "find the network: LAN discovery, cached peers, hard-coded contacts", _configure_bootstrap)
+def cmd_bootstrap(ctx: Context) -> int:
+    args: dict = {"blacklist": ctx.args.blacklist}
+    if ctx.args.role:
+        args["role"] = ctx.args.role
+    result = ctx.call("bootstrap", _wait=60, **args)
+    ctx.emit(result, f"bootstrapped to {result['peer_id']} at {result['address']}")
+    return EXIT_OK
+
+
+@register("cache", "list the bootstrap cache (most recently used first)")
+def cmd_cache(ctx: Context) -> int:
+    result = ctx.call("cache")
+    peers = result.get("peers") or []
+    if ctx.json:
+        ctx.emit(result)
+    elif not peers:
+        ctx.out.write("the bootstrap cache is empty\n")
+    else:
+        for p in peers:
+            state = "stale" if p.get("stale") else "fresh"
+            ctx.out.write(f"{p['peer_id']}  {p['address']}  {state}  failures={p.get('failures', 0)}\n")
+    ctx.out.flush()
+    return EXIT_OK
 
 
 @register("connect", "connect to a peer, given its connection info", _configure_connect)

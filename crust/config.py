@@ -59,6 +59,7 @@ class Config:
 
     # bootstrap and discovery
     hard_coded_contacts: tuple[HardCodedContact, ...] = ()
+    enable_service_discovery: bool = True  # the node answers and asks the LAN (the library: start_service_discovery)
     service_discovery_port: int = 5484
     service_discovery_listener_port: int = 5484
     bootstrap_cache: BootstrapCacheConfig = field(default_factory=BootstrapCacheConfig)
@@ -81,6 +82,8 @@ class Config:
             raise ValueError("max_message_size must be positive")
         if self.max_queued_bytes < self.max_message_size:
             raise ValueError("max_queued_bytes must hold at least one maximum-size message")
+        if self.inactivity_timeout <= self.heartbeat_interval:
+            raise ValueError("inactivity_timeout must be longer than heartbeat_interval")
         for name in ("heartbeat_interval", "inactivity_timeout", "drop_after",
                      "connect_timeout", "handshake_timeout", "bootstrap_timeout"):
             if getattr(self, name) <= 0:

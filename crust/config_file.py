@@ -266,6 +266,7 @@ _FIELDS: dict[str, _Validator] = {
     "enable_tcp": _boolean,
     "enable_udp": _boolean,
     "force_acceptor_port_in_ext_ep": _boolean,
+    "enable_service_discovery": _boolean,
     "service_discovery_port": _integer(1, 65535),
     "service_discovery_listener_port": _optional(_integer(1, 65535, "; null means the same as "
                                                                      "service_discovery_port")),
@@ -474,12 +475,14 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def load_config(path: Union[str, os.PathLike[str]], create: bool = True) -> Config:
+def load_config(path: Union[str, os.PathLike[str]], create: bool = True,
+                defaults: Optional[Config] = None) -> Config:
     """
     Load and validate the config file at C{path}.
 
-    A missing file is created with the defaults (when C{create}) and the
-    defaults are returned.  An existing file is never written.
+    A missing file is created with C{defaults} (L{Config}'s own when None;
+    the ready node passes its own) when C{create}, and those are returned.
+    An existing file is never written.
 
     @raise ConfigFileError: the file is unreadable or invalid; the message
         names the file, the field and the value.
@@ -491,13 +494,13 @@ def load_config(path: Union[str, os.PathLike[str]], create: bool = True) -> Conf
         if not create:
             raise ConfigFileError(str(p), None, "the config file does not exist", show_value=False) from None
         try:
-            created = write_default_config(p)
+            created = write_default_config(p, defaults)
         except OSError as e:
             raise ConfigFileError(str(p), None, f"cannot create the config file: {e.strerror}",
                                   show_value=False) from None
         if created:
             log.info("created config file {path} with the defaults (see doc/config.md)", path=str(p))
-            return Config()
+            return defaults if defaults is not None else Config()
         data = read_config_bytes(p)  # someone else created it meanwhile
     return parse_config(data, str(p))
 

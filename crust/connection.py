@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from crust.address import Address
-from crust.errors import InvalidPriority, MessageTooLarge, ProtocolViolation, SendQueueFull
+from crust.errors import InvalidPriority, MessageTooLarge, PeerNotConnected, ProtocolViolation, SendQueueFull
 from crust.framing import FrameDecoder, FrameTooLarge
 from crust.handshake import Handshake, HandshakeState
 from crust.identity import PeerId
@@ -128,6 +128,11 @@ class PeerConnection(Protocol):
     def is_active(self) -> bool:
         return self.handshake.state is HandshakeState.ACTIVE
 
+    @property
+    def closing(self) -> bool:
+        """We decided to close: nothing more is sent or delivered."""
+        return self._close_reason is not None
+
     def __repr__(self) -> str:
         peer = self.peer_id.short() if self.peer_id else "?"
         return f"<PeerConnection {self.transport_name} {peer} {self.peer_address} {self.state.value}>"
@@ -221,6 +226,8 @@ class PeerConnection(Protocol):
         size = len(data)
         if size > self.max_message_size:
             raise MessageTooLarge(size, self.max_message_size)
+        if self._close_reason is not None:
+            raise PeerNotConnected(f"the connection is closing ({self._close_reason})")
         if type(priority) is not int or not 0 <= priority <= 255:
             raise InvalidPriority(f"priority must be an integer in 0..255, not {priority!r}")
         frame = pack_header(size + 1, DATA) + data

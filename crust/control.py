@@ -658,6 +658,36 @@ def _cmd_unwatch(proto: ControlProtocol, req: Request) -> dict[str, Any]:
     return {"watching": []}
 
 
+def _cmd_bootstrap(proto: ControlProtocol, req: Request) -> Deferred:
+    req.allow("blacklist", "role")
+    blacklist = req.args.get("blacklist") or []
+    if not isinstance(blacklist, list) or not all(isinstance(a, str) for a in blacklist):
+        raise RequestError(BAD_REQUEST, "'blacklist' must be a list of addresses (tcp:ip:port or ip)")
+    role = req.args.get("role")
+    if role is not None and role not in ("node", "client"):
+        raise RequestError(BAD_REQUEST, "'role' must be 'node' or 'client'")
+    node = proto.node
+
+    def done(peer_id: Any) -> dict[str, Any]:
+        to = node.service.bootstrapped_to
+        return {"peer_id": str(peer_id), "address": str(to[1]) if to else None}
+
+    return node.bootstrap(blacklist, role).addCallback(done)
+
+
+def _cmd_cache(proto: ControlProtocol, req: Request) -> dict[str, Any]:
+    req.allow()
+    cache = proto.node.service.bootstrap_cache
+    if cache is None:
+        return {"peers": []}
+    return {"peers": [
+        {"peer_id": str(e.peer_id), "address": str(e.address), "last_seen": e.last_seen,
+         "last_success": getattr(e, "last_success", None), "failures": getattr(e, "failures", 0),
+         "stale": cache.is_stale(e)}
+        for e in cache.entries()
+    ]}
+
+
 STANDARD_COMMANDS = (
     Command("ping", _cmd_ping, "check the node answers"),
     Command("help", _cmd_help, "list the commands"),
@@ -669,6 +699,8 @@ STANDARD_COMMANDS = (
     Command("disconnect", _cmd_disconnect, "close the connection to peer_id"),
     Command("watch", _cmd_watch, "stream events on this connection: events (names; default all)"),
     Command("unwatch", _cmd_unwatch, "stop streaming events"),
+    Command("bootstrap", _cmd_bootstrap, "bootstrap to the network: blacklist (addresses), role (node|client)"),
+    Command("cache", _cmd_cache, "the bootstrap cache, most recently used first"),
 )
 
 

@@ -15,8 +15,10 @@ the reactor start, so a bad start is one line on stderr and a non-zero exit.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -36,6 +38,9 @@ from crust.identity import Identity, PeerId
 from crust.service import Service
 
 DEFAULT_CONTROL = "default"  # the control socket in the data directory
+
+# Where the ready node differs from the library's defaults (written into a new config file).
+NODE_DEFAULTS = Config(accept_bootstrap=True)
 MIN_MAX_REQUEST = 1024 * 1024
 
 
@@ -60,9 +65,9 @@ def load_node_config(path: Path, create: bool) -> Config:
         from crust.config_file import load_config
     except ImportError:  # pragma: no cover - the module ships with crust
         Node.log.warn("crust.config_file is not available: using the default configuration")
-        return Config()
+        return NODE_DEFAULTS
     try:
-        return load_config(path, create=create)
+        return load_config(path, create=create, defaults=NODE_DEFAULTS)
     except CrustError as e:
         raise StartupError(f"invalid configuration: {e}") from None
     except OSError as e:
@@ -111,6 +116,9 @@ class Node(MultiService):
         self.prepared = False
         self.started_at: Optional[float] = None
         self._lock: Optional[DataDirLock] = None
+        self._watcher: Any = None
+        self._start_bootstrap: Any = None
+        self._previous_sighup: Any = None
         self._our_info: Optional[PrivConnectionInfo] = None
         self.closed: Deferred = succeed(None)  # after a failed prepare(): fires once its ports are closed
 
@@ -166,7 +174,8 @@ class Node(MultiService):
                 raise StartupError(f"invalid setting: {e}") from None
         self.config = config
 
-        svc = Service(self.identity, config, reactor=self.reactor, role=self.role)
+        svc = Service(self.identity, config, reactor=self.reactor, role=self.role,
+                      data_dir=str(self.data_dir.path))
         svc.add_observer(self.events)
         svc.setServiceParent(self)
         self.service = svc
@@ -194,9 +203,67 @@ class Node(MultiService):
         if self._lock is not None:
             self._lock.update_pid()  # twistd may have forked since prepare()
         self.started_at = self.reactor.seconds()
+        self._watch_config()
         MultiService.startService(self)
         self._write_state()
         self.connection_info().addCallbacks(self._announce, self._announce_failed)
+        svc, config = self.service, self.config
+        assert svc is not None and config is not None
+        if config.enable_service_discovery:
+            svc.start_service_discovery(listen=True)
+        if config.hard_coded_contacts or config.enable_service_discovery:
+            self._start_bootstrap = self.reactor.callLater(0, self._bootstrap_on_start)
+
+    # -- bootstrap and config ---------------------------------------------------------
+
+    def _bootstrap_on_start(self) -> None:
+        self._start_bootstrap = None
+        svc = self.service
+        if svc is None or not svc.running_for_peers:
+            return
+        if self.config.hard_coded_contacts or svc.bootstrap_cached_peers():
+            d = self.bootstrap()
+        elif not ipaddress.ip_address(self.config.listen_host).is_loopback:
+            # no contacts: bootstrap off the LAN if anyone answers there
+            d = svc.has_peers_on_lan()
+            d.addCallback(lambda found: self.bootstrap() if found else None)
+        else:
+            return
+        d.addErrback(lambda f: self.log.warn("bootstrap at start failed: {reason}", reason=f.getErrorMessage()))
+
+    def bootstrap(self, blacklist: Any = (), role: Optional[str] = None) -> Deferred:
+        """Bootstrap the node's service; fires with the peer id."""
+        assert self.service is not None
+        return self.service.bootstrap(blacklist, role or self.role)
+
+    def _watch_config(self) -> None:
+        """Re-read the config file when it changes, and on SIGHUP."""
+        if self._given_config is not None or self._watcher is not None:
+            return
+        from crust.config_file import ConfigWatcher
+
+        path = self.config_file or self.data_dir.config_path
+        self._watcher = ConfigWatcher(path, self._config_changed, current=self.config, clock=self.reactor)
+        self._watcher.setServiceParent(self)
+        try:
+            self._previous_sighup = signal.signal(
+                signal.SIGHUP, lambda signum, frame: self.reactor.callFromThread(self.reload_config))
+        except ValueError:  # not the main thread (tests): the file watcher still works
+            self._previous_sighup = None
+
+    def reload_config(self) -> None:
+        """Re-read the config file now (SIGHUP does this)."""
+        if self._watcher is not None:
+            self.log.info("reloading the config file")
+            self._watcher.reload()
+
+    def _config_changed(self, config: Config) -> None:
+        if self.overrides:
+            config = config.replace(**self.overrides)
+        self.log.info("config file changed: applying it")
+        self.config = config
+        if self.service is not None:
+            self.service.apply_config(config)
 
     def _announce(self, info: PubConnectionInfo) -> None:
         svc = self.service
@@ -227,6 +294,9 @@ class Node(MultiService):
         return f" --data-dir {self.data_dir.path}"
 
     def stopService(self) -> Deferred:
+        if self._start_bootstrap is not None and self._start_bootstrap.active():
+            self._start_bootstrap.cancel()
+        self._start_bootstrap = None
         d = succeed(None)
         if self.running:
             d = MultiService.stopService(self)  # type: ignore[assignment]
@@ -248,6 +318,12 @@ class Node(MultiService):
 
     def _stopped(self, result: Any) -> Any:
         self._release()
+        if self._previous_sighup is not None:
+            try:
+                signal.signal(signal.SIGHUP, self._previous_sighup)
+            except ValueError:
+                pass
+            self._previous_sighup = None
         return result
 
     def _release(self) -> None:
@@ -319,6 +395,10 @@ class Node(MultiService):
                 "external_addresses": [str(a) for a in svc.external_addresses],
                 "connection_info": json.loads(info.to_json()),
                 "peers": len(svc.connected_peers()),
+                "bootstrapped_to": ({"peer_id": str(svc.bootstrapped_to[0]), "address": str(svc.bootstrapped_to[1])}
+                                    if svc.bootstrapped_to else None),
+                "accept_bootstrap": svc.config.accept_bootstrap,
+                "bootstrap_cache_size": len(svc.bootstrap_cached_peers()),
                 "data_dir": str(self.data_dir.path),
                 "config_file": str(self.config_file or self.data_dir.config_path) if self._given_config is None else None,
                 "control": self.control_path,

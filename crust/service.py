@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import deferLater
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP4ServerEndpoint,
@@ -166,6 +167,7 @@ class Service(MultiService):
         self.discovery_requester: Any = None
         self.discovery_responder: Any = None
         self._discovery_service: Any = None
+        self._inflight: set[Deferred] = set()  # bootstraps and discovery rounds, cancelled on stop
 
     # -- observers ---------------------------------------------------------------
 
@@ -211,6 +213,8 @@ class Service(MultiService):
 
     def stopService(self) -> Deferred:
         self.running_for_peers = False
+        for d in list(self._inflight):
+            d.cancel()
         for attempt in list(self._attempts.values()):
             attempt.fail("the service is stopping")
         for port in self._ports:
@@ -221,6 +225,7 @@ class Service(MultiService):
         for conn in list(self.peers.connections):
             conn.close(CloseReason.SHUTDOWN, "the node is stopping")
         d = self.peers.wait_all_closed()
+        d.addCallback(lambda _: deferLater(self.reactor, 0, lambda: None))  # let cancelled sockets close
         d.addCallback(lambda _: MultiService.stopService(self))
         d.addCallback(self._forget_port_mapper)
         return d
@@ -407,7 +412,7 @@ class Service(MultiService):
         L{crust.errors.InvalidPriority} at once, queueing nothing.
         """
         conn = self.peers.active.get(peer_id)
-        if conn is None:
+        if conn is None or conn.closing:
             raise PeerNotConnected(f"not connected to {peer_id}")
         try:
             conn.send_message(data, priority)
@@ -426,7 +431,7 @@ class Service(MultiService):
     def disconnect(self, peer_id: PeerId) -> bool:
         """Close the connection to C{peer_id}; True if there was one.  C{lost_peer} follows."""
         conn = self.peers.active.get(peer_id)
-        if conn is None:
+        if conn is None or conn.closing:
             return False
         conn.close(CloseReason.DISCONNECT, "closed by the peer's user")
         return True
@@ -446,7 +451,17 @@ class Service(MultiService):
         if not self.running_for_peers:
             return fail(ServiceNotRunning("the service is not running"))
         role = Role.from_text(role) if isinstance(role, str) else role
-        return self.bootstrapper.bootstrap(blacklist, role)
+        return self._track(self.bootstrapper.bootstrap(blacklist, role))
+
+    def _track(self, d: Deferred) -> Deferred:
+        """Remember C{d} until it fires, so stopping the service cancels it."""
+        self._inflight.add(d)
+
+        def forget(result: Any) -> Any:
+            self._inflight.discard(d)
+            return result
+
+        return d.addBoth(forget)
 
     def set_accept_bootstrap(self, accept: bool) -> None:
         """Grant other peers' bootstrap requests (off by default in the library)."""
@@ -481,6 +496,11 @@ class Service(MultiService):
         from crust.discovery import DiscoveryRequester, DiscoveryResponder, DiscoveryResponderService
 
         config = self.config
+        if ipaddress.ip_address(config.listen_host).is_loopback:
+            # a node only reachable on loopback has nothing to tell the LAN
+            interfaces = (config.listen_host,)
+            if destinations is None:
+                destinations = [(config.listen_host, config.service_discovery_port)]
         if self.discovery_requester is None:
             self.discovery_requester = DiscoveryRequester(
                 config.service_discovery_port, config.network_name, window=1.0,
@@ -507,9 +527,9 @@ class Service(MultiService):
 
     def has_peers_on_lan(self) -> Deferred:
         """Fires True if any node of our network answers LAN discovery within 1 s."""
-        if self.discovery_requester is None:
+        if self.discovery_requester is None or not self.running_for_peers:
             return succeed(False)
-        return self.discovery_requester.has_peers_on_lan()
+        return self._track(self.discovery_requester.has_peers_on_lan())
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -538,10 +558,11 @@ class Service(MultiService):
     # -- queries ---------------------------------------------------------------------------
 
     def is_connected(self, peer_id: PeerId) -> bool:
-        return peer_id in self.peers.active
+        conn = self.peers.active.get(peer_id)
+        return conn is not None and not conn.closing
 
     def connected_peers(self) -> list[PeerId]:
-        return list(self.peers.active)
+        return [p for p, conn in self.peers.active.items() if not conn.closing]
 
     def peer_address(self, peer_id: PeerId) -> Optional[Address]:
         conn = self.peers.active.get(peer_id)

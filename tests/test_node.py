@@ -343,3 +343,74 @@ class RunningNodeTests(TestCase):
         node = self.start_node("a", control=None)
         self.assertIsNone(node.control)
         self.assertFalse(node.data_dir.control_path.exists())
+
+
+class NodeBootstrapTests(TestCase):
+    timeout = 30
+
+    def start_node(self, name: str, root: Path, **overrides) -> Node:
+        overrides.setdefault("listen_host", "127.0.0.1")
+        overrides.setdefault("network_name", "test-bootstrap")
+        node = Node(root / name, reactor=reactor, overrides=overrides)
+        node.startService()
+        self.addCleanup(node.stopService)
+        return node
+
+    @inlineCallbacks
+    def test_bootstraps_at_start_off_its_contacts(self):
+        from crust.config import HardCodedContact
+        from tests.util import wait_for
+
+        root = temp_dir(self)
+        seed = self.start_node("seed", root)
+        self.assertTrue(seed.config.accept_bootstrap)  # on in the ready node
+        contact = HardCodedContact(seed.peer_id, seed.service.listen_addresses[0])
+        node = self.start_node("node", root, hard_coded_contacts=(contact,))
+        yield wait_for(lambda: node.service.bootstrapped_to is not None)
+        self.assertEqual(node.service.bootstrapped_to, (seed.peer_id, contact.address))
+        info = yield node.describe()
+        self.assertEqual(info["bootstrapped_to"], {"peer_id": str(seed.peer_id), "address": str(contact.address)})
+        yield wait_for(lambda: node.peer_id in seed.service.connected_peers())
+        # the same through the control socket
+        client = yield connect_control(reactor, node.control_path)
+        self.addCleanup(client.transport.loseConnection)
+        result = yield client.request("bootstrap", role="client")
+        self.assertEqual(result["peer_id"], str(seed.peer_id))
+        cache = yield client.request("cache")
+        self.assertEqual(cache, {"peers": []})  # hard-coded contacts are not cached
+        with self.assertRaises(ControlError):
+            yield client.request("bootstrap", role="admiral")
+
+    @inlineCallbacks
+    def test_config_file_reload_applies_whitelists(self):
+        from tests.util import wait_for
+
+        root = temp_dir(self)
+        a = self.start_node("a", root)
+        b = self.start_node("b", root)
+        info = yield b.connection_info()
+        yield a.connect(info)
+        yield wait_for(lambda: a.peer_id in b.service.connected_peers())
+        path = b.data_dir.config_path
+        body = json.loads(path.read_text())
+        body["whitelisted_node_ips"] = ["10.99.0.0/16"]
+        path.write_text(json.dumps(body))
+        b.reload_config()  # what SIGHUP does; the file watcher would also see it
+        self.assertEqual(b.service.config.whitelisted_node_ips, ("10.99.0.0/16",))
+        yield wait_for(lambda: not b.service.connected_peers() and not a.service.connected_peers())
+
+    @inlineCallbacks
+    def test_invalid_config_edit_keeps_the_old_config(self):
+        root = temp_dir(self)
+        a = self.start_node("a", root)
+        before = a.service.config
+        a.data_dir.config_path.write_text('{"listen_port": "eighty"}')
+        a.reload_config()
+        self.assertEqual(a.service.config, before)
+        yield succeed_later()
+
+
+def succeed_later():
+    from twisted.internet.task import deferLater
+
+    return deferLater(reactor, 0, lambda: None)

@@ -1,0 +1,450 @@
+"""
+L{UdpEndpoint}: the node's one UDP socket, shared by STUN, crust's UDP
+address echo, hole-punching probes and (later) QUIC.
+
+Every incoming datagram is routed by its first byte, in the spirit of
+RFC 7983 (updated by RFC 9443 for QUIC):
+
+    first byte  owner
+    0..3        STUN (and C{is_stun}): our L{StunClient}, then, for Binding
+                requests it did not consume, the built-in STUN responder
+    4..15       crust's own UDP messages; the byte is the message type:
+                4 echo request, 5 echo response (L{crust.udp_echo}),
+                6..15 reserved for crust (hole punching first)
+    16..255     the handler registry (L{UdpEndpoint.register}), in
+                registration order; QUIC will claim 64..255
+    (else)      counted as C{unknown} and dropped
+
+Why 4..15: it is the only range no multiplexing scheme claims.  16..19 is
+ZRTP, 20..63 DTLS (and reserved by the TLS ContentType registry for that
+purpose), 64..79 TURN channels, 64..127 QUIC short headers, 128..191 RTP,
+128..255 QUIC long headers (with the QUIC bit greased, RFC 9287, QUIC may use
+any value above 63).  Keeping crust to 4..15 leaves the socket able to carry
+QUIC, DTLS or TURN later without any change to crust's messages.
+
+The endpoint answers STUN Binding requests itself when C{stun_responder} is
+on, so every node is an echo source for its peers: answers are rate limited
+per source IP and in total, and never larger than the request plus
+L{STUN_RESPONSE_OVERHEAD} bytes (no amplification).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from collections import OrderedDict
+from typing import Any, Callable, Optional
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from crust import stun
+from crust.address import Address
+from crust.errors import CrustError
+from crust.local_addresses import addresses_for_listener
+from crust.stun_client import StunClient
+
+# first-byte ranges (inclusive)
+STUN_FIRST, STUN_LAST = 0, 3
+CRUST_FIRST, CRUST_LAST = 4, 15
+
+# crust message types (the first byte)
+ECHO_REQUEST = 4
+ECHO_RESPONSE = 5
+
+# A Binding success for IPv6 adds XOR-MAPPED-ADDRESS (24 bytes) to the 20-byte
+# header; a bare request is 20 bytes.  FINGERPRINT is only echoed when the
+# request had one, and a 420 error grows by at most 2 bytes per unknown
+# attribute the request carried (4 bytes or more each).
+STUN_RESPONSE_OVERHEAD = 24
+
+Classifier = Callable[[bytes], bool]
+Handler = Callable[[bytes, "tuple[str, int]"], Any]
+
+
+class UdpSendError(CrustError):
+    """A datagram could not be sent; C{reason} is a short code (C{EHOSTUNREACH}...)."""
+
+    def __init__(self, addr: Any, reason: str, detail: str) -> None:
+        super().__init__(f"cannot send to {addr!r}: {detail}")
+        self.addr = addr
+        self.reason = reason
+
+
+class RateLimiter:
+    """
+    Token buckets: one per key (a source IP), in a table of at most
+    C{max_keys} entries (the least recently seen is forgotten), and one for
+    everything together.  Each is a C{(rate per second, burst)} pair.
+    """
+
+    def __init__(self, clock: Any, per_key: tuple[float, float] = (10.0, 20.0),
+                 total: tuple[float, float] = (200.0, 400.0), max_keys: int = 4096) -> None:
+        for rate, burst in (per_key, total):
+            if rate <= 0 or burst < 1:
+                raise ValueError(f"a rate limit needs a positive rate and a burst of at least 1, not {rate!r}, {burst!r}")
+        self._clock = clock
+        self.per_key = per_key
+        self.total = total
+        self.max_keys = max_keys
+        self._keys: OrderedDict[Any, list[float]] = OrderedDict()
+        self._total = [float(total[1]), clock.seconds()]
+
+    @staticmethod
+    def _refill(bucket: list[float], limit: tuple[float, float], now: float) -> None:
+        rate, burst = limit
+        bucket[0] = min(float(burst), bucket[0] + max(0.0, now - bucket[1]) * rate)
+        bucket[1] = now
+
+    def allow(self, key: Any) -> bool:
+        """Take one token from C{key}'s bucket and the total; False (taking nothing) if either is empty."""
+        now = self._clock.seconds()
+        bucket = self._keys.get(key)
+        if bucket is None:
+            bucket = self._keys[key] = [float(self.per_key[1]), now]
+            while len(self._keys) > self.max_keys:
+                self._keys.popitem(last=False)
+        else:
+            self._keys.move_to_end(key)
+        self._refill(bucket, self.per_key, now)
+        self._refill(self._total, self.total, now)
+        if bucket[0] < 1 or self._total[0] < 1:
+            return False
+        bucket[0] -= 1
+        self._total[0] -= 1
+        return True
+
+
+def sockaddr_to_address(addr: Any) -> Optional[Address]:
+    """C{("1.2.3.4", 5)} as a C{udp:} L{Address} (IPv4-mapped IPv6 as IPv4); None if unusable."""
+    try:
+        host = str(addr[0]).split("%", 1)[0]
+        ip = ipaddress.ip_address(host)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            host = str(ip.ipv4_mapped)
+        return Address("udp", host, int(addr[1]))
+    except (ValueError, TypeError, IndexError):
+        return None
+
+
+def _reason(e: BaseException) -> str:
+    code = getattr(e, "errno", None)
+    if isinstance(code, int) and code in errno.errorcode:
+        return errno.errorcode[code]
+    return type(e).__name__
+
+
+class UdpEndpoint(DatagramProtocol):
+    """
+    One UDP socket with a first-byte demultiplexer (see the module doc).
+
+    @param reactor: for C{listenUDP} and the clock; the global reactor by default.
+    @param host: the interface to bind (C{0.0.0.0} by default).
+    @param port: the port; 0 (default) picks a random one.
+    @param identity: the node's L{crust.identity.Identity}; with it the
+        endpoint answers crust UDP echo requests (L{crust.udp_echo}).
+        Without it, C{echo} can only ask.
+    @param stun_responder: answer STUN Binding requests from anyone.
+    @param stun_rate: C{(per source IP, total)} limits of STUN answers, each
+        a C{(rate per second, burst)} pair.
+    @param echo_options: keyword arguments for L{crust.udp_echo.UdpEcho}.
+    @param stun_options: keyword arguments for the L{StunClient} (C{rto}...).
+
+    @ivar stun_client: the L{StunClient} on this socket.
+    @ivar echo: the L{crust.udp_echo.UdpEcho} on this socket.
+    @ivar counters: what came in and went out, by kind (see L{stats}).
+    @ivar send_errors: failed sends, by reason (C{EHOSTUNREACH}, ...).
+    """
+
+    log = Logger()
+    noisy = False
+
+    def __init__(self, reactor: Any = None, *, host: str = "0.0.0.0", port: int = 0,
+                 identity: Any = None, stun_responder: bool = True,
+                 stun_rate: tuple[tuple[float, float], tuple[float, float]] = ((10.0, 20.0), (200.0, 400.0)),
+                 echo_options: Optional[dict[str, Any]] = None,
+                 stun_options: Optional[dict[str, Any]] = None,
+                 max_packet_size: int = 65535) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.reactor = reactor
+        self.clock = reactor
+        self.host = host
+        self.port = port
+        self.max_packet_size = max_packet_size
+        self.stun_responder = stun_responder
+        self._stun_limiter = RateLimiter(reactor, stun_rate[0], stun_rate[1])
+        self._crust_handlers: dict[int, Handler] = {}
+        self._registry: list[tuple[Classifier, Handler, str]] = []
+        self._listening_port: Any = None
+        self.counters = dict.fromkeys(
+            ("received", "received_bytes", "sent", "sent_bytes", "send_failures", "empty",
+             "stun", "stun_consumed", "stun_answered", "stun_errors_sent", "stun_rate_limited",
+             "stun_dropped", "crust", "crust_unknown_type", "registry", "unknown", "handler_errors"),
+            0,
+        )
+        self.send_errors: dict[str, int] = {}
+        self.stun_client = StunClient(self._write, reactor, **(stun_options or {}))
+        from crust.udp_echo import UdpEcho  # it imports this module
+
+        self.echo = UdpEcho(self, identity, **(echo_options or {}))
+
+    # -- the socket --------------------------------------------------------------
+
+    def listen(self) -> Address:
+        """
+        Bind the socket (once); returns our bound address.
+
+        @raise twisted.internet.error.CannotListenError: the port is taken.
+        """
+        if self._listening_port is None:
+            self._listening_port = self.reactor.listenUDP(
+                self.port, self, interface=self.host, maxPacketSize=self.max_packet_size
+            )
+            bound = self.local_address()
+            self.log.info("UDP endpoint listening on {address}", address=str(bound))
+        return self.local_address()
+
+    def stop(self) -> Deferred:
+        """Close the socket: outstanding STUN and echo requests fail with L{CancelledError}."""
+        port, self._listening_port = self._listening_port, None
+        if port is None:
+            return succeed(None)
+        return maybeDeferred(port.stopListening)
+
+    @property
+    def listening(self) -> bool:
+        return self.transport is not None
+
+    def local_address(self) -> Optional[Address]:
+        """The bound address (C{udp:0.0.0.0:P} when bound to every interface), or None when closed."""
+        if self.transport is None:
+            return None
+        host = self.transport.getHost()
+        return Address("udp", host.host, host.port)
+
+    def local_addresses(self) -> list[Address]:
+        """The addresses the socket can be reached at: every interface's when bound to 0.0.0.0."""
+        bound = self.local_address()
+        if bound is None:
+            return []
+        return [Address("udp", h, bound.port) for h in addresses_for_listener(bound.host)]
+
+    def startProtocol(self) -> None:
+        bound = self.local_address()
+        if bound is not None:
+            self.port = bound.port  # a restart binds the same port
+
+    def stopProtocol(self) -> None:
+        self.stun_client.cancel_all()
+        self.echo.cancel_all()
+
+    # -- sending ---------------------------------------------------------------------
+
+    def send(self, datagram: bytes, addr: "tuple[str, int]") -> bool:
+        """Send one datagram; False (logged and counted, never raised) if it could not go."""
+        try:
+            self._write(datagram, addr)
+        except UdpSendError:
+            return False
+        return True
+
+    def _write(self, datagram: bytes, addr: "tuple[str, int]") -> None:
+        """Send, raising L{UdpSendError} (after counting it) on failure: for L{StunClient}."""
+        if self.transport is None:
+            self._send_failed(addr, "ENOTCONN", "the UDP endpoint is not open")
+        try:
+            self.transport.write(datagram, tuple(addr))
+        except Exception as e:  # OSError, MessageLengthError, InvalidAddressError...
+            self._send_failed(addr, _reason(e), str(e) or _reason(e))
+        self.counters["sent"] += 1
+        self.counters["sent_bytes"] += len(datagram)
+
+    def _send_failed(self, addr: Any, reason: str, detail: str) -> None:
+        self.counters["send_failures"] += 1
+        self.send_errors[reason] = self.send_errors.get(reason, 0) + 1
+        self.log.info("UDP send to {addr} failed: {reason}", addr=_text(addr), reason=detail)
+        raise UdpSendError(addr, reason, detail)
+
+    # -- handlers ----------------------------------------------------------------------
+
+    def set_crust_handler(self, message_type: int, handler: Optional[Handler]) -> None:
+        """Route crust messages of C{message_type} (4..15) to C{handler(data, addr)}; None removes it."""
+        if not CRUST_FIRST <= message_type <= CRUST_LAST:
+            raise ValueError(f"crust message types are {CRUST_FIRST}..{CRUST_LAST}, not {message_type!r}")
+        if handler is None:
+            self._crust_handlers.pop(message_type, None)
+        else:
+            self._crust_handlers[message_type] = handler
+
+    def register(self, classifier: Classifier, handler: Handler, name: str = "") -> Callable[[], None]:
+        """
+        Offer datagrams whose first byte is 16 or more to C{handler(data,
+        addr)} when C{classifier(data)} is true (first match wins, in
+        registration order).  Returns a function that unregisters it.
+        """
+        entry = (classifier, handler, name or getattr(handler, "__qualname__", repr(handler)))
+        self._registry.append(entry)
+
+        def unregister() -> None:
+            if entry in self._registry:
+                self._registry.remove(entry)
+
+        return unregister
+
+    # -- receiving ----------------------------------------------------------------------
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        counters = self.counters
+        counters["received"] += 1
+        counters["received_bytes"] += len(data)
+        if not data:
+            counters["empty"] += 1
+            return
+        first = data[0]
+        if first <= STUN_LAST:
+            self._stun_received(data, addr)
+        elif first <= CRUST_LAST:
+            counters["crust"] += 1
+            handler = self._crust_handlers.get(first)
+            if handler is None:
+                counters["crust_unknown_type"] += 1
+                self.log.debug("dropping crust UDP message of unknown type {type} from {addr}",
+                               type=first, addr=_text(addr))
+            else:
+                self._call(handler, data, addr)
+        else:
+            for classifier, handler, name in self._registry:
+                try:
+                    claimed = classifier(data)
+                except Exception:
+                    counters["handler_errors"] += 1
+                    self.log.failure("UDP classifier {name} failed", name=name)
+                    continue
+                if claimed:
+                    counters["registry"] += 1
+                    self._call(handler, data, addr)
+                    return
+            counters["unknown"] += 1
+            self.log.debug("dropping unrecognised UDP datagram ({size} bytes, first byte {first}) from {addr}",
+                           size=len(data), first=first, addr=_text(addr))
+
+    def _call(self, handler: Handler, data: bytes, addr: Any) -> None:
+        try:
+            handler(data, addr)
+        except Exception:
+            self.counters["handler_errors"] += 1
+            self.log.failure("UDP handler {handler!r} failed on a datagram from {addr}", handler=handler, addr=_text(addr))
+
+    def _stun_received(self, data: bytes, addr: Any) -> None:
+        counters = self.counters
+        counters["stun"] += 1
+        if not stun.is_stun(data):
+            counters["stun_dropped"] += 1
+            self.log.debug("dropping datagram from {addr}: first byte {first} says STUN but it is not",
+                           addr=_text(addr), first=data[0])
+            return
+        if self.stun_client.datagram_received(data, addr):
+            counters["stun_consumed"] += 1
+            return
+        if not self.stun_responder:
+            counters["stun_dropped"] += 1
+            return
+        self._answer_stun(data, addr)
+
+    def _answer_stun(self, data: bytes, addr: Any) -> None:
+        """Answer a Binding request with the source address (the STUN echo), within the rate limits."""
+        counters = self.counters
+        source = sockaddr_to_address(addr)
+        try:
+            request = stun.decode(data)
+        except stun.StunParseError as e:
+            counters["stun_dropped"] += 1
+            self.log.debug("dropping malformed STUN from {addr}: {reason}", addr=_text(addr), reason=str(e))
+            return
+        if source is None or request.message_class != stun.MessageClass.REQUEST or request.method != stun.BINDING:
+            counters["stun_dropped"] += 1
+            return
+        if not self._stun_limiter.allow(source.host):
+            counters["stun_rate_limited"] += 1
+            self.log.debug("not answering STUN from {addr}: rate limited", addr=str(source))
+            return
+        unknown = list(request.unknown_comprehension_required())
+        change = request.get(stun.CHANGE_REQUEST)
+        if change is not None and (change.change_ip or change.change_port):
+            unknown.append(stun.CHANGE_REQUEST)  # one address only: RFC 5780 section 6.1 says 420
+        if unknown:
+            response = stun.make_binding_error(request, 420, "", unknown_attributes=tuple(unknown))
+        else:
+            response = stun.make_binding_success(request, source)
+        out = stun.encode(response, fingerprint=stun.FINGERPRINT in request.types())
+        if len(out) > len(data) + STUN_RESPONSE_OVERHEAD:  # cannot happen; never amplify if it does
+            counters["stun_dropped"] += 1
+            self.log.warn("not answering STUN from {addr}: the answer would be {size} bytes for a {request}-byte request",
+                          addr=str(source), size=len(out), request=len(data))
+            return
+        if self.send(out, addr):
+            counters["stun_errors_sent" if unknown else "stun_answered"] += 1
+
+    # -- diagnostics ---------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of every counter: the socket's, its STUN client's and its echo's."""
+        return {
+            "local_address": _text(self.local_address()),
+            "endpoint": dict(self.counters),
+            "send_errors": dict(self.send_errors),
+            "stun_client": dict(self.stun_client.counters),
+            "echo": dict(self.echo.counters),
+        }
+
+
+class UdpEndpointService(Service):
+    """
+    Runs a L{UdpEndpoint} as part of a service tree: binds it on start
+    (unless it is bound already: call C{endpoint.listen()} first to see a
+    taken port at once) and closes it on stop.
+    """
+
+    name = "udp-endpoint"
+
+    def __init__(self, endpoint: UdpEndpoint) -> None:
+        self.endpoint = endpoint
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self.endpoint.listen()
+
+    def stopService(self) -> Deferred:
+        Service.stopService(self)
+        return self.endpoint.stop()
+
+
+def _text(addr: Any) -> str:
+    if addr is None:
+        return "-"
+    if isinstance(addr, Address):
+        return str(addr)
+    try:
+        host, port = addr[0], addr[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    except (TypeError, IndexError):
+        return repr(addr)
+
+
+__all__ = [
+    "CRUST_FIRST",
+    "CRUST_LAST",
+    "ECHO_REQUEST",
+    "ECHO_RESPONSE",
+    "STUN_RESPONSE_OVERHEAD",
+    "RateLimiter",
+    "UdpEndpoint",
+    "UdpEndpointService",
+    "UdpSendError",
+    "sockaddr_to_address",
+]

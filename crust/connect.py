@@ -112,11 +112,6 @@ class ConnectAttempt:
         if self.done:
             return
         self._finish()
-        for d in self._dials.values():
-            d.cancel()
-        for conn in list(self._connections):
-            if not conn.is_active:
-                conn.close_duplicate()
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(self.peer_id)
@@ -128,21 +123,22 @@ class ConnectAttempt:
         reasons += [r for a, r in self.reasons.items() if a not in self.addresses]
         error = self.error = ConnectFailed(self.peer_id, reasons, summary)
         self._finish()
-        for d in list(self._dials.values()):
-            d.cancel()
-        for conn in list(self._connections):
-            if not conn.is_active:
-                conn.close_duplicate()
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.errback(Failure(error))
 
     def _finish(self) -> None:
+        """Stop the clock and abandon the candidates that did not win."""
         self.done = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
         self._on_done(self)
+        for d in list(self._dials.values()):
+            d.cancel()
+        for conn in list(self._connections):
+            if not conn.is_active:
+                conn.close_duplicate()
 
     def _check_done(self) -> None:
         if self.done or self._dials or self._connections:

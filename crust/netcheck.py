@@ -326,7 +326,8 @@ class _Netcheck:
             self.notes.append("our own peer id is among the echo peers: skipped")
         tcp_peers = [(p, a) for p, a in peers if a.transport == "tcp"]
         udp_peers = [(p, a) for p, a in peers if a.transport == "udp"]
-        for kind, peers, limit in (("TCP", tcp_peers, options.max_tcp_peers), ("UDP echo", udp_peers, options.max_echo_peers)):
+        for kind, peers, limit in (("TCP", tcp_peers, options.max_tcp_peers),
+                                   ("UDP echo", udp_peers, options.max_echo_peers)):
             if len(peers) > limit:
                 self.notes.append(f"{kind}: probing {limit} of {len(peers)} peers")
         servers = self.stun_servers[: options.max_stun_servers]

@@ -426,7 +426,8 @@ class UdpEcho:
                 return
             counters["echo_succeeded"] += 1
             rtt = self.clock.seconds() - request.started
-            self.log.debug("{peer} sees our UDP traffic from {observed}", peer=request.peer_id.short(), observed=str(observed))
+            self.log.debug("{peer} sees our UDP traffic from {observed}",
+                           peer=request.peer_id.short(), observed=str(observed))
             self._finish(request, EchoResult(request.peer_id, request.destination, observed, source, rtt,
                                              request.transmissions))
             return

@@ -376,7 +376,7 @@ class UdpEndpoint(DatagramProtocol):
         unknown = list(request.unknown_comprehension_required())
         change = request.get(stun.CHANGE_REQUEST)
         if change is not None and (change.change_ip or change.change_port):
-            unknown.append(stun.CHANGE_REQUEST)  # one address only: RFC 5780 section 6.1 says 420
+            unknown.append(stun.CHANGE_REQUEST)  # no alternate address: RFC 5780 says 420
         if unknown:
             response = stun.make_binding_error(request, 420, "", unknown_attributes=tuple(unknown))
         else:

@@ -1,0 +1,473 @@
+"""
+Tests for L{crust.udp_endpoint}: first-byte demultiplexing, the STUN
+responder and its rate limit, send errors and counters (a fake transport and
+a simulated network on a L{Clock}), then real sockets on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any, Callable, Optional
+
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import MessageLengthError
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from crust import stun
+from crust.address import Address
+from crust.identity import Identity
+from crust.stun_client import StunError
+from crust.udp_endpoint import (
+    STUN_RESPONSE_OVERHEAD,
+    RateLimiter,
+    UdpEndpoint,
+    UdpEndpointService,
+    sockaddr_to_address,
+)
+
+LOOPBACK = "127.0.0.1"
+PEER = ("127.0.0.9", 5000)
+
+
+# --- helpers shared with the echo and netcheck tests ----------------------------------
+
+
+class FakeDatagramTransport:
+    """Records writes; raises C{error} from C{write} when set."""
+
+    def __init__(self, host: str = LOOPBACK, port: int = 40000) -> None:
+        self.host = host
+        self.port = port
+        self.written: list[tuple[bytes, tuple[str, int]]] = []
+        self.error: Optional[BaseException] = None
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.written.append((data, addr))
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("UDP", self.host, self.port)
+
+    def stopListening(self) -> None:
+        pass
+
+
+def fake_endpoint(clock: Optional[Clock] = None, host: str = LOOPBACK, port: int = 40000,
+                  **kw: Any) -> tuple[UdpEndpoint, FakeDatagramTransport]:
+    clock = clock or Clock()
+    endpoint = UdpEndpoint(clock, host=host, port=port, **kw)
+    transport = FakeDatagramTransport(host, port)
+    endpoint.makeConnection(transport)
+    return endpoint, transport
+
+
+class _NetTransport(FakeDatagramTransport):
+    def __init__(self, net: "VirtualNet", host: str, port: int) -> None:
+        super().__init__(host, port)
+        self.net = net
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        super().write(data, addr)
+        self.net.send((self.host, self.port), tuple(addr), data)
+
+
+class VirtualNet:
+    """
+    Datagram sockets on a L{Clock}: a write reaches the protocol attached at
+    the destination C{latency} seconds later, from the writer's address.
+    C{nat} maps an internal address to the external address it appears as
+    (a full-cone NAT that hairpins); C{drop(src, dst, data)} loses datagrams.
+    Every datagram is logged in C{traffic} as C{(src, dst, data)}.
+    """
+
+    def __init__(self, clock: Clock, latency: float = 0.01) -> None:
+        self.clock = clock
+        self.latency = latency
+        self.hosts: dict[tuple[str, int], Any] = {}
+        self.nat: dict[tuple[str, int], tuple[str, int]] = {}
+        self.drop: Callable[[tuple, tuple, bytes], bool] = lambda src, dst, data: False
+        self.traffic: list[tuple[tuple, tuple, bytes]] = []
+
+    def attach(self, protocol: Any, host: str, port: int) -> _NetTransport:
+        transport = _NetTransport(self, host, port)
+        self.hosts[(host, port)] = protocol
+        protocol.makeConnection(transport)
+        return transport
+
+    def send(self, src: tuple, dst: tuple, data: bytes) -> None:
+        src = self.nat.get(src, src)
+        self.traffic.append((src, dst, data))
+        if self.drop(src, dst, data):
+            return
+        inside = {ext: internal for internal, ext in self.nat.items()}
+        target = self.hosts.get(inside.get(dst, dst))
+        if target is not None:
+            self.clock.callLater(self.latency, target.datagramReceived, data, src)
+
+
+def run_for(clock: Clock, seconds: float) -> None:
+    """Advance C{clock} by C{seconds}, running calls scheduled along the way in time order."""
+    target = clock.seconds() + seconds
+    while True:
+        due = [c.getTime() for c in clock.getDelayedCalls() if c.getTime() <= target]
+        if not due:
+            break
+        clock.advance(max(0.0, min(due) - clock.seconds()))
+    clock.advance(max(0.0, target - clock.seconds()))
+
+
+def net_endpoint(net: VirtualNet, host: str, port: int, **kw: Any) -> UdpEndpoint:
+    endpoint = UdpEndpoint(net.clock, host=host, port=port, **kw)
+    net.attach(endpoint, host, port)
+    return endpoint
+
+
+def binding_request(**kw: Any) -> tuple[stun.StunMessage, bytes]:
+    fingerprint = kw.pop("fingerprint", True)
+    request = stun.make_binding_request(**kw)
+    return request, stun.encode(request, fingerprint=fingerprint)
+
+
+# --- unit tests -------------------------------------------------------------------------
+
+
+class DemuxTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.endpoint, self.transport = fake_endpoint(self.clock, stun_responder=False)
+
+    def test_stun_response_goes_to_the_client(self):
+        d = self.endpoint.stun_client.binding_request(Address("udp", *PEER))
+        data, addr = self.transport.written[0]
+        self.assertEqual(addr, PEER)
+        request = stun.decode(data)
+        response = stun.make_binding_success(request, Address("udp", "127.0.0.1", 40000))
+        self.endpoint.datagramReceived(stun.encode(response), PEER)
+        self.assertEqual(self.successResultOf(d).mapped_address, Address("udp", "127.0.0.1", 40000))
+        self.assertEqual(self.endpoint.counters["stun"], 1)
+        self.assertEqual(self.endpoint.counters["stun_consumed"], 1)
+
+    def test_crust_types_go_to_their_handlers(self):
+        got = []
+        self.endpoint.set_crust_handler(9, lambda data, addr: got.append((data, addr)))
+        self.endpoint.datagramReceived(b"\x09hello", PEER)
+        self.endpoint.datagramReceived(b"\x0aunknown type", PEER)
+        self.assertEqual(got, [(b"\x09hello", PEER)])
+        self.assertEqual(self.endpoint.counters["crust"], 2)
+        self.assertEqual(self.endpoint.counters["crust_unknown_type"], 1)
+        self.endpoint.set_crust_handler(9, None)
+        self.endpoint.datagramReceived(b"\x09again", PEER)
+        self.assertEqual(len(got), 1)
+        self.assertEqual(self.endpoint.counters["crust_unknown_type"], 2)
+
+    def test_echo_types_are_wired(self):
+        self.endpoint.datagramReceived(b"\x04short", PEER)
+        self.endpoint.datagramReceived(b"\x05short", PEER)
+        self.assertEqual(self.endpoint.echo.counters["requests_truncated"], 1)
+        self.assertEqual(self.endpoint.echo.counters["responses_truncated"], 1)
+
+    def test_crust_types_only_in_4_to_15(self):
+        for bad in (3, 16, 64, 255):
+            self.assertRaises(ValueError, self.endpoint.set_crust_handler, bad, lambda d, a: None)
+
+    def test_registry_first_match_and_unregister(self):
+        quic, dtls = [], []
+        remove = self.endpoint.register(lambda d: d[0] >= 64, lambda d, a: quic.append(d), "quic")
+        self.endpoint.register(lambda d: 20 <= d[0] <= 63, lambda d, a: dtls.append(d), "dtls")
+        self.endpoint.register(lambda d: True, lambda d, a: self.fail("second match must not run"))
+        self.endpoint.datagramReceived(b"\xc3long header", PEER)
+        self.endpoint.datagramReceived(b"\x41short header", PEER)
+        self.endpoint.datagramReceived(b"\x16dtls", PEER)
+        self.assertEqual(quic, [b"\xc3long header", b"\x41short header"])
+        self.assertEqual(dtls, [b"\x16dtls"])
+        remove()
+        remove()  # idempotent
+        self.assertEqual(self.endpoint.counters["registry"], 3)
+
+    def test_registry_never_sees_stun_or_crust(self):
+        seen = []
+        self.endpoint.register(lambda d: True, lambda d, a: seen.append(d))
+        _, request = binding_request()
+        self.endpoint.datagramReceived(request, PEER)
+        self.endpoint.datagramReceived(b"\x07crust", PEER)
+        self.assertEqual(seen, [])
+
+    def test_unknown_and_empty_dropped_and_counted(self):
+        self.endpoint.datagramReceived(b"", PEER)
+        self.endpoint.datagramReceived(b"\x80rtp?", PEER)
+        self.endpoint.datagramReceived(b"\x10zrtp?", PEER)
+        c = self.endpoint.counters
+        self.assertEqual((c["empty"], c["unknown"], c["received"]), (1, 2, 3))
+        self.assertEqual(c["received_bytes"], 11)
+
+    def test_first_byte_says_stun_but_it_is_not(self):
+        self.endpoint.datagramReceived(b"\x00\x01garbage that is no STUN", PEER)
+        self.assertEqual(self.endpoint.counters["stun_dropped"], 1)
+        self.assertEqual(self.transport.written, [])
+
+    def test_failing_handlers_and_classifiers_are_contained(self):
+        def boom(*args):
+            raise RuntimeError("handler bug")
+
+        self.endpoint.register(boom, lambda d, a: None)
+        self.endpoint.register(lambda d: True, boom)
+        self.endpoint.set_crust_handler(12, boom)
+        self.endpoint.datagramReceived(b"\x90x", PEER)
+        self.endpoint.datagramReceived(b"\x0cx", PEER)
+        self.assertEqual(self.endpoint.counters["handler_errors"], 3)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
+
+
+class StunResponderTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.endpoint, self.transport = fake_endpoint(self.clock)
+
+    def answer(self, request_bytes: bytes, source: tuple = PEER) -> Optional[stun.StunMessage]:
+        before = len(self.transport.written)
+        self.endpoint.datagramReceived(request_bytes, source)
+        if len(self.transport.written) == before:
+            return None
+        data, addr = self.transport.written[-1]
+        self.assertEqual(addr, source)
+        self.assertLessEqual(len(data), len(request_bytes) + STUN_RESPONSE_OVERHEAD)
+        return stun.decode(data)
+
+    def test_binding_request_answered_with_source(self):
+        request, data = binding_request()
+        response = self.answer(data)
+        self.assertEqual(response.message_class, stun.MessageClass.SUCCESS)
+        self.assertEqual(response.transaction_id, request.transaction_id)
+        self.assertEqual(response.mapped_address, Address("udp", *PEER))
+        self.assertIn(stun.FINGERPRINT, response.types())
+        self.assertEqual(self.endpoint.counters["stun_answered"], 1)
+
+    def test_no_fingerprint_unless_asked_and_never_larger(self):
+        request, data = binding_request(fingerprint=False)
+        self.assertEqual(len(data), 20)
+        response = self.answer(data)
+        self.assertNotIn(stun.FINGERPRINT, response.types())
+        self.assertEqual(len(self.transport.written[-1][0]), 32)
+
+    def test_change_request_gets_420(self):
+        request, data = binding_request(change_ip=True, change_port=True)
+        response = self.answer(data)
+        self.assertEqual(response.message_class, stun.MessageClass.ERROR)
+        self.assertEqual(response.error_code.code, 420)
+        self.assertEqual(response.get(stun.UNKNOWN_ATTRIBUTES), (stun.CHANGE_REQUEST,))
+        self.assertEqual(self.endpoint.counters["stun_errors_sent"], 1)
+
+    def test_unknown_comprehension_required_gets_420(self):
+        request = stun.make_binding_request()
+        request = stun.StunMessage(request.message_class, request.method, request.transaction_id,
+                                   (stun.Attribute(0x7ABC, b"?"), stun.Attribute(0x7ABD, b"")))
+        data = stun.encode(request)
+        response = self.answer(data)
+        self.assertEqual(response.error_code.code, 420)
+        self.assertEqual(response.get(stun.UNKNOWN_ATTRIBUTES), (0x7ABC, 0x7ABD))
+
+    def test_responses_and_indications_not_answered(self):
+        request, _ = binding_request()
+        success = stun.encode(stun.make_binding_success(request, Address("udp", *PEER)))
+        self.assertIsNone(self.answer(success))
+        indication = stun.StunMessage(stun.MessageClass.INDICATION, stun.BINDING, request.transaction_id)
+        self.assertIsNone(self.answer(stun.encode(indication)))
+        self.assertEqual(self.endpoint.counters["stun_dropped"], 2)
+
+    def test_disabled(self):
+        self.endpoint.stun_responder = False
+        self.assertIsNone(self.answer(binding_request()[1]))
+        self.assertEqual(self.endpoint.counters["stun_dropped"], 1)
+
+    def test_rate_limited_per_source(self):
+        answered = sum(self.answer(binding_request()[1]) is not None for _ in range(50))
+        self.assertEqual(answered, 20)  # the burst
+        self.assertEqual(self.endpoint.counters["stun_rate_limited"], 30)
+        # another source has its own bucket (another port of the same IP does not)
+        self.assertIsNone(self.answer(binding_request()[1], ("127.0.0.9", 5001)))
+        self.assertIsNotNone(self.answer(binding_request()[1], ("127.0.0.8", 5000)))
+        self.clock.advance(1.0)  # 10 per second
+        answered = sum(self.answer(binding_request()[1]) is not None for _ in range(50))
+        self.assertEqual(answered, 10)
+
+    def test_rate_limited_in_total(self):
+        endpoint, transport = fake_endpoint(Clock(), stun_rate=((10.0, 20.0), (5.0, 8.0)))
+        for i in range(20):
+            endpoint.datagramReceived(binding_request()[1], (f"127.0.1.{i}", 5000))
+        self.assertEqual(len(transport.written), 8)
+        self.assertEqual(endpoint.counters["stun_rate_limited"], 12)
+
+
+class RateLimiterTests(SynchronousTestCase):
+    def test_buckets_refill_and_cap(self):
+        clock = Clock()
+        limiter = RateLimiter(clock, (2.0, 3.0), (100.0, 100.0))
+        self.assertEqual([limiter.allow("a") for _ in range(4)], [True, True, True, False])
+        clock.advance(0.5)
+        self.assertEqual([limiter.allow("a") for _ in range(2)], [True, False])
+        clock.advance(100)
+        self.assertEqual(sum(limiter.allow("a") for _ in range(10)), 3)  # never above the burst
+
+    def test_table_is_bounded(self):
+        limiter = RateLimiter(Clock(), (1.0, 1.0), (1000.0, 1000.0), max_keys=3)
+        for key in "abcd":
+            self.assertTrue(limiter.allow(key))
+        self.assertEqual(len(limiter._keys), 3)
+        self.assertTrue(limiter.allow("a"))  # forgotten, so a fresh bucket
+        self.assertFalse(limiter.allow("d"))
+
+    def test_bad_limits(self):
+        self.assertRaises(ValueError, RateLimiter, Clock(), (0.0, 1.0))
+        self.assertRaises(ValueError, RateLimiter, Clock(), (1.0, 0.5))
+
+
+class SendTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.endpoint, self.transport = fake_endpoint()
+
+    def test_send_counts(self):
+        self.assertTrue(self.endpoint.send(b"\x90abc", PEER))
+        self.assertEqual(self.transport.written, [(b"\x90abc", PEER)])
+        self.assertEqual((self.endpoint.counters["sent"], self.endpoint.counters["sent_bytes"]), (1, 4))
+
+    def test_errors_are_counted_not_raised(self):
+        self.transport.error = OSError(errno.EHOSTUNREACH, "No route to host")
+        self.assertFalse(self.endpoint.send(b"x", PEER))
+        self.transport.error = OSError(errno.ECONNREFUSED, "Connection refused")
+        self.assertFalse(self.endpoint.send(b"x", PEER))
+        self.transport.error = MessageLengthError("message too long")
+        self.assertFalse(self.endpoint.send(b"x", PEER))
+        self.assertEqual(self.endpoint.send_errors,
+                         {"EHOSTUNREACH": 1, "ECONNREFUSED": 1, "MessageLengthError": 1})
+        self.assertEqual(self.endpoint.counters["send_failures"], 3)
+        self.assertEqual(self.endpoint.counters["sent"], 0)
+
+    def test_stun_request_fails_at_once_when_it_cannot_go(self):
+        self.transport.error = OSError(errno.ENETUNREACH, "Network is unreachable")
+        d = self.endpoint.stun_client.binding_request(Address("udp", *PEER))
+        self.assertIsInstance(self.failureResultOf(d, StunError).value, StunError)
+        self.assertEqual(self.endpoint.send_errors, {"ENETUNREACH": 1})
+
+    def test_answers_to_a_failing_send_do_not_raise(self):
+        self.transport.error = OSError(errno.EPERM, "Operation not permitted")
+        self.endpoint.datagramReceived(binding_request()[1], PEER)
+        self.assertEqual(self.endpoint.counters["stun_answered"], 0)
+        self.assertEqual(self.endpoint.send_errors, {"EPERM": 1})
+
+    def test_not_open(self):
+        endpoint = UdpEndpoint(Clock())
+        self.assertFalse(endpoint.send(b"x", PEER))
+        self.assertEqual(endpoint.send_errors, {"ENOTCONN": 1})
+        self.assertIsNone(endpoint.local_address())
+        self.assertEqual(endpoint.local_addresses(), [])
+
+    def test_stop_protocol_cancels_outstanding(self):
+        d1 = self.endpoint.stun_client.binding_request(Address("udp", *PEER))
+        d2 = self.endpoint.echo.echo(Address("udp", *PEER), Identity.generate().peer_id)
+        self.endpoint.doStop()
+        self.failureResultOf(d1, CancelledError)
+        self.failureResultOf(d2, CancelledError)
+        self.assertEqual(self.endpoint.echo.outstanding, 0)
+
+    def test_stats(self):
+        self.endpoint.datagramReceived(b"\xffx", PEER)
+        stats = self.endpoint.stats()
+        self.assertEqual(stats["local_address"], "udp:127.0.0.1:40000")
+        self.assertEqual(stats["endpoint"]["unknown"], 1)
+        self.assertIn("sent", stats["stun_client"])
+        self.assertIn("requests_answered", stats["echo"])
+
+
+class AddressTests(SynchronousTestCase):
+    def test_sockaddr_to_address(self):
+        self.assertEqual(sockaddr_to_address(("127.0.0.1", 5)), Address("udp", "127.0.0.1", 5))
+        self.assertEqual(sockaddr_to_address(("::ffff:127.0.0.1", 5)), Address("udp", "127.0.0.1", 5))
+        self.assertEqual(sockaddr_to_address(("fe80::1%eth0", 5)), Address("udp", "fe80::1", 5))
+        self.assertIsNone(sockaddr_to_address(("nonsense", 5)))
+        self.assertIsNone(sockaddr_to_address(("127.0.0.1", 0)))
+        self.assertIsNone(sockaddr_to_address(None))
+
+
+class VirtualNetTests(SynchronousTestCase):
+    def test_stun_between_endpoints(self):
+        clock = Clock()
+        net = VirtualNet(clock)
+        a = net_endpoint(net, "127.0.0.10", 4000, stun_responder=False)
+        b = net_endpoint(net, "127.0.0.20", 3478)
+        net.nat[("127.0.0.10", 4000)] = ("127.0.0.100", 61000)
+        d = a.stun_client.binding_request(Address("udp", "127.0.0.20", 3478))
+        run_for(clock, 0.05)
+        self.assertEqual(self.successResultOf(d).mapped_address, Address("udp", "127.0.0.100", 61000))
+        self.assertEqual(b.counters["stun_answered"], 1)
+        # a STUN request to a non-responder goes unanswered
+        d = b.stun_client.binding_request(Address("udp", "127.0.0.100", 61000), rc=1, rm=1)
+        run_for(clock, 5)
+        self.failureResultOf(d, StunError)
+        self.assertEqual(a.counters["stun_dropped"], 1)
+
+
+# --- loopback ---------------------------------------------------------------------------
+
+
+class LoopbackTests(TestCase):
+    timeout = 20
+
+    def endpoint(self, **kw: Any) -> UdpEndpoint:
+        endpoint = UdpEndpoint(reactor, host=kw.pop("host", LOOPBACK), **kw)
+        endpoint.listen()
+        self.addCleanup(endpoint.stop)
+        return endpoint
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        deadline = reactor.seconds() + timeout
+        while not predicate():
+            if reactor.seconds() > deadline:
+                self.fail(f"condition not met within {timeout} s")
+            await deferLater(reactor, 0.01, lambda: None)
+
+    async def test_stun_answered_by_the_other_endpoint(self):
+        a, b = self.endpoint(stun_responder=False), self.endpoint()
+        address = a.local_address()
+        self.assertEqual(address.host, LOOPBACK)
+        self.assertNotEqual(address.port, 0)
+        self.assertEqual(a.local_addresses(), [address])
+        result = await a.stun_client.binding_request(b.local_address(), rto=0.1)
+        self.assertEqual(result.mapped_address, address)
+        self.assertEqual(result.source, b.local_address())
+        self.assertEqual(b.counters["stun_answered"], 1)
+        await self.wait_for(lambda: a.counters["stun_consumed"] == 1)
+
+    async def test_demux_on_a_real_socket(self):
+        a, b = self.endpoint(), self.endpoint()
+        quic = []
+        b.register(lambda d: d[0] >= 64, lambda d, addr: quic.append((d, addr)))
+        a.send(b"\xc0quic-ish", b.local_address().sockaddr())
+        a.send(b"\x20dtls-ish", b.local_address().sockaddr())
+        await self.wait_for(lambda: quic and b.counters["unknown"] == 1)
+        self.assertEqual(quic, [(b"\xc0quic-ish", a.local_address().sockaddr())])
+
+    async def test_send_to_a_closed_port_does_not_raise(self):
+        a, b = self.endpoint(), self.endpoint()
+        closed = b.local_address()
+        await b.stop()
+        self.assertFalse(b.listening)
+        for _ in range(3):
+            a.send(b"\x90nobody home", closed.sockaddr())
+            await deferLater(reactor, 0.02, lambda: None)
+        c = self.endpoint()
+        result = await a.stun_client.binding_request(c.local_address(), rto=0.1)
+        self.assertEqual(result.mapped_address, a.local_address())
+
+    async def test_service_binds_and_closes(self):
+        endpoint = UdpEndpoint(reactor, host=LOOPBACK)
+        service = UdpEndpointService(endpoint)
+        service.startService()
+        self.assertTrue(endpoint.listening)
+        port = endpoint.local_address().port
+        await service.stopService()
+        self.assertFalse(endpoint.listening)
+        self.assertEqual(endpoint.port, port)  # a restart binds the same port

@@ -371,6 +371,13 @@ def cmd_cache(ctx: Context) -> int:
     return EXIT_OK
 
 
+@register("netcheck", "what the node learned about its network: addresses, NAT type, port mapping")
+def cmd_netcheck(ctx: Context) -> int:
+    result = ctx.call("netcheck", _wait=30.0)
+    ctx.emit(result["report"], result["text"])
+    return EXIT_OK
+
+
 @register("connect", "connect to a peer, given its connection info", _configure_connect)
 def cmd_connect(ctx: Context) -> int:
     raw = ctx.args.info

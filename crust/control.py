@@ -688,6 +688,12 @@ def _cmd_cache(proto: ControlProtocol, req: Request) -> dict[str, Any]:
     ]}
 
 
+def _cmd_netcheck(proto: ControlProtocol, req: Request) -> Deferred:
+    req.allow()
+    return proto.node.service.netcheck().addCallback(
+        lambda report: {"report": report.to_dict(), "text": report.format_text()})
+
+
 STANDARD_COMMANDS = (
     Command("ping", _cmd_ping, "check the node answers"),
     Command("help", _cmd_help, "list the commands"),
@@ -701,6 +707,7 @@ STANDARD_COMMANDS = (
     Command("unwatch", _cmd_unwatch, "stop streaming events"),
     Command("bootstrap", _cmd_bootstrap, "bootstrap to the network: blacklist (addresses), role (node|client)"),
     Command("cache", _cmd_cache, "the bootstrap cache, most recently used first"),
+    Command("netcheck", _cmd_netcheck, "external addresses, NAT type, port mapping, with timings"),
 )
 
 

@@ -186,7 +186,8 @@ class Node(MultiService):
         listening.addErrback(failures.append)
         if failures:
             reason = failures[0].getErrorMessage()
-            raise StartupError(f"cannot listen on tcp {config.listen_host}:{config.listen_port or 0}: {reason}")
+            raise StartupError(reason if reason.startswith("cannot listen") else
+                               f"cannot listen on tcp {config.listen_host}:{config.listen_port or 0}: {reason}")
 
         if self.control_path is not None:
             control = ControlServer(self, self.control_path, self.reactor, node_commands(),

@@ -164,6 +164,12 @@ class Service(MultiService):
         self.bootstrapper = Bootstrapper(self)
         CacheValidator(self).setServiceParent(self)
         self.port_mapper: Any = None
+        self.udp_endpoint: Any = None
+        if self.config.enable_udp:
+            from crust.udp_endpoint import UdpEndpoint
+
+            self.udp_endpoint = UdpEndpoint(reactor, host=self.config.listen_host,
+                                            port=self.config.udp_listen_port or 0, identity=identity)
         self.discovery_requester: Any = None
         self.discovery_responder: Any = None
         self._discovery_service: Any = None
@@ -220,11 +226,13 @@ class Service(MultiService):
         for port in self._ports:
             port.stopListening()
         self._ports = []
+        udp_stopped = self.udp_endpoint.stop() if self.udp_endpoint is not None else succeed(None)
         self._listening = None
         self.listen_addresses = []
         for conn in list(self.peers.connections):
             conn.close(CloseReason.SHUTDOWN, "the node is stopping")
         d = self.peers.wait_all_closed()
+        d.addCallback(lambda _: udp_stopped)
         d.addCallback(lambda _: deferLater(self.reactor, 0, lambda: None))  # let cancelled sockets close
         d.addCallback(lambda _: MultiService.stopService(self))
         d.addCallback(self._forget_port_mapper)
@@ -246,8 +254,35 @@ class Service(MultiService):
         """
         if self._listening is None:
             self._listening = OneShot()
-            self._listen_tcp().addBoth(self._listening.fire)
+            d = self._listen_tcp()
+            d.addCallback(lambda tcp: self._listen_udp().addCallback(lambda _: tcp))
+            d.addCallback(self._listening_done)
+            d.addBoth(self._listening.fire)
         return self._listening.wait()
+
+    def _listening_done(self, addresses: list[Address]) -> list[Address]:
+        tcp_port = addresses[0].port if addresses else None
+        udp_port = None
+        if self.udp_endpoint is not None and self.udp_endpoint.listening:
+            udp_port = self.udp_endpoint.local_address().port
+        self._start_port_mapping(tcp_port=tcp_port, udp_port=udp_port)
+        return addresses
+
+    def _listen_udp(self) -> Deferred:
+        """The UDP socket (STUN, the encrypted address echo; QUIC in a later version)."""
+        if self.udp_endpoint is None:
+            return succeed(None)
+        from twisted.internet.error import CannotListenError
+
+        try:
+            address = self.udp_endpoint.listen()
+        except CannotListenError as e:
+            reason = f"cannot listen on udp {self.config.listen_host}:{self.config.udp_listen_port or 0}: {e.socketError}"
+            self.log.error("{reason}", reason=reason)
+            self._emit("listener_failed", "udp", reason)
+            return fail(CrustError(reason))
+        self.log.info("udp socket on {address}", address=str(address))
+        return succeed(address)
 
     def _listen_tcp(self) -> Deferred:
         config = self.config
@@ -270,7 +305,6 @@ class Service(MultiService):
                 port=bound, peer_id=str(self.peer_id), addresses=" ".join(map(str, self.listen_addresses)),
             )
             self._emit("listener_started", Address("tcp", host, bound))
-            self._start_port_mapping(tcp_port=bound)
             return list(self.listen_addresses)
 
         def failed(failure: Failure):
@@ -401,6 +435,20 @@ class Service(MultiService):
 
         dialled.addErrback(dial_failed)
         return result
+
+    def netcheck(self, extra_peers: Iterable[Any] = (), options: Any = None) -> Deferred:
+        """
+        Learn what we can about our network: local and external addresses per
+        protocol, the NAT's mapping and filtering, port mapping, hairpinning;
+        fires with a L{crust.netcheck.NetcheckReport} (never fails for network
+        reasons: what did not answer is in the report).  Echo sources: the
+        configured STUN servers, the hard-coded contacts, a few cached peers.
+        """
+        from crust.netcheck import run_netcheck
+
+        peers = list(self.config.hard_coded_contacts) + self.bootstrap_cached_peers()[:4] + list(extra_peers)
+        return self.start_listening().addCallback(lambda _: run_netcheck(
+            self, self.udp_endpoint, self.config.stun_servers, peers, self.port_mapper, self.clock, options))
 
     # -- messages ---------------------------------------------------------------------------
 

@@ -414,3 +414,21 @@ def succeed_later():
     from twisted.internet.task import deferLater
 
     return deferLater(reactor, 0, lambda: None)
+
+
+class NodeNetcheckTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_netcheck_through_the_control_socket(self):
+        root = temp_dir(self)
+        node = Node(root / "n", reactor=reactor, overrides={"listen_host": "127.0.0.1"})
+        node.startService()
+        self.addCleanup(node.stopService)
+        client = yield connect_control(reactor, node.control_path)
+        self.addCleanup(client.transport.loseConnection)
+        result = yield client.request("netcheck")
+        report = result["report"]
+        self.assertIn("udp", json.dumps(report))
+        self.assertIn(str(node.service.listen_addresses[0]), json.dumps(report))
+        self.assertTrue(result["text"].strip())

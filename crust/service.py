@@ -156,6 +156,7 @@ class Service(MultiService):
         self.listen_addresses: list[Address] = []
         self.external_addresses: list[Address] = []  # learned from peers, STUN or port mapping
         self.running_for_peers = False
+        self.accepting_transports: set[str] = {"tcp"} if self.config.enable_tcp else set()
         self.data_dir = data_dir
         self.bootstrap_cache: Optional[BootstrapCache] = None
         if data_dir is not None or self.config.bootstrap_cache.file is not None:
@@ -340,7 +341,7 @@ class Service(MultiService):
 
     def candidate_addresses(self) -> list[Address]:
         """Every address a peer may reach us at: learned external ones, then local, loopback last."""
-        found: list[Address] = list(self.external_addresses)
+        found: list[Address] = [a for a in self.external_addresses if a.transport in self.accepting_transports]
         if self.config.force_acceptor_port_in_ext_ep and self.config.listen_port:
             found += [Address("tcp", a.host, self.config.listen_port) for a in self.external_addresses]
         local = sorted(self.listen_addresses, key=lambda a: a.ip.is_loopback)

@@ -231,10 +231,9 @@ class QuicDispatcher:
                       addr=_text(driver.quic.get_peer_address()), reason=str(failure.value))
 
     def close_all(self, reason: str = "shutting down") -> None:
-        """Abort every connection and send the closes now (before the socket goes)."""
+        """Abort every connection, send the closes now and forget them (the socket is going away)."""
         for driver in list(self._cids):
-            driver.abort_connection(reason)
-            driver.flush_now()
+            driver.close_now(reason)
 
     # -- DriverOwner -------------------------------------------------------------------------
 

@@ -73,6 +73,8 @@ class QuicOptions:
         silence); None disables keepalives.
     @ivar handshake_timeout: seconds for the QUIC handshake (and identity
         check) to complete.
+    @ivar close_timeout: seconds a graceful close may take (the peer
+        acknowledging our data and finishing its own) before it is aborted.
     @ivar high_water: unsent bytes on a lane at which its producer is paused.
     @ivar low_water: unsent bytes at or below which it is resumed.
     @ivar max_receive_buffer: bytes held for a lane whose reading is paused
@@ -84,6 +86,7 @@ class QuicOptions:
     idle_timeout: float = 130.0
     keepalive_interval: Optional[float] = 15.0
     handshake_timeout: float = 10.0
+    close_timeout: float = 10.0
     high_water: int = 1 << 20
     low_water: int = 256 * 1024
     max_receive_buffer: int = 16 << 20
@@ -98,7 +101,7 @@ class QuicOptions:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(f"QUIC option {name} must be a positive number, not {value!r}")
 
-        for name in ("idle_timeout", "handshake_timeout", "high_water", "max_receive_buffer",
+        for name in ("idle_timeout", "handshake_timeout", "close_timeout", "high_water", "max_receive_buffer",
                      "max_connections", "max_data", "max_stream_data"):
             positive(name, getattr(self, name))
         if self.keepalive_interval is not None:
@@ -224,6 +227,9 @@ class QuicLane:
             raise RuntimeError(f"{self!r} already has a producer")
         if not streaming:
             raise ValueError("QUIC lanes take push (streaming) producers only")
+        if self.driver.ended:
+            producer.stopProducing()
+            return
         self.producer = producer
         self.producer_paused = False
         if self.unsent > self.driver.options.high_water:
@@ -281,8 +287,11 @@ class QuicLane:
         elif self._fin and not self._fin_handed:
             quic.send_stream_data(self.send_stream_id, b"", end_stream=True)
             self._fin_handed = True
-        if self._stream is None:
-            self._stream = quic._streams.get(self.send_stream_id)
+
+    def _open(self, quic: CrustQuicConnection) -> None:
+        """Create our stream (nothing is sent): streams open in order, urgent first."""
+        quic.send_stream_data(self.send_stream_id, b"")
+        self._stream = quic._streams[self.send_stream_id]
 
     def _received(self, data: bytes, end_stream: bool) -> None:
         if data:
@@ -346,12 +355,13 @@ class QuicDriver:
         self._timer_at: Optional[float] = None
         self._last_fired_at: Optional[float] = None
         self._keepalive: Any = None
+        self._close_timer: Any = None
         self._closing = False  # graceful close under way
         self._failure: Optional[Failure] = None  # why it ended, once decided
         self._reported = False
         self._aborted = False  # we dropped the connection: nothing more is delivered
         self._ping_uid = 0
-        self._last_sent = clock.seconds()
+        self._last_sent = self._last_received = clock.seconds()
         self.counters = dict.fromkeys(
             ("datagrams_sent", "bytes_sent", "datagrams_received", "bytes_received", "send_failures",
              "keepalives", "keepalives_acked"), 0)
@@ -375,7 +385,8 @@ class QuicDriver:
         counters = self.counters
         counters["datagrams_received"] += 1
         counters["bytes_received"] += len(data)
-        self.quic.receive_datagram(data, addr, self.clock.seconds())
+        now = self._last_received = self.clock.seconds()
+        self.quic.receive_datagram(data, addr, now)
         if self._flush_call is None:  # events are handled in the flush, once per turn
             self._flush_call = self.clock.callLater(0, self._flush)
 
@@ -395,6 +406,9 @@ class QuicDriver:
         self.urgent.receiver = protocol
         self.bulk.receiver = bulk_receiver
         protocol.makeConnection(self.urgent)
+        if self._reported:  # it ended before anyone was attached
+            self.clock.callLater(0, protocol.connectionLost, self._failure)
+            return protocol
         handshake_completed = getattr(protocol, "handshakeCompleted", None)
         if handshake_completed is not None and not self.ended:
             handshake_completed()
@@ -418,6 +432,7 @@ class QuicDriver:
         for lane in self._lanes:
             lane._fin = True
             lane.disconnecting = True
+        self._close_timer = self.clock.callLater(self.options.close_timeout, self._close_timed_out)
         self.schedule_flush()
 
     def abort_connection(self, reason: str, error_code: int = ABORTED) -> None:
@@ -429,9 +444,17 @@ class QuicDriver:
         self.quic.close(error_code=error_code, reason_phrase=reason)
         self.schedule_flush()
 
-    def flush_now(self) -> None:
-        """Flush at once rather than at the end of this reactor turn (before the socket closes)."""
+    def close_now(self, reason: str) -> None:
+        """
+        Abort, send the CONNECTION_CLOSE at once and forget the connection
+        (no closing period): for when the socket is about to close.
+        """
+        if self.terminated:
+            return
+        self.abort_connection(reason)
         self._flush()
+        if not self.terminated:
+            self._terminated(None)
 
     # -- addresses --------------------------------------------------------------------
 
@@ -462,10 +485,12 @@ class QuicDriver:
         for lane in self._lanes:
             if lane._in:
                 self._deliver(lane)
+        if self.terminated:  # a receiver closed everything (close_now)
+            return
         if self.urgent.fin_received and not self._closing and not self.ended:
             self.lose_connection()  # the peer is closing: like a FIN on TCP
         quic = self.quic
-        if not self.ended:
+        if self.established and not self.ended:
             for lane in self._lanes:
                 if lane._out or (lane._fin and not lane._fin_handed):
                     lane._push(quic)
@@ -474,7 +499,7 @@ class QuicDriver:
             self._decide(QuicConnectionDone("closed cleanly"))
             quic.close(error_code=CLOSED, reason_phrase="closed")
             self._transmit(now)
-        if not self.ended and self._resume_producers():
+        if not self.ended and self._resume_producers() and not self.ended:
             # a producer that ran dry wrote again: what congestion control allows goes now
             for lane in self._lanes:
                 if lane._out:
@@ -496,6 +521,8 @@ class QuicDriver:
         return wrote
 
     def _transmit(self, now: Optional[float] = None) -> None:
+        if self.terminated:
+            return
         if now is None:
             now = self.clock.seconds()
         send = self._send
@@ -509,7 +536,8 @@ class QuicDriver:
             counters["datagrams_sent"] += len(datagrams)
             self._last_sent = now
         self._process_events()  # sending issues connection ids
-        self._arm_timer(now, bool(datagrams))
+        if not self.terminated:
+            self._arm_timer(now, bool(datagrams))
 
     def _arm_timer(self, now: float, sent: bool = False) -> None:
         at = self.quic.get_timer()
@@ -573,6 +601,11 @@ class QuicDriver:
             seconds = self.options.handshake_timeout
             self.abort_connection(f"timeout: QUIC handshake not complete after {seconds:g} s")
 
+    def _close_timed_out(self) -> None:
+        self._close_timer = None
+        if not self.ended:
+            self.abort_connection(f"timeout: the close did not complete within {self.options.close_timeout:g} s")
+
     # -- events --------------------------------------------------------------------------
 
     def _process_events(self) -> None:
@@ -621,6 +654,8 @@ class QuicDriver:
             return
         self.peer_id = peer_id
         self.peer_certificate = self.quic.tls._peer_certificate
+        for lane in self._lanes:
+            lane._open(self.quic)
         self.established = True
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
@@ -644,12 +679,13 @@ class QuicDriver:
         if event is not None and self._failure is None:
             self._decide(_describe(event, self.quic.closed_by_peer))
 
-    def _terminated(self, event: events.ConnectionTerminated) -> None:
+    def _terminated(self, event: Optional[events.ConnectionTerminated]) -> None:
         self.terminated = True
-        if self._failure is None:
+        if self._failure is None and event is not None:
             if self.quic.close_event is None and event.reason_phrase == "Idle timeout":
+                silent = self.clock.seconds() - self._last_received
                 self._decide(QuicConnectionLost(
-                    f"QUIC idle timeout: nothing received from the peer for {self.options.idle_timeout:g} s",
+                    f"QUIC idle timeout: nothing received from the peer for {silent:.0f} s",
                     error_code=event.error_code, reason=event.reason_phrase))
             else:
                 self._decide(_describe(event, self.quic.closed_by_peer))
@@ -658,7 +694,7 @@ class QuicDriver:
                 self._deliver(lane)
         if not self._reported:
             self._report()
-        for name in ("_flush_call", "_timer", "_keepalive", "_handshake_timer"):
+        for name in ("_flush_call", "_timer", "_keepalive", "_handshake_timer", "_close_timer"):
             call = getattr(self, name)
             if call is not None and call.active():
                 call.cancel()

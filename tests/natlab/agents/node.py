@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Lab agent: a crust ``Service`` driven by JSON commands, reporting JSON events.
+
+    node.py [--listen-host 0.0.0.0] [--listen-port N] [--network NAME]
+            [--no-port-mapping] [--wait-mapping S] [--accept-bootstrap]
+            [--no-reachability-test] [--discovery] [--echo]
+            [--connect-timeout S] [--bootstrap-timeout S] [--deadline S]
+
+Once listening it prints ``{"event": "ready", "peer_id", "info" (the public
+connection info JSON), "listen", "external", "mappings"}``. With port mapping
+on (the default, as in ``Config``) and ``--wait-mapping S`` it first waits
+up to S seconds for the port mapper's first round, so that ``info`` carries
+the mapped address if there is one.
+
+Commands on stdin, one JSON object a line (``"cmd"`` names it):
+
+    {"cmd": "info"}                            -> {"event": "info", ...} as "ready"
+    {"cmd": "connect", "info": "<JSON>"}       -> "connected" or "connect_error"
+    {"cmd": "send", "peer": ID, "data": TEXT, "priority": 1}   -> "sent" / "send_error"
+    {"cmd": "bootstrap"}                       -> "bootstrapped" or "bootstrap_error"
+    {"cmd": "has_peers_on_lan"}                -> {"event": "has_peers_on_lan", "result"}
+    {"cmd": "discover", "window": S}           -> {"event": "discovered", "peers": [...]}
+    {"cmd": "peers"}                           -> {"event": "peers", "peers": [peer_details...]}
+    {"cmd": "stop"}                            -> "stopped" (after stopService), then exit
+
+Every ``ICrustObserver`` event is printed as it happens (``new_message``
+with the data as text); with ``--echo`` each message is answered with
+``"echo:" + data``.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _agent import emit, run  # noqa: E402
+from twisted.internet import defer, reactor, stdio  # noqa: E402
+from twisted.protocols.basic import LineReceiver  # noqa: E402
+from zope.interface import implementer  # noqa: E402
+
+from crust import Config, Identity, PeerId, Service  # noqa: E402
+from crust.interfaces import ICrustObserver  # noqa: E402
+from crust.observer import EVENT_NAMES  # noqa: E402
+
+
+def text(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, BaseException):
+        return "{}: {}".format(type(value).__name__, value)
+    return str(value)
+
+
+@implementer(ICrustObserver)
+class Printer:
+    """Prints every event; answers messages when ``echo``."""
+
+    def __init__(self, service, echo):
+        self.service = service
+        self.echo = echo
+
+    def __getattr__(self, name):
+        if name not in EVENT_NAMES:
+            raise AttributeError(name)
+
+        def report(*args):
+            emit(name, args=[text(a) for a in args])
+        return report
+
+    def new_message(self, peer_id, data):
+        emit("new_message", peer=str(peer_id), data=text(data))
+        if self.echo and not data.startswith(b"echo:"):
+            self.service.send(peer_id, b"echo:" + data, 1)
+
+
+def describe(service):
+    mapper = service.port_mapper
+    mappings = []
+    if mapper is not None:
+        mappings = [{"transport": m.transport, "internal_port": m.internal_port,
+                     "external": str(m.external), "method": m.method, "lifetime": m.lifetime}
+                    for m in mapper.mappings.values()]
+    return {
+        "peer_id": str(service.peer_id),
+        "listen": [str(a) for a in service.listen_addresses],
+        "external": [str(a) for a in service.external_addresses],
+        "mappings": mappings,
+        "probes": ([{"method": p.method, "answered": p.answered, "error": p.error}
+                    for p in mapper.probe_history] if mapper is not None else []),
+    }
+
+
+class Commands(LineReceiver):
+    delimiter = b"\n"
+
+    def __init__(self, service, done):
+        self.service = service
+        self.done = done
+
+    def lineReceived(self, line):
+        line = line.strip()
+        if not line:
+            return
+        try:
+            command = json.loads(line)
+            name = command["cmd"]
+            handler = getattr(self, "do_" + name)
+        except (ValueError, KeyError, AttributeError, TypeError) as e:
+            emit("bad_command", line=line.decode("utf-8", "replace"), error=str(e))
+            return
+        try:
+            d = defer.maybeDeferred(handler, command)
+        except Exception as e:  # pragma: no cover - maybeDeferred catches
+            emit("command_failed", cmd=name, error=text(e))
+            return
+        d.addErrback(lambda f: emit("command_failed", cmd=name, error=text(f.value)))
+
+    def connectionLost(self, reason=None):
+        self.do_stop({})  # the test went away: stop cleanly all the same
+
+    @defer.inlineCallbacks
+    def do_info(self, command):
+        info = yield self.service.prepare_connection_info()
+        emit("info", info=info.public.to_json(), **describe(self.service))
+
+    @defer.inlineCallbacks
+    def do_connect(self, command):
+        ours = yield self.service.prepare_connection_info()
+        try:
+            peer = yield self.service.connect(ours, command["info"])
+        except Exception as e:
+            emit("connect_error", error=text(e))
+        else:
+            emit("connected", peer=str(peer), address=text(self.service.peer_address(peer)))
+
+    def do_send(self, command):
+        peer = PeerId.from_text(command["peer"])
+        try:
+            self.service.send(peer, command["data"].encode("utf-8"), command.get("priority", 1))
+        except Exception as e:
+            emit("send_error", error=text(e))
+        else:
+            emit("sent", peer=str(peer))
+
+    @defer.inlineCallbacks
+    def do_bootstrap(self, command):
+        try:
+            peer = yield self.service.bootstrap()
+        except Exception as e:
+            emit("bootstrap_error", error=text(e))
+        else:
+            to = self.service.bootstrapped_to
+            emit("bootstrapped", peer=str(peer), address=text(to[1]) if to else None,
+                 connected=[str(p) for p in self.service.connected_peers()])
+
+    @defer.inlineCallbacks
+    def do_has_peers_on_lan(self, command):
+        result = yield self.service.has_peers_on_lan()
+        emit("has_peers_on_lan", result=result)
+
+    @defer.inlineCallbacks
+    def do_discover(self, command):
+        requester = self.service.discovery_requester
+        if requester is None:
+            emit("discovered", peers=[], error="discovery not started")
+            return
+        destinations = requester._destinations()
+        peers = yield requester.discover(command.get("window"))
+        emit("discovered", destinations=["{}:{}".format(*d) for d in destinations],
+             peers=[{"peer_id": str(p.peer_id), "addresses": [str(a) for a in p.addresses]}
+                    for p in peers],
+             stats=dict(requester.stats))
+
+    def do_peers(self, command):
+        emit("peers", peers=[self.service.peer_details(p) for p in self.service.connected_peers()])
+
+    def do_stop(self, command):
+        if self.done.called or getattr(self, "_stopping", False):
+            return
+        self._stopping = True
+        d = defer.maybeDeferred(self.service.stopService)
+
+        def stopped(result):
+            emit("stopped", error=text(result.value) if hasattr(result, "value") else None)
+            if not self.done.called:
+                self.done.callback(None)
+
+        d.addBoth(stopped)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--listen-host", default="0.0.0.0")
+    parser.add_argument("--listen-port", type=int)
+    parser.add_argument("--network")
+    parser.add_argument("--no-port-mapping", action="store_true")
+    parser.add_argument("--wait-mapping", type=float, default=0.0)
+    parser.add_argument("--accept-bootstrap", action="store_true")
+    parser.add_argument("--no-reachability-test", action="store_true")
+    parser.add_argument("--discovery", action="store_true")
+    parser.add_argument("--echo", action="store_true")
+    parser.add_argument("--connect-timeout", type=float, default=10.0)
+    parser.add_argument("--bootstrap-timeout", type=float, default=10.0)
+    parser.add_argument("--deadline", type=float, default=60.0)
+    args = parser.parse_args()
+    config = Config(
+        network_name=args.network, listen_host=args.listen_host, listen_port=args.listen_port,
+        enable_port_mapping=not args.no_port_mapping, accept_bootstrap=args.accept_bootstrap,
+        external_reachability_test=not args.no_reachability_test,
+        connect_timeout=args.connect_timeout, bootstrap_timeout=args.bootstrap_timeout)
+    service = Service(Identity.generate(), config, reactor)
+    service.add_observer(Printer(service, args.echo))
+    done = defer.Deferred()
+
+    @defer.inlineCallbacks
+    def go():
+        stdio.StandardIO(Commands(service, done))
+        service.startService()
+        if args.discovery:
+            service.start_service_discovery(listen=True)
+        yield service.start_listening()
+        if service.port_mapper is not None and args.wait_mapping > 0:
+            round_done = service.port_mapper.refresh()
+            round_done.addTimeout(args.wait_mapping, reactor)
+            try:
+                yield round_done
+            except defer.TimeoutError:
+                emit("mapping_timeout", seconds=args.wait_mapping)
+        info = yield service.prepare_connection_info()
+        emit("ready", info=info.public.to_json(), **describe(service))
+        yield done
+
+    return run(go, args.deadline)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

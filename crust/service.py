@@ -58,6 +58,7 @@ from crust.wire import CloseReason, Hello, Intent, RejectReason, network_hash
 from crust._waiters import OneShot
 
 MAX_ADVERTISED = 16
+BOOTSTRAP_SETTLE = 1.0  # how long a peer's inbound bootstrap connection must last to count as ours
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,7 @@ class Service(MultiService):
         self.discovery_responder: Any = None
         self._discovery_service: Any = None
         self._inflight: set[Deferred] = set()  # bootstraps and discovery rounds, cancelled on stop
+        self._timers: set[Any] = set()  # delayed calls of ours, cancelled on stop
 
     # -- observers ---------------------------------------------------------------
 
@@ -222,6 +224,10 @@ class Service(MultiService):
         self.running_for_peers = False
         for d in list(self._inflight):
             d.cancel()
+        for timer in list(self._timers):
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
         for attempt in list(self._attempts.values()):
             attempt.fail("the service is stopping")
         for port in self._ports:
@@ -701,10 +707,27 @@ class Service(MultiService):
             probe.errback(Failure(ConnectFailed(conn.peer_id, [f"{conn.peer_address}: {reason}"], "probe failed")))
         bootstrap = getattr(conn, "bootstrap", None)
         if bootstrap is not None and not bootstrap.called:
-            if conn.peer_id is not None and conn.peer_id in self.peers.active:
-                bootstrap.callback(conn.peer_id)  # we were connected to it already
-            else:
+            active = self.peers.active.get(conn.peer_id) if conn.peer_id is not None else None
+            if active is None:
                 bootstrap.errback(Failure(bootstrap_error(conn, reason)))
+            elif active.handshake.is_bootstrap and not active.initiator:
+                # Connected only through the peer's own bootstrap request, which it
+                # still drops if its bootstrap won elsewhere: count it only if it is
+                # still the active connection a moment later.
+                def settle() -> None:
+                    self._timers.discard(timer)
+                    if bootstrap.called:
+                        return
+                    if self.peers.active.get(conn.peer_id) is active:
+                        bootstrap.callback(conn.peer_id)
+                    else:
+                        bootstrap.errback(Failure(bootstrap_error(
+                            conn, f"{reason}; the peer then dropped its own bootstrap connection")))
+
+                timer = self.clock.callLater(BOOTSTRAP_SETTLE, settle)
+                self._timers.add(timer)
+            else:
+                bootstrap.callback(conn.peer_id)  # we were connected to it already
         # an incoming candidate that ends may leave a waiting attempt with nothing to wait for
         peer_id = conn.peer_id
         if peer_id is not None and peer_id in self._attempts and not self.peers.has_candidates(peer_id):

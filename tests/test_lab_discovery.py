@@ -108,20 +108,16 @@ class LanDiscoveryTests(LabTestCase):
 
 
 class ConcurrentBootstrapTests(LabTestCase):
-    """Nodes of one LAN that bootstrap at the same moment (a crust bug, opt-in).
+    """Nodes of one LAN that bootstrap at the same moment.
 
-    ``Service._connection_lost`` counts a bootstrap attempt as won when its
-    own dial finds the peer already connected, even if that connection is
-    the peer's own bootstrap request, which the peer closes moments later
-    when its bootstrap won elsewhere: the node reports ``bootstrap_connect``
-    and ends with no connection (about 1 round in 10 here). Run with
-    ``CRUST_LAB_BOOTSTRAP_RACE=ROUNDS`` (each round ~3 s).
+    A node whose own bootstrap dial finds the peer already connected through
+    the peer's bootstrap request must not report success if the peer then
+    drops that connection (its own bootstrap won elsewhere): no node may end
+    up claiming a bootstrap peer it is not connected to.  Rounds:
+    ``CRUST_LAB_BOOTSTRAP_RACE=ROUNDS`` (default 3, each ~3 s).
     """
 
-    rounds = int(os.environ.get("CRUST_LAB_BOOTSTRAP_RACE", "0") or 0)
-    if not rounds:
-        skip = ("crust bug: a concurrent bootstrap may report success on a connection the peer "
-                "then drops (Service._connection_lost); set CRUST_LAB_BOOTSTRAP_RACE=ROUNDS to run")
+    rounds = int(os.environ.get("CRUST_LAB_BOOTSTRAP_RACE", "3") or 3)
 
     def test_no_false_bootstrap_success(self):
         lab = self.make_lab()

@@ -1,0 +1,495 @@
+#!/usr/bin/env python
+"""
+crust benchmarks: crust against a plain Twisted TLS 1.3 baseline, same run.
+
+    python bench/run.py                 # full run (~1.5 minutes), a table on stdout
+    python bench/run.py --quick         # smoke run (~10 s): short, 1 repetition
+    python bench/run.py --json          # the same figures as JSON on stdout
+    python bench/run.py --profile DIR   # also cProfile every worker into DIR
+
+Every measurement runs a server worker and a client worker (bench/worker.py)
+in two separate processes, talking over 127.0.0.1 only.  For each
+repetition and test the two implementations run back to back, so the
+baseline is measured under the same machine load as crust.  Figures are the
+median of the repetitions.  See doc/benchmarks.md.
+
+To benchmark another copy of crust, put it first on PYTHONPATH; the workers
+report which crust they imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from _common import (  # noqa: E402
+    BULK_SIZE,
+    RATE_SIZE,
+    fmt,
+    machine_description,
+    make_tls_identity,
+    median,
+    parse_line,
+    percentile,
+    ratio,
+)
+
+IMPLS = ("crust", "tls")
+TESTS = ("bulk", "rate", "setup")
+NAMES = {"crust": "crust", "tls": "TLS baseline"}
+
+# targets for crust/baseline; "min": the ratio must be at least this, "max": at most
+TARGETS = {
+    "bulk_mib_s": ("min", 0.85),
+    "rate_msg_s": ("min", 0.60),
+    "setup_median_ms": ("max", 1.50),
+}
+
+# measured on this kind of machine with the same shape of test (Twisted TLS 1.3
+# + Int32StringReceiver), quoted for comparison only
+REFERENCE = {"bulk_mib_s": 1024.0, "rate_msg_s": 1.62e6, "setup_median_ms": 1.45}
+
+MIB = 1024 * 1024
+
+
+class BenchError(Exception):
+    pass
+
+
+class Worker:
+    """One bench/worker.py process; collects its BENCH lines in a queue."""
+
+    def __init__(self, label: str, args: list[str], env: dict[str, str], verbose: bool) -> None:
+        self.label = label
+        self.stderr = tempfile.TemporaryFile(mode="w+b")
+        self.events: "queue.Queue[Optional[dict[str, Any]]]" = queue.Queue()
+        self.verbose = verbose
+        self.stopped = False
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "worker.py"), *args],
+            stdin=subprocess.PIPE,  # the worker exits when this closes
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            env=env,
+            cwd=ROOT,
+            text=True,
+            start_new_session=True,  # a ^C on the terminal reaches only the runner
+        )
+        self._reader = threading.Thread(target=self._read, name=f"read-{label}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            event = parse_line(line)
+            if event is not None:
+                self.events.put(event)
+            elif self.verbose:
+                sys.stderr.write(f"[{self.label}] {line}")
+        self.events.put(None)  # end of output
+
+    def wait(self, name: str, deadline: float) -> dict[str, Any]:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"{self.label}: no {name!r} within the time limit{self._tail()}")
+            try:
+                event = self.events.get(timeout=left)
+            except queue.Empty:
+                continue
+            if event is None:
+                self.proc.wait(5)
+                raise BenchError(f"{self.label}: exited ({self.proc.returncode}) before {name!r}{self._tail()}")
+            if event.get("event") == "error":
+                tb = event.get("traceback") or ""
+                raise BenchError(f"{self.label}: {event.get('reason')}\n{tb}{self._tail()}")
+            if event.get("event") == name:
+                return event
+
+    def _tail(self) -> str:
+        try:
+            self.stderr.seek(0)
+            text = self.stderr.read().decode("utf-8", "replace").strip()
+        except Exception:
+            return ""
+        return f"\n--- {self.label} stderr ---\n{text[-3000:]}" if text else ""
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM (a profiled worker then writes its profile), SIGKILL if it lingers."""
+        if self.stopped:
+            return
+        self.stopped = True
+        proc = self.proc
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+            except ProcessLookupError:
+                pass
+        self._reader.join(5)
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except Exception:
+                pass
+        self.stderr.close()
+
+
+class Runner:
+    def __init__(self, opts: argparse.Namespace) -> None:
+        self.opts = opts
+        self.certdir = tempfile.mkdtemp(prefix="crust-bench-")
+        make_tls_identity(self.certdir, "server")
+        make_tls_identity(self.certdir, "client")
+        env = dict(os.environ)
+        path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join(path + [ROOT])  # a PYTHONPATH copy of crust goes first
+        self.env = env
+        self.workers: list[Worker] = []
+        self.crust_location: dict[str, str] = {}
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stop(grace=2)
+        self.workers = []
+        shutil.rmtree(self.certdir, ignore_errors=True)
+
+    def _worker(self, label: str, args: list[str], env: Optional[dict[str, str]] = None) -> Worker:
+        w = Worker(label, args, env or self.env, self.opts.verbose)
+        self.workers.append(w)
+        return w
+
+    def _env_for(self, path: str) -> dict[str, str]:
+        if not path:
+            return self.env
+        env = dict(self.env)
+        env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(path), env["PYTHONPATH"]])
+        return env
+
+    def measure(self, impl: str, test: str, rep: int) -> dict[str, Any]:
+        o = self.opts
+        size = BULK_SIZE if test == "bulk" else RATE_SIZE
+        env = self.env
+        max_queued = o.max_queued
+        kind = impl
+        if impl in o.alts:  # another crust: its own PYTHONPATH and/or queue bound
+            kind = "crust"
+            path, alt_queued = o.alts[impl]
+            env = self._env_for(path)
+            max_queued = alt_queued or max_queued
+        common = [
+            "--impl", kind, "--test", test, "--size", str(size),
+            "--duration", str(o.duration), "--warmup", str(o.warmup),
+            "--connections", str(o.connections), "--certdir", self.certdir,
+            "--max-queued", str(max_queued),
+        ]
+        budget = 30 + o.warmup + o.duration * 3 + o.connections * 0.05
+        common += ["--timeout", str(budget + 30)]
+
+        def prof(role: str) -> list[str]:
+            if not o.profile:
+                return []
+            return ["--profile", os.path.join(o.profile, f"{impl}-{test}-{role}-{rep}.prof")]
+
+        deadline = time.monotonic() + budget
+        server = self._worker(f"{impl}/{test}/server", ["--role", "server", *common, *prof("server")], env)
+        client = None
+        try:
+            listening = server.wait("listening", deadline)
+            if kind == "crust":
+                self.crust_location.setdefault(impl, listening.get("crust", ""))
+            client = self._worker(f"{impl}/{test}/client", [
+                "--role", "client", *common, *prof("client"),
+                "--port", str(listening["port"]), "--info", listening.get("info", ""),
+            ], env)
+            if test == "setup":
+                result = client.wait("result", deadline)
+                times_ms = [t * 1000 for t in result["times"]]
+                server.stop()  # it reports its CPU time as it exits
+                try:
+                    server_cpu = server.wait("exit", time.monotonic() + 5)["cpu_since_listening"]
+                except BenchError:
+                    server_cpu = math.nan
+                return {
+                    "cpu_ms_per_connection": (result["cpu"] + server_cpu) * 1000 / len(times_ms),
+                    "client_cpu_s": result["cpu"],
+                    "server_cpu_s": server_cpu,
+                    "connections": len(times_ms),
+                    "median_ms": median(times_ms),
+                    "p99_ms": percentile(times_ms, 99),
+                    "mean_ms": sum(times_ms) / len(times_ms),
+                    "min_ms": min(times_ms),
+                }
+            received = server.wait("result", deadline)
+            sent = client.wait("result", deadline)
+            seconds = received["seconds"]
+            nbytes = received["bytes"]
+            mib = nbytes / MIB
+            cpu = received["cpu"] + sent["cpu"]
+            return {
+                "message_size": size,
+                "seconds": seconds,
+                "messages": received["messages"],
+                "bytes": nbytes,
+                "mib_s": mib / seconds if seconds > 0 else math.nan,
+                "msg_s": received["messages"] / seconds if seconds > 0 else math.nan,
+                "cpu_receiver_s": received["cpu"],
+                "cpu_sender_s": sent["cpu"],
+                "cpu_ms_per_mib": cpu * 1000 / mib if mib else math.nan,
+                "minflt_receiver": received.get("minflt"),
+                "minflt_sender": sent.get("minflt"),
+            }
+        finally:
+            for w in (client, server):
+                if w is not None:
+                    w.stop()
+                    self.workers.remove(w)
+
+    def run(self) -> dict[str, Any]:
+        o = self.opts
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {t: {i: [] for i in o.impls} for t in o.tests}
+        started = time.monotonic()
+        self.load_before = _loadavg()
+        for rep in range(o.runs):
+            for test in o.tests:
+                # rotate which implementation goes first, against drift
+                k = rep % len(o.impls)
+                order = o.impls[k:] + o.impls[:k]
+                for impl in order:
+                    t0 = time.monotonic()
+                    result = self.measure(impl, test, rep)
+                    runs[test][impl].append(result)
+                    if not o.json:
+                        sys.stderr.write(f"  run {rep + 1}/{o.runs} {test:5} {impl:5} {_brief(test, result)}"
+                                         f"  ({time.monotonic() - t0:.1f} s)\n")
+        return self.summarise(runs, time.monotonic() - started)
+
+    def summarise(self, runs, elapsed: float) -> dict[str, Any]:
+        o = self.opts
+        figures: dict[str, dict[str, float]] = {}
+        keys = {
+            "bulk": {"bulk_mib_s": "mib_s", "bulk_cpu_ms_per_mib": "cpu_ms_per_mib"},
+            "rate": {"rate_msg_s": "msg_s", "rate_mib_s": "mib_s", "rate_cpu_ms_per_mib": "cpu_ms_per_mib"},
+            "setup": {"setup_median_ms": "median_ms", "setup_p99_ms": "p99_ms",
+                      "setup_cpu_ms": "cpu_ms_per_connection"},
+        }
+        for test in o.tests:
+            for impl in o.impls:
+                for figure, key in keys[test].items():
+                    figures.setdefault(figure, {})[impl] = median([r[key] for r in runs[test][impl]])
+        ratios: dict[str, float] = {}
+        verdicts: dict[str, Optional[bool]] = {}
+        alt_ratios: dict[str, dict[str, float]] = {}
+        if "tls" in o.impls:
+            for impl in o.impls:
+                if impl == "tls":
+                    continue
+                got = {figure: ratio(by_impl[impl], by_impl["tls"]) for figure, by_impl in figures.items()}
+                if impl == "crust":
+                    ratios = got
+                else:
+                    alt_ratios[impl] = got
+            for figure, (kind, target) in TARGETS.items():
+                r = ratios.get(figure)
+                if r is None or math.isnan(r):
+                    continue
+                verdicts[figure] = r >= target if kind == "min" else r <= target
+        return {
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine_description(),
+            "crust": self.crust_location,
+            "impls": list(o.impls),
+            "settings": {
+                "runs": o.runs, "duration_s": o.duration, "warmup_s": o.warmup,
+                "connections": o.connections, "bulk_size": BULK_SIZE, "rate_size": RATE_SIZE,
+                "crust_max_queued_bytes": o.max_queued or "default", "quick": o.quick,
+                "profiled": bool(o.profile), "elapsed_s": round(elapsed, 1),
+                # other work on the machine skews every figure: the load average around the run
+                "loadavg_before": self.load_before, "loadavg_after": _loadavg(),
+            },
+            "figures": figures,
+            "ratios": ratios,
+            "alternatives": {name: {"path": path, "max_queued_bytes": q, "ratios": alt_ratios.get(name, {})}
+                             for name, (path, q) in o.alts.items()},
+            "targets": {k: {"kind": v[0], "ratio": v[1], "met": verdicts.get(k)} for k, v in TARGETS.items()},
+            "reference_baseline": REFERENCE,
+            "runs": runs,
+        }
+
+
+def _loadavg() -> Optional[float]:
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _brief(test: str, r: dict[str, Any]) -> str:
+    if test == "setup":
+        return f"median {r['median_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  ({r['connections']} connections)"
+    if test == "bulk":
+        return f"{r['mib_s']:8.1f} MiB/s  {r['cpu_ms_per_mib']:.2f} ms CPU/MiB"
+    return f"{r['msg_s']:10,.0f} msg/s  {r['cpu_ms_per_mib']:.2f} ms CPU/MiB"
+
+
+ROWS = [
+    # figure, label, digits, higher is better
+    ("bulk_mib_s", "bulk, 64 KiB messages (MiB/s)", 1, True),
+    ("bulk_cpu_ms_per_mib", "  CPU, both processes (ms per MiB)", 2, False),
+    ("rate_msg_s", "100-byte messages (msg/s)", 0, True),
+    ("rate_cpu_ms_per_mib", "  CPU, both processes (ms per MiB)", 2, False),
+    ("setup_median_ms", "setup + 1 round trip, median (ms)", 2, False),
+    ("setup_p99_ms", "setup + 1 round trip, p99 (ms)", 2, False),
+    ("setup_cpu_ms", "  CPU, both processes (ms per connection)", 2, False),
+]
+
+
+def render(summary: dict[str, Any]) -> str:
+    impls = tuple(summary["impls"])
+    m = summary["machine"]
+    s = summary["settings"]
+    lines = [
+        f"crust benchmarks, {summary['date']}",
+        f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, Twisted {m['twisted']}, "
+        f"pyOpenSSL {m['OpenSSL']}, {m.get('openssl', '')}",
+        "crust: " + ("; ".join(f"{k}: {v}" for k, v in summary["crust"].items()) or "-"),
+        f"{s['runs']} run(s) each, median shown; streams {s['duration_s']:g} s after {s['warmup_s']:g} s warm-up; "
+        f"setup over {s['connections']} connections"
+        + ("; PROFILED: figures are not comparable" if s["profiled"] else ""),
+        f"load average (1 min) before/after: {s.get('loadavg_before')}/{s.get('loadavg_after')} "
+        f"on {m['cores']} cores (other work skews the figures)",
+        "",
+    ]
+    head = ["measurement"] + [NAMES.get(i, i) for i in impls]
+    alts = [i for i in impls if i in summary["alternatives"]]
+    both = set(IMPLS) <= set(impls)
+    if both:
+        head += ["crust/baseline", "target"]
+    if "tls" in impls:
+        head += [f"{a}/baseline" for a in alts]
+    table = [head]
+    for figure, label, digits, _ in ROWS:
+        values = summary["figures"].get(figure)
+        if values is None:
+            continue
+        row = [label] + [fmt(values.get(i), digits) for i in impls]
+        if both:
+            r = summary["ratios"].get(figure)
+            row.append(fmt(r, 2) + "x")
+            target = summary["targets"].get(figure)
+            if target is not None and target["met"] is not None:
+                sign = ">=" if target["kind"] == "min" else "<="
+                row.append(f"{sign} {target['ratio']:.2f}x {'ok' if target['met'] else 'MISSED'}")
+            else:
+                row.append("")
+        if "tls" in impls:
+            row += [fmt(summary["alternatives"][a]["ratios"].get(figure), 2) + "x" for a in alts]
+        table.append(row)
+    widths = [max(len(r[c]) for r in table) for c in range(len(head))]
+    for n, row in enumerate(table):
+        cells = [row[0].ljust(widths[0])] + [row[c].rjust(widths[c]) for c in range(1, len(row))]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    ref = summary["reference_baseline"]
+    lines += [
+        "",
+        f"reference (TLS baseline, same shape, this kind of machine): {ref['bulk_mib_s']:.0f} MB/s bulk, "
+        f"{ref['rate_msg_s'] / 1e6:.2f} M msg/s, {ref['setup_median_ms']:.2f} ms setup",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a fast smoke run (short streams, 1 repetition)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON (progress goes nowhere)")
+    p.add_argument("--runs", type=int, help="repetitions; the median is reported (default 3, quick 1)")
+    p.add_argument("--duration", type=float, help="measured seconds per stream test (default 4, quick 0.5)")
+    p.add_argument("--warmup", type=float, help="unmeasured seconds first (default 0.5, quick 0.1)")
+    p.add_argument("--connections", type=int, help="connections in the setup test (default 200, quick 20)")
+    p.add_argument("--tests", default=",".join(TESTS), help="comma-separated subset of: " + ",".join(TESTS))
+    p.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of: " + ",".join(IMPLS))
+    p.add_argument("--max-queued", type=int, default=0,
+                   help="crust Config.max_queued_bytes for the stream tests (default: Config's)")
+    p.add_argument("--alt", action="append", default=[], metavar="NAME=[PATH][@MAX_QUEUED]",
+                   help="also measure another crust, interleaved with the others: the package found "
+                        "first on PATH (e.g. a patched copy) and/or another Config.max_queued_bytes; "
+                        "repeatable; NAME joins --impls")
+    p.add_argument("--profile", metavar="DIR", default="",
+                   help="cProfile every worker; DIR/<impl>-<test>-<role>-<run>.prof and .txt summaries")
+    p.add_argument("--verbose", "-v", action="store_true", help="show the workers' other output")
+    o = p.parse_args(argv)
+    o.runs = o.runs if o.runs is not None else (1 if o.quick else 3)
+    o.duration = o.duration if o.duration is not None else (0.5 if o.quick else 4.0)
+    o.warmup = o.warmup if o.warmup is not None else (0.1 if o.quick else 0.5)
+    o.connections = o.connections if o.connections is not None else (20 if o.quick else 200)
+    o.tests = tuple(t for t in o.tests.split(",") if t)
+    o.impls = tuple(i for i in o.impls.split(",") if i)
+    o.alts = {}
+    for spec in o.alt:
+        name, sep, rest = spec.partition("=")
+        path, _, queued = rest.partition("@")
+        if not sep or not name or name in IMPLS or name in o.alts:
+            p.error(f"bad --alt {spec!r}: NAME=[PATH][@MAX_QUEUED], NAME not crust/tls and unique")
+        if path and not os.path.isdir(os.path.join(path, "crust")):
+            p.error(f"--alt {spec!r}: no crust package in {path}")
+        o.alts[name] = (path, int(queued) if queued else 0)
+        o.impls += (name,)
+    bad = [t for t in o.tests if t not in TESTS] + [i for i in o.impls if i not in IMPLS and i not in o.alts]
+    if bad or not o.tests or not o.impls:
+        p.error(f"unknown or empty --tests/--impls: {bad}")
+    if o.runs < 1 or o.duration <= 0 or o.warmup < 0 or o.connections < 1:
+        p.error("--runs, --duration and --connections must be positive, --warmup not negative")
+    if o.profile:
+        os.makedirs(o.profile, exist_ok=True)
+        o.profile = os.path.abspath(o.profile)
+    return o
+
+
+def main(argv=None) -> int:
+    opts = parse_args(argv)
+    runner = Runner(opts)
+    try:
+        summary = runner.run()
+    except BenchError as e:
+        sys.stderr.write(f"bench failed: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    finally:
+        runner.close()
+    if opts.json:
+        json.dump(summary, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        print(render(summary))
+        if opts.profile:
+            print(f"\nprofiles: {opts.profile}/*.prof (summaries: *.prof.txt)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

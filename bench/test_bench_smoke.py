@@ -1,0 +1,64 @@
+"""
+A smoke test of the benchmarks (not part of the main suite, which collects
+tests/ only).  Run it from the repository root:
+
+    python -m twisted.trial bench/test_bench_smoke.py
+
+It runs ``python bench/run.py --quick --json`` (about 10 s: one short
+repetition of every measurement, crust and the TLS baseline, each in its own
+pair of processes on 127.0.0.1) and ``python bench/micro.py --quick --json``,
+and checks that every figure was measured and is plausible.  It asserts no
+performance target: those depend on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+from twisted.trial import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def _run(*args: str, timeout: float) -> dict:
+    done = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"{args} exited {done.returncode}:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout)
+
+
+class QuickBench(unittest.TestCase):
+    def test_run_quick(self) -> None:
+        summary = _run(os.path.join(HERE, "run.py"), "--quick", "--json", timeout=120)
+        figures = summary["figures"]
+        for figure in ("bulk_mib_s", "bulk_cpu_ms_per_mib", "rate_msg_s", "rate_cpu_ms_per_mib",
+                       "setup_median_ms", "setup_p99_ms"):
+            for impl in ("crust", "tls"):
+                value = figures[figure][impl]
+                self.assertTrue(value > 0 and math.isfinite(value), f"{figure}/{impl} = {value}")
+        # plausibility: something flowed, and a round trip is between 10 us and 1 s
+        self.assertGreater(figures["bulk_mib_s"]["crust"], 1)
+        self.assertGreater(figures["rate_msg_s"]["crust"], 1000)
+        self.assertTrue(0.01 < figures["setup_median_ms"]["crust"] < 1000)
+        for figure in ("bulk_mib_s", "rate_msg_s", "setup_median_ms"):
+            self.assertTrue(math.isfinite(summary["ratios"][figure]), figure)
+            self.assertIn(summary["targets"][figure]["met"], (True, False))
+        # every setup iteration was its own connection
+        for impl in ("crust", "tls"):
+            self.assertEqual(summary["runs"]["setup"][impl][0]["connections"], summary["settings"]["connections"])
+
+    def test_micro_quick(self) -> None:
+        result = _run(os.path.join(HERE, "micro.py"), "--quick", "--json", timeout=120)
+        for case in ("100 B", "64 KiB"):
+            for name, ns in result["ns_per_message"][case].items():
+                self.assertTrue(0 < ns < 1e7, f"{case} {name}: {ns} ns")
+        for name, us in result["us_per_connection"].items():
+            self.assertTrue(10 < us < 1e6, f"{name}: {us} us")

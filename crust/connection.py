@@ -47,6 +47,8 @@ from crust.wire import (
 )
 
 _CLOSE_GRACE = 5.0  # seconds a closing connection may take to flush before it is aborted
+_DRAIN_BATCH = 64 * 1024  # bytes of queued frames joined into one transport write
+_LIVENESS_GRAIN = 4  # while sending, the liveness timer looks every interval/4
 
 
 class ConnectionOwner(TypingProtocol):
@@ -107,6 +109,9 @@ class PeerConnection(Protocol):
         self._tls_problem = ""
         self._close_reason: Optional[str] = None  # set when we decide to close
         self._last_sent = 0.0
+        self._sent = False  # data went out since the liveness timer last looked
+        self._direct = False  # see _update_direct
+        self._write: Callable[[bytes], object] = _discard
         self._last_received = 0.0
         self.peer_address: Optional[Address] = None
         self.local_address: Optional[Address] = None
@@ -183,6 +188,7 @@ class PeerConnection(Protocol):
 
     def connectionLost(self, reason: Failure) -> None:
         self.connected = False
+        self._direct = False
         for timer in (self._timer, self._close_timer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -205,31 +211,50 @@ class PeerConnection(Protocol):
 
     def pauseProducing(self) -> None:
         self._paused = True
+        self._direct = False
 
     def resumeProducing(self) -> None:
         self._paused = False
         if self.queues:
             self._drain()
+        self._update_direct()
 
     def stopProducing(self) -> None:
         self._paused = True
+        self._direct = False
 
     # -- sending ---------------------------------------------------------------
 
     def send_message(self, data: bytes, priority: int) -> None:
         """
         Send one message.  Raises at once, queueing nothing, if it is over the
-        size limit, the priority is invalid, or the queue is at its bound.
+        size limit, the priority is invalid, the connection is closing, or the
+        queue is at its bound.
         """
         if type(data) is not bytes:
             data = bytes(data)
         size = len(data)
+        if size <= self.max_message_size and type(priority) is int and 0 <= priority <= 255:
+            if self._direct:
+                # the hot path: the transport takes data, nothing is queued
+                self._write(pack_header(size + 1, DATA) + data)
+                self._sent = True  # the liveness timer reads the clock, not every send
+                return
+            queues = self.queues
+            if self._paused and self._close_reason is None and queues.size + size <= self.max_queued_bytes:
+                # the transport is full: queue by priority
+                queues.push(priority, pack_header(size + 1, DATA) + data, size, self.clock.seconds())
+                return
+        self._send_checked(data, size, priority)
+
+    def _send_checked(self, data: bytes, size: int, priority: int) -> None:
+        """The slow path of L{send_message}: errors, a full queue, state changes."""
         if size > self.max_message_size:
             raise MessageTooLarge(size, self.max_message_size)
-        if self._close_reason is not None:
-            raise PeerNotConnected(f"the connection is closing ({self._close_reason})")
         if type(priority) is not int or not 0 <= priority <= 255:
             raise InvalidPriority(f"priority must be an integer in 0..255, not {priority!r}")
+        if self._close_reason is not None or not self.connected:
+            raise PeerNotConnected(f"the connection is closing ({self._close_reason})")
         frame = pack_header(size + 1, DATA) + data
         if self._paused or self.queues.count:
             queues = self.queues
@@ -243,7 +268,15 @@ class PeerConnection(Protocol):
             queues.push(priority, frame, size, now)
             return
         self.transport.write(frame)
-        self._last_sent = self.clock.seconds()
+        self._sent = True
+        self._update_direct()
+
+    def _update_direct(self) -> None:
+        """May sends go straight to the transport?  (Active, not paused, nothing queued, not closing.)"""
+        self._direct = (self.connected and self._close_reason is None and not self._paused
+                        and not self.queues.count and self.handshake.state is HandshakeState.ACTIVE)
+        if self._direct:
+            self._write = self.transport.write
 
     def _write_control(self, frame: bytes) -> None:
         """Control frames (priority 0) go ahead of queued data."""
@@ -260,10 +293,10 @@ class PeerConnection(Protocol):
         self._expire(now)
         queues = self.queues
         write = self.transport.write
+        take = queues.take
         had = queues.size
         while not self._paused and queues.count:
-            frame, _ = queues.pop()
-            write(frame)
+            write(take(_DRAIN_BATCH))  # one transport write per ~64 KiB, not per message
         if queues.count == 0 or queues.size < had:
             self._last_sent = now
         if queues.size <= self.max_queued_bytes // 2:
@@ -286,6 +319,7 @@ class PeerConnection(Protocol):
 
     def close(self, reason: CloseReason, detail: str = "") -> None:
         """Tell the peer why, then close cleanly (abort if it will not flush)."""
+        self._direct = False
         if self._close_reason is None:
             self._close_reason = f"{reason.value}: {detail}" if detail else reason.value
         if not self.connected:
@@ -299,6 +333,7 @@ class PeerConnection(Protocol):
         self.close(CloseReason.DUPLICATE, "another connection to this peer was chosen")
 
     def _lose(self) -> None:
+        self._direct = False
         if self._close_timer is None and self.connected:
             self.transport.unregisterProducer()
             self.transport.loseConnection()
@@ -337,6 +372,7 @@ class PeerConnection(Protocol):
         self._schedule_liveness(self.clock.seconds())
         self.owner.promote(self, peer_id)  # sets self.deliver
         self._decoder.set_handlers(self.deliver, self._control)
+        self._update_direct()
 
     def candidate(self, peer_id: PeerId, hello: Hello) -> None:
         self.owner.candidate(self, peer_id, hello)
@@ -395,8 +431,11 @@ class PeerConnection(Protocol):
             self.handshake.closed()
             self._lose()
 
-    def _schedule_liveness(self, now: float) -> None:
+    def _schedule_liveness(self, now: float, sending: bool = False) -> None:
         due = min(self._last_sent + self.heartbeat_interval, self._last_received + self.inactivity_timeout)
+        if sending:
+            # sends do not read the clock: while they go on, look again soon to date the last one
+            due = min(due, now + self.heartbeat_interval / _LIVENESS_GRAIN)
         self._timer = self.clock.callLater(max(0.0, due - now), self._liveness_tick)
 
     def _liveness_tick(self) -> None:
@@ -404,6 +443,12 @@ class PeerConnection(Protocol):
         if not self.connected or self._close_reason is not None:
             return
         now = self.clock.seconds()
+        sending = self._sent
+        if sending:
+            # data went out since the last look: date it now, so a heartbeat
+            # follows the last send after between 1 and 1.25 intervals
+            self._sent = False
+            self._last_sent = now
         if now - self._last_received >= self.inactivity_timeout:
             self.close(CloseReason.TIMEOUT, f"nothing received for {self.inactivity_timeout:g} s")
             return
@@ -412,7 +457,7 @@ class PeerConnection(Protocol):
         if now - self._last_sent >= self.heartbeat_interval:
             self._write_control(HEARTBEAT_FRAME)
             self._last_sent = now
-        self._schedule_liveness(now)
+        self._schedule_liveness(now, sending)
 
 
 def _discard(payload: bytes) -> None:

@@ -14,7 +14,6 @@ import binascii
 import os
 import stat
 from dataclasses import dataclass
-from functools import total_ordering
 from pathlib import Path
 
 from nacl.signing import SigningKey, VerifyKey
@@ -25,22 +24,21 @@ PEER_ID_BYTES = 32
 _KEY_FILE_TAG = "crust-ed25519-seed-v1"
 
 
-@total_ordering
-class PeerId:
+class PeerId(bytes):
     """
-    The public identity of a node: its Ed25519 public key.
+    The public identity of a node: its Ed25519 public key (the 32 raw bytes).
 
-    Peer ids compare by their raw bytes; that order decides which side of a
-    pair chooses the surviving connection.
+    A C{bytes} subclass, so hashing and comparison run at C speed on the hot
+    path (every send looks its peer up).  Peer ids order by their raw bytes;
+    that order decides which side of a pair chooses the surviving connection.
     """
 
-    __slots__ = ("_raw", "_hash")
+    __slots__ = ()
 
-    def __init__(self, raw: bytes) -> None:
+    def __new__(cls, raw: bytes) -> "PeerId":
         if not isinstance(raw, (bytes, bytearray)) or len(raw) != PEER_ID_BYTES:
             raise ValueError("a peer id is exactly 32 bytes")
-        self._raw = bytes(raw)
-        self._hash = hash(self._raw)
+        return super().__new__(cls, raw)
 
     @classmethod
     def from_text(cls, text: str) -> "PeerId":
@@ -63,13 +61,16 @@ class PeerId:
     @property
     def raw(self) -> bytes:
         """The 32 bytes of the Ed25519 public key."""
-        return self._raw
+        return bytes(self)
 
     def verify_key(self) -> VerifyKey:
-        return VerifyKey(self._raw)
+        return VerifyKey(bytes(self))
 
     def __str__(self) -> str:
-        return base64.b32encode(self._raw).decode("ascii").rstrip("=").lower()
+        return base64.b32encode(self).decode("ascii").rstrip("=").lower()
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
     def short(self) -> str:
         """An abbreviation for logs and tables (not an identifier)."""
@@ -77,19 +78,6 @@ class PeerId:
 
     def __repr__(self) -> str:
         return f"PeerId({str(self)!r})"
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, PeerId):
-            return self._raw == other._raw
-        return NotImplemented
-
-    def __lt__(self, other: "PeerId") -> bool:
-        if isinstance(other, PeerId):
-            return self._raw < other._raw
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return self._hash
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ C{drop_after} is dropped, together with every less urgent queue.
 
 from __future__ import annotations
 
+from bisect import insort
 from collections import deque
 from dataclasses import dataclass
 from typing import Optional
@@ -47,8 +48,7 @@ class SendQueues:
         if q is None:
             q = self._queues[priority] = deque()
         if not q:
-            self._priorities.append(priority)
-            self._priorities.sort()
+            insort(self._priorities, priority)
         q.append((now, frame, payload_size))
         self.size += payload_size
         self.count += 1
@@ -85,6 +85,33 @@ class SendQueues:
         self.size -= payload_size
         self.count -= 1
         return frame, payload_size
+
+    def take(self, limit: int) -> bytes:
+        """
+        The most urgent frames, in order, joined: at least one frame, then
+        more while the total stays within C{limit} bytes.  Empty if none.
+        """
+        taken: list[bytes] = []
+        total = 0
+        size = 0
+        priorities = self._priorities
+        while priorities:
+            q = self._queues[priorities[0]]
+            while q:
+                frame = q[0][1]
+                if taken and total + len(frame) > limit:
+                    break
+                _, frame, payload_size = q.popleft()
+                taken.append(frame)
+                total += len(frame)
+                size += payload_size
+            else:
+                del priorities[0]
+                continue
+            break
+        self.size -= size
+        self.count -= len(taken)
+        return taken[0] if len(taken) == 1 else b"".join(taken)
 
     def clear(self) -> list[Dropped]:
         """Empty everything (the connection ended); report what was lost."""

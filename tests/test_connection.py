@@ -121,6 +121,20 @@ class ConnectionTests(SynchronousTestCase):
         self.clock.advance(19.5)
         self.assertEqual(self.written(), [])
 
+    def test_heartbeat_follows_the_last_of_many_sends_within_a_quarter_interval(self):
+        self.make()
+        for _ in range(30):  # a send every second for 30 s (sends do not read the clock)
+            self.conn.send_message(b"x", 1)
+            self.conn.dataReceived(frame(FrameType.HEARTBEAT))
+            self.clock.advance(1)
+        last_send = self.clock.seconds() - 1
+        self.written()
+        while not [f for f in self.written() if f[0] == FrameType.HEARTBEAT]:
+            self.clock.advance(0.25)
+            self.conn.dataReceived(frame(FrameType.HEARTBEAT))
+        gap = self.clock.seconds() - last_send
+        self.assertTrue(20 <= gap <= 25.25, gap)
+
     def test_lost_after_inactivity(self):
         self.make()
         self.clock.advance(100)

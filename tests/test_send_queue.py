@@ -48,3 +48,13 @@ class SendQueuesTests(SynchronousTestCase):
         self.fill(q, [(0, b"a"), (9, b"bb"), (9, b"cc")])
         self.assertEqual(q.clear(), [Dropped(0, 1, 1), Dropped(9, 2, 4)])
         self.assertFalse(q)
+
+    def test_take_joins_in_priority_order_within_a_limit(self):
+        q = SendQueues(60)
+        self.fill(q, [(5, b"e" * 10), (0, b"a" * 10), (0, b"b" * 10), (2, b"c" * 10)])
+        self.assertEqual(q.take(25), b"a" * 10 + b"b" * 10)
+        self.assertEqual(q.take(25), b"c" * 10 + b"e" * 10)
+        self.assertEqual((q.size, q.count), (0, 0))
+        self.assertEqual(q.take(25), b"")
+        self.fill(q, [(1, b"x" * 100)])
+        self.assertEqual(q.take(10), b"x" * 100)  # at least one frame

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from functools import lru_cache
 
 TRANSPORTS = ("tcp", "udp")
 
@@ -24,13 +25,9 @@ class Address:
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {self.transport!r} (expected tcp or udp)")
-        try:
-            ip = ipaddress.ip_address(self.host)
-        except ValueError:
-            raise ValueError(f"not an IP address: {self.host!r}") from None
         if not isinstance(self.port, int) or isinstance(self.port, bool) or not 0 < self.port < 65536:
             raise ValueError(f"port out of range: {self.port!r}")
-        object.__setattr__(self, "host", str(ip))  # canonical form
+        object.__setattr__(self, "host", canonical_ip(self.host))
 
     @classmethod
     def parse(cls, text: str, default_transport: str | None = None) -> "Address":
@@ -70,6 +67,15 @@ class Address:
         return (self.host, self.port)
 
 
+@lru_cache(maxsize=4096)
+def canonical_ip(host: str) -> str:
+    """The canonical text of an IP address (cached: connections parse the same few often)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ValueError(f"not an IP address: {host!r}") from None
+
+
 def split_host_port(text: str, original: str | None = None) -> tuple[str, int]:
     """Split C{"1.2.3.4:5"} or C{"[::1]:5"} into a host and an integer port."""
     original = text if original is None else original
@@ -88,8 +94,8 @@ def split_host_port(text: str, original: str | None = None) -> tuple[str, int]:
     if not 0 < port < 65536:
         raise ValueError(f"port out of range in {original!r}")
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
+        canonical_ip(host)
+    except (ValueError, TypeError):
         raise ValueError(f"bad address {original!r}: {host!r} is not an IP address") from None
     return host, port
 

@@ -14,6 +14,7 @@ import binascii
 import os
 import stat
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from nacl.signing import SigningKey, VerifyKey
@@ -67,7 +68,7 @@ class PeerId(bytes):
         return VerifyKey(bytes(self))
 
     def __str__(self) -> str:
-        return base64.b32encode(self).decode("ascii").rstrip("=").lower()
+        return _peer_id_text(bytes(self))
 
     def __format__(self, spec: str) -> str:
         return format(str(self), spec)
@@ -78,6 +79,11 @@ class PeerId(bytes):
 
     def __repr__(self) -> str:
         return f"PeerId({str(self)!r})"
+
+
+@lru_cache(maxsize=4096)
+def _peer_id_text(raw: bytes) -> str:
+    return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ class PeerTable:
             other.close_duplicate()
         self.log.info(
             "connected to {peer} via {transport} {address}",
-            peer=str(peer_id), transport=conn.transport_name, address=str(conn.peer_address),
+            peer=peer_id, transport=conn.transport_name, address=conn.peer_address,
         )
         self._service._connection_promoted(conn, peer_id)
 
@@ -121,7 +121,7 @@ class PeerTable:
                 for d in self._writable_waiters.pop(peer_id, []):
                     d.callback(peer_id)
                 if not getattr(conn, "superseded", False):
-                    self.log.info("lost peer {peer}: {reason}", peer=str(peer_id), reason=reason)
+                    self.log.info("lost peer {peer}: {reason}", peer=peer_id, reason=reason)
                     self._service._emit("lost_peer", peer_id, reason)
         self._service._connection_lost(conn, reason)
         if not self.connections:

@@ -742,7 +742,7 @@ class Service(MultiService):
 
     def _observed_address(self, observed: Address, conn: PeerConnection) -> None:
         """A peer told us how it sees us (the echo); later issues use it for NAT discovery."""
-        self.log.debug("{peer} sees us as {observed}", peer=str(conn.peer_id), observed=str(observed))
+        self.log.debug("{peer} sees us as {observed}", peer=conn.peer_id, observed=observed)
 
     def _control_received(self, conn: PeerConnection, ftype: int, payload: bytes) -> bool:
         return False

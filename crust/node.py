@@ -117,6 +117,7 @@ class Node(MultiService):
         self.started_at: Optional[float] = None
         self._lock: Optional[DataDirLock] = None
         self._watcher: Any = None
+        self._file_config: Optional[Config] = None
         self._start_bootstrap: Any = None
         self._previous_sighup: Any = None
         self._our_info: Optional[PrivConnectionInfo] = None
@@ -167,6 +168,7 @@ class Node(MultiService):
             config = load_node_config(self.config_file, create=False)
         else:
             config = load_node_config(self.data_dir.config_path, create=True)
+        self._file_config = config
         if self.overrides:
             try:
                 config = config.replace(**self.overrides)
@@ -244,7 +246,7 @@ class Node(MultiService):
         from crust.config_file import ConfigWatcher
 
         path = self.config_file or self.data_dir.config_path
-        self._watcher = ConfigWatcher(path, self._config_changed, current=self.config, clock=self.reactor)
+        self._watcher = ConfigWatcher(path, self._config_changed, current=self._file_config, clock=self.reactor)
         self._watcher.setServiceParent(self)
         try:
             self._previous_sighup = signal.signal(

@@ -124,12 +124,15 @@ class QuicDispatcher:
 
     def datagram_received(self, data: bytes, addr: Any) -> bool:
         """Route one datagram; False if it is not QUIC (first byte below 64)."""
-        if not data or data[0] < QUIC_FIRST_BYTE:
+        if not data:
+            return False
+        first = data[0]
+        if first < QUIC_FIRST_BYTE:
             return False
         self.counters["datagrams"] += 1
         if len(addr) != 2:
             addr = (addr[0], addr[1])
-        if data[0] & 0x80:  # long header: version (4), dcid length (1), dcid
+        if first & 0x80:  # long header: version (4), dcid length (1), dcid
             size = data[5] if len(data) > 5 else _MAX_CID + 1
             if size > _MAX_CID or len(data) < 6 + size:
                 self.counters["malformed"] += 1
@@ -143,7 +146,7 @@ class QuicDispatcher:
         driver = self._by_cid.get(dcid)
         if driver is not None:
             driver.datagram_received(data, addr)
-        elif data[0] & 0x80:
+        elif first & 0x80:
             self._unknown_long_header(data, addr)
         else:
             self.counters["unknown_cid"] += 1

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol as TypingProtocol
 
 from aioquic.quic import events
+from aioquic.quic.events import StreamDataReceived
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 from OpenSSL import crypto
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -293,14 +294,6 @@ class QuicLane:
         quic.send_stream_data(self.send_stream_id, b"")
         self._stream = quic._streams[self.send_stream_id]
 
-    def _received(self, data: bytes, end_stream: bool) -> None:
-        if data:
-            self._in.append(data)
-            self._in_size += len(data)
-            self.bytes_received += len(data)
-        if end_stream:
-            self.fin_received = True
-
     def _deliver(self) -> None:
         if not self._in or self.reading_paused or self.receiver is None:
             return
@@ -397,8 +390,10 @@ class QuicDriver:
         Give the connection to C{protocol}: it gets C{makeConnection(urgent)}
         and, as the handshake is already complete, C{handshakeCompleted()}
         (if it has one).  The bulk lane's bytes go to
-        C{bulk_receiver.dataReceived}; without a bulk receiver, bulk bytes
-        from the peer are a protocol error.  Returns C{protocol}.
+        C{bulk_receiver.dataReceived} (or to whatever C{protocol} sets as
+        C{transport.driver.bulk.receiver} in C{connectionMade}); without a
+        bulk receiver, bulk bytes from the peer are a protocol error.
+        Returns C{protocol}.
         """
         if self.protocol is not None:
             raise RuntimeError(f"{self!r} already carries {self.protocol!r}")
@@ -412,7 +407,7 @@ class QuicDriver:
         handshake_completed = getattr(protocol, "handshakeCompleted", None)
         if handshake_completed is not None and not self.ended:
             handshake_completed()
-        if self.bulk.buffered_in and bulk_receiver is None:
+        if self.bulk.buffered_in and self.bulk.receiver is None:
             self._protocol_error("the peer sent on the bulk stream, which this connection does not use")
         self.schedule_flush()
         return protocol
@@ -455,6 +450,19 @@ class QuicDriver:
         self._flush()
         if not self.terminated:
             self._terminated(None)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and state, for status displays."""
+        return {
+            "peer": str(self.peer_id) if self.peer_id else None,
+            "address": _text(self.quic.get_peer_address()),
+            "side": "client" if self.is_client else "server",
+            "established": self.established,
+            "ended": self.ended,
+            **self.counters,
+            **{f"{lane.name}_{key}": value for lane in self._lanes for key, value in (
+                ("written", lane.bytes_written), ("received", lane.bytes_received), ("unsent", lane.unsent))},
+        }
 
     # -- addresses --------------------------------------------------------------------
 
@@ -609,20 +617,28 @@ class QuicDriver:
     # -- events --------------------------------------------------------------------------
 
     def _process_events(self) -> None:
-        quic = self.quic
-        event = quic.next_event()
+        next_event = self.quic.next_event
+        lanes = self._lane_by_stream
+        limit = self.options.max_receive_buffer
+        event = next_event()
         while event is not None:
             kind = type(event)
-            if kind is events.StreamDataReceived:
-                lane = self._lane_by_stream.get(event.stream_id)
+            if kind is StreamDataReceived:
+                lane = lanes.get(event.stream_id)
                 if lane is None:
                     self._protocol_error(f"the peer sent on stream {event.stream_id}; crust uses only "
-                                         f"streams {sorted(self._lane_by_stream)} from this peer")
+                                         f"streams {sorted(lanes)} from this peer")
                 elif not self.ended:
-                    lane._received(event.data, event.end_stream)
-                    if lane._in_size > self.options.max_receive_buffer:
-                        self._protocol_error(f"over {self.options.max_receive_buffer} bytes held "
-                                             f"for the {lane.name} lane, which is not reading")
+                    data = event.data
+                    if data:
+                        lane._in.append(data)
+                        lane._in_size += len(data)
+                        lane.bytes_received += len(data)
+                        if lane._in_size > limit:
+                            self._protocol_error(f"over {limit} bytes held for the {lane.name} lane, "
+                                                 "which is not reading")
+                    if event.end_stream:
+                        lane.fin_received = True
             elif kind is events.HandshakeCompleted:
                 self._handshake_completed(event)
             elif kind is events.ConnectionIdIssued:
@@ -637,7 +653,7 @@ class QuicDriver:
                 self._terminated(event)
             elif kind in (events.StreamReset, events.StopSendingReceived):
                 self._protocol_error(f"the peer reset stream {event.stream_id} (error {event.error_code})")
-            event = quic.next_event()
+            event = next_event()
 
     def _handshake_completed(self, event: events.HandshakeCompleted) -> None:
         if self.ended:

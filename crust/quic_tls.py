@@ -84,7 +84,7 @@ def check_aioquic() -> None:
     for name in ("_request_client_certificate", "_peer_certificate", "_peer_certificate_chain"):
         if not hasattr(context, name):
             missing.append(f"aioquic.tls.Context.{name}")
-    for name in ("_initialize", "_close_begin"):
+    for name in ("_initialize", "_close_begin", "get_peer_address"):  # the last is public, new in 1.7
         if not callable(getattr(QuicConnection, name, None)):
             missing.append(f"aioquic.quic.connection.QuicConnection.{name}")
     probe = QuicConnection(configuration=QuicConfiguration(is_client=True))

@@ -230,7 +230,7 @@ class QuicDispatcher:
 
     def _handshake_failed(self, failure: Failure, driver: QuicDriver) -> None:
         self.counters["handshake_failures"] += 1
-        self.log.info("incoming QUIC connection from {addr} failed: {reason}",
+        self.log.debug("incoming QUIC connection from {addr} failed: {reason}",
                       addr=_text(driver.quic.get_peer_address()), reason=str(failure.value))
 
     def close_all(self, reason: str = "shutting down") -> None:

@@ -600,6 +600,8 @@ class QuicDriver:
             self.counters["keepalives"] += 1
             self.quic.send_ping(self._ping_uid)
             self._flush(now)
+            if self.ended or self.terminated:
+                return
             silent = 0.0
         self._keepalive = self.clock.callLater(interval - silent, self._keepalive_tick)
 

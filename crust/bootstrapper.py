@@ -83,7 +83,7 @@ class Bootstrapper:
             hard_coded=config.hard_coded_contacts,
             blacklist=list(blacklist),
             our_peer_id=service.peer_id,
-            transports=("tcp",),
+            transports=tuple(service.accepting_transports),
         )
         self.log.info(
             "bootstrapping as {role} from {count} candidate(s): {candidates}",
@@ -165,8 +165,9 @@ class Bootstrapper:
         self._test_reachability(conn, peer_id, hello)
 
     def _test_reachability(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None:
+        service = self.service
         source = conn.peer_address.host if conn.peer_address is not None else None
-        targets = [a for a in hello.listeners if a.transport == "tcp" and a.host == source]
+        targets = [a for a in hello.listeners if a.host == source and service._may_dial(a)]
         targets = targets[:REACHABILITY_MAX_ADDRESSES]
         if not targets:
             conn.handshake.admission_result(

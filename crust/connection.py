@@ -15,7 +15,7 @@ while it is paused.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Protocol as TypingProtocol
+from typing import Any, Callable, Optional, Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
@@ -112,6 +112,14 @@ class PeerConnection(Protocol):
         self._sent = False  # data went out since the liveness timer last looked
         self._direct = False  # see _update_direct
         self._write: Callable[[bytes], object] = _discard
+        # QUIC carries priorities >= 2 on a second ("bulk") stream; TCP has none
+        self._bulk: Any = None
+        self._bulk_lane: Optional[_BulkLane] = None
+        self._bulk_decoder: Optional[FrameDecoder] = None
+        self._bulk_paused = False  # the bulk lane asked us to stop writing
+        self._direct_bulk = False
+        self._bulk_write: Callable[[bytes], object] = _discard
+        self.bulk_queues = SendQueues(drop_after)
         self._last_received = 0.0
         self.peer_address: Optional[Address] = None
         self.local_address: Optional[Address] = None
@@ -149,6 +157,14 @@ class PeerConnection(Protocol):
         self.peer_address = _address(self.transport.getPeer(), self.transport_name)
         self.local_address = _address(self.transport.getHost(), self.transport_name)
         self.transport.registerProducer(self, True)
+        driver = getattr(self.transport, "driver", None)
+        if driver is not None:  # QUIC: a second lane for priorities >= 2
+            self._bulk = driver.bulk
+            self._bulk_lane = _BulkLane(self)
+            self._bulk_decoder = FrameDecoder(self.max_message_size, self._data_before_active, _bulk_control)
+            self._bulk.receiver = self._bulk_lane
+            self._bulk.registerProducer(self._bulk_lane, True)
+            self._bulk.pauseProducing()  # hold the peer's bulk bytes until CHOOSE: they may overtake it
         now = self.clock.seconds()
         self._last_received = self._last_sent = now
         self._timer = self.clock.callLater(self.handshake_timeout, self._handshake_timed_out)
@@ -172,11 +188,17 @@ class PeerConnection(Protocol):
         self.handshake.tls_complete(peer_id)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._close_reason is not None:
+        self._feed(self._decoder, data)
+
+    def _bulk_received(self, data: bytes) -> None:
+        self._feed(self._bulk_decoder, data)
+
+    def _feed(self, decoder: Optional[FrameDecoder], data: bytes) -> None:
+        if self._close_reason is not None or decoder is None:
             return  # we are closing: nothing the peer says now changes that
         self._last_received = self.clock.seconds()
         try:
-            self._decoder.feed(data)
+            decoder.feed(data)
         except FrameTooLarge as e:
             self.log.warn("{conn}: {error}; closing", conn=repr(self), error=str(e))
             self.close(CloseReason.OVERSIZE, str(e))
@@ -203,8 +225,9 @@ class PeerConnection(Protocol):
             text = f"TLS handshake failed: {_failure_text(reason)}"
         else:
             text = f"connection lost: {_failure_text(reason)}"
-        if self.queues:
-            self.owner.dropped(self, self.queues.clear(), "connection closed")
+        lost = self.queues.clear() + self.bulk_queues.clear()
+        if lost:
+            self.owner.dropped(self, lost, "connection closed")
         self.owner.lost(self, text)
 
     # -- IPushProducer -------------------------------------------------------
@@ -235,48 +258,53 @@ class PeerConnection(Protocol):
             data = bytes(data)
         size = len(data)
         if size <= self.max_message_size and type(priority) is int and 0 <= priority <= 255:
-            if self._direct:
+            if priority >= 2 and self._bulk is not None:
+                if self._direct_bulk:
+                    self._bulk_write(pack_header(size + 1, DATA) + data)
+                    self._sent = True
+                    return
+            elif self._direct:
                 # the hot path: the transport takes data, nothing is queued
                 self._write(pack_header(size + 1, DATA) + data)
                 self._sent = True  # the liveness timer reads the clock, not every send
                 return
-            queues = self.queues
-            if self._paused and self._close_reason is None and queues.size + size <= self.max_queued_bytes:
-                # the transport is full: queue by priority
-                queues.push(priority, pack_header(size + 1, DATA) + data, size, self.clock.seconds())
-                return
         self._send_checked(data, size, priority)
 
     def _send_checked(self, data: bytes, size: int, priority: int) -> None:
-        """The slow path of L{send_message}: errors, a full queue, state changes."""
+        """The slow path of L{send_message}: errors, queueing, state changes."""
         if size > self.max_message_size:
             raise MessageTooLarge(size, self.max_message_size)
         if type(priority) is not int or not 0 <= priority <= 255:
             raise InvalidPriority(f"priority must be an integer in 0..255, not {priority!r}")
-        if self._close_reason is not None or not self.connected:
-            raise PeerNotConnected(f"the connection is closing ({self._close_reason})")
+        if self._close_reason is not None or not self.connected or not self.is_active:
+            raise PeerNotConnected(f"the connection is not active ({self._close_reason or self.state.value})")
         frame = pack_header(size + 1, DATA) + data
-        if self._paused or self.queues.count:
-            queues = self.queues
+        bulk = priority >= 2 and self._bulk is not None
+        queues = self.bulk_queues if bulk else self.queues
+        if (self._bulk_paused if bulk else self._paused) or queues.count:
             now = self.clock.seconds()
-            if queues.size + size > self.max_queued_bytes:
+            if self.queued_bytes + size > self.max_queued_bytes:
                 self._expire(now)
-                if queues.size + size > self.max_queued_bytes:
+                if self.queued_bytes + size > self.max_queued_bytes:
                     raise SendQueueFull(
-                        f"{queues.size} bytes already queued for this peer (bound {self.max_queued_bytes})"
+                        f"{self.queued_bytes} bytes already queued for this peer (bound {self.max_queued_bytes})"
                     )
             queues.push(priority, frame, size, now)
             return
-        self.transport.write(frame)
+        (self._bulk.write if bulk else self.transport.write)(frame)
         self._sent = True
         self._update_direct()
 
     def _update_direct(self) -> None:
         """May sends go straight to the transport?  (Active, not paused, nothing queued, not closing.)"""
-        self._direct = (self.connected and self._close_reason is None and not self._paused
-                        and not self.queues.count and self.handshake.state is HandshakeState.ACTIVE)
+        usable = self.connected and self._close_reason is None and self.handshake.state is HandshakeState.ACTIVE
+        self._direct = usable and not self._paused and not self.queues.count
         if self._direct:
             self._write = self.transport.write
+        if self._bulk is not None:
+            self._direct_bulk = usable and not self._bulk_paused and not self.bulk_queues.count
+            if self._direct_bulk:
+                self._bulk_write = self._bulk.write
 
     def _write_control(self, frame: bytes) -> None:
         """Control frames (priority 0) go ahead of queued data."""
@@ -291,25 +319,27 @@ class PeerConnection(Protocol):
     def _drain(self) -> None:
         now = self.clock.seconds()
         self._expire(now)
-        queues = self.queues
-        write = self.transport.write
-        take = queues.take
-        had = queues.size
-        while not self._paused and queues.count:
-            write(take(_DRAIN_BATCH))  # one transport write per ~64 KiB, not per message
-        if queues.count == 0 or queues.size < had:
+        had = self.queued_bytes
+        for queues, paused, write in (
+            (self.queues, lambda: self._paused, self.transport.write),
+            (self.bulk_queues, lambda: self._bulk_paused, self._bulk.write if self._bulk is not None else None),
+        ):
+            take = queues.take
+            while queues.count and not paused():
+                write(take(_DRAIN_BATCH))  # one transport write per ~64 KiB, not per message
+        if self.queued_bytes < had:
             self._last_sent = now
-        if queues.size <= self.max_queued_bytes // 2:
+        if self.queued_bytes <= self.max_queued_bytes // 2:
             self.owner.writable(self)
 
     def _expire(self, now: float) -> None:
-        drops = self.queues.expire(now)
+        drops = self.queues.expire(now) + self.bulk_queues.expire(now)
         if drops:
             self.owner.dropped(self, drops, f"waited over {self.queues.drop_after:g} s (insufficient bandwidth)")
 
     @property
     def queued_bytes(self) -> int:
-        return self.queues.size
+        return self.queues.size + self.bulk_queues.size
 
     @property
     def is_paused(self) -> bool:
@@ -333,8 +363,10 @@ class PeerConnection(Protocol):
         self.close(CloseReason.DUPLICATE, "another connection to this peer was chosen")
 
     def _lose(self) -> None:
-        self._direct = False
+        self._direct = self._direct_bulk = False
         if self._close_timer is None and self.connected:
+            if self._bulk is not None:
+                self._bulk.unregisterProducer()
             self.transport.unregisterProducer()
             self.transport.loseConnection()
             self._close_timer = self.clock.callLater(_CLOSE_GRACE, self._abort)
@@ -372,6 +404,9 @@ class PeerConnection(Protocol):
         self._schedule_liveness(self.clock.seconds())
         self.owner.promote(self, peer_id)  # sets self.deliver
         self._decoder.set_handlers(self.deliver, self._control)
+        if self._bulk is not None:
+            self._bulk_decoder.set_handlers(self.deliver, _bulk_control)
+            self._bulk.resumeProducing()  # deliver what the peer sent on the bulk lane meanwhile
         self._update_direct()
 
     def candidate(self, peer_id: PeerId, hello: Hello) -> None:
@@ -452,7 +487,7 @@ class PeerConnection(Protocol):
         if now - self._last_received >= self.inactivity_timeout:
             self.close(CloseReason.TIMEOUT, f"nothing received for {self.inactivity_timeout:g} s")
             return
-        if self.queues:
+        if self.queues or self.bulk_queues:
             self._expire(now)
         if now - self._last_sent >= self.heartbeat_interval:
             self._write_control(HEARTBEAT_FRAME)
@@ -462,6 +497,35 @@ class PeerConnection(Protocol):
 
 def _discard(payload: bytes) -> None:
     pass
+
+
+def _bulk_control(ftype: int, payload: bytes) -> None:
+    raise ProtocolViolation(f"control frame (type {ftype}) on the bulk stream")
+
+
+@implementer(IPushProducer)
+class _BulkLane:
+    """The bulk lane's producer and receiver, on behalf of its L{PeerConnection}."""
+
+    def __init__(self, conn: PeerConnection) -> None:
+        self.conn = conn
+
+    def pauseProducing(self) -> None:
+        self.conn._bulk_paused = True
+        self.conn._direct_bulk = False
+
+    def resumeProducing(self) -> None:
+        conn = self.conn
+        conn._bulk_paused = False
+        if conn.bulk_queues and conn.connected:
+            conn._drain()
+        conn._update_direct()
+
+    def stopProducing(self) -> None:
+        self.pauseProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.conn._bulk_received(data)
 
 
 def _address(addr, transport_name: str) -> Optional[Address]:

@@ -147,6 +147,7 @@ class Service(MultiService):
         self.clock = reactor
         self.role = role
         self.network = network_hash(self.config.network_name)
+        self.accepting_transports: set[str] = {"tcp"} if self.config.enable_tcp else set()
         self.peers = PeerTable(self)
         self._creator = ConnectionCreator(make_context(identity))
         self._observers: list[Any] = []
@@ -157,7 +158,6 @@ class Service(MultiService):
         self.listen_addresses: list[Address] = []
         self.external_addresses: list[Address] = []  # learned from peers, STUN or port mapping
         self.running_for_peers = False
-        self.accepting_transports: set[str] = {"tcp"} if self.config.enable_tcp else set()
         self.data_dir = data_dir
         self.bootstrap_cache: Optional[BootstrapCache] = None
         if data_dir is not None or self.config.bootstrap_cache.file is not None:
@@ -167,11 +167,20 @@ class Service(MultiService):
         CacheValidator(self).setServiceParent(self)
         self.port_mapper: Any = None
         self.udp_endpoint: Any = None
+        self.quic: Any = None
         if self.config.enable_udp:
+            from crust.quic import QuicDispatcher, QuicOptions, is_quic
             from crust.udp_endpoint import UdpEndpoint
 
             self.udp_endpoint = UdpEndpoint(reactor, host=self.config.listen_host,
                                             port=self.config.udp_listen_port or 0, identity=identity)
+            self.quic = QuicDispatcher(
+                identity, self.udp_endpoint.send, clock=self.clock, accepted=self._quic_accepted,
+                host=lambda: self.udp_endpoint.transport.getHost(),
+                options=QuicOptions(idle_timeout=self.config.inactivity_timeout + 10),
+            )
+            self.udp_endpoint.register(is_quic, self.quic.datagram_received, "quic")
+            self.accepting_transports.add("udp")
         self.discovery_requester: Any = None
         self.discovery_responder: Any = None
         self._discovery_service: Any = None
@@ -233,13 +242,21 @@ class Service(MultiService):
         for port in self._ports:
             port.stopListening()
         self._ports = []
-        udp_stopped = self.udp_endpoint.stop() if self.udp_endpoint is not None else succeed(None)
         self._listening = None
         self.listen_addresses = []
         for conn in list(self.peers.connections):
             conn.close(CloseReason.SHUTDOWN, "the node is stopping")
-        d = self.peers.wait_all_closed()
-        d.addCallback(lambda _: udp_stopped)
+        d = self.peers.wait_all_closed()  # each sent CLOSE, then closed (aborted if it stalls)
+
+        def close_udp(_: Any) -> Deferred:
+            if self.quic is not None:
+                self.quic.close_all("the node is stopping")  # attempts still in their handshake
+            if self.udp_endpoint is None:
+                return succeed(None)
+            # a turn for the QUIC close packets to leave before the socket closes
+            return deferLater(self.reactor, 0, lambda: None).addCallback(lambda _: self.udp_endpoint.stop())
+
+        d.addCallback(close_udp)
         d.addCallback(lambda _: deferLater(self.reactor, 0, lambda: None))  # let cancelled sockets close
         d.addCallback(lambda _: MultiService.stopService(self))
         d.addCallback(self._forget_port_mapper)
@@ -262,13 +279,14 @@ class Service(MultiService):
         if self._listening is None:
             self._listening = OneShot()
             d = self._listen_tcp()
-            d.addCallback(lambda tcp: self._listen_udp().addCallback(lambda _: tcp))
+            d.addCallback(lambda tcp: self._listen_udp().addCallback(lambda _: list(self.listen_addresses)))
             d.addCallback(self._listening_done)
             d.addBoth(self._listening.fire)
         return self._listening.wait()
 
     def _listening_done(self, addresses: list[Address]) -> list[Address]:
-        tcp_port = addresses[0].port if addresses else None
+        tcp = [a for a in addresses if a.transport == "tcp"]
+        tcp_port = tcp[0].port if tcp else None
         udp_port = None
         if self.udp_endpoint is not None and self.udp_endpoint.listening:
             udp_port = self.udp_endpoint.local_address().port
@@ -289,6 +307,9 @@ class Service(MultiService):
             self._emit("listener_failed", "udp", reason)
             return fail(CrustError(reason))
         self.log.info("udp socket on {address}", address=str(address))
+        if self.quic is not None:
+            self.listen_addresses += self.udp_endpoint.local_addresses()
+            self._emit("listener_started", address)
         return succeed(address)
 
     def _listen_tcp(self) -> Deferred:
@@ -321,6 +342,14 @@ class Service(MultiService):
             return failure
 
         return endpoint.listen(factory).addCallbacks(listening, failed)
+
+    def _quic_accepted(self, driver: Any) -> None:
+        """A peer opened a QUIC connection to us: run crust's handshake on it."""
+        if not self.running_for_peers:
+            driver.close_now("the node is not accepting connections")
+            return
+        factory = _ConnectionFactory(self, initiator=False, transport_name="udp")
+        driver.attach(factory.buildProtocol(driver.peer_address()))
 
     def _start_port_mapping(self, tcp_port: Optional[int] = None, udp_port: Optional[int] = None) -> None:
         """Ask the router (PCP, NAT-PMP, UPnP IGD) to forward our ports; not for loopback listeners."""
@@ -401,7 +430,9 @@ class Service(MultiService):
         return d
 
     def _may_dial(self, address: Address) -> bool:
-        if address.transport != "tcp" or not self.config.enable_tcp:
+        if address.transport == "tcp" and not self.config.enable_tcp:
+            return False
+        if address.transport == "udp" and self.quic is None:
             return False
         allowed = self.config.whitelisted_node_ips
         return allowed is None or _ip_in(address.host, allowed)
@@ -410,6 +441,12 @@ class Service(MultiService):
               intent: Intent = Intent.CONNECT, probe: Optional[Deferred] = None,
               bind: Optional[tuple[str, int]] = None, bootstrap: Optional[Deferred] = None,
               role: Optional[str] = None) -> Deferred:
+        if address.transport == "udp":
+            factory = _ConnectionFactory(self, initiator=True, intent=intent, expected_peer=expected,
+                                         attempt=attempt, probe=probe, bootstrap=bootstrap, role=role,
+                                         transport_name="udp")
+            return self.quic.connect(address.sockaddr(), expected).addCallback(
+                lambda driver: driver.attach(factory.buildProtocol(address)))
         factory = _ConnectionFactory(self, initiator=True, intent=intent, expected_peer=expected,
                                      attempt=attempt, probe=probe, bootstrap=bootstrap, role=role)
         tls = TLSMemoryBIOFactory(self._creator, True, factory, clock=self.clock)

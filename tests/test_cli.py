@@ -372,7 +372,8 @@ class RealNodesTests(SynchronousTestCase):
         self.assertEqual(info_a["network_name"], "cli-test")
         for info in (info_a, info_b):  # the network rule: loopback only
             self.assertTrue(info["connection_info"]["addrs"])
-            self.assertTrue(all(addr.startswith("tcp:127.0.0.1:") for addr in info["connection_info"]["addrs"]))
+            self.assertTrue(all(addr.startswith(("tcp:127.0.0.1:", "udp:127.0.0.1:"))
+                            for addr in info["connection_info"]["addrs"]))
         self.assertIn(f"peer id:          {info_a['peer_id']}", self.ok(a, "info"))
 
         # B's connection info: one JSON line, the same as info shows

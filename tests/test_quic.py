@@ -799,7 +799,7 @@ class OwnerStub:
 
 
 class PeerConnectionTests(QuicTestCase):
-    """crust's own PeerConnection, unchanged, runs on the urgent lane."""
+    """crust's PeerConnection on QUIC: control and priorities 0-1 on the urgent lane, >= 2 on the bulk lane."""
 
     def make(self, owner, local, expected, initiator):
         return PeerConnection(owner, self.clock, local_id=local, network=network_hash(None),
@@ -821,7 +821,11 @@ class PeerConnectionTests(QuicTestCase):
         for i in range(100):
             conn.send_message(b"message %d" % i, i % 4)
         self.net.run(lambda: len(server_owner.messages) == 100, seconds=5)
-        self.assertEqual(server_owner.messages, [b"message %d" % i for i in range(100)])
+        # priorities 0-1 ride the urgent stream, >= 2 the bulk one: order holds within each
+        urgent = [m for m in server_owner.messages if int(m.split()[1]) % 4 < 2]
+        bulk = [m for m in server_owner.messages if int(m.split()[1]) % 4 >= 2]
+        self.assertEqual(urgent, [b"message %d" % i for i in range(100) if i % 4 < 2])
+        self.assertEqual(bulk, [b"message %d" % i for i in range(100) if i % 4 >= 2])
         conn.close_duplicate()
         self.net.run(lambda: any(e[0] == "lost" for e in server_owner.events), seconds=10)
         lost = [e for e in server_owner.events if e[0] == "lost"]

@@ -46,6 +46,8 @@ from crust.observer import EVENT_NAMES  # noqa: E402
 
 
 def text(value):
+    if isinstance(value, PeerId):
+        return str(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, BaseException):

@@ -62,9 +62,9 @@ class LanDiscoveryTests(LabTestCase):
                 others = sorted(set(SAME) - {name})
                 self.assertEqual(sorted(peers), others, event)
                 for other in others:
-                    # Each answers with its LAN listening address (no loopback).
-                    lan = [a for a in self.ready[other]["listen"] if ":127." not in a]  # loopback is not for the LAN
-            self.assertEqual(sorted(peers[other]), sorted(lan), event)
+                    # Each answers with its LAN listening addresses (loopback is not for the LAN).
+                    lan = [a for a in self.ready[other]["listen"] if ":127." not in a]
+                    self.assertEqual(sorted(peers[other]), sorted(lan), event)
                     self.assertTrue(peers[other][0].startswith(
                         "tcp:{}:".format(self.nat.hosts[other].ip)), event)
             else:

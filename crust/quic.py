@@ -112,9 +112,11 @@ class QuicDispatcher:
         self._cids: dict[QuicDriver, set[bytes]] = {}
         self.counters = dict.fromkeys(
             ("datagrams", "malformed", "unknown_cid", "initial_too_small", "refused_full",
-             "refused_not_accepting", "version_negotiation", "connects", "accepted", "handshake_failures"),
+             "refused_not_accepting", "version_negotiation", "connects", "accepted", "handshake_failures",
+             "closed"),
             0,
         )
+        self.closed = False  # close_all() was called: no new connections
 
     @property
     def drivers(self) -> list[QuicDriver]:
@@ -154,6 +156,9 @@ class QuicDispatcher:
 
     def _unknown_long_header(self, data: bytes, addr: Any) -> None:
         counters = self.counters
+        if self.closed:
+            counters["closed"] += 1
+            return
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=CID_LENGTH)
         except ValueError:
@@ -234,7 +239,11 @@ class QuicDispatcher:
                       addr=_text(driver.quic.get_peer_address()), reason=str(failure.value))
 
     def close_all(self, reason: str = "shutting down") -> None:
-        """Abort every connection, send the closes now and forget them (the socket is going away)."""
+        """
+        Abort every connection, send the closes now and forget them (the
+        socket is going away); accept no new connection after this.
+        """
+        self.closed = True
         for driver in list(self._cids):
             driver.close_now(reason)
 

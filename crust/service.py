@@ -308,6 +308,7 @@ class Service(MultiService):
             return fail(CrustError(reason))
         self.log.info("udp socket on {address}", address=str(address))
         if self.quic is not None:
+            self.quic.closed = False  # (again, after a restart)
             self.listen_addresses += self.udp_endpoint.local_addresses()
             self._emit("listener_started", address)
         return succeed(address)

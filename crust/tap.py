@@ -58,6 +58,14 @@ class NodeOptions(usage.Options):
         ["control", None, None,
          "Control endpoint: unix:/path/to/socket, or 'none' [default: unix:<data dir>/control.sock]."],
         ["log-json", None, None, "Also write the log to this file as JSON lines (appending)."],
+        ["udp-port", None, None, "UDP port (QUIC, STUN, echo) [default: from the config; random].", _port],
+    ]
+
+    optFlags = [
+        ["no-tcp", None, "Do not listen or connect over TCP (QUIC only)."],
+        ["no-udp", None, "No UDP socket: no QUIC, no STUN or UDP echo (TCP only)."],
+        ["no-port-mapping", None, "Do not ask the router for port mappings (PCP, NAT-PMP, UPnP IGD)."],
+        ["no-discovery", None, "Do not take part in LAN discovery."],
     ]
 
     compData = usage.Completions(
@@ -76,6 +84,8 @@ class NodeOptions(usage.Options):
                 self["listen-host"] = str(ipaddress.ip_address(host.strip().strip("[]")))
             except ValueError:
                 raise usage.UsageError(f"--listen-host must be an IP address, not {host!r}") from None
+        if self["no-tcp"] and self["no-udp"]:
+            raise usage.UsageError("--no-tcp and --no-udp together leave no transport")
         network = self["network"]
         if network is not None and not 1 <= len(network) <= 255:
             raise usage.UsageError("--network must be 1 to 255 characters long")
@@ -99,6 +109,12 @@ class NodeOptions(usage.Options):
             found["listen_host"] = self["listen-host"]
         if self["network"] is not None:
             found["network_name"] = self["network"]
+        if self["udp-port"] is not None:
+            found["udp_listen_port"] = self["udp-port"] or None
+        for flag, field in (("no-tcp", "enable_tcp"), ("no-udp", "enable_udp"),
+                            ("no-port-mapping", "enable_port_mapping"), ("no-discovery", "enable_service_discovery")):
+            if self[flag]:
+                found[field] = False
         return found
 
 

@@ -242,3 +242,24 @@ class PluginTests(SynchronousTestCase):
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("port out of range", result.stdout + result.stderr)
         self.assertNotIn("Traceback", result.stderr + result.stdout)
+
+
+class TransportOptionTests(SynchronousTestCase):
+    def parse(self, *argv):
+        from crust.tap import Options
+
+        options = Options()
+        options.parseOptions(["node", "--data-dir", self.mktemp(), *argv])
+        return options.subOptions
+
+    def test_transport_flags_become_config_overrides(self):
+        sub = self.parse("--no-udp", "--no-port-mapping", "--no-discovery", "--listen-port", "4444")
+        self.assertEqual(sub.overrides(), {"listen_port": 4444, "enable_udp": False,
+                                           "enable_port_mapping": False, "enable_service_discovery": False})
+        self.assertEqual(self.parse("--no-tcp", "--udp-port", "5555").overrides(),
+                         {"udp_listen_port": 5555, "enable_tcp": False})
+
+    def test_no_transport_at_all_is_refused(self):
+        from twisted.python.usage import UsageError
+
+        self.assertRaises(UsageError, self.parse, "--no-tcp", "--no-udp")

@@ -10,9 +10,14 @@ went away) or after C{--timeout} seconds, whichever comes first, and on
 SIGTERM.
 
 Implementations (C{--impl}):
-  - C{crust}: two L{crust.Service}s, C{Config(listen_host="127.0.0.1")}.
+  - C{crust}: two L{crust.Service}s, C{Config(listen_host="127.0.0.1")},
+    over TCP (C{enable_udp=False}).
+  - C{quic}: the same, over QUIC only (C{enable_tcp=False}: the node's UDP
+    socket carries the connection); stream tests send at C{--priority}.
   - C{tls}: the baseline, plain Twisted TLS 1.3 (C{TLSMemoryBIOFactory}, as
     crust uses) with mutual Ed25519 certificates and C{Int32StringReceiver}.
+(aioquic's own asyncio client and server, the QUIC baseline, are in
+C{bench/aioquic_worker.py}.)
 
 Tests (C{--test}):
   - C{bulk}/C{rate}: the client streams messages of C{--size} bytes for
@@ -49,7 +54,7 @@ perf_counter = time.perf_counter
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--role", choices=("server", "client"), required=True)
-    p.add_argument("--impl", choices=("crust", "tls"), required=True)
+    p.add_argument("--impl", choices=("crust", "quic", "tls"), required=True)
     p.add_argument("--test", choices=("bulk", "rate", "setup"), required=True)
     p.add_argument("--size", type=int, default=100, help="message size in bytes")
     p.add_argument("--duration", type=float, default=4.0, help="measured seconds (stream tests)")
@@ -60,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--certdir", default="", help="baseline certificates (server.*, client.*)")
     p.add_argument("--max-queued", type=int, default=0,
                    help="crust Config.max_queued_bytes (0: the Config default)")
+    p.add_argument("--priority", type=int, default=1,
+                   help="crust: the priority of the stream tests' messages (on QUIC, >= 2 is the bulk lane)")
     p.add_argument("--profile", default="", help="write a cProfile dump here (and a .txt summary)")
     p.add_argument("--timeout", type=float, default=120.0, help="hard limit on this process's life")
     return p.parse_args(argv)
@@ -80,6 +87,20 @@ def _watch_parent() -> None:
 
 
 _listening_cpu: list[float] = []
+
+
+def _watchdog(seconds: float) -> None:
+    """
+    The hard limit, on a thread of its own: it holds even if the reactor
+    never gets to run a timer again (a busy loop, a stuck handshake).
+    """
+
+    def expire() -> None:
+        _hard_exit(f"worker killed by its watchdog after {seconds:g} s")
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
 
 
 def _mark_listening() -> None:
@@ -175,7 +196,11 @@ def _batch(size: int) -> int:
 def _crust_config(args):
     from crust import Config
 
-    kw = {"listen_host": LOOPBACK, "enable_udp": False, "network_name": "crust-bench"}
+    kw = {"listen_host": LOOPBACK, "network_name": "crust-bench"}
+    if args.impl == "quic":
+        kw["enable_tcp"] = False  # QUIC only, on the node's UDP socket
+    else:
+        kw["enable_udp"] = False
     if args.max_queued:
         kw["max_queued_bytes"] = args.max_queued
         # the bound must hold one maximum-size message
@@ -225,7 +250,15 @@ def crust_server(args, reactor) -> None:
     def listening(info):
         port = info.public.addresses[0].port
         _mark_listening()
-        emit(event="listening", port=port, info=info.public.to_json(), crust=os.path.dirname(crust.__file__))
+        extra = {}
+        if service.quic is not None:  # what the aioquic baseline should match
+            o = service.quic.options
+            extra["quic_options"] = {"max_datagram_size": o.max_datagram_size, "max_data": o.max_data,
+                                     "max_stream_data": o.max_stream_data,
+                                     "congestion_control": o.congestion_control,
+                                     "high_water": o.high_water, "low_water": o.low_water}
+        emit(event="listening", port=port, info=info.public.to_json(), crust=os.path.dirname(crust.__file__),
+             **extra)
 
     service.prepare_connection_info().addCallbacks(listening, _fail(reactor, "listen"))
 
@@ -295,6 +328,7 @@ def crust_client(args, reactor) -> None:
         ours = await service.prepare_connection_info()
         peer = await service.connect(ours, args.info)
         message = b"x" * args.size
+        priority = args.priority  # the end marker too: order is kept per priority lane on QUIC
         batch = range(_batch(args.size))
         # refill while at most half the bound is queued, then wait for
         # when_writable (it fires once the queue drained to half the bound)
@@ -309,14 +343,14 @@ def crust_client(args, reactor) -> None:
             n = 0
             while queued(peer) <= high:
                 for _ in batch:
-                    send(peer, message, 1)
+                    send(peer, message, priority)
                 n += len(batch)
             state["sent"] += n
             service.when_writable(peer).addCallback(pump)
 
         def stop():
             state["stopping"] = True
-            send(peer, END_MARKER, 1)
+            send(peer, END_MARKER, priority)
 
         clock = SendClock(reactor, args.warmup, args.duration, stop)
         watcher.on_ack = lambda: clock.acked(state["sent"])
@@ -518,9 +552,12 @@ def main(argv=None) -> int:
 
     _watch_parent()
     reactor.callLater(args.timeout, _hard_exit, f"worker timed out after {args.timeout:g} s")
+    _watchdog(args.timeout + 5)
     build = {
         ("crust", "server"): crust_server,
         ("crust", "client"): crust_client,
+        ("quic", "server"): crust_server,
+        ("quic", "client"): crust_client,
         ("tls", "server"): tls_server,
         ("tls", "client"): tls_client,
     }[(args.impl, args.role)]

@@ -18,7 +18,7 @@ from itertools import combinations
 from typing import Any, Iterable, Optional, Sequence
 
 import ifaddr
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, gatherResults, maybeDeferred
 from twisted.logger import Logger
 from zope.interface import Attribute as InterfaceAttribute
 from zope.interface import Interface, implementer
@@ -391,6 +391,7 @@ def classify_nat(
     rto: Optional[float] = None,
     rc: int = 4,
     rm: float = 4,
+    filter_socket: Optional[bool] = None,
 ) -> "Deferred[NatReport]":
     """
     Classify the NAT in front of the socket C{stun_client} sends through.
@@ -400,8 +401,13 @@ def classify_nat(
     2. If the primary returned OTHER-ADDRESS on another IP, the filtering
        tests of RFC 5780 section 4.4: requests asking the primary to answer
        from its other IP and port, and from its other port (in parallel).
-       They run before anything is sent to the other address, so no filter
-       for it is open yet.
+       They go from a fresh socket of their own (C{filter_socket}; default:
+       when the reactor can open one), which has sent to nothing else, so
+       no filter toward the other address is open.  And the answers a
+       filtering NAT drops never touch the classified socket's mapping: on
+       Linux a dropped inbound packet leaves a conntrack entry that makes
+       the NAT give that socket a new port toward the other address, which
+       would read as an address-dependent mapping.
     3. Mapping: requests to the primary's other IP (primary port and other
        port), the remaining servers and the echo sources, in parallel; the
        mapped addresses are compared (L{mapping_behaviour}).
@@ -428,6 +434,7 @@ def classify_nat(
             hairpin,
             hairpin_timeout,
             dict(rto=rto, rc=rc, rm=rm),
+            hasattr(reactor, "listenUDP") if filter_socket is None else filter_socket,
         ).run()
     )
 
@@ -454,9 +461,11 @@ class _Classifier:
         hairpin: bool,
         hairpin_timeout: float,
         schedule: dict[str, Any],
+        filter_socket: bool = False,
     ) -> None:
         self.reactor = reactor
         self.client = client
+        self.filter_socket = filter_socket
         self.servers = servers
         self.local_port = local_port
         self.local_hosts = local_hosts
@@ -484,12 +493,28 @@ class _Classifier:
         if primary is not None and alt is not None and alt.family_is_v6 != primary.destination.family_is_v6:
             alt = None
         if primary is not None and alt is not None and alt.host != primary.destination.host:
-            await gatherResults(
-                [
-                    Deferred.fromCoroutine(self._binding(FILTER_CHANGE_IP_PORT, primary.destination, True, True)),
-                    Deferred.fromCoroutine(self._binding(FILTER_CHANGE_PORT, primary.destination, False, True)),
-                ]
-            )
+            client, port = self.client, None
+            if self.filter_socket:
+                from crust.stun_client import StunProtocol
+
+                proto = StunProtocol(self.reactor)
+                try:
+                    port = self.reactor.listenUDP(0, proto)
+                    client = proto.client
+                except Exception as e:  # no fresh socket: test from the classified one
+                    log.warn("NAT classification: no fresh socket for the filtering tests: {error}", error=str(e))
+            try:
+                await gatherResults(
+                    [
+                        Deferred.fromCoroutine(
+                            self._binding(FILTER_CHANGE_IP_PORT, primary.destination, True, True, client)),
+                        Deferred.fromCoroutine(
+                            self._binding(FILTER_CHANGE_PORT, primary.destination, False, True, client)),
+                    ]
+                )
+            finally:
+                if port is not None:
+                    await maybeDeferred(port.stopListening)
 
         phase3 = []
         if primary is not None and alt is not None:
@@ -518,14 +543,15 @@ class _Classifier:
         return report
 
     async def _binding(
-        self, test: str, destination: Address, change_ip: bool = False, change_port: bool = False
+        self, test: str, destination: Address, change_ip: bool = False, change_port: bool = False,
+        client: Optional[StunClient] = None,
     ) -> Probe:
         t0 = self.reactor.seconds()
         base = dict(
             test=test, destination=destination, change_ip=change_ip, change_port=change_port, started=t0 - self.start
         )
         try:
-            result: BindingResult = await self.client.binding_request(
+            result: BindingResult = await (client or self.client).binding_request(
                 destination, change_ip, change_port, **self.schedule
             )
         except StunTimeout as e:

@@ -443,7 +443,8 @@ class _Netcheck:
             self.notes.extend(f"UDP: {note}" for note in nat.notes)
 
         interfaces = self._interfaces()
-        local_tcp = tuple(getattr(self.service, "listen_addresses", ()) or ()) if self.service is not None else ()
+        local_tcp = tuple(a for a in (getattr(self.service, "listen_addresses", ()) or ())
+                          if a.transport == "tcp") if self.service is not None else ()
         local_udp = tuple(self.endpoint.local_addresses()) if self.endpoint is not None else ()
         external_tcp = tuple(dict.fromkeys(Address.parse(p.observed) for p in self.tcp_probes if p.ok and p.observed))
         tcp_behind_nat = None

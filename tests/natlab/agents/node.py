@@ -18,6 +18,7 @@ Commands on stdin, one JSON object a line (``"cmd"`` names it):
     {"cmd": "connect", "info": "<JSON>"}       -> "connected" or "connect_error"
     {"cmd": "send", "peer": ID, "data": TEXT, "priority": 1}   -> "sent" / "send_error"
     {"cmd": "bootstrap"}                       -> "bootstrapped" or "bootstrap_error"
+    {"cmd": "netcheck"}                        -> "netcheck" (the report, its text, seconds)
     {"cmd": "has_peers_on_lan"}                -> {"event": "has_peers_on_lan", "result"}
     {"cmd": "discover", "window": S}           -> {"event": "discovered", "peers": [...]}
     {"cmd": "peers"}                           -> {"event": "peers", "peers": [peer_details...]}
@@ -40,7 +41,8 @@ from twisted.internet import defer, reactor, stdio  # noqa: E402
 from twisted.protocols.basic import LineReceiver  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
-from crust import Config, Identity, PeerId, Service  # noqa: E402
+from crust import Address, Config, Identity, PeerId, Service  # noqa: E402
+from crust.config import HardCodedContact  # noqa: E402
 from crust.interfaces import ICrustObserver  # noqa: E402
 from crust.observer import EVENT_NAMES  # noqa: E402
 
@@ -175,6 +177,13 @@ class Commands(LineReceiver):
                     for p in peers],
              stats=dict(requester.stats))
 
+    @defer.inlineCallbacks
+    def do_netcheck(self, command):
+        start = reactor.seconds()
+        report = yield self.service.netcheck()
+        emit("netcheck", seconds=round(reactor.seconds() - start, 3), report=report.to_dict(),
+             text=report.format_text())
+
     def do_peers(self, command):
         emit("peers", peers=[self.service.peer_details(p) for p in self.service.connected_peers()])
 
@@ -206,12 +215,17 @@ def main():
     parser.add_argument("--connect-timeout", type=float, default=10.0)
     parser.add_argument("--bootstrap-timeout", type=float, default=10.0)
     parser.add_argument("--deadline", type=float, default=60.0)
+    parser.add_argument("--stun", action="append", default=[], help="a STUN server, udp:IP:PORT (repeatable)")
+    parser.add_argument("--contact", action="append", default=[], help="a hard-coded contact, PEER_ID@ADDRESS")
     args = parser.parse_args()
     config = Config(
         network_name=args.network, listen_host=args.listen_host, listen_port=args.listen_port,
         enable_port_mapping=not args.no_port_mapping, accept_bootstrap=args.accept_bootstrap,
         external_reachability_test=not args.no_reachability_test,
-        connect_timeout=args.connect_timeout, bootstrap_timeout=args.bootstrap_timeout)
+        connect_timeout=args.connect_timeout, bootstrap_timeout=args.bootstrap_timeout,
+        stun_servers=tuple(Address.parse(a) for a in args.stun),
+        hard_coded_contacts=tuple(HardCodedContact(PeerId.from_text(c.split("@")[0]), Address.parse(c.split("@")[1]))
+                                  for c in args.contact))
     service = Service(Identity.generate(), config, reactor)
     service.add_observer(Printer(service, args.echo))
     done = defer.Deferred()

@@ -20,6 +20,18 @@ LOOPBACK = "127.0.0.1"  # the network rule: benchmarks talk to loopback only
 
 BULK_SIZE = 64 * 1024
 RATE_SIZE = 100
+# The QUIC settings the aioquic baseline runs with: those of crust's Service
+# (crust.quic_driver.QuicOptions defaults; the runner checks them against what
+# the crust server reports and says so if they differ).
+QUIC_BASELINE = {
+    "max_datagram_size": 1200,
+    "max_data": 1 << 20,
+    "max_stream_data": 1 << 20,
+    "congestion_control": "reno",
+    "high_water": 1 << 20,  # the sender's backpressure, as crust's lanes
+    "low_water": 256 * 1024,
+}
+
 END_MARKER = b"E"  # a 1-byte message (no data message is 1 byte long) ends a stream test
 ACK = b"A"
 
@@ -139,7 +151,7 @@ def machine_description() -> dict[str, Any]:
     except OSError:
         pass
     versions = {}
-    for mod in ("twisted", "OpenSSL", "cryptography"):
+    for mod in ("twisted", "OpenSSL", "cryptography", "aioquic"):
         try:
             versions[mod] = __import__(mod).__version__
         except Exception:  # pragma: no cover - informational only

@@ -1,20 +1,23 @@
 #!/usr/bin/env python
 """
-crust benchmarks: crust against a plain Twisted TLS 1.3 baseline, same run.
+crust benchmarks, one command: crust over TCP against plain Twisted TLS 1.3,
+and crust over QUIC against aioquic's own asyncio client and server, same run.
 
-    python bench/run.py                 # full run (~1.5 minutes), a table on stdout
-    python bench/run.py --quick         # smoke run (~10 s): short, 1 repetition
+    python bench/run.py                 # full run (~2.5 minutes), tables on stdout
+    python bench/run.py --quick         # smoke run (~15 s): short, 1 repetition
     python bench/run.py --json          # the same figures as JSON on stdout
     python bench/run.py --profile DIR   # also cProfile every worker into DIR
 
-Every measurement runs a server worker and a client worker (bench/worker.py)
-in two separate processes, talking over 127.0.0.1 only.  For each
-repetition and test the two implementations run back to back, so the
-baseline is measured under the same machine load as crust.  Figures are the
-median of the repetitions.  See doc/benchmarks.md.
+Every measurement runs a server worker and a client worker (bench/worker.py;
+bench/aioquic_worker.py for the aioquic baseline) in two separate processes,
+talking over 127.0.0.1 only.  For each repetition and test the
+implementations of a section run back to back (crust and its TLS baseline;
+crust over QUIC and aioquic), so a baseline is measured under the same
+machine load as crust.  Figures are the median of the repetitions.  See
+doc/benchmarks.md.
 
-To benchmark another copy of crust, put it first on PYTHONPATH; the workers
-report which crust they imported.
+To benchmark another copy of crust, put it first on PYTHONPATH, or use
+--alt; the workers report which crust they imported.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ sys.path.insert(0, HERE)
 
 from _common import (  # noqa: E402
     BULK_SIZE,
+    QUIC_BASELINE,
     RATE_SIZE,
     fmt,
     machine_description,
@@ -50,16 +54,37 @@ from _common import (  # noqa: E402
     ratio,
 )
 
-IMPLS = ("crust", "tls")
+IMPLS = ("crust", "tls", "quic", "aioquic")
 TESTS = ("bulk", "rate", "setup")
-NAMES = {"crust": "crust", "tls": "TLS baseline"}
+NAMES = {"crust": "crust", "tls": "TLS baseline", "quic": "crust/QUIC", "aioquic": "aioquic"}
 
-# targets for crust/baseline; "min": the ratio must be at least this, "max": at most
+# what each implementation is: the worker kind, its section, and the tests it runs
+KINDS = {
+    "crust": ("crust", "tcp"),
+    "tls": ("tls", "tcp"),
+    "quic": ("quic", "quic"),
+    "aioquic": ("aioquic", "quic"),
+}
+KIND_TESTS = {"aioquic": ("bulk", "setup")}  # a raw QUIC stream has no messages to count
+
+# a section: crust on one transport ("subject") against its baseline
+SECTIONS = {
+    "tcp": {"subject": "crust", "baseline": "tls",
+            "title": "crust over TCP vs plain Twisted TLS 1.3 (Int32StringReceiver)"},
+    "quic": {"subject": "quic", "baseline": "aioquic",
+             "title": "crust over QUIC vs aioquic's own asyncio client and server (one stream)"},
+}
+
+# targets for subject/baseline per section; "min": the ratio must be at least this, "max": at most
 TARGETS = {
     "bulk_mib_s": ("min", 0.85),
     "rate_msg_s": ("min", 0.60),
     "setup_median_ms": ("max", 1.50),
 }
+QUIC_TARGETS = {
+    "bulk_mib_s": ("min", 0.90),
+}
+SECTION_TARGETS = {"tcp": TARGETS, "quic": QUIC_TARGETS}
 
 # measured on this kind of machine with the same shape of test (Twisted TLS 1.3
 # + Int32StringReceiver), quoted for comparison only
@@ -75,14 +100,15 @@ class BenchError(Exception):
 class Worker:
     """One bench/worker.py process; collects its BENCH lines in a queue."""
 
-    def __init__(self, label: str, args: list[str], env: dict[str, str], verbose: bool) -> None:
+    def __init__(self, label: str, args: list[str], env: dict[str, str], verbose: bool,
+                 script: str = "worker.py") -> None:
         self.label = label
         self.stderr = tempfile.TemporaryFile(mode="w+b")
         self.events: "queue.Queue[Optional[dict[str, Any]]]" = queue.Queue()
         self.verbose = verbose
         self.stopped = False
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "worker.py"), *args],
+            [sys.executable, os.path.join(HERE, script), *args],
             stdin=subprocess.PIPE,  # the worker exits when this closes
             stdout=subprocess.PIPE,
             stderr=self.stderr,
@@ -167,6 +193,7 @@ class Runner:
         self.env = env
         self.workers: list[Worker] = []
         self.crust_location: dict[str, str] = {}
+        self.quic_options: dict[str, dict[str, Any]] = {}  # what each crust-over-QUIC server reported
 
     def close(self) -> None:
         for w in self.workers:
@@ -174,8 +201,9 @@ class Runner:
         self.workers = []
         shutil.rmtree(self.certdir, ignore_errors=True)
 
-    def _worker(self, label: str, args: list[str], env: Optional[dict[str, str]] = None) -> Worker:
-        w = Worker(label, args, env or self.env, self.opts.verbose)
+    def _worker(self, label: str, args: list[str], env: Optional[dict[str, str]] = None,
+                script: str = "worker.py") -> Worker:
+        w = Worker(label, args, env or self.env, self.opts.verbose, script)
         self.workers.append(w)
         return w
 
@@ -189,21 +217,27 @@ class Runner:
     def measure(self, impl: str, test: str, rep: int) -> dict[str, Any]:
         o = self.opts
         size = BULK_SIZE if test == "bulk" else RATE_SIZE
-        env = self.env
-        max_queued = o.max_queued
-        kind = impl
-        if impl in o.alts:  # another crust: its own PYTHONPATH and/or queue bound
-            kind = "crust"
-            path, alt_queued = o.alts[impl]
-            env = self._env_for(path)
-            max_queued = alt_queued or max_queued
+        spec = o.specs[impl]
+        kind = spec["kind"]
+        env = self._env_for(spec["path"])
+        max_queued = spec["max_queued"] or o.max_queued
+        priority = o.quic_priority if kind == "quic" else 1
         common = [
             "--impl", kind, "--test", test, "--size", str(size),
             "--duration", str(o.duration), "--warmup", str(o.warmup),
             "--connections", str(o.connections), "--certdir", self.certdir,
-            "--max-queued", str(max_queued),
+            "--max-queued", str(max_queued), "--priority", str(priority),
         ]
-        budget = 30 + o.warmup + o.duration * 3 + o.connections * 0.05
+        script = "worker.py"
+        if kind == "aioquic":
+            script = "aioquic_worker.py"
+            q = QUIC_BASELINE
+            common += ["--datagram", str(q["max_datagram_size"]), "--max-data", str(q["max_data"]),
+                       "--max-stream-data", str(q["max_stream_data"]), "--cc", q["congestion_control"],
+                       "--high-water", str(q["high_water"]), "--low-water", str(q["low_water"]),
+                       "--socket-buffer", str(o.aioquic_socket_buffer)]
+        # a QUIC handshake costs more CPU than a TLS one: a larger allowance per connection
+        budget = 30 + o.warmup + o.duration * 3 + o.connections * (0.15 if spec["section"] == "quic" else 0.05)
         common += ["--timeout", str(budget + 30)]
 
         def prof(role: str) -> list[str]:
@@ -212,16 +246,18 @@ class Runner:
             return ["--profile", os.path.join(o.profile, f"{impl}-{test}-{role}-{rep}.prof")]
 
         deadline = time.monotonic() + budget
-        server = self._worker(f"{impl}/{test}/server", ["--role", "server", *common, *prof("server")], env)
+        server = self._worker(f"{impl}/{test}/server", ["--role", "server", *common, *prof("server")], env, script)
         client = None
         try:
             listening = server.wait("listening", deadline)
-            if kind == "crust":
+            if kind in ("crust", "quic"):
                 self.crust_location.setdefault(impl, listening.get("crust", ""))
+            if "quic_options" in listening:
+                self.quic_options.setdefault(impl, listening["quic_options"])
             client = self._worker(f"{impl}/{test}/client", [
                 "--role", "client", *common, *prof("client"),
                 "--port", str(listening["port"]), "--info", listening.get("info", ""),
-            ], env)
+            ], env, script)
             if test == "setup":
                 result = client.wait("result", deadline)
                 times_ms = [t * 1000 for t in result["times"]]
@@ -246,7 +282,14 @@ class Runner:
             nbytes = received["bytes"]
             mib = nbytes / MIB
             cpu = received["cpu"] + sent["cpu"]
+            extra = {}
+            rq, sq = received.get("quic"), sent.get("quic")
+            if rq and sq:  # QUIC: datagrams the receiver never got (socket buffer overflows on loopback)
+                lost = sq["datagrams_sent"] - rq["datagrams_received"]
+                extra = {"quic_receiver": rq, "quic_sender": sq,
+                         "lost_percent": 100 * lost / sq["datagrams_sent"] if sq["datagrams_sent"] else math.nan}
             return {
+                **extra,
                 "message_size": size,
                 "seconds": seconds,
                 "messages": received["messages"],
@@ -267,53 +310,90 @@ class Runner:
 
     def run(self) -> dict[str, Any]:
         o = self.opts
-        runs: dict[str, dict[str, list[dict[str, Any]]]] = {t: {i: [] for i in o.impls} for t in o.tests}
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+            t: {i: [] for i in o.impls if t in _tests_of(o.specs[i]["kind"])} for t in o.tests}
         started = time.monotonic()
         self.load_before = _loadavg()
         for rep in range(o.runs):
             for test in o.tests:
-                # rotate which implementation goes first, against drift
-                k = rep % len(o.impls)
-                order = o.impls[k:] + o.impls[:k]
-                for impl in order:
-                    t0 = time.monotonic()
-                    result = self.measure(impl, test, rep)
-                    runs[test][impl].append(result)
-                    if not o.json:
-                        sys.stderr.write(f"  run {rep + 1}/{o.runs} {test:5} {impl:5} {_brief(test, result)}"
-                                         f"  ({time.monotonic() - t0:.1f} s)\n")
+                for section in SECTIONS:
+                    # a section's implementations back to back; rotate which goes first, against drift
+                    impls = [i for i in o.impls if o.specs[i]["section"] == section and i in runs[test]]
+                    if not impls:
+                        continue
+                    k = rep % len(impls)
+                    for impl in impls[k:] + impls[:k]:
+                        t0 = time.monotonic()
+                        result = self.measure(impl, test, rep)
+                        runs[test][impl].append(result)
+                        if not o.json:
+                            sys.stderr.write(f"  run {rep + 1}/{o.runs} {test:5} {impl:8} {_brief(test, result)}"
+                                             f"  ({time.monotonic() - t0:.1f} s)\n")
         return self.summarise(runs, time.monotonic() - started)
 
     def summarise(self, runs, elapsed: float) -> dict[str, Any]:
         o = self.opts
         figures: dict[str, dict[str, float]] = {}
         keys = {
-            "bulk": {"bulk_mib_s": "mib_s", "bulk_cpu_ms_per_mib": "cpu_ms_per_mib"},
-            "rate": {"rate_msg_s": "msg_s", "rate_mib_s": "mib_s", "rate_cpu_ms_per_mib": "cpu_ms_per_mib"},
+            "bulk": {"bulk_mib_s": "mib_s", "bulk_cpu_ms_per_mib": "cpu_ms_per_mib", "bulk_lost_percent": "lost_percent"},
+            "rate": {"rate_msg_s": "msg_s", "rate_mib_s": "mib_s", "rate_cpu_ms_per_mib": "cpu_ms_per_mib",
+                     "rate_lost_percent": "lost_percent"},
             "setup": {"setup_median_ms": "median_ms", "setup_p99_ms": "p99_ms",
                       "setup_cpu_ms": "cpu_ms_per_connection"},
         }
         for test in o.tests:
-            for impl in o.impls:
+            for impl, results in runs[test].items():
                 for figure, key in keys[test].items():
-                    figures.setdefault(figure, {})[impl] = median([r[key] for r in runs[test][impl]])
-        ratios: dict[str, float] = {}
-        verdicts: dict[str, Optional[bool]] = {}
-        alt_ratios: dict[str, dict[str, float]] = {}
-        if "tls" in o.impls:
-            for impl in o.impls:
-                if impl == "tls":
-                    continue
-                got = {figure: ratio(by_impl[impl], by_impl["tls"]) for figure, by_impl in figures.items()}
-                if impl == "crust":
-                    ratios = got
-                else:
-                    alt_ratios[impl] = got
-            for figure, (kind, target) in TARGETS.items():
-                r = ratios.get(figure)
-                if r is None or math.isnan(r):
-                    continue
-                verdicts[figure] = r >= target if kind == "min" else r <= target
+                    values = [r[key] for r in results if key in r]
+                    if values:
+                        figures.setdefault(figure, {})[impl] = median(values)
+
+        def ratios_against(impl: str, base: str) -> dict[str, float]:
+            return {figure: ratio(by_impl[impl], by_impl[base])
+                    for figure, by_impl in figures.items() if impl in by_impl and base in by_impl}
+
+        sections: dict[str, Any] = {}
+        for name, sec in SECTIONS.items():
+            members = [i for i in o.impls if o.specs[i]["section"] == name]
+            if not members:
+                continue
+            subject, baseline = sec["subject"], sec["baseline"]
+            got: dict[str, float] = {}
+            verdicts: dict[str, Optional[bool]] = {}
+            alt_ratios: dict[str, dict[str, float]] = {}
+            if baseline in members:
+                for impl in members:
+                    if impl == baseline:
+                        continue
+                    if impl == subject:
+                        got = ratios_against(impl, baseline)
+                    else:
+                        alt_ratios[impl] = ratios_against(impl, baseline)
+                for figure, (kind, target) in SECTION_TARGETS[name].items():
+                    r = got.get(figure)
+                    if r is None or math.isnan(r):
+                        continue
+                    verdicts[figure] = r >= target if kind == "min" else r <= target
+            sections[name] = {
+                "title": sec["title"], "subject": subject, "baseline": baseline, "impls": members,
+                "ratios": got,
+                "alternatives": alt_ratios,
+                "targets": {k: {"kind": v[0], "ratio": v[1], "met": verdicts.get(k)}
+                            for k, v in SECTION_TARGETS[name].items()},
+            }
+        # crust over QUIC against crust over TCP (and alternatives likewise)
+        if "quic" in sections and "crust" in o.impls:
+            sections["quic"]["vs_tcp"] = {i: ratios_against(i, "crust") for i in sections["quic"]["impls"]
+                                          if o.specs[i]["kind"] == "quic"}
+        # the UDP receive buffers each QUIC implementation ran with (drops, hence throughput, depend on them)
+        rcvbuf = {impl: sorted({r["quic_receiver"]["so_rcvbuf"] for r in results
+                                if r.get("quic_receiver", {}).get("so_rcvbuf")})
+                  for impl, results in runs.get("bulk", {}).items()}
+        rcvbuf = {impl: v for impl, v in rcvbuf.items() if v}
+        tcp = sections.get("tcp", {})
+        quic_mismatch = {impl: {k: (v, QUIC_BASELINE[k]) for k, v in got.items()
+                                if k in QUIC_BASELINE and QUIC_BASELINE[k] != v}
+                         for impl, got in self.quic_options.items()}
         return {
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine_description(),
@@ -323,18 +403,30 @@ class Runner:
                 "runs": o.runs, "duration_s": o.duration, "warmup_s": o.warmup,
                 "connections": o.connections, "bulk_size": BULK_SIZE, "rate_size": RATE_SIZE,
                 "crust_max_queued_bytes": o.max_queued or "default", "quick": o.quick,
+                "quic_priority": o.quic_priority, "quic_baseline": QUIC_BASELINE,
+                "crust_quic_options": self.quic_options,
+                "quic_settings_differ": {k: v for k, v in quic_mismatch.items() if v},
+                "quic_so_rcvbuf": rcvbuf, "aioquic_socket_buffer": o.aioquic_socket_buffer,
                 "profiled": bool(o.profile), "elapsed_s": round(elapsed, 1),
                 # other work on the machine skews every figure: the load average around the run
                 "loadavg_before": self.load_before, "loadavg_after": _loadavg(),
             },
             "figures": figures,
-            "ratios": ratios,
-            "alternatives": {name: {"path": path, "max_queued_bytes": q, "ratios": alt_ratios.get(name, {})}
-                             for name, (path, q) in o.alts.items()},
-            "targets": {k: {"kind": v[0], "ratio": v[1], "met": verdicts.get(k)} for k, v in TARGETS.items()},
+            # crust over TCP / TLS baseline (kept at the top level, as before the QUIC section)
+            "ratios": tcp.get("ratios", {}),
+            "alternatives": {name: {"path": spec["path"], "max_queued_bytes": spec["max_queued"],
+                                    "transport": "quic" if spec["kind"] == "quic" else "tcp",
+                                    "ratios": sections.get(spec["section"], {}).get("alternatives", {}).get(name, {})}
+                             for name, spec in o.specs.items() if spec.get("alt")},
+            "targets": tcp.get("targets", {k: {"kind": v[0], "ratio": v[1], "met": None} for k, v in TARGETS.items()}),
+            "sections": sections,
             "reference_baseline": REFERENCE,
             "runs": runs,
         }
+
+
+def _tests_of(kind: str) -> tuple[str, ...]:
+    return KIND_TESTS.get(kind, TESTS)
 
 
 def _loadavg() -> Optional[float]:
@@ -348,76 +440,121 @@ def _loadavg() -> Optional[float]:
 def _brief(test: str, r: dict[str, Any]) -> str:
     if test == "setup":
         return f"median {r['median_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  ({r['connections']} connections)"
+    lost = f"  {r['lost_percent']:.2f}% datagrams lost" if "lost_percent" in r else ""
     if test == "bulk":
-        return f"{r['mib_s']:8.1f} MiB/s  {r['cpu_ms_per_mib']:.2f} ms CPU/MiB"
-    return f"{r['msg_s']:10,.0f} msg/s  {r['cpu_ms_per_mib']:.2f} ms CPU/MiB"
+        return f"{r['mib_s']:8.1f} MiB/s  {r['cpu_ms_per_mib']:.2f} ms CPU/MiB{lost}"
+    return f"{r['msg_s']:10,.0f} msg/s  {r['cpu_ms_per_mib']:.2f} ms CPU/MiB{lost}"
 
 
 ROWS = [
     # figure, label, digits, higher is better
     ("bulk_mib_s", "bulk, 64 KiB messages (MiB/s)", 1, True),
     ("bulk_cpu_ms_per_mib", "  CPU, both processes (ms per MiB)", 2, False),
+    ("bulk_lost_percent", "  UDP datagrams lost (%)", 2, False),
     ("rate_msg_s", "100-byte messages (msg/s)", 0, True),
     ("rate_cpu_ms_per_mib", "  CPU, both processes (ms per MiB)", 2, False),
+    ("rate_lost_percent", "  UDP datagrams lost (%)", 2, False),
     ("setup_median_ms", "setup + 1 round trip, median (ms)", 2, False),
     ("setup_p99_ms", "setup + 1 round trip, p99 (ms)", 2, False),
     ("setup_cpu_ms", "  CPU, both processes (ms per connection)", 2, False),
 ]
 
 
-def render(summary: dict[str, Any]) -> str:
-    impls = tuple(summary["impls"])
-    m = summary["machine"]
-    s = summary["settings"]
-    lines = [
-        f"crust benchmarks, {summary['date']}",
-        f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, Twisted {m['twisted']}, "
-        f"pyOpenSSL {m['OpenSSL']}, {m.get('openssl', '')}",
-        "crust: " + ("; ".join(f"{k}: {v}" for k, v in summary["crust"].items()) or "-"),
-        f"{s['runs']} run(s) each, median shown; streams {s['duration_s']:g} s after {s['warmup_s']:g} s warm-up; "
-        f"setup over {s['connections']} connections"
-        + ("; PROFILED: figures are not comparable" if s["profiled"] else ""),
-        f"load average (1 min) before/after: {s.get('loadavg_before')}/{s.get('loadavg_after')} "
-        f"on {m['cores']} cores (other work skews the figures)",
-        "",
-    ]
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    out = []
+    for n, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [row[c].rjust(widths[c]) for c in range(1, len(row))]
+        out.append("  ".join(cells).rstrip())
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return out
+
+
+def _section_lines(summary: dict[str, Any], name: str) -> list[str]:
+    sec = summary["sections"][name]
+    impls = sec["impls"]
+    subject, baseline = sec["subject"], sec["baseline"]
+    short = {"crust": "crust", "quic": "QUIC"}[subject]
+    base_short = {"tls": "baseline", "aioquic": "aioquic"}[baseline]
+    alts = [i for i in impls if i not in (subject, baseline)]
     head = ["measurement"] + [NAMES.get(i, i) for i in impls]
-    alts = [i for i in impls if i in summary["alternatives"]]
-    both = set(IMPLS) <= set(impls)
-    if both:
-        head += ["crust/baseline", "target"]
-    if "tls" in impls:
-        head += [f"{a}/baseline" for a in alts]
+    pair = subject in impls and baseline in impls
+    if pair:
+        head += [f"{short}/{base_short}", "target"]
+    if baseline in impls:
+        head += [f"{a}/{base_short}" for a in alts]
+    vs_tcp = sec.get("vs_tcp")
+    if vs_tcp:
+        head += ["QUIC/TCP" if i == "quic" else f"{i}/crust-TCP" for i in vs_tcp]
     table = [head]
     for figure, label, digits, _ in ROWS:
         values = summary["figures"].get(figure)
-        if values is None:
+        if values is None or not any(i in values for i in impls):
             continue
         row = [label] + [fmt(values.get(i), digits) for i in impls]
-        if both:
-            r = summary["ratios"].get(figure)
-            row.append(fmt(r, 2) + "x")
-            target = summary["targets"].get(figure)
+        if figure.endswith("_lost_percent"):  # a diagnostic: no ratios
+            table.append(row + [""] * (len(head) - len(row)))
+            continue
+        if pair:
+            r = sec["ratios"].get(figure)
+            row.append(fmt(r, 2) + "x" if r is not None else "-")
+            target = sec["targets"].get(figure)
             if target is not None and target["met"] is not None:
                 sign = ">=" if target["kind"] == "min" else "<="
                 row.append(f"{sign} {target['ratio']:.2f}x {'ok' if target['met'] else 'MISSED'}")
             else:
                 row.append("")
-        if "tls" in impls:
-            row += [fmt(summary["alternatives"][a]["ratios"].get(figure), 2) + "x" for a in alts]
+        if baseline in impls:
+            for a in alts:
+                r = sec["alternatives"].get(a, {}).get(figure)
+                row.append(fmt(r, 2) + "x" if r is not None else "-")
+        if vs_tcp:
+            for i, got in vs_tcp.items():
+                r = got.get(figure)
+                row.append(fmt(r, 2) + "x" if r is not None else "-")
         table.append(row)
-    widths = [max(len(r[c]) for r in table) for c in range(len(head))]
-    for n, row in enumerate(table):
-        cells = [row[0].ljust(widths[0])] + [row[c].rjust(widths[c]) for c in range(1, len(row))]
-        lines.append("  ".join(cells).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    ref = summary["reference_baseline"]
-    lines += [
-        "",
-        f"reference (TLS baseline, same shape, this kind of machine): {ref['bulk_mib_s']:.0f} MB/s bulk, "
-        f"{ref['rate_msg_s'] / 1e6:.2f} M msg/s, {ref['setup_median_ms']:.2f} ms setup",
+    return [sec["title"] + ":"] + _table(table)
+
+
+def render(summary: dict[str, Any]) -> str:
+    m = summary["machine"]
+    s = summary["settings"]
+    lines = [
+        f"crust benchmarks, {summary['date']}",
+        f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, Twisted {m['twisted']}, "
+        f"pyOpenSSL {m['OpenSSL']}, {m.get('openssl', '')}" + (f", aioquic {m['aioquic']}" if m.get("aioquic") else ""),
+        "crust: " + ("; ".join(f"{k}: {v}" for k, v in summary["crust"].items()) or "-"),
+        f"{s['runs']} run(s) each, median shown; streams {s['duration_s']:g} s after {s['warmup_s']:g} s warm-up; "
+        f"setup over {s['connections']} connections"
+        + ("; PROFILED: figures are not comparable" if s["profiled"] else ""),
+        f"load average (1 min) before/after: {s.get('loadavg_before')}/{s.get('loadavg_after')} "
+        f"on {m['cores']} cores (other work skews the figures); {s['elapsed_s']:g} s",
     ]
+    for name in SECTIONS:
+        if name in summary["sections"]:
+            lines += [""] + _section_lines(summary, name)
+            if name == "quic":
+                q = s["quic_baseline"]
+                lines.append(f"QUIC: datagrams of {q['max_datagram_size']} bytes, {q['congestion_control']}, "
+                             f"initial windows {q['max_data'] // 1024} KiB, crust messages at priority {s['quic_priority']}"
+                             f"{' (the bulk lane)' if s['quic_priority'] >= 2 else ' (the urgent lane)'}; "
+                             "aioquic has no message rate (a raw stream)")
+                bufs = s.get("quic_so_rcvbuf", {})
+                if len({tuple(v) for v in bufs.values()}) > 1:
+                    lines.append("WARNING: the UDP receive buffers differ (SO_RCVBUF as the kernel reports it): "
+                                 + ", ".join(f"{i} {'/'.join(str(b) for b in v)}" for i, v in bufs.items())
+                                 + "; see --aioquic-socket-buffer")
+                for impl, diff in s.get("quic_settings_differ", {}).items():
+                    lines.append(f"WARNING: {impl}'s QUIC settings differ from the baseline's: "
+                                 + ", ".join(f"{k} {a} (baseline {b})" for k, (a, b) in diff.items()))
+    ref = summary["reference_baseline"]
+    if "tcp" in summary["sections"]:
+        lines += [
+            "",
+            f"reference (TLS baseline, same shape, this kind of machine): {ref['bulk_mib_s']:.0f} MB/s bulk, "
+            f"{ref['rate_msg_s'] / 1e6:.2f} M msg/s, {ref['setup_median_ms']:.2f} ms setup",
+        ]
     return "\n".join(lines)
 
 
@@ -433,10 +570,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of: " + ",".join(IMPLS))
     p.add_argument("--max-queued", type=int, default=0,
                    help="crust Config.max_queued_bytes for the stream tests (default: Config's)")
+    p.add_argument("--quic-priority", type=int, default=2,
+                   help="priority of crust-over-QUIC's stream test messages (default 2: the bulk lane; "
+                        "0-1: the urgent lane)")
+    p.add_argument("--aioquic-socket-buffer", type=int, default=0, metavar="BYTES",
+                   help="SO_RCVBUF/SO_SNDBUF of the aioquic baseline's sockets (default 0: the system's, "
+                        "as aioquic and crust leave them); match crust's when it sets its own")
     p.add_argument("--alt", action="append", default=[], metavar="NAME=[PATH][@MAX_QUEUED]",
                    help="also measure another crust, interleaved with the others: the package found "
                         "first on PATH (e.g. a patched copy) and/or another Config.max_queued_bytes; "
-                        "repeatable; NAME joins --impls")
+                        "repeatable; over TCP as NAME when crust or tls is in --impls, over QUIC as "
+                        "NAME-quic when quic or aioquic is")
     p.add_argument("--profile", metavar="DIR", default="",
                    help="cProfile every worker; DIR/<impl>-<test>-<role>-<run>.prof and .txt summaries")
     p.add_argument("--verbose", "-v", action="store_true", help="show the workers' other output")
@@ -447,19 +591,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     o.connections = o.connections if o.connections is not None else (20 if o.quick else 200)
     o.tests = tuple(t for t in o.tests.split(",") if t)
     o.impls = tuple(i for i in o.impls.split(",") if i)
-    o.alts = {}
+    bad = [t for t in o.tests if t not in TESTS] + [i for i in o.impls if i not in IMPLS]
+    if bad or not o.tests or not o.impls:
+        p.error(f"unknown or empty --tests/--impls: {bad}")
+    o.specs = {i: {"kind": KINDS[i][0], "section": KINDS[i][1], "path": "", "max_queued": 0} for i in o.impls}
+    sections = {o.specs[i]["section"] for i in o.impls}
+    alt_names: set[str] = set()
     for spec in o.alt:
         name, sep, rest = spec.partition("=")
         path, _, queued = rest.partition("@")
-        if not sep or not name or name in IMPLS or name in o.alts:
-            p.error(f"bad --alt {spec!r}: NAME=[PATH][@MAX_QUEUED], NAME not crust/tls and unique")
+        if not sep or not name or name in IMPLS or name in alt_names or "/" in name:
+            p.error(f"bad --alt {spec!r}: NAME=[PATH][@MAX_QUEUED], NAME not a built-in impl and unique")
         if path and not os.path.isdir(os.path.join(path, "crust")):
             p.error(f"--alt {spec!r}: no crust package in {path}")
-        o.alts[name] = (path, int(queued) if queued else 0)
-        o.impls += (name,)
-    bad = [t for t in o.tests if t not in TESTS] + [i for i in o.impls if i not in IMPLS and i not in o.alts]
-    if bad or not o.tests or not o.impls:
-        p.error(f"unknown or empty --tests/--impls: {bad}")
+        alt_names.add(name)
+        for section, kind, impl in (("tcp", "crust", name), ("quic", "quic", f"{name}-quic")):
+            if section in sections:
+                o.specs[impl] = {"kind": kind, "section": section, "path": path,
+                                 "max_queued": int(queued) if queued else 0, "alt": True}
+                o.impls += (impl,)
     if o.runs < 1 or o.duration <= 0 or o.warmup < 0 or o.connections < 1:
         p.error("--runs, --duration and --connections must be positive, --warmup not negative")
     if o.profile:

@@ -4,9 +4,10 @@ tests/ only).  Run it from the repository root:
 
     python -m twisted.trial bench/test_bench_smoke.py
 
-It runs ``python bench/run.py --quick --json`` (about 10 s: one short
-repetition of every measurement, crust and the TLS baseline, each in its own
-pair of processes on 127.0.0.1) and ``python bench/micro.py --quick --json``,
+It runs ``python bench/run.py --quick --json`` (about 15 s: one short
+repetition of every measurement, crust over TCP and the TLS baseline, crust
+over QUIC and the aioquic baseline, each in its own pair of processes on
+127.0.0.1) and ``python bench/micro.py --quick --json``,
 and checks that every figure was measured and is plausible.  It asserts no
 performance target: those depend on the machine.
 """
@@ -51,8 +52,21 @@ class QuickBench(unittest.TestCase):
         for figure in ("bulk_mib_s", "rate_msg_s", "setup_median_ms"):
             self.assertTrue(math.isfinite(summary["ratios"][figure]), figure)
             self.assertIn(summary["targets"][figure]["met"], (True, False))
+        # QUIC: crust on every test, aioquic on bulk and setup (a raw stream has no message rate)
+        for figure in ("bulk_mib_s", "bulk_cpu_ms_per_mib", "rate_msg_s", "rate_cpu_ms_per_mib",
+                       "setup_median_ms", "setup_p99_ms", "setup_cpu_ms"):
+            impls = ("quic", "aioquic") if not figure.startswith("rate") else ("quic",)
+            for impl in impls:
+                value = figures[figure][impl]
+                self.assertTrue(value > 0 and math.isfinite(value), f"{figure}/{impl} = {value}")
+        self.assertNotIn("aioquic", figures["rate_msg_s"])
+        quic = summary["sections"]["quic"]
+        for figure in ("bulk_mib_s", "setup_median_ms"):
+            self.assertTrue(math.isfinite(quic["ratios"][figure]), figure)
+        self.assertIn(quic["targets"]["bulk_mib_s"]["met"], (True, False))
+        self.assertTrue(math.isfinite(quic["vs_tcp"]["quic"]["bulk_mib_s"]))
         # every setup iteration was its own connection
-        for impl in ("crust", "tls"):
+        for impl in ("crust", "tls", "quic", "aioquic"):
             self.assertEqual(summary["runs"]["setup"][impl][0]["connections"], summary["settings"]["connections"])
 
     def test_micro_quick(self) -> None:

@@ -136,6 +136,7 @@ class Meter:
         self.warmup = warmup
         self.on_end = on_end
         self.warm = None
+        self.extra = dict  # more fields for the result line (diagnostics)
 
     def snapshot(self, sink) -> tuple[float, int, int, float, int]:
         return (perf_counter(), sink.count, sink.nbytes, cpu_seconds(), minor_faults())
@@ -153,7 +154,7 @@ class Meter:
         warm = self.warm or end
         emit(event="result", side="receiver", seconds=end[0] - warm[0], messages=end[1] - warm[1],
              bytes=end[2] - warm[2], cpu=end[3] - warm[3], minflt=end[4] - warm[4], total_messages=sink.count,
-             total_bytes=sink.nbytes)
+             total_bytes=sink.nbytes, **self.extra())
         self.on_end()
 
 
@@ -170,6 +171,7 @@ class SendClock:
         self.on_stop = on_stop
         self.warm = None
         self.sent = 0
+        self.extra = dict  # more fields for the result line (diagnostics)
 
     def start(self) -> None:
         self.warm = (perf_counter(), cpu_seconds(), minor_faults())
@@ -182,7 +184,7 @@ class SendClock:
     def acked(self, sent: int) -> None:
         now, cpu, faults = perf_counter(), cpu_seconds(), minor_faults()
         emit(event="result", side="sender", seconds=now - self.warm[0], cpu=cpu - self.warm[1],
-             minflt=faults - self.warm[2], sent=sent)
+             minflt=faults - self.warm[2], sent=sent, **self.extra())
 
 
 def _batch(size: int) -> int:
@@ -243,6 +245,7 @@ def crust_server(args, reactor) -> None:
                 self.nbytes += n
 
         meter = Meter(reactor, args.warmup, lambda: None)
+        meter.extra = lambda: _quic_diagnostics(service)
         service.add_observer(Counter())
 
     service.startService()
@@ -261,6 +264,31 @@ def crust_server(args, reactor) -> None:
              **extra)
 
     service.prepare_connection_info().addCallbacks(listening, _fail(reactor, "listen"))
+
+
+def _quic_diagnostics(service):
+    """What the QUIC path did (datagrams both ways, send failures, congestion window): for the JSON."""
+    if service.quic is None:
+        return {}
+    out = {}
+    drivers = service.quic.drivers
+    if drivers:
+        stats = drivers[0].stats()
+        out = {k: stats[k] for k in ("datagrams_sent", "datagrams_received", "send_failures") if k in stats}
+        try:
+            cc = drivers[0].quic._loss._cc  # aioquic internals: diagnostics only
+            out["cwnd"] = cc.congestion_window
+            out["ssthresh"] = cc.ssthresh
+        except AttributeError:
+            pass
+    counters = service.udp_endpoint.counters
+    out["udp_send_failures"] = counters.get("send_failures")
+    sock = getattr(service.udp_endpoint.transport, "socket", None)
+    if sock is not None:
+        import socket
+
+        out["so_rcvbuf"] = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    return {"quic": out}
 
 
 def _identity_above(peer_id):
@@ -353,6 +381,7 @@ def crust_client(args, reactor) -> None:
             send(peer, END_MARKER, priority)
 
         clock = SendClock(reactor, args.warmup, args.duration, stop)
+        clock.extra = lambda: _quic_diagnostics(service)
         watcher.on_ack = lambda: clock.acked(state["sent"])
         clock.start()
         pump()

@@ -118,6 +118,7 @@ class PeerConnection(Protocol):
         self._bulk_decoder: Optional[FrameDecoder] = None
         self._bulk_paused = False  # the bulk lane asked us to stop writing
         self._direct_bulk = False
+        self._queue_bulk = False  # bulk sends go to bulk_queues without _send_checked (see _update_direct)
         self._bulk_write: Callable[[bytes], object] = _discard
         self.bulk_queues = SendQueues(drop_after)
         self._last_received = 0.0
@@ -210,7 +211,7 @@ class PeerConnection(Protocol):
 
     def connectionLost(self, reason: Failure) -> None:
         self.connected = False
-        self._direct = False
+        self._direct = self._direct_bulk = self._queue_bulk = False
         for timer in (self._timer, self._close_timer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -263,6 +264,13 @@ class PeerConnection(Protocol):
                     self._bulk_write(pack_header(size + 1, DATA) + data)
                     self._sent = True
                     return
+                if self._queue_bulk:
+                    # the bulk lane is paused (or its queue not yet drained): queue, as
+                    # _send_checked would, without re-checking what we know
+                    queues = self.bulk_queues
+                    if queues.size + self.queues.size + size <= self.max_queued_bytes:
+                        queues.push(priority, pack_header(size + 1, DATA) + data, size, self.clock.seconds())
+                        return
             elif self._direct:
                 # the hot path: the transport takes data, nothing is queued
                 self._write(pack_header(size + 1, DATA) + data)
@@ -303,6 +311,7 @@ class PeerConnection(Protocol):
             self._write = self.transport.write
         if self._bulk is not None:
             self._direct_bulk = usable and not self._bulk_paused and not self.bulk_queues.count
+            self._queue_bulk = usable and not self._direct_bulk
             if self._direct_bulk:
                 self._bulk_write = self._bulk.write
 
@@ -349,7 +358,7 @@ class PeerConnection(Protocol):
 
     def close(self, reason: CloseReason, detail: str = "") -> None:
         """Tell the peer why, then close cleanly (abort if it will not flush)."""
-        self._direct = False
+        self._direct = self._direct_bulk = self._queue_bulk = False
         if self._close_reason is None:
             self._close_reason = f"{reason.value}: {detail}" if detail else reason.value
         if not self.connected:
@@ -363,7 +372,7 @@ class PeerConnection(Protocol):
         self.close(CloseReason.DUPLICATE, "another connection to this peer was chosen")
 
     def _lose(self) -> None:
-        self._direct = self._direct_bulk = False
+        self._direct = self._direct_bulk = self._queue_bulk = False
         if self._close_timer is None and self.connected:
             if self._bulk is not None:
                 self._bulk.unregisterProducer()
@@ -511,8 +520,11 @@ class _BulkLane:
         self.conn = conn
 
     def pauseProducing(self) -> None:
-        self.conn._bulk_paused = True
-        self.conn._direct_bulk = False
+        conn = self.conn
+        conn._bulk_paused = True
+        if conn._direct_bulk:  # it was usable: sends now queue
+            conn._direct_bulk = False
+            conn._queue_bulk = True
 
     def resumeProducing(self) -> None:
         conn = self.conn

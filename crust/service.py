@@ -169,7 +169,7 @@ class Service(MultiService):
         self.udp_endpoint: Any = None
         self.quic: Any = None
         if self.config.enable_udp:
-            from crust.quic import QuicDispatcher, QuicOptions, is_quic
+            from crust.quic import QUIC_FIRST_BYTE, QuicDispatcher, QuicOptions, is_quic
             from crust.udp_endpoint import UdpEndpoint
 
             self.udp_endpoint = UdpEndpoint(reactor, host=self.config.listen_host,
@@ -179,7 +179,8 @@ class Service(MultiService):
                 host=lambda: self.udp_endpoint.transport.getHost(),
                 options=QuicOptions(idle_timeout=self.config.inactivity_timeout + 10),
             )
-            self.udp_endpoint.register(is_quic, self.quic.datagram_received, "quic")
+            self.udp_endpoint.register(is_quic, self.quic.datagram_received, "quic",
+                                       first_byte_at_least=QUIC_FIRST_BYTE)
             self.accepting_transports.add("udp")
         self.discovery_requester: Any = None
         self.discovery_responder: Any = None

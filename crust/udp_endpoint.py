@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import socket
 from collections import OrderedDict
 from typing import Any, Callable, Optional
 
@@ -151,6 +152,8 @@ class UdpEndpoint(DatagramProtocol):
         a C{(rate per second, burst)} pair.
     @param echo_options: keyword arguments for L{crust.udp_echo.UdpEcho}.
     @param stun_options: keyword arguments for the L{StunClient} (C{rto}...).
+    @param socket_buffer: SO_RCVBUF and SO_SNDBUF of the socket (the kernel
+        caps them at net.core.rmem_max / wmem_max); 0 leaves the system's.
 
     @ivar stun_client: the L{StunClient} on this socket.
     @ivar echo: the L{crust.udp_echo.UdpEcho} on this socket.
@@ -166,7 +169,7 @@ class UdpEndpoint(DatagramProtocol):
                  stun_rate: tuple[tuple[float, float], tuple[float, float]] = ((10.0, 20.0), (200.0, 400.0)),
                  echo_options: Optional[dict[str, Any]] = None,
                  stun_options: Optional[dict[str, Any]] = None,
-                 max_packet_size: int = 65535) -> None:
+                 max_packet_size: int = 65535, socket_buffer: int = 4 << 20) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -176,11 +179,17 @@ class UdpEndpoint(DatagramProtocol):
         self.host = host
         self.port = port
         self.max_packet_size = max_packet_size
+        self.socket_buffer = socket_buffer
         self.stun_responder = stun_responder
         self._stun_limiter = RateLimiter(reactor, stun_rate[0], stun_rate[1])
         self._crust_handlers: dict[int, Handler] = {}
         self._registry: list[tuple[Classifier, Handler, str]] = []
+        self._bounds: dict[Any, Optional[int]] = {}
+        self._fast_first = 256  # datagrams whose first byte is at least this go to _fast_handler
+        self._fast_handler: Optional[Handler] = None
         self._listening_port: Any = None
+        self._checked_addr: Any = None  # the last address Twisted's write() accepted (see send)
+        self._sendto: Any = None
         self.counters = dict.fromkeys(
             ("received", "received_bytes", "sent", "sent_bytes", "send_failures", "empty",
              "stun", "stun_consumed", "stun_answered", "stun_errors_sent", "stun_rate_limited",
@@ -238,8 +247,19 @@ class UdpEndpoint(DatagramProtocol):
         bound = self.local_address()
         if bound is not None:
             self.port = bound.port  # a restart binds the same port
+        sock = getattr(self.transport, "socket", None)
+        if sock is not None and self.socket_buffer:
+            # QUIC keeps a congestion window of datagrams in flight (megabytes on a
+            # fast path): the default buffers (about 208 KiB: some 90 datagrams of
+            # 1200 bytes) overflow, and every drop halves the window
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, option, self.socket_buffer)
+                except OSError:
+                    pass  # the kernel caps it at net.core.[rw]mem_max
 
     def stopProtocol(self) -> None:
+        self._checked_addr = self._sendto = None
         self.stun_client.cancel_all()
         self.echo.cancel_all()
 
@@ -247,10 +267,27 @@ class UdpEndpoint(DatagramProtocol):
 
     def send(self, datagram: bytes, addr: "tuple[str, int]") -> bool:
         """Send one datagram; False (logged and counted, never raised) if it could not go."""
+        if addr is self._checked_addr:
+            # the address (this very tuple) went through Twisted's checks on this
+            # socket already: straight to sendto, without udp.Port.write's three
+            # isIPAddress calls per datagram (QUIC sends thousands to one address)
+            try:
+                self._sendto(datagram, addr)
+            except OSError:
+                pass  # EINTR, EAGAIN, EMSGSIZE...: the full path below retries or reports it
+            else:
+                counters = self.counters
+                counters["sent"] += 1
+                counters["sent_bytes"] += len(datagram)
+                return True
         try:
             self._write(datagram, addr)
         except UdpSendError:
             return False
+        sock = getattr(self.transport, "socket", None)
+        if type(addr) is tuple and sock is not None:
+            self._checked_addr = addr
+            self._sendto = sock.sendto
         return True
 
     def _write(self, datagram: bytes, addr: "tuple[str, int]") -> None:
@@ -281,20 +318,37 @@ class UdpEndpoint(DatagramProtocol):
         else:
             self._crust_handlers[message_type] = handler
 
-    def register(self, classifier: Classifier, handler: Handler, name: str = "") -> Callable[[], None]:
+    def register(self, classifier: Classifier, handler: Handler, name: str = "",
+                 first_byte_at_least: Optional[int] = None) -> Callable[[], None]:
         """
         Offer datagrams whose first byte is 16 or more to C{handler(data,
         addr)} when C{classifier(data)} is true (first match wins, in
         registration order).  Returns a function that unregisters it.
+
+        C{first_byte_at_least}: the classifier claims exactly the datagrams
+        whose first byte is at least this (QUIC: 64); while this entry is the
+        first of the registry, such datagrams go straight to C{handler}
+        without calling the classifier (the per-datagram path of QUIC).
         """
         entry = (classifier, handler, name or getattr(handler, "__qualname__", repr(handler)))
         self._registry.append(entry)
+        self._bounds[entry] = first_byte_at_least
+        self._update_fast()
 
         def unregister() -> None:
             if entry in self._registry:
                 self._registry.remove(entry)
+                self._bounds.pop(entry, None)
+                self._update_fast()
 
         return unregister
+
+    def _update_fast(self) -> None:
+        bound = self._bounds.get(self._registry[0]) if self._registry else None
+        if bound is None:
+            self._fast_first, self._fast_handler = 256, None  # no first byte reaches 256
+        else:
+            self._fast_first, self._fast_handler = max(bound, CRUST_LAST + 1), self._registry[0][1]
 
     # -- receiving ----------------------------------------------------------------------
 
@@ -306,6 +360,15 @@ class UdpEndpoint(DatagramProtocol):
             counters["empty"] += 1
             return
         first = data[0]
+        if first >= self._fast_first:  # QUIC, by its first byte (see register)
+            counters["registry"] += 1
+            try:
+                self._fast_handler(data, addr)
+            except Exception:
+                counters["handler_errors"] += 1
+                self.log.failure("UDP handler {handler!r} failed on a datagram from {addr}",
+                                 handler=self._fast_handler, addr=_text(addr))
+            return
         if first <= STUN_LAST:
             self._stun_received(data, addr)
         elif first <= CRUST_LAST:

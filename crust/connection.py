@@ -111,6 +111,7 @@ class PeerConnection(Protocol):
         self._last_sent = 0.0
         self._sent = False  # data went out since the liveness timer last looked
         self._direct = False  # see _update_direct
+        self._usable = False  # active, connected, not closing (see _update_direct)
         self._write: Callable[[bytes], object] = _discard
         # QUIC carries priorities >= 2 on a second ("bulk") stream; TCP has none
         self._bulk: Any = None
@@ -211,7 +212,7 @@ class PeerConnection(Protocol):
 
     def connectionLost(self, reason: Failure) -> None:
         self.connected = False
-        self._direct = self._direct_bulk = self._queue_bulk = False
+        self._direct = self._direct_bulk = self._queue_bulk = self._usable = False
         for timer in (self._timer, self._close_timer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -276,6 +277,12 @@ class PeerConnection(Protocol):
                 self._write(pack_header(size + 1, DATA) + data)
                 self._sent = True  # the liveness timer reads the clock, not every send
                 return
+            elif self._paused and self._usable:
+                # the transport is full: queue by priority (the checks of _send_checked hold)
+                queues = self.queues
+                if queues.size + self.bulk_queues.size + size <= self.max_queued_bytes:
+                    queues.push(priority, pack_header(size + 1, DATA) + data, size, self.clock.seconds())
+                    return
         self._send_checked(data, size, priority)
 
     def _send_checked(self, data: bytes, size: int, priority: int) -> None:
@@ -305,7 +312,8 @@ class PeerConnection(Protocol):
 
     def _update_direct(self) -> None:
         """May sends go straight to the transport?  (Active, not paused, nothing queued, not closing.)"""
-        usable = self.connected and self._close_reason is None and self.handshake.state is HandshakeState.ACTIVE
+        usable = self._usable = (self.connected and self._close_reason is None
+                                 and self.handshake.state is HandshakeState.ACTIVE)
         self._direct = usable and not self._paused and not self.queues.count
         if self._direct:
             self._write = self.transport.write
@@ -358,7 +366,7 @@ class PeerConnection(Protocol):
 
     def close(self, reason: CloseReason, detail: str = "") -> None:
         """Tell the peer why, then close cleanly (abort if it will not flush)."""
-        self._direct = self._direct_bulk = self._queue_bulk = False
+        self._direct = self._direct_bulk = self._queue_bulk = self._usable = False
         if self._close_reason is None:
             self._close_reason = f"{reason.value}: {detail}" if detail else reason.value
         if not self.connected:
@@ -372,7 +380,7 @@ class PeerConnection(Protocol):
         self.close(CloseReason.DUPLICATE, "another connection to this peer was chosen")
 
     def _lose(self) -> None:
-        self._direct = self._direct_bulk = self._queue_bulk = False
+        self._direct = self._direct_bulk = self._queue_bulk = self._usable = False
         if self._close_timer is None and self.connected:
             if self._bulk is not None:
                 self._bulk.unregisterProducer()

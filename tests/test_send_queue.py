@@ -1,17 +1,28 @@
 from twisted.trial.unittest import SynchronousTestCase
 
-from crust.send_queue import Dropped, SendQueues
+from crust.send_queue import RUN_BYTES, Dropped, SendQueues
+from crust.wire import DATA, frame
+
+
+def payloads(joined):
+    """Split joined frames back into their payloads."""
+    out, offset = [], 0
+    while offset < len(joined):
+        length = int.from_bytes(joined[offset:offset + 4], "big")
+        out.append(joined[offset + 5:offset + 4 + length])
+        offset += 4 + length
+    return out
 
 
 class SendQueuesTests(SynchronousTestCase):
     def fill(self, q, items, now=0.0):
         for prio, data in items:
-            q.push(prio, data, len(data), now)
+            q.push(prio, frame(DATA, data), len(data), now)
 
     def drain(self, q):
         out = []
         while (item := q.pop()) is not None:
-            out.append(item[0])
+            out += payloads(item[0])
         return out
 
     def test_lower_number_first_fifo_within(self):
@@ -52,9 +63,30 @@ class SendQueuesTests(SynchronousTestCase):
     def test_take_joins_in_priority_order_within_a_limit(self):
         q = SendQueues(60)
         self.fill(q, [(5, b"e" * 10), (0, b"a" * 10), (0, b"b" * 10), (2, b"c" * 10)])
-        self.assertEqual(q.take(25), b"a" * 10 + b"b" * 10)
-        self.assertEqual(q.take(25), b"c" * 10 + b"e" * 10)
+        self.assertEqual(payloads(q.take(35)), [b"a" * 10, b"b" * 10])
+        self.assertEqual(payloads(q.take(35)), [b"c" * 10, b"e" * 10])
         self.assertEqual((q.size, q.count), (0, 0))
         self.assertEqual(q.take(25), b"")
         self.fill(q, [(1, b"x" * 100)])
-        self.assertEqual(q.take(10), b"x" * 100)  # at least one frame
+        self.assertEqual(payloads(q.take(10)), [b"x" * 100])  # at least one frame
+
+    def test_runs_split_at_their_size_and_partial_takes(self):
+        q = SendQueues(60)
+        messages = [b"%05d" % i + b"z" * 995 for i in range(300)]  # 300 KB: several runs
+        self.fill(q, [(3, m) for m in messages])
+        self.assertEqual(q.count, 300)
+        got = []
+        while q:
+            chunk = q.take(RUN_BYTES // 3)  # smaller than a run: partial takes
+            self.assertLessEqual(len(chunk), RUN_BYTES // 3)
+            got += payloads(chunk)
+        self.assertEqual(got, messages)
+        self.assertEqual((q.size, q.count), (0, 0))
+
+    def test_partly_taken_run_reports_only_what_is_left(self):
+        q = SendQueues(60)
+        self.fill(q, [(4, b"m" * 100) for _ in range(10)], now=0)
+        q.take(3 * 105)
+        self.assertEqual((q.size, q.count), (700, 7))
+        self.assertEqual(q.expire(now=61), [Dropped(4, 7, 700)])
+        self.assertEqual((q.size, q.count), (0, 0))

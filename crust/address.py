@@ -51,7 +51,11 @@ class Address:
 
     @property
     def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-        return ipaddress.ip_address(self.host)
+        return _ip_object(self.host)
+
+    @property
+    def is_loopback(self) -> bool:
+        return _ip_object(self.host).is_loopback
 
     @property
     def family_is_v6(self) -> bool:
@@ -65,6 +69,11 @@ class Address:
 
     def sockaddr(self) -> tuple[str, int]:
         return (self.host, self.port)
+
+
+@lru_cache(maxsize=4096)
+def _ip_object(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(host)
 
 
 @lru_cache(maxsize=4096)

@@ -158,6 +158,7 @@ class Service(MultiService):
         self.listen_addresses: list[Address] = []
         self.external_addresses: list[Address] = []  # learned from peers, STUN or port mapping
         self.running_for_peers = False
+        self._candidates: Optional[tuple[Any, list[Address]]] = None  # (inputs, result) of candidate_addresses
         self.data_dir = data_dir
         self.bootstrap_cache: Optional[BootstrapCache] = None
         if data_dir is not None or self.config.bootstrap_cache.file is not None:
@@ -378,12 +379,18 @@ class Service(MultiService):
 
     def candidate_addresses(self) -> list[Address]:
         """Every address a peer may reach us at: learned external ones, then local, loopback last."""
+        key = (tuple(self.external_addresses), tuple(self.listen_addresses), self.config.force_acceptor_port_in_ext_ep,
+               self.config.listen_port, frozenset(self.accepting_transports))
+        if self._candidates is not None and self._candidates[0] == key:
+            return list(self._candidates[1])
         found: list[Address] = [a for a in self.external_addresses if a.transport in self.accepting_transports]
         if self.config.force_acceptor_port_in_ext_ep and self.config.listen_port:
             found += [Address("tcp", a.host, self.config.listen_port) for a in self.external_addresses]
-        local = sorted(self.listen_addresses, key=lambda a: a.ip.is_loopback)
+        local = sorted(self.listen_addresses, key=lambda a: a.is_loopback)
         found += local
-        return list(dict.fromkeys(found))[: 4 * MAX_ADVERTISED]
+        result = list(dict.fromkeys(found))[: 4 * MAX_ADVERTISED]
+        self._candidates = (key, result)
+        return list(result)
 
     def prepare_connection_info(self) -> Deferred:
         """Fires with our L{PrivConnectionInfo}; share C{.public.to_json()}."""
@@ -685,7 +692,7 @@ class Service(MultiService):
 
     def _hello_for(self, conn: PeerConnection) -> Hello:
         candidates = self.candidate_addresses()
-        listeners = [a for a in candidates if not a.ip.is_loopback] or candidates
+        listeners = [a for a in candidates if not a.is_loopback] or candidates
         return Hello(network=self.network, intent=conn.handshake.intent, role=conn.role,
                      observed=conn.peer_address, listeners=tuple(listeners[:MAX_ADVERTISED]))
 

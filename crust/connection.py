@@ -107,6 +107,7 @@ class PeerConnection(Protocol):
         self._timer = None
         self._close_timer = None
         self._tls_problem = ""
+        self._verified_peer: Optional[PeerId] = None
         self._close_reason: Optional[str] = None  # set when we decide to close
         self._last_sent = 0.0
         self._sent = False  # data went out since the liveness timer last looked
@@ -177,11 +178,14 @@ class PeerConnection(Protocol):
         if problem:
             self._tls_problem = problem
             return False
+        self._verified_peer = peer_id
         return True
 
     def handshakeCompleted(self) -> None:
-        cert = self.transport.getPeerCertificate()
-        peer_id = peer_id_from_certificate(cert.to_cryptography()) if cert is not None else None
+        peer_id = self._verified_peer  # what the verify callback saw (TLS proved the key)
+        if peer_id is None:
+            cert = self.transport.getPeerCertificate()
+            peer_id = peer_id_from_certificate(cert.to_cryptography()) if cert is not None else None
         problem = self.handshake.check_key(peer_id)
         if problem or peer_id is None:
             self._tls_problem = problem or "no peer certificate"

@@ -433,8 +433,6 @@ class Service(MultiService):
         )
         self._attempts[peer_id] = attempt
         d = attempt.wait()
-        self.log.info("connecting to {peer} at {addresses}", peer=str(peer_id),
-                      addresses=" ".join(map(str, addresses)) or "(no usable address)")
         attempt.start()
         return d
 
@@ -733,9 +731,6 @@ class Service(MultiService):
             conn.bootstrap.callback(peer_id)
         if attempt is not None:
             attempt.succeeded()
-        observed = conn.handshake.peer_hello.observed if conn.handshake.peer_hello else None
-        if observed is not None:
-            self._observed_address(observed, conn)
 
     def _connection_refused(self, conn: PeerConnection, reason: str, detail: str = "") -> None:
         conn.refusal = (reason, detail)
@@ -785,10 +780,6 @@ class Service(MultiService):
             rtt = self.clock.seconds() - conn.started_at
             probe.callback(ProbeResult(peer_id, hello.observed, rtt, hello))
         conn.close(CloseReason.PROBE_DONE)
-
-    def _observed_address(self, observed: Address, conn: PeerConnection) -> None:
-        """A peer told us how it sees us (the echo); later issues use it for NAT discovery."""
-        self.log.debug("{peer} sees us as {observed}", peer=conn.peer_id, observed=observed)
 
     def _control_received(self, conn: PeerConnection, ftype: int, payload: bytes) -> bool:
         return False

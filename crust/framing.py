@@ -14,6 +14,11 @@ from crust.errors import ProtocolViolation
 from crust.wire import DATA, HEADER_SIZE, LENGTH
 
 
+# A frame still missing more than this many bytes is collected as a list of
+# chunks and joined once, rather than re-joined with every chunk that arrives.
+_COLLECT_ABOVE = 8192
+
+
 class FrameTooLarge(ProtocolViolation):
     """A frame header announced more than the maximum frame size."""
 
@@ -99,8 +104,8 @@ class FrameDecoder:
         if len(rest) >= HEADER_SIZE:
             (length,) = unpack(rest, 0)
             need = 4 + length
-            if need - len(rest) > 65536:
-                # a large frame: collect chunks, join once
+            if need - len(rest) > _COLLECT_ABOVE:
+                # a large frame: collect the chunks, join them once
                 self._buffer = b""
                 self._pending = [rest]
                 self._pending_size = len(rest)

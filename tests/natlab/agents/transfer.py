@@ -6,6 +6,8 @@
     transfer.py --role send --connect INFO_JSON [--transport quic|tcp|any] --bytes N
                 [--message-size B] [--priority P] [--seed N] [--ping-interval S]
                 [--max-queued B] [--deadline S]
+    experiments (not crust's defaults; both sides): [--tcp-cc NAME] [--tcp-notsent-lowat B]
+                [--quic-cc reno|cubic] [--quic-datagram B] [--udp-buffer B]
 
 ``--transport quic`` runs the ``Service`` with ``Config(enable_tcp=False)``
 (QUIC only), ``tcp`` with ``enable_udp=False``, ``any`` with both (the race
@@ -22,6 +24,19 @@ lane on QUIC), paced by crust's backpressure: it sends while
 With ``--ping-interval`` it also sends a small priority-0 message that often;
 the receiver echoes it (priority 0) and the sender reports the round trips
 (latency of the urgent lane under load).
+
+The experiment options change one thing under crust, in this process
+only: ``--tcp-cc`` sets ``TCP_CONGESTION`` on the connection's socket once
+connected (the sender's is what matters), ``--tcp-notsent-lowat``
+``TCP_NOTSENT_LOWAT`` there (the kernel then holds at most that many unsent
+bytes; the rest waits in crust's priority queues), ``--quic-cc`` and
+``--quic-datagram`` aioquic's ``congestion_control_algorithm`` and
+``max_datagram_size`` in the dispatcher's configurations, ``--udp-buffer``
+``SO_RCVBUF``/``SO_SNDBUF`` of the UDP socket instead of crust's (reported
+as ``udp_buffer``, as the kernel grants them: Linux doubles the value and
+caps it at ``net.core.rmem_max``/``wmem_max``). They reach into crust's internals
+(``service.quic``, ``peers.active``) and are for ``bench/lab_goodput.py
+--what-if`` and investigations, not for tests of crust's behaviour.
 
 Every message starts with one type byte: ``D`` data (the rest is payload),
 ``P`` ping, ``Q`` ping answer, ``F`` the receiver's final report. Payload
@@ -48,6 +63,11 @@ Events (JSON lines ``{"event", "t", ...}``):
   delay), ``cpu_seconds``, ``mbps``, ``waits`` (``when_writable`` waits),
   ``ping_ms`` (list), ``receiver`` (the receiver's ``done``), ``intact``
   (the two hashes and byte counts agree).
+- ``done`` and the sender's ``progress`` also carry the transport's state:
+  ``tcp_info`` (from the kernel's ``TCP_INFO``: congestion control, MSS,
+  RTT, cwnd, retransmitted bytes...) or ``quic`` (aioquic's congestion
+  window, bytes in flight, smoothed RTT, flow-control credit, the bulk
+  lane's unsent bytes; read from aioquic internals, diagnostics only).
 
 Both exit 0 after ``done`` (the receiver once its report was sent and a
 short grace period passed, so that it reaches the sender), 2 when the
@@ -74,6 +94,7 @@ from crust import Config, Identity, Service  # noqa: E402
 from crust.observer import CrustObserver  # noqa: E402
 
 MIB = 1 << 20
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux
 NETWORK = "crust-lab-transfer"
 
 
@@ -159,7 +180,7 @@ class Side(CrustObserver):
         self.rc = 0
 
     def tune_udp(self):
-        """--udp-buffer: enlarge the UDP socket's kernel buffers (an experiment)."""
+        """--udp-buffer: set the UDP socket's kernel buffers (an experiment)."""
         endpoint = self.service.udp_endpoint
         if not self.args.udp_buffer or endpoint is None:
             return
@@ -170,10 +191,12 @@ class Side(CrustObserver):
              sndbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
 
     def tune_tcp(self, peer):
-        """--tcp-cc: this connection's TCP congestion control (an experiment)."""
+        """--tcp-cc, --tcp-notsent-lowat: this connection's socket (experiments)."""
         sock = tcp_socket(self.service, peer)
         if sock is not None and self.args.tcp_cc:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, self.args.tcp_cc.encode())
+        if sock is not None and self.args.tcp_notsent_lowat:
+            sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, self.args.tcp_notsent_lowat)
 
     def transport_stats(self):
         """TCP: tcp_info of the connection; QUIC: the sender state (diagnostics)."""
@@ -448,6 +471,7 @@ def main():
     parser.add_argument("--connect-timeout", type=float, default=15.0)
     # experiments, not crust's defaults (bench/lab_goodput.py --what-if)
     parser.add_argument("--tcp-cc", help="TCP congestion control of the connection (e.g. cubic)")
+    parser.add_argument("--tcp-notsent-lowat", type=int, help="TCP_NOTSENT_LOWAT of the connection")
     parser.add_argument("--quic-cc", choices=("reno", "cubic"), help="aioquic's congestion control")
     parser.add_argument("--quic-datagram", type=int, help="QUIC max_datagram_size (crust: 1200)")
     parser.add_argument("--udp-buffer", type=int, help="SO_RCVBUF/SO_SNDBUF of the UDP socket")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import sys
 from collections import OrderedDict
 from typing import Any, Callable, Optional
 
@@ -135,6 +136,33 @@ def _reason(e: BaseException) -> str:
     if isinstance(code, int) and code in errno.errorcode:
         return errno.errorcode[code]
     return type(e).__name__
+
+
+# Linux: like SO_RCVBUF/SO_SNDBUF, but past the sysctl cap (CAP_NET_ADMIN); not in Python's socket module
+_LINUX = sys.platform.startswith("linux")
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if _LINUX else None)
+_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32 if _LINUX else None)
+
+
+def _set_buffer(sock: Any, option: int, force: Optional[int], size: int) -> Optional[int]:
+    """
+    Ask for C{size} bytes of kernel buffer (C{SO_RCVBUF}/C{SO_SNDBUF}); with
+    CAP_NET_ADMIN the C{*FORCE} variant bypasses the sysctl cap.  Returns
+    the usable size the kernel granted (Linux reports twice that), or None.
+    """
+    for opt in (force, option):
+        if opt is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)
+        except OSError:
+            continue  # EPERM for *FORCE without the capability
+        break
+    try:
+        got = sock.getsockopt(socket.SOL_SOCKET, option)
+    except OSError:
+        return None
+    return got // 2 if _LINUX else got
 
 
 class UdpEndpoint(DatagramProtocol):
@@ -252,11 +280,17 @@ class UdpEndpoint(DatagramProtocol):
             # QUIC keeps a congestion window of datagrams in flight (megabytes on a
             # fast path): the default buffers (about 208 KiB: some 90 datagrams of
             # 1200 bytes) overflow, and every drop halves the window
-            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, option, self.socket_buffer)
-                except OSError:
-                    pass  # the kernel caps it at net.core.[rw]mem_max
+            for option, force, name, sysctl in (
+                    (socket.SO_RCVBUF, _SO_RCVBUFFORCE, "receive", "net.core.rmem_max"),
+                    (socket.SO_SNDBUF, _SO_SNDBUFFORCE, "send", "net.core.wmem_max")):
+                got = _set_buffer(sock, option, force, self.socket_buffer)
+                if got is not None and got < self.socket_buffer:
+                    # the kernel silently caps the request at the sysctl (212992 bytes on stock
+                    # kernels): say so, QUIC then drops datagrams and halves its window
+                    self.log.info(
+                        "UDP {name} buffer is {got} bytes, not the {asked} asked: raise {sysctl} "
+                        "for better QUIC throughput",
+                        name=name, got=got, asked=self.socket_buffer, sysctl=sysctl)
 
     def stopProtocol(self) -> None:
         self._checked_addr = self._sendto = None

@@ -47,6 +47,7 @@ from crust.quic_driver import (
     QuicDriver,
     QuicLane,
     QuicOptions,
+    _text,
 )
 from crust.quic_tls import ALPN, CID_LENGTH, CrustQuicConnection, check_aioquic, make_configuration
 from crust.tls import make_certificate
@@ -274,13 +275,6 @@ class QuicDispatcher:
 
     def stats(self) -> dict[str, Any]:
         return {"connections": len(self._cids), "connection_ids": len(self._by_cid), **self.counters}
-
-
-def _text(addr: Any) -> str:
-    if not addr:
-        return "-"
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 __all__ = [

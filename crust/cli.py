@@ -309,17 +309,24 @@ def _duration(seconds: float) -> str:
 
 @register("peers", "list the connected peers")
 def cmd_peers(ctx: Context) -> int:
-    result = ctx.call("peers")
+    def line(p: dict) -> str:
+        direction = "outgoing" if p.get("initiator") else "incoming"
+        return (f"{p.get('peer_id')}  {p.get('address')}  {direction}"
+                f"  role={p.get('role')}  queued={p.get('queued_bytes')}")
+
+    return _list(ctx, ctx.call("peers"), "no connected peers", line)
+
+
+def _list(ctx: Context, result: dict, empty: str, line: Callable[[dict], str]) -> int:
+    """Print C{result["peers"]}: as JSON, as C{empty}, or a C{line} each."""
     peers = result.get("peers") or []
     if ctx.json:
         ctx.emit(result)
     elif not peers:
-        ctx.out.write("no connected peers\n")
+        ctx.out.write(empty + "\n")
     else:
         for p in peers:
-            direction = "outgoing" if p.get("initiator") else "incoming"
-            ctx.out.write(f"{p.get('peer_id')}  {p.get('address')}  {direction}"
-                          f"  role={p.get('role')}  queued={p.get('queued_bytes')}\n")
+            ctx.out.write(line(p) + "\n")
     ctx.out.flush()
     return EXIT_OK
 
@@ -357,18 +364,11 @@ def cmd_bootstrap(ctx: Context) -> int:
 
 @register("cache", "list the bootstrap cache (most recently used first)")
 def cmd_cache(ctx: Context) -> int:
-    result = ctx.call("cache")
-    peers = result.get("peers") or []
-    if ctx.json:
-        ctx.emit(result)
-    elif not peers:
-        ctx.out.write("the bootstrap cache is empty\n")
-    else:
-        for p in peers:
-            state = "stale" if p.get("stale") else "fresh"
-            ctx.out.write(f"{p['peer_id']}  {p['address']}  {state}  failures={p.get('failures', 0)}\n")
-    ctx.out.flush()
-    return EXIT_OK
+    def line(p: dict) -> str:
+        state = "stale" if p.get("stale") else "fresh"
+        return f"{p['peer_id']}  {p['address']}  {state}  failures={p.get('failures', 0)}"
+
+    return _list(ctx, ctx.call("cache"), "the bootstrap cache is empty", line)
 
 
 @register("netcheck", "what the node learned about its network: addresses, NAT type, port mapping")

@@ -76,3 +76,28 @@ def run(main, deadline):
     if timer.active():
         timer.cancel()
     return result["rc"]
+
+
+def stun_arguments(*extra):
+    """
+    Parse the options the STUN agents share (``--server`` repeatable,
+    ``--local-port``, the retransmission schedule, ``--deadline``) plus
+    *extra* ``(flag, type)`` pairs; returns ``(args, servers, schedule)``.
+    """
+    import argparse
+
+    from crust.address import Address
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--server", action="append", required=True)
+    parser.add_argument("--local-port", type=int, default=0)
+    parser.add_argument("--rto", type=float)
+    parser.add_argument("--rc", type=int)
+    parser.add_argument("--rm", type=float)
+    parser.add_argument("--deadline", type=float, default=60.0)
+    for flag, kind in extra:
+        parser.add_argument(flag, type=kind)
+    args = parser.parse_args()
+    servers = [Address.parse(s, "udp") for s in args.server]
+    schedule = {k: v for k, v in (("rto", args.rto), ("rc", args.rc), ("rm", args.rm)) if v is not None}
+    return args, servers, schedule

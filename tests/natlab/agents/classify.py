@@ -8,34 +8,23 @@ Prints one JSON line ``{"event": "report", "report": NatReport.to_dict(),
 "wall": seconds}``; the schedule options default to ``classify_nat``'s own.
 """
 
-import argparse
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _agent import emit, run  # noqa: E402
+from _agent import emit, run, stun_arguments  # noqa: E402
 from twisted.internet import defer, reactor  # noqa: E402
 
-from crust.address import Address  # noqa: E402
 from crust.nat_classify import classify_nat  # noqa: E402
 from crust.stun_client import StunProtocol  # noqa: E402
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--server", action="append", required=True)
-    parser.add_argument("--local-port", type=int, default=0)
-    parser.add_argument("--rto", type=float)
-    parser.add_argument("--rc", type=int)
-    parser.add_argument("--rm", type=float)
-    parser.add_argument("--hairpin-timeout", type=float)
-    parser.add_argument("--deadline", type=float, default=60.0)
-    args = parser.parse_args()
-    servers = [Address.parse(s, "udp") for s in args.server]
-    options = {k: v for k, v in (("rto", args.rto), ("rc", args.rc), ("rm", args.rm),
-                                 ("hairpin_timeout", args.hairpin_timeout)) if v is not None}
+    args, servers, options = stun_arguments(("--hairpin-timeout", float))
+    if args.hairpin_timeout is not None:
+        options["hairpin_timeout"] = args.hairpin_timeout
 
     @defer.inlineCallbacks
     def go():

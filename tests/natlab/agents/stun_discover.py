@@ -10,31 +10,20 @@ with ``elapsed`` and ``clean`` (whether the reactor was left with no timer and
 no socket of the discovery once the Deferred fired).
 """
 
-import argparse
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _agent import emit, leftovers, run  # noqa: E402
+from _agent import emit, leftovers, run, stun_arguments  # noqa: E402
 from twisted.internet import defer, reactor, task  # noqa: E402
 
-from crust.address import Address  # noqa: E402
 from crust.stun_client import discover_external_address  # noqa: E402
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--server", action="append", required=True)
-    parser.add_argument("--local-port", type=int, default=0)
-    parser.add_argument("--rto", type=float)
-    parser.add_argument("--rc", type=int)
-    parser.add_argument("--rm", type=float)
-    parser.add_argument("--deadline", type=float, default=60.0)
-    args = parser.parse_args()
-    servers = [Address.parse(s, "udp") for s in args.server]
-    options = {k: v for k, v in (("rto", args.rto), ("rc", args.rc), ("rm", args.rm)) if v is not None}
+    args, servers, options = stun_arguments()
 
     @defer.inlineCallbacks
     def go():

@@ -29,7 +29,7 @@ from crust.framing import FrameDecoder, FrameTooLarge
 from crust.handshake import Handshake, HandshakeState
 from crust.identity import PeerId
 from crust.send_queue import Dropped, SendQueues
-from crust.tls import peer_id_from_certificate
+from crust.tls import cert_info, peer_id_from_certificate
 from crust.wire import (
     CHOOSE_FRAME,
     DATA,
@@ -37,6 +37,7 @@ from crust.wire import (
     HEARTBEAT_FRAME,
     CloseReason,
     FrameType,
+    CertInfo,
     Hello,
     Intent,
     RejectReason,
@@ -60,6 +61,7 @@ class ConnectionOwner(TypingProtocol):
     def candidate(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None: ...
     def admit(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None: ...
     def probed(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None: ...
+    def late_hello(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None: ...
     def refused(self, conn: "PeerConnection", reason: str, detail: str) -> None: ...
     def lost(self, conn: "PeerConnection", reason: str) -> None: ...
     def dropped(self, conn: "PeerConnection", drops: list[Dropped], reason: str) -> None: ...
@@ -95,7 +97,7 @@ class PeerConnection(Protocol):
         self.clock = clock
         self.initiator = initiator
         self.transport_name = transport_name
-        self.handshake = Handshake(self, local_id, network, intent, expected_peer)
+        self.handshake = Handshake(self, local_id, network, intent, expected_peer, initiator=initiator)
         self.max_message_size = max_message_size
         self.max_queued_bytes = max_queued_bytes
         self.heartbeat_interval = heartbeat_interval
@@ -108,6 +110,8 @@ class PeerConnection(Protocol):
         self._close_timer = None
         self._tls_problem = ""
         self._verified_peer: Optional[PeerId] = None
+        self._verified_info: Optional[CertInfo] = None
+        self.tls_verdict: Optional[bool] = None
         self._close_reason: Optional[str] = None  # set when we decide to close
         self._last_sent = 0.0
         self._sent = False  # data went out since the liveness timer last looked
@@ -172,26 +176,34 @@ class PeerConnection(Protocol):
         self._last_received = self._last_sent = now
         self._timer = self.clock.callLater(self.handshake_timeout, self._handshake_timed_out)
 
-    def tls_verify_peer(self, peer_id: Optional[PeerId], problem: str) -> bool:
+    def tls_verify_peer(self, peer_id: Optional[PeerId], problem: str, info: Optional[CertInfo] = None) -> bool:
         """Called by the TLS layer while the handshake runs."""
         problem = problem or self.handshake.check_key(peer_id) or ""
         if problem:
             self._tls_problem = problem
+            self.tls_verdict = False
             return False
         self._verified_peer = peer_id
+        self._verified_info = info
+        self.tls_verdict = True
         return True
 
     def handshakeCompleted(self) -> None:
-        peer_id = self._verified_peer  # what the verify callback saw (TLS proved the key)
-        if peer_id is None:
-            cert = self.transport.getPeerCertificate()
-            peer_id = peer_id_from_certificate(cert.to_cryptography()) if cert is not None else None
+        peer_id, info = self._verified_peer, self._verified_info  # what the verify callback saw
+        if peer_id is None:  # QUIC: the driver checked the certificate; read it here
+            driver = getattr(self.transport, "driver", None)
+            cert = getattr(driver, "peer_certificate", None)
+            if cert is None:
+                x509 = self.transport.getPeerCertificate()
+                cert = x509.to_cryptography() if x509 is not None else None
+            if cert is not None:
+                peer_id, info = peer_id_from_certificate(cert), cert_info(cert)
         problem = self.handshake.check_key(peer_id)
         if problem or peer_id is None:
             self._tls_problem = problem or "no peer certificate"
             self.transport.abortConnection()
             return
-        self.handshake.tls_complete(peer_id)
+        self.handshake.tls_complete(peer_id, info)
 
     def dataReceived(self, data: bytes) -> None:
         self._feed(self._decoder, data)
@@ -437,6 +449,9 @@ class PeerConnection(Protocol):
         self._cancel_timer()
         self.owner.probed(self, peer_id, hello)
 
+    def late_hello(self, peer_id: PeerId, hello: Hello) -> None:
+        self.owner.late_hello(self, peer_id, hello)
+
     def refused(self, reason: str, detail: str) -> None:
         self._close_reason = f"{reason}: {detail}" if detail else reason
         self.owner.refused(self, reason, detail)
@@ -459,6 +474,8 @@ class PeerConnection(Protocol):
         elif ftype == FrameType.REJECT:
             reason, detail = decode_reason(payload, "REJECT")
             self.handshake.reject_received(reason, detail)
+            if self._close_reason is None:  # refused after it was active (an early claim undone)
+                self._close_reason = f"refused by the peer: {reason}" + (f" ({detail})" if detail else "")
             self._lose()
         elif ftype == FrameType.CLOSE:
             reason, detail = decode_reason(payload, "CLOSE")

@@ -13,6 +13,13 @@ States::
 
 "Election" is the AWAIT_CHOICE / claim step above.
 
+Early claim: a connector that is the chooser, with intent C{connect}, whose
+peer's certificate carries a compatible L{CertInfo} (same network, a shared
+protocol version), claims the connection as soon as TLS completes: it sends
+HELLO and CHOOSE together and is ACTIVE without waiting for the peer's HELLO,
+which saves the round trip.  That HELLO still comes and is checked like any;
+one that contradicts the certificate closes the connection.
+
 Checks, in order, on the peer's HELLO: protocol version overlap, network name,
 not ourselves, the key we expected (if we connected to a named peer).  Of the
 two peers, the one with the larger L{PeerId} chooses which connection
@@ -30,6 +37,7 @@ from crust.wire import (
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     CloseReason,
+    CertInfo,
     Hello,
     Intent,
     RejectReason,
@@ -64,6 +72,8 @@ class HandshakeDelegate(Protocol):
         """The HELLOs are exchanged and valid; wait for the chooser."""
     def probed(self, peer_id: PeerId, hello: Hello) -> None:
         """A probe completed (either side)."""
+    def late_hello(self, peer_id: PeerId, hello: Hello) -> None:
+        """After an early claim: the peer's HELLO arrived and is valid."""
     def refused(self, reason: str, detail: str) -> None:
         """The handshake failed; C{reason} is a L{RejectReason} value or text."""
 
@@ -79,8 +89,11 @@ class Handshake:
         intent: Intent,
         expected_peer: Optional[PeerId] = None,
         versions: tuple[int, int] = (MIN_PROTOCOL_VERSION, PROTOCOL_VERSION),
+        *,
+        initiator: bool = False,
     ) -> None:
         self._delegate = delegate
+        self.initiator = initiator
         self.local_id = local_id
         self.network = network
         self.intent = intent
@@ -89,6 +102,8 @@ class Handshake:
         self.state = HandshakeState.AWAIT_TLS
         self.peer_id: Optional[PeerId] = None
         self.peer_hello: Optional[Hello] = None
+        self.peer_info: Optional[CertInfo] = None  # what the peer's certificate says
+        self.early = False  # we claimed at TLS completion, before the peer's HELLO
         self.version: Optional[int] = None
 
     # -- inputs -----------------------------------------------------------
@@ -101,39 +116,58 @@ class Handshake:
             return f"wrong peer key: expected {self.expected_peer}, got {peer_id}"
         return None
 
-    def tls_complete(self, peer_id: PeerId) -> None:
+    def tls_complete(self, peer_id: PeerId, info: Optional[CertInfo] = None) -> None:
         if self.state is not HandshakeState.AWAIT_TLS:
             return
         self.peer_id = peer_id
+        self.peer_info = info
         self.state = HandshakeState.AWAIT_HELLO
         self._delegate.send_hello()
+        if self._may_claim_early(info):
+            self.early = True
+            self._elect()
+
+    def _may_claim_early(self, info: Optional[CertInfo]) -> bool:
+        if not (self.initiator and self.intent is Intent.CONNECT and self.is_chooser and info is not None):
+            return False
+        version = negotiate_version(self.versions, (info.min_version, info.version))
+        if version is None or info.network != self.network or self.peer_id == self.local_id:
+            return False
+        self.version = version
+        return True
+
+    def _check_hello(self, hello: Hello) -> Optional[tuple[RejectReason, str]]:
+        """Why the peer's HELLO is unacceptable, or None; sets L{version}."""
+        version = negotiate_version(self.versions, (hello.min_version, hello.version))
+        if version is None:
+            return (
+                RejectReason.VERSION_MISMATCH,
+                f"peer speaks protocol versions {hello.min_version}..{hello.version}, "
+                f"we speak {self.versions[0]}..{self.versions[1]}",
+            )
+        self.version = version
+        if hello.network != self.network:
+            return RejectReason.NETWORK_MISMATCH, "the peer belongs to another network (network name differs)"
+        if self.peer_id == self.local_id:
+            return RejectReason.CONNECT_TO_SELF, "the peer is this node itself"
+        if self.expected_peer is not None and self.peer_id != self.expected_peer:
+            return RejectReason.WRONG_PEER, f"expected {self.expected_peer}, got {self.peer_id}"
+        if hello.intent is None:
+            return RejectReason.UNSUPPORTED_INTENT, "the peer asked for an intent we do not know"
+        return None
 
     def hello_received(self, hello: Hello) -> None:
+        if self.early and self.state is HandshakeState.ACTIVE and self.peer_hello is None:
+            self._late_hello(hello)
+            return
         if self.state is not HandshakeState.AWAIT_HELLO:
             self._fail(RejectReason.MALFORMED, f"unexpected HELLO in state {self.state.value}")
             return
         assert self.peer_id is not None
         self.peer_hello = hello
-        version = negotiate_version(self.versions, (hello.min_version, hello.version))
-        if version is None:
-            self._fail(
-                RejectReason.VERSION_MISMATCH,
-                f"peer speaks protocol versions {hello.min_version}..{hello.version}, "
-                f"we speak {self.versions[0]}..{self.versions[1]}",
-            )
-            return
-        self.version = version
-        if hello.network != self.network:
-            self._fail(RejectReason.NETWORK_MISMATCH, "the peer belongs to another network (network name differs)")
-            return
-        if self.peer_id == self.local_id:
-            self._fail(RejectReason.CONNECT_TO_SELF, "the peer is this node itself")
-            return
-        if self.expected_peer is not None and self.peer_id != self.expected_peer:
-            self._fail(RejectReason.WRONG_PEER, f"expected {self.expected_peer}, got {self.peer_id}")
-            return
-        if hello.intent is None:
-            self._fail(RejectReason.UNSUPPORTED_INTENT, "the peer asked for an intent we do not know")
+        problem = self._check_hello(hello)
+        if problem is not None:
+            self._fail(*problem)
             return
         if hello.intent is Intent.PROBE or self.intent is Intent.PROBE:
             self.state = HandshakeState.PROBED
@@ -150,6 +184,19 @@ class Handshake:
             self.state = HandshakeState.AWAIT_GRANT
             return
         self._elect()
+
+    def _late_hello(self, hello: Hello) -> None:
+        """The acceptor's HELLO, after we claimed early: it must agree with its certificate."""
+        assert self.peer_id is not None
+        early_version = self.version
+        problem = self._check_hello(hello)
+        if problem is None and (hello.intent is not Intent.CONNECT or self.version != early_version):
+            problem = (RejectReason.MALFORMED, "the peer's HELLO contradicts its certificate")
+        if problem is not None:
+            self._fail(*problem)
+            return
+        self.peer_hello = hello
+        self._delegate.late_hello(self.peer_id, hello)
 
     def admission_result(self, granted: bool, reason: Optional[RejectReason] = None, detail: str = "") -> None:
         """Our decision on the peer's bootstrap request."""
@@ -213,6 +260,12 @@ class Handshake:
         self.state = HandshakeState.CLOSED
 
     # -- helpers ----------------------------------------------------------
+
+    @property
+    def peer_role(self) -> Optional[str]:
+        """The role the peer claims: its HELLO's, else its certificate's."""
+        said = self.peer_hello or self.peer_info
+        return said.role if said is not None else None
 
     @property
     def is_chooser(self) -> bool:

@@ -100,6 +100,10 @@ class PeerTable:
         )
         self._service._connection_promoted(conn, peer_id)
 
+    def late_hello(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None:
+        if self.active.get(peer_id) is conn:
+            self.hellos[peer_id] = hello
+
     def probed(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None:
         self._service._probe_finished(conn, peer_id, hello)
 

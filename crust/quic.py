@@ -51,6 +51,7 @@ from crust.quic_driver import (
 )
 from crust.quic_tls import ALPN, CID_LENGTH, CrustQuicConnection, check_aioquic, make_configuration
 from crust.tls import make_certificate
+from crust.wire import CertInfo
 
 QUIC_FIRST_BYTE = 64  # RFC 9443: 64..127 short header, 128..255 long header
 
@@ -80,6 +81,7 @@ class QuicDispatcher:
     @param host: returns our address (C{IPv4Address("UDP", ...)}) for the
         lanes' C{getHost}.
     @param options: L{QuicOptions}.
+    @param cert_info: the node's L{CertInfo}, carried in its certificate.
 
     @ivar drivers: the connections, by nothing in particular.
     @ivar counters: datagrams by fate: C{datagrams} (QUIC ones),
@@ -94,7 +96,7 @@ class QuicDispatcher:
                  clock: Optional[IReactorTime] = None,
                  accepted: Optional[Callable[[QuicDriver], Any]] = None,
                  host: Optional[Callable[[], Any]] = None,
-                 options: Optional[QuicOptions] = None) -> None:
+                 options: Optional[QuicOptions] = None, cert_info: Optional[CertInfo] = None) -> None:
         check_aioquic()
         if clock is None:
             from twisted.internet import reactor as clock
@@ -104,7 +106,7 @@ class QuicDispatcher:
         self._send = send_datagram
         self._accepted = accepted
         self._host = host
-        certificate = make_certificate(identity)
+        certificate = make_certificate(identity, cert_info)
         settings = self.options.configuration_options()
         self._client_configuration = make_configuration(identity, is_client=True, certificate=certificate, **settings)
         self._server_configuration = make_configuration(identity, is_client=False, certificate=certificate, **settings)

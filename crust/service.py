@@ -54,7 +54,7 @@ from crust.observer import EVENT_NAMES
 from crust.peers import PeerTable
 from crust.roles import Role
 from crust.tls import ConnectionCreator, make_context
-from crust.wire import CloseReason, Hello, Intent, RejectReason, network_hash
+from crust.wire import CertInfo, CloseReason, Hello, Intent, RejectReason, network_hash
 from crust._waiters import OneShot
 
 MAX_ADVERTISED = 16
@@ -149,7 +149,8 @@ class Service(MultiService):
         self.network = network_hash(self.config.network_name)
         self.accepting_transports: set[str] = {"tcp"} if self.config.enable_tcp else set()
         self.peers = PeerTable(self)
-        self._creator = ConnectionCreator(make_context(identity))
+        self.cert_info = CertInfo(network=self.network, role=role)  # in our certificates (doc/protocol.md)
+        self._creator = ConnectionCreator(make_context(identity, self.cert_info))
         self._observers: list[Any] = []
         self._message_handlers: list[Callable[[PeerId, bytes], object]] = []
         self._attempts: dict[PeerId, ConnectAttempt] = {}
@@ -178,7 +179,7 @@ class Service(MultiService):
             self.quic = QuicDispatcher(
                 identity, self.udp_endpoint.send, clock=self.clock, accepted=self._quic_accepted,
                 host=lambda: self.udp_endpoint.transport.getHost(),
-                options=QuicOptions(idle_timeout=self.config.inactivity_timeout + 10),
+                options=QuicOptions(idle_timeout=self.config.inactivity_timeout + 10), cert_info=self.cert_info,
             )
             self.udp_endpoint.register(is_quic, self.quic.datagram_received, "quic",
                                        first_byte_at_least=QUIC_FIRST_BYTE)
@@ -701,9 +702,9 @@ class Service(MultiService):
         return _ip_in(conn.peer_address.host, allowed)
 
     def _peer_role(self, conn: PeerConnection) -> Role:
-        hello = conn.handshake.peer_hello
+        role = conn.handshake.peer_role
         try:
-            return Role.from_text(hello.role) if hello is not None else Role.NODE
+            return Role.from_text(role) if role is not None else Role.NODE
         except ValueError:
             return Role.NODE
 

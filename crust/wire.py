@@ -193,6 +193,42 @@ class Hello:
         )
 
 
+@dataclass(frozen=True)
+class CertInfo:
+    """
+    What a node's certificate says of it (see doc/protocol.md, "Certificate").
+
+    The same facts as its HELLO's, made known one flight earlier: a connector
+    that is the chooser and finds them compatible claims the connection as
+    soon as TLS completes, without waiting for the peer's HELLO (which still
+    comes, and is still checked).
+    """
+
+    network: str
+    version: int = PROTOCOL_VERSION
+    min_version: int = MIN_PROTOCOL_VERSION
+    role: str = "node"
+
+    def encode(self) -> bytes:
+        return _encode_json({"proto": PROTOCOL_NAME, "version": self.version, "min_version": self.min_version,
+                             "network": self.network, "role": self.role})
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "CertInfo":
+        body = _decode_json(payload, "certificate info")
+        if body.get("proto") != PROTOCOL_NAME:
+            raise ProtocolViolation("certificate info is not crust's")
+        version, min_version = body.get("version"), body.get("min_version")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (version, min_version)):
+            raise ProtocolViolation("certificate info has no valid version numbers")
+        network, role = body.get("network"), body.get("role", "node")
+        if not isinstance(network, str) or len(network) > 128:
+            raise ProtocolViolation("certificate info has no valid network hash")
+        if not isinstance(role, str) or len(role) > 32:
+            raise ProtocolViolation("certificate info has a bad role")
+        return cls(network=network, version=version, min_version=min_version, role=role)
+
+
 def negotiate_version(ours: tuple[int, int], theirs: tuple[int, int]) -> Optional[int]:
     """The highest version both (min, max) ranges share, or None."""
     low = max(ours[0], theirs[0])

@@ -2,7 +2,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from crust.handshake import Handshake, HandshakeState
 from crust.identity import PeerId
-from crust.wire import CloseReason, Hello, Intent, RejectReason, network_hash
+from crust.wire import CertInfo, CloseReason, Hello, Intent, RejectReason, network_hash
 
 NET = network_hash("test")
 LOW = PeerId(b"\x01" * 32)
@@ -181,3 +181,101 @@ class BootstrapHandshakeTests(SynchronousTestCase):
         hs.closed()
         hs.admission_result(True)
         self.assertNotIn("send_grant", rec.names())
+
+
+class EarlyClaimTests(SynchronousTestCase):
+    """A connector that chooses claims at TLS completion when the certificate says it may."""
+
+    def make(self, local=HIGH, initiator=True, intent=Intent.CONNECT, claim=True, versions=(1, 1)):
+        rec = Recorder(claim)
+        return Handshake(rec, local, NET, intent, None, versions, initiator=initiator), rec
+
+    def test_connector_chooser_claims_at_tls_completion(self):
+        hs, rec = self.make()
+        hs.tls_complete(LOW, CertInfo(network=NET))
+        self.assertEqual(rec.names(), ["send_hello", "claim", "send_choose", "promote"])
+        self.assertEqual(hs.state, HandshakeState.ACTIVE)
+        self.assertTrue(hs.early)
+        self.assertEqual(hs.version, 1)
+        self.assertEqual(hs.peer_role, "node")
+
+    def test_late_hello_is_checked_and_reported(self):
+        hs, rec = self.make()
+        hs.tls_complete(LOW, CertInfo(network=NET, role="client"))
+        self.assertEqual(hs.peer_role, "client")
+        hs.hello_received(hello(role="node"))
+        self.assertEqual(rec.calls[-1][0], "late_hello")
+        self.assertEqual(hs.peer_hello.role, "node")
+        self.assertEqual(hs.peer_role, "node")  # the HELLO, once here, is what counts
+        self.assertEqual(hs.state, HandshakeState.ACTIVE)
+
+    def test_late_hello_contradicting_the_certificate_closes(self):
+        hs, rec = self.make()
+        hs.tls_complete(LOW, CertInfo(network=NET))
+        hs.hello_received(hello(network=network_hash("elsewhere")))
+        self.assertIn(("reject", RejectReason.NETWORK_MISMATCH), [c[:2] for c in rec.calls])
+        self.assertEqual(hs.state, HandshakeState.CLOSED)
+
+    def test_late_hello_with_another_intent_closes(self):
+        hs, rec = self.make()
+        hs.tls_complete(LOW, CertInfo(network=NET))
+        hs.hello_received(hello(intent=Intent.BOOTSTRAP))
+        self.assertIn(("reject", RejectReason.MALFORMED), [c[:2] for c in rec.calls])
+
+    def test_second_hello_after_early_claim_is_a_violation(self):
+        hs, rec = self.make()
+        hs.tls_complete(LOW, CertInfo(network=NET))
+        hs.hello_received(hello())
+        hs.hello_received(hello())
+        self.assertIn(("reject", RejectReason.MALFORMED), [c[:2] for c in rec.calls])
+
+    def test_failed_early_claim_closes_as_duplicate(self):
+        hs, rec = self.make(claim=False)
+        hs.tls_complete(LOW, CertInfo(network=NET))
+        self.assertEqual(rec.calls[-1][0:2], ("close", CloseReason.DUPLICATE))
+
+    def assertWaits(self, hs, rec):
+        self.assertFalse(hs.early)
+        self.assertEqual(rec.names(), ["send_hello"])
+        self.assertEqual(hs.state, HandshakeState.AWAIT_HELLO)
+
+    def test_no_certificate_info_waits_for_hello(self):
+        hs, rec = self.make()
+        hs.tls_complete(LOW, None)
+        self.assertWaits(hs, rec)
+        hs.hello_received(hello())
+        self.assertEqual(hs.state, HandshakeState.ACTIVE)
+
+    def test_other_network_in_certificate_waits_for_hello(self):
+        """The HELLO exchange then gives the precise refusal, as without certificate info."""
+        hs, rec = self.make()
+        hs.tls_complete(LOW, CertInfo(network=network_hash("elsewhere")))
+        self.assertWaits(hs, rec)
+        hs.hello_received(hello(network=network_hash("elsewhere")))
+        self.assertIn(("reject", RejectReason.NETWORK_MISMATCH), [c[:2] for c in rec.calls])
+
+    def test_no_shared_version_in_certificate_waits_for_hello(self):
+        hs, rec = self.make()
+        hs.tls_complete(LOW, CertInfo(network=NET, min_version=2, version=3))
+        self.assertWaits(hs, rec)
+
+    def test_acceptor_never_claims_early(self):
+        hs, rec = self.make(initiator=False)
+        hs.tls_complete(LOW, CertInfo(network=NET))
+        self.assertWaits(hs, rec)
+
+    def test_connector_that_does_not_choose_waits(self):
+        hs, rec = self.make(local=LOW)
+        hs.tls_complete(HIGH, CertInfo(network=NET))
+        self.assertWaits(hs, rec)
+
+    def test_bootstrap_and_probe_intents_wait(self):
+        for intent in (Intent.BOOTSTRAP, Intent.PROBE):
+            hs, rec = self.make(intent=intent)
+            hs.tls_complete(LOW, CertInfo(network=NET))
+            self.assertWaits(hs, rec)
+
+    def test_self_in_certificate_waits(self):
+        hs, rec = self.make(local=HIGH)
+        hs.tls_complete(HIGH, CertInfo(network=NET))
+        self.assertWaits(hs, rec)

@@ -11,9 +11,16 @@ from twisted.trial.unittest import TestCase
 from crust import Identity, PubConnectionInfo
 from crust.address import Address
 from crust.errors import ConnectFailed, ConnectToSelf, MessageTooLarge, PeerNotConnected
-from crust.wire import DATA, Hello
+from crust.tls import ConnectionCreator, make_context
+from crust.wire import DATA, CertInfo, Hello
 
 from tests.util import connect_pair, make_service, sleep, wait_for
+
+
+def ordered_identities():
+    """Two identities, the first with the larger PeerId (the chooser of a connection between them)."""
+    x, y = Identity.generate(), Identity.generate()
+    return (x, y) if x.peer_id > y.peer_id else (y, x)
 
 
 class ConnectTests(TestCase):
@@ -115,26 +122,62 @@ class ConnectTests(TestCase):
 
     @defer.inlineCallbacks
     def test_wrong_network_refused_with_reason_on_both_sides(self):
-        a = make_service(self, network_name="alpha")
-        b = make_service(self, network_name="beta")
-        ia = yield a.prepare_connection_info()
-        ib = yield b.prepare_connection_info()
-        e = yield self.assertFailure(a.connect(ia, ib.public), ConnectFailed)
-        self.assertIn("network-mismatch", str(e))
-        yield sleep(0.1)
-        self.assertEqual(b.connected_peers(), [])
-        self.assertEqual(b.events.named("connect_success"), [])
+        for connector_chooses in (True, False):  # with and without the early claim's certificate check
+            high, low = ordered_identities()
+            a = make_service(self, high if connector_chooses else low, network_name="alpha")
+            b = make_service(self, low if connector_chooses else high, network_name="beta")
+            ia = yield a.prepare_connection_info()
+            ib = yield b.prepare_connection_info()
+            e = yield self.assertFailure(a.connect(ia, ib.public), ConnectFailed)
+            self.assertIn("network-mismatch", str(e))
+            yield sleep(0.1)
+            self.assertEqual(b.connected_peers(), [])
+            self.assertEqual(b.events.named("connect_success"), [])
+            self.assertEqual(a.events.named("connect_success"), [])
+            self.assertEqual(a.events.named("lost_peer"), [])
 
     @defer.inlineCallbacks
     def test_incompatible_version_refused(self):
-        a, b = make_service(self), make_service(self)
-        original = b._hello_for
-        b._hello_for = lambda conn: Hello(**{**original(conn).__dict__, "version": 9, "min_version": 9})
-        ia = yield a.prepare_connection_info()
-        ib = yield b.prepare_connection_info()
-        e = yield self.assertFailure(a.connect(ia, ib.public), ConnectFailed)
-        self.assertIn("version-mismatch", str(e))
-        self.assertIn("9..9", str(e))
+        for connector_chooses in (True, False):
+            high, low = ordered_identities()
+            a = make_service(self, high if connector_chooses else low)
+            b = make_service(self, low if connector_chooses else high, start=False, enable_udp=False)
+            # b speaks only version 9, in its HELLO and in its certificate
+            b._creator = ConnectionCreator(make_context(b.identity, CertInfo(network=b.network, version=9, min_version=9)))
+            original = b._hello_for
+            b._hello_for = lambda conn, original=original: Hello(**{**original(conn).__dict__, "version": 9, "min_version": 9})
+            b.startService()
+            ia = yield a.prepare_connection_info()
+            ib = yield b.prepare_connection_info()
+            e = yield self.assertFailure(a.connect(ia, ib.public), ConnectFailed)
+            self.assertIn("version-mismatch", str(e))
+            self.assertIn("9..9", str(e))
+            self.assertEqual(a.events.named("connect_success"), [])
+
+    @defer.inlineCallbacks
+    def test_connector_that_chooses_is_active_at_tls_completion(self):
+        """It claims the connection with its TLS Finished: no round trip waiting for the peer's HELLO."""
+        high, low = ordered_identities()
+        a, b = make_service(self, high), make_service(self, low)
+        peer = yield connect_pair(self, a, b)
+        conn = a.peers.active[peer]
+        self.assertTrue(conn.handshake.early)
+        self.assertFalse(b.peers.active[a.peer_id].handshake.early)
+        yield wait_for(lambda: conn.handshake.peer_hello is not None)  # the HELLO still comes
+        self.assertEqual(a.peer_role(peer), "node")  # known from the late HELLO
+        self.assertIsNotNone(a.peer_details(peer)["observed_us_as"])
+        a.send(peer, b"early", 0)
+        b.send(a.peer_id, b"late", 0)
+        yield wait_for(lambda: a.events.named("new_message") and b.events.named("new_message"))
+        self.assertEqual(b.events.named("new_message"), [(a.peer_id, b"early")])
+
+    @defer.inlineCallbacks
+    def test_connector_that_does_not_choose_waits_for_choose(self):
+        high, low = ordered_identities()
+        a, b = make_service(self, low), make_service(self, high)
+        peer = yield connect_pair(self, a, b)
+        self.assertFalse(a.peers.active[peer].handshake.early)
+        self.assertFalse(b.peers.active[a.peer_id].handshake.early)
 
     @defer.inlineCallbacks
     def test_unreachable_address_fails_with_reason(self):

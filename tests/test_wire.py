@@ -4,7 +4,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from crust.address import Address
 from crust.errors import ProtocolViolation
-from crust.wire import Hello, Intent, decode_reason, encode_reject, RejectReason, negotiate_version, network_hash
+from crust.wire import CertInfo, Hello, Intent, decode_reason, encode_reject, RejectReason, negotiate_version, network_hash
 
 
 class HelloTests(SynchronousTestCase):
@@ -44,3 +44,17 @@ class HelloTests(SynchronousTestCase):
     def test_reason(self):
         self.assertEqual(decode_reason(encode_reject(RejectReason.WRONG_PEER, "x")[5:], "REJECT"), ("wrong-peer", "x"))
         self.assertRaises(ProtocolViolation, decode_reason, b'{"detail":"x"}', "REJECT")
+
+
+class CertInfoTests(SynchronousTestCase):
+    def test_round_trip(self):
+        info = CertInfo(network=network_hash("x"), version=3, min_version=2, role="client")
+        self.assertEqual(CertInfo.decode(info.encode()), info)
+
+    def test_rejects_bad_payloads(self):
+        for payload in (b"[]", b"not json", b'{"proto": "other", "version": 1, "min_version": 1, "network": "a"}',
+                        b'{"proto": "crust", "version": -1, "min_version": 1, "network": "a"}',
+                        b'{"proto": "crust", "version": true, "min_version": 1, "network": "a"}',
+                        b'{"proto": "crust", "version": 1, "min_version": 1, "network": 5}',
+                        b'{"proto": "crust", "version": 1, "min_version": 1, "network": "a", "role": ["x"]}'):
+            self.assertRaises(ProtocolViolation, CertInfo.decode, payload)

@@ -48,6 +48,9 @@ from crust.wire import (
 )
 
 _CLOSE_GRACE = 5.0  # seconds a closing connection may take to flush before it is aborted
+# Twisted's TCP transports read up to, and pause their producer above,
+# bufferSize bytes (64 KiB): larger batches mean fewer wake-ups per megabyte.
+_SOCKET_IO_SIZE = 256 * 1024
 _DRAIN_BATCH = 64 * 1024  # bytes of queued frames joined into one transport write
 _LIVENESS_GRAIN = 4  # while sending, the liveness timer looks every interval/4
 
@@ -164,6 +167,9 @@ class PeerConnection(Protocol):
         self.peer_address = _address(self.transport.getPeer(), self.transport_name)
         self.local_address = _address(self.transport.getHost(), self.transport_name)
         self.transport.registerProducer(self, True)
+        socket_transport = getattr(self.transport, "transport", None)  # TCP under the TLS layer
+        if socket_transport is not None and getattr(socket_transport, "bufferSize", 0) < _SOCKET_IO_SIZE:
+            socket_transport.bufferSize = _SOCKET_IO_SIZE
         driver = getattr(self.transport, "driver", None)
         if driver is not None:  # QUIC: a second lane for priorities >= 2
             self._bulk = driver.bulk

@@ -358,9 +358,10 @@ def crust_client(args, reactor) -> None:
         message = b"x" * args.size
         priority = args.priority  # the end marker too: order is kept per priority lane on QUIC
         batch = range(_batch(args.size))
-        # refill while at most half the bound is queued, then wait for
-        # when_writable (it fires once the queue drained to half the bound)
-        high = service.config.max_queued_bytes // 2
+        # fill to 1 MiB over half the bound, then wait for when_writable (it
+        # fires once the queue drained to half the bound): a wake-up per MiB
+        half = service.config.max_queued_bytes // 2
+        high = min(half + (1 << 20), service.config.max_queued_bytes - 2 * len(batch) * (len(message) + 16))
         send = service.send
         queued = service.queued_bytes
         state = {"stopping": False, "sent": 0}

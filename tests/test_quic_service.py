@@ -14,12 +14,12 @@ from crust import Identity, PubConnectionInfo
 from crust.errors import ConnectFailed, MessageTooLarge
 from crust.wire import DATA
 
-from tests.util import connect_pair, make_service, sleep, wait_for
+from tests.util import connect_pair, make_service, ordered_identities, sleep, wait_for
 
 
-def quic_service(testcase, **config):
+def quic_service(testcase, identity=None, **config):
     config.setdefault("enable_tcp", False)
-    return make_service(testcase, **config)
+    return make_service(testcase, identity, **config)
 
 
 class QuicServiceTests(TestCase):
@@ -72,12 +72,28 @@ class QuicServiceTests(TestCase):
 
     @defer.inlineCallbacks
     def test_wrong_network_refused(self):
-        a = quic_service(self, network_name="alpha")
-        b = quic_service(self, network_name="beta")
-        ia = yield a.prepare_connection_info()
-        ib = yield b.prepare_connection_info()
-        e = yield self.assertFailure(a.connect(ia, ib.public), ConnectFailed)
-        self.assertIn("network-mismatch", str(e))
+        for connector_chooses in (True, False):  # with and without the early claim
+            high, low = ordered_identities()
+            a = quic_service(self, identity=high if connector_chooses else low, network_name="alpha")
+            b = quic_service(self, identity=low if connector_chooses else high, network_name="beta")
+            ia = yield a.prepare_connection_info()
+            ib = yield b.prepare_connection_info()
+            e = yield self.assertFailure(a.connect(ia, ib.public), ConnectFailed)
+            self.assertIn("network-mismatch", str(e))
+            self.assertEqual(a.events.named("connect_success"), [])
+
+    @defer.inlineCallbacks
+    def test_connector_that_chooses_claims_early(self):
+        high, low = ordered_identities()
+        a, b = quic_service(self, identity=high), quic_service(self, identity=low)
+        peer = yield connect_pair(self, a, b)
+        conn = a.peers.active[peer]
+        self.assertEqual(conn.transport_name, "udp")
+        self.assertTrue(conn.handshake.early)
+        yield wait_for(lambda: conn.handshake.peer_hello is not None)
+        a.send(peer, b"bulk", 2)
+        a.send(peer, b"urgent", 0)
+        yield wait_for(lambda: len(b.events.named("new_message")) == 2)
 
     @defer.inlineCallbacks
     def test_oversize_refused_both_ways(self):

@@ -14,13 +14,7 @@ from crust.errors import ConnectFailed, ConnectToSelf, MessageTooLarge, PeerNotC
 from crust.tls import ConnectionCreator, make_context
 from crust.wire import DATA, CertInfo, Hello
 
-from tests.util import connect_pair, make_service, sleep, wait_for
-
-
-def ordered_identities():
-    """Two identities, the first with the larger PeerId (the chooser of a connection between them)."""
-    x, y = Identity.generate(), Identity.generate()
-    return (x, y) if x.peer_id > y.peer_id else (y, x)
+from tests.util import connect_pair, make_service, ordered_identities, sleep, wait_for
 
 
 class ConnectTests(TestCase):

@@ -26,6 +26,12 @@ def make_service(testcase, identity=None, start=True, data_dir=None, **config) -
     return service
 
 
+def ordered_identities():
+    """Two identities, the first with the larger PeerId (the chooser of a connection between them)."""
+    x, y = Identity.generate(), Identity.generate()
+    return (x, y) if x.peer_id > y.peer_id else (y, x)
+
+
 def wait_for(predicate, timeout=10.0, interval=0.01):
     """Poll C{predicate} until true; fail after C{timeout} seconds."""
     deadline = reactor.seconds() + timeout

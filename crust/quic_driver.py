@@ -46,6 +46,7 @@ from zope.interface import implementer
 
 from crust.errors import ConfigError, HandshakeRefused
 from crust.identity import PeerId
+from crust.quic_congestion import CONGESTION_CONTROLS
 from crust.quic_tls import CrustQuicConnection, check_peer_certificate
 
 # Application error codes in CONNECTION_CLOSE (frame type 0x1d)
@@ -82,6 +83,13 @@ class QuicOptions:
         (or not yet attached) before the connection is aborted.
     @ivar max_connections: connections a dispatcher holds at once (both
         directions); further Initials are dropped and counted.
+    @ivar max_datagram_size: bytes per UDP datagram we send (1200..65527).
+    @ivar max_data: the connection flow-control window we grant at first
+        (aioquic raises it as data arrives).
+    @ivar max_stream_data: the same per stream.
+    @ivar congestion_control: C{"crust-bbr"} (crust's model-based controller,
+        L{crust.quic_congestion}; random loss does not slow it down),
+        C{"reno"} or C{"cubic"} (aioquic's loss-based ones).
     """
 
     idle_timeout: float = 130.0
@@ -95,7 +103,7 @@ class QuicOptions:
     max_datagram_size: int = 1200
     max_data: int = 1 << 20
     max_stream_data: int = 1 << 20
-    congestion_control: str = "reno"
+    congestion_control: str = "crust-bbr"
 
     def __post_init__(self) -> None:
         def positive(name: str, value: Any) -> None:
@@ -111,8 +119,9 @@ class QuicOptions:
             raise ConfigError(f"QUIC option low_water must be in 0..high_water-1, not {self.low_water!r}")
         if not isinstance(self.max_datagram_size, int) or not 1200 <= self.max_datagram_size <= 65527:
             raise ConfigError(f"QUIC option max_datagram_size must be in 1200..65527, not {self.max_datagram_size!r}")
-        if self.congestion_control not in ("reno", "cubic"):
-            raise ConfigError(f"QUIC option congestion_control must be reno or cubic, not {self.congestion_control!r}")
+        if self.congestion_control not in CONGESTION_CONTROLS:
+            raise ConfigError("QUIC option congestion_control must be one of {}, not {!r}".format(
+                ", ".join(CONGESTION_CONTROLS), self.congestion_control))
 
     def configuration_options(self) -> dict[str, Any]:
         """The keyword arguments of L{crust.quic_tls.make_configuration}."""

@@ -12,14 +12,16 @@ certificate once the handshake completes and apply crust's rules
 
 aioquic's server only asks for a client certificate when the private flag
 C{tls.Context._request_client_certificate} is set; L{CrustQuicConnection} sets
-it.  L{check_aioquic} fails loudly if an aioquic release drops or renames
-anything crust relies on (see doc/quic.md, "aioquic internals").
+it.  Importing this module registers crust's congestion controller,
+C{crust-bbr} (L{crust.quic_congestion}), with aioquic.  L{check_aioquic}
+fails loudly if an aioquic release drops or renames anything crust relies on
+(see doc/quic.md, "aioquic internals").
 """
 
 from __future__ import annotations
 
 import ssl
-from typing import Optional
+from typing import Any, Optional
 
 from aioquic import tls as aioquic_tls
 from aioquic.quic.configuration import QuicConfiguration
@@ -29,6 +31,7 @@ from aioquic.quic.packet import QuicErrorCode
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from crust import quic_congestion  # registers "crust-bbr" with aioquic
 from crust.errors import CrustError
 from crust.identity import Identity, PeerId
 from crust.tls import make_certificate, peer_id_from_certificate
@@ -49,7 +52,9 @@ class AioquicIncompatible(CrustError):
 class CrustQuicConnection(QuicConnection):
     """
     A L{QuicConnection} whose server side requests (mutual TLS) the client's
-    certificate, and which tells as soon as it starts closing.
+    certificate, which tells as soon as it starts closing, and which paces
+    with L{crust.quic_congestion.CrustPacer} when its congestion controller
+    is crust's (C{crust-bbr}, the default of L{make_configuration}).
 
     @ivar close_event: the C{ConnectionTerminated} describing the close
         (error code, reason) from the moment the closing or draining period
@@ -59,6 +64,11 @@ class CrustQuicConnection(QuicConnection):
 
     close_event: Optional[ConnectionTerminated] = None
     closed_by_peer = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # crust-bbr paces at its own rate, not aioquic's congestion_window / smoothed_rtt
+        quic_congestion.install_pacer(self._loss)
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
@@ -96,6 +106,23 @@ def check_aioquic() -> None:
     for name, kind in (("_streams", dict), ("_close_event", type(None)), ("_is_client", bool)):
         if not isinstance(getattr(probe, name, ...), kind):
             missing.append(f"aioquic.quic.connection.QuicConnection.{name}")
+    # crust-bbr's pacer replaces the recovery's (quic_congestion.install_pacer)
+    from aioquic.quic.recovery import QuicPacketPacer, QuicPacketRecovery
+
+    loss = getattr(probe, "_loss", None)
+    if not isinstance(loss, QuicPacketRecovery):
+        missing.append("aioquic.quic.connection.QuicConnection._loss")
+    else:
+        for name, kind in (("_cc", object), ("_pacer", QuicPacketPacer)):
+            if not isinstance(getattr(loss, name, None), kind):
+                missing.append(f"aioquic.quic.recovery.QuicPacketRecovery.{name}")
+        for name in ("bucket_max", "bucket_time", "packet_time", "update_bucket"):
+            if not hasattr(getattr(loss, "_pacer", None), name):
+                missing.append(f"aioquic.quic.recovery.QuicPacketPacer.{name}")
+    from aioquic.quic.packet_builder import QuicSentPacket
+
+    if hasattr(QuicSentPacket, "__slots__"):  # crust-bbr stores its delivery-rate state on each packet
+        missing.append("aioquic.quic.packet_builder.QuicSentPacket.__dict__")
     from aioquic.quic.stream import QuicStreamSender
 
     sender = QuicStreamSender(stream_id=2, writable=True)
@@ -120,7 +147,7 @@ def make_configuration(
     max_datagram_size: int = 1200,
     max_data: int = 1 << 20,
     max_stream_data: int = 1 << 20,
-    congestion_control: str = "reno",
+    congestion_control: str = quic_congestion.NAME,
 ) -> QuicConfiguration:
     """
     A QUIC configuration presenting C{identity}: ALPN C{crust/1}, no CA

@@ -292,7 +292,7 @@ class PeerConnection(Protocol):
                     # _send_checked would, without re-checking what we know
                     queues = self.bulk_queues
                     if queues.size + self.queues.size + size <= self.max_queued_bytes:
-                        queues.push(priority, pack_header(size + 1, DATA) + data, size, self.clock.seconds())
+                        queues.push(priority, pack_header(size + 1, DATA), data, self.clock.seconds())
                         return
             elif self._direct:
                 # the hot path: the transport takes data, nothing is queued
@@ -303,7 +303,7 @@ class PeerConnection(Protocol):
                 # the transport is full: queue by priority (the checks of _send_checked hold)
                 queues = self.queues
                 if queues.size + self.bulk_queues.size + size <= self.max_queued_bytes:
-                    queues.push(priority, pack_header(size + 1, DATA) + data, size, self.clock.seconds())
+                    queues.push(priority, pack_header(size + 1, DATA), data, self.clock.seconds())
                     return
         self._send_checked(data, size, priority)
 
@@ -315,7 +315,6 @@ class PeerConnection(Protocol):
             raise InvalidPriority(f"priority must be an integer in 0..255, not {priority!r}")
         if self._close_reason is not None or not self.connected or not self.is_active:
             raise PeerNotConnected(f"the connection is not active ({self._close_reason or self.state.value})")
-        frame = pack_header(size + 1, DATA) + data
         bulk = priority >= 2 and self._bulk is not None
         queues = self.bulk_queues if bulk else self.queues
         if (self._bulk_paused if bulk else self._paused) or queues.count:
@@ -326,9 +325,9 @@ class PeerConnection(Protocol):
                     raise SendQueueFull(
                         f"{self.queued_bytes} bytes already queued for this peer (bound {self.max_queued_bytes})"
                     )
-            queues.push(priority, frame, size, now)
+            queues.push(priority, pack_header(size + 1, DATA), data, now)
             return
-        (self._bulk.write if bulk else self.transport.write)(frame)
+        (self._bulk.write if bulk else self.transport.write)(pack_header(size + 1, DATA) + data)
         self._sent = True
         self._update_direct()
 
@@ -350,7 +349,7 @@ class PeerConnection(Protocol):
         if self.transport is None or not self.connected:
             return
         if self._paused and self.queues.count:
-            self.queues.push(0, frame, 0, self.clock.seconds())
+            self.queues.push(0, frame, b"", self.clock.seconds())
             return
         self.transport.write(frame)
         self._last_sent = self.clock.seconds()

@@ -25,7 +25,7 @@ from typing import Optional
 NEVER_DROPPED_BELOW = 2
 MAX_PRIORITY = 255
 RUN_BYTES = 64 * 1024
-_HEADER = 5  # a queued frame is its payload plus this header (crust.wire.HEADER_SIZE)
+_HEADER = 5  # bytes of a frame header (crust.wire.HEADER_SIZE)
 
 
 @dataclass(frozen=True)
@@ -38,22 +38,32 @@ class Dropped:
 
 
 class _Run:
-    __slots__ = ("time", "frames", "start", "nbytes")
+    """
+    Consecutive frames of one priority, whole (C{split} false), or one large
+    message as its header and its payload, not yet joined (C{split} true).
+    """
 
-    def __init__(self, time: float, frame: bytes) -> None:
+    __slots__ = ("time", "frames", "start", "nbytes", "split")
+
+    def __init__(self, time: float, frames: list[bytes], nbytes: int, split: bool) -> None:
         self.time = time
-        self.frames = [frame]
-        self.start = 0  # frames before this index were taken
-        self.nbytes = len(frame)  # bytes of the frames not yet taken
+        self.frames = frames
+        self.start = 0  # frames before this index were taken (a split run is taken whole)
+        self.nbytes = nbytes  # bytes of the frames not yet taken
+        self.split = split
 
     def remaining(self) -> int:
-        return len(self.frames) - self.start
+        return 1 if self.split else len(self.frames) - self.start
 
 
 class SendQueues:
     """
-    FIFO queues keyed by priority.  C{size} counts queued payload bytes,
-    C{count} queued frames.  Every queued frame is a header plus its payload.
+    FIFO queues keyed by priority.  C{size} counts queued bytes beyond the
+    frames' headers (a message's payload), C{count} queued frames.  A payload
+    that fills a run by itself (L{RUN_BYTES}) is queued unjoined from its
+    header, in a run of its own: the two are joined when taken, right before the transport write, so
+    it is copied once, when it is about to be sent, not held as a second copy
+    while it waits.
     """
 
     __slots__ = ("_queues", "_priorities", "size", "count", "drop_after")
@@ -68,22 +78,30 @@ class SendQueues:
     def __bool__(self) -> bool:
         return self.count > 0
 
-    def push(self, priority: int, frame: bytes, payload_size: int, now: float) -> None:
+    def push(self, priority: int, header: bytes, payload: bytes, now: float) -> None:
+        """Queue one frame: its C{header} and C{payload} (or a whole frame and C{b""})."""
         q = self._queues.get(priority)
-        if q:
-            run = q[-1]
-            if run.nbytes + len(frame) <= RUN_BYTES:
-                run.frames.append(frame)
-                run.nbytes += len(frame)
-                self.size += payload_size
-                self.count += 1
-                return
-        elif q is None:
+        if len(payload) < RUN_BYTES:
+            frame = header + payload
+            n = len(frame)
+            if q:
+                run = q[-1]
+                if run.nbytes + n <= RUN_BYTES:  # (never true of a split run: it is larger)
+                    run.frames.append(frame)
+                    run.nbytes += n
+                    self.size += n - _HEADER
+                    self.count += 1
+                    return
+            run = _Run(now, [frame], n, False)
+        else:
+            n = len(header) + len(payload)
+            run = _Run(now, [header, payload], n, True)
+        if q is None:
             q = self._queues[priority] = deque()
         if not q:
             insort(self._priorities, priority)
-        q.append(_Run(now, frame))
-        self.size += payload_size
+        q.append(run)
+        self.size += n - _HEADER
         self.count += 1
 
     def expire(self, now: float) -> list[Dropped]:
@@ -112,7 +130,7 @@ class SendQueues:
         return Dropped(priority, count, size)
 
     def pop(self) -> Optional[tuple[bytes, int]]:
-        """The most urgent frame and its payload size, or None."""
+        """The most urgent message's frame and its payload size, or None."""
         if not self._priorities:
             return None
         frame = self.take(0)
@@ -132,13 +150,15 @@ class SendQueues:
             q = queues[priorities[0]]
             while q:
                 run = q[0]
-                if run.start == 0 and total + run.nbytes <= limit:
-                    # the common case: a whole run
+                if run.start == 0 and (total + run.nbytes <= limit or (run.split and not taken)):
+                    # the common case: a whole run (a split one is one frame: at least that)
                     taken.extend(run.frames)
                     total += run.nbytes
-                    count += len(run.frames)
+                    count += 1 if run.split else len(run.frames)
                     q.popleft()
                     continue
+                if run.split:
+                    break  # the limit is reached
                 frames = run.frames
                 i = run.start
                 while i < len(frames) and (not taken or total + len(frames[i]) <= limit):

@@ -17,7 +17,7 @@ def payloads(joined):
 class SendQueuesTests(SynchronousTestCase):
     def fill(self, q, items, now=0.0):
         for prio, data in items:
-            q.push(prio, frame(DATA, data), len(data), now)
+            q.push(prio, frame(DATA, data)[:5], data, now)
 
     def drain(self, q):
         out = []
@@ -90,3 +90,24 @@ class SendQueuesTests(SynchronousTestCase):
         self.assertEqual((q.size, q.count), (700, 7))
         self.assertEqual(q.expire(now=61), [Dropped(4, 7, 700)])
         self.assertEqual((q.size, q.count), (0, 0))
+
+    def test_control_frames_queue_whole(self):
+        q = SendQueues(60)
+        self.fill(q, [(0, b"data")])
+        close = frame(6, b'{"reason":"disconnect"}')
+        q.push(0, close, b"", 0.0)  # a whole CLOSE frame: its JSON counts as queued bytes
+        self.assertEqual((q.size, q.count), (4 + len(close) - 5, 2))
+        self.assertEqual(q.sizes_by_priority(), {0: 4 + len(close) - 5})
+        joined = q.take(1 << 20)
+        self.assertEqual(joined, frame(DATA, b"data") + frame(6, b'{"reason":"disconnect"}'))
+        self.assertEqual((q.size, q.count), (0, 0))
+        q.push(0, frame(5), b"", 0.0)
+        self.assertEqual(q.take(0), frame(5))  # alone: the frame itself, not a copy
+        self.assertEqual((q.size, q.count), (0, 0))
+
+    def test_a_payload_is_queued_uncopied(self):
+        q = SendQueues(60)
+        big = b"b" * 100_000
+        q.push(3, frame(DATA, big)[:5], big, 0.0)
+        self.assertIs(q._queues[3][0].frames[1], big)
+        self.assertEqual(payloads(q.take(1 << 20)), [big])

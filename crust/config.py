@@ -56,6 +56,7 @@ class Config:
     # connecting
     connect_timeout: float = 30.0
     handshake_timeout: float = 10.0
+    quic_dial_delay: float = 0.25  # the head start of TCP candidates over QUIC ones (Happy Eyeballs); 0: none
 
     # bootstrap and discovery
     hard_coded_contacts: tuple[HardCodedContact, ...] = ()
@@ -88,3 +89,5 @@ class Config:
                      "connect_timeout", "handshake_timeout", "bootstrap_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if not 0 <= self.quic_dial_delay <= self.connect_timeout:
+            raise ValueError("quic_dial_delay must be in 0..connect_timeout")

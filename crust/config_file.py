@@ -135,6 +135,14 @@ def _duration(value: Any, path: str, source: str) -> float:
     return float(value)
 
 
+def _delay(value: Any, path: str, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigFileError(source, path, f"must be a number of seconds, not {_type_name(value)}", value)
+    if not math.isfinite(value) or not 0 <= value <= MAX_DURATION:
+        raise ConfigFileError(source, path, f"must be at least 0 and at most {MAX_DURATION:g} seconds", value)
+    return float(value)
+
+
 _listen_port = _integer(1, 65535, "; use null for a random port")
 
 
@@ -284,6 +292,7 @@ _FIELDS: dict[str, _Validator] = {
     "inactivity_timeout": _duration,
     "connect_timeout": _duration,
     "handshake_timeout": _duration,
+    "quic_dial_delay": _delay,
     "stun_servers": _list_of(_address, 64),
     "enable_port_mapping": _boolean,
 }

@@ -1,7 +1,10 @@
 """
 Racing a peer's candidate addresses: L{ConnectAttempt}.
 
-Every direct address is dialled at once; each dial that connects runs the
+TCP addresses are dialled at once, QUIC (UDP) addresses C{quic_delay}
+seconds later, or as soon as every TCP dial has failed (Happy Eyeballs, RFC
+8305: where both work, TCP, much the faster in Python, usually wins; where TCP
+is blocked, QUIC costs only the delay).  Each dial that connects runs the
 secure handshake.  The attempt succeeds as soon as the peer table has an
 active connection to the peer (from any candidate, ours or theirs) and fails
 once every candidate has failed, or at the deadline, with every reason.
@@ -39,6 +42,7 @@ class ConnectAttempt:
         timeout: float,
         has_candidates: Callable[[PeerId], bool],
         on_done: Callable[["ConnectAttempt"], None],
+        quic_delay: float = 0.0,
     ) -> None:
         self.peer_id = peer_id
         self.addresses = addresses
@@ -54,6 +58,9 @@ class ConnectAttempt:
         self.done = False
         self.error: Optional[ConnectFailed] = None
         self._timer = None
+        self._quic_delay = quic_delay
+        self._held: list[Address] = []  # QUIC addresses waiting for their turn
+        self._held_timer = None
         self.started_at = clock.seconds()
 
     def wait(self) -> Deferred:
@@ -66,10 +73,30 @@ class ConnectAttempt:
         if not self.addresses:
             self._check_done()
             return
-        for address in self.addresses:
-            d = self._dial(address, self.peer_id, self)
-            self._dials[address] = d
-            d.addCallbacks(self._dialled, self._dial_failed, callbackArgs=(address,), errbackArgs=(address,))
+        now = [a for a in self.addresses if a.transport != "udp"]
+        held = [a for a in self.addresses if a.transport == "udp"]
+        if now and held and self._quic_delay > 0:
+            self._held = held
+            self._held_timer = self._clock.callLater(self._quic_delay, self._release)
+        else:
+            now += held
+        for address in now:
+            self._start_dial(address)
+
+    def _start_dial(self, address: Address) -> None:
+        d = self._dial(address, self.peer_id, self)
+        self._dials[address] = d
+        d.addCallbacks(self._dialled, self._dial_failed, callbackArgs=(address,), errbackArgs=(address,))
+
+    def _release(self) -> None:
+        """Dial the held QUIC addresses (their delay is over, or TCP has failed)."""
+        if self._held_timer is not None and self._held_timer.active():
+            self._held_timer.cancel()
+        self._held_timer = None
+        held, self._held = self._held, []
+        for address in held:
+            if not self.done:
+                self._start_dial(address)
 
     # -- reports from dials and connections ------------------------------------
 
@@ -130,9 +157,11 @@ class ConnectAttempt:
     def _finish(self) -> None:
         """Stop the clock and abandon the candidates that did not win."""
         self.done = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        for timer in (self._timer, self._held_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._held_timer = None
+        self._held = []
         self._on_done(self)
         for d in list(self._dials.values()):
             d.cancel()
@@ -142,6 +171,9 @@ class ConnectAttempt:
 
     def _check_done(self) -> None:
         if self.done or self._dials or self._connections:
+            return
+        if self._held:
+            self._release()  # every TCP dial failed: QUIC need not wait
             return
         if self._has_candidates(self.peer_id):
             return  # an incoming candidate may still become the connection

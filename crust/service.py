@@ -430,7 +430,7 @@ class Service(MultiService):
         addresses = tuple(a for a in their_info.addresses if self._may_dial(a))
         attempt = ConnectAttempt(
             peer_id, addresses, self._dial, self.clock, self.config.connect_timeout,
-            self.peers.has_candidates, self._attempt_done,
+            self.peers.has_candidates, self._attempt_done, quic_delay=self.config.quic_dial_delay,
         )
         self._attempts[peer_id] = attempt
         d = attempt.wait()

@@ -110,6 +110,8 @@ GOOD_ID = str(peer(1))
 
 # (document, expected field path, text the message must contain (the value))
 INVALID = [
+    ('{"quic_dial_delay": -0.1}', "quic_dial_delay", "-0.1"),
+    ('{"quic_dial_delay": "soon"}', "quic_dial_delay", '"soon"'),
     ('{"listen_port": "80"}', "listen_port", '"80"'),
     ('{"listen_port": 0}', "listen_port", "0"),
     ('{"listen_port": 70000}', "listen_port", "70000"),
@@ -158,6 +160,10 @@ class ValidationTests(unittest.TestCase):
                 self.assertEqual(e.field, field, str(e))
                 self.assertIn(f"my.json: {field}: ", str(e))
                 self.assertIn(value_text, str(e))
+
+    def test_quic_dial_delay_may_be_zero_not_over_the_connect_timeout(self) -> None:
+        self.assertEqual(parse_config('{"quic_dial_delay": 0}', "my.json").quic_dial_delay, 0.0)
+        self.assertRaises(ConfigError, parse_config, '{"quic_dial_delay": 40, "connect_timeout": 30}', "my.json")
 
     def test_bad_json_names_line_and_column(self) -> None:
         doc = '{\n  "listen_port": 4000,\n  "enable_tcp": tru\n}'

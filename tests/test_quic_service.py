@@ -11,6 +11,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from crust import Identity, PubConnectionInfo
+from crust.address import Address
 from crust.errors import ConnectFailed, MessageTooLarge
 from crust.wire import DATA
 
@@ -156,7 +157,7 @@ class RaceTests(TestCase):
 
     @defer.inlineCallbacks
     def test_tcp_and_quic_race_to_one_connection(self):
-        a, b = make_service(self), make_service(self)
+        a, b = make_service(self, quic_dial_delay=0), make_service(self)  # both dialled at once
         ib = yield b.prepare_connection_info()
         self.assertEqual({x.transport for x in ib.public.addresses}, {"tcp", "udp"})
         peer = yield connect_pair(self, a, b)
@@ -164,6 +165,29 @@ class RaceTests(TestCase):
         self.assertEqual(len(a.peers.connections), 1)
         self.assertEqual(len(b.peers.connections), 1)
         self.assertIn(a.peer_details(peer)["transport"], ("tcp", "udp"))
+
+    @defer.inlineCallbacks
+    def test_tcp_is_preferred_where_both_work(self):
+        for _ in range(3):
+            a, b = make_service(self), make_service(self)
+            peer = yield connect_pair(self, a, b)
+            self.assertEqual(a.peer_details(peer)["transport"], "tcp")
+
+    @defer.inlineCallbacks
+    def test_quic_goes_at_once_when_tcp_is_refused(self):
+        a, b = make_service(self, quic_dial_delay=5.0), make_service(self)
+        ia = yield a.prepare_connection_info()
+        ib = yield b.prepare_connection_info()
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()  # nothing listens there: the TCP dial is refused at once
+        udp = [x for x in ib.public.addresses if x.transport == "udp"]
+        info = PubConnectionInfo(b.peer_id, (Address.parse(f"tcp:127.0.0.1:{port}"), *udp))
+        started = reactor.seconds()
+        peer = yield a.connect(ia, info)
+        self.assertLess(reactor.seconds() - started, 2.0)  # not the 5 s QUIC delay
+        self.assertEqual(a.peer_details(peer)["transport"], "udp")
 
     @defer.inlineCallbacks
     def test_disabled_transports_are_not_offered(self):

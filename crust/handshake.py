@@ -130,26 +130,29 @@ class Handshake:
     def _may_claim_early(self, info: Optional[CertInfo]) -> bool:
         if not (self.initiator and self.intent is Intent.CONNECT and self.is_chooser and info is not None):
             return False
-        version = negotiate_version(self.versions, (info.min_version, info.version))
-        if version is None or info.network != self.network or self.peer_id == self.local_id:
-            return False
-        self.version = version
-        return True
+        return self._check_node(info) is None
 
-    def _check_hello(self, hello: Hello) -> Optional[tuple[RejectReason, str]]:
-        """Why the peer's HELLO is unacceptable, or None; sets L{version}."""
-        version = negotiate_version(self.versions, (hello.min_version, hello.version))
+    def _check_node(self, said: "Hello | CertInfo") -> Optional[tuple[RejectReason, str]]:
+        """Why what the peer says of its node (HELLO or certificate) is unacceptable, or None; sets L{version}."""
+        version = negotiate_version(self.versions, (said.min_version, said.version))
         if version is None:
             return (
                 RejectReason.VERSION_MISMATCH,
-                f"peer speaks protocol versions {hello.min_version}..{hello.version}, "
+                f"peer speaks protocol versions {said.min_version}..{said.version}, "
                 f"we speak {self.versions[0]}..{self.versions[1]}",
             )
         self.version = version
-        if hello.network != self.network:
+        if said.network != self.network:
             return RejectReason.NETWORK_MISMATCH, "the peer belongs to another network (network name differs)"
         if self.peer_id == self.local_id:
             return RejectReason.CONNECT_TO_SELF, "the peer is this node itself"
+        return None
+
+    def _check_hello(self, hello: Hello) -> Optional[tuple[RejectReason, str]]:
+        """Why the peer's HELLO is unacceptable, or None; sets L{version}."""
+        problem = self._check_node(hello)
+        if problem is not None:
+            return problem
         if self.expected_peer is not None and self.peer_id != self.expected_peer:
             return RejectReason.WRONG_PEER, f"expected {self.expected_peer}, got {self.peer_id}"
         if hello.intent is None:

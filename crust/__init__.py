@@ -17,7 +17,7 @@ _LAZY = {
     "Identity": "crust.identity",
     "PeerId": "crust.identity",
     "PrivConnectionInfo": "crust.connection_info",
-    "ProbeResult": "crust.service",
+    "ProbeResult": "crust.dialer",
     "PubConnectionInfo": "crust.connection_info",
     "Role": "crust.roles",
     "Service": "crust.service",

@@ -1,64 +1,168 @@
 """
-Bootstrapping, both ways, for a L{crust.Service}.
+Bootstrapping, as the requester, for a L{crust.Service}.
 
-Requesting: L{Bootstrapper.bootstrap} gathers candidates (LAN discovery
-replies, then the bootstrap cache, then the hard-coded contacts, minus the
-blacklist), runs them through L{crust.bootstrap_plan.run_bootstrap} with a
-real C{try_candidate} (a connection with the C{bootstrap} intent), and
-reports the outcome as events.
+L{Bootstrapper.bootstrap} gathers candidates (LAN discovery replies, then
+the bootstrap cache, then the hard-coded contacts, minus the blacklist), runs
+them through L{crust.bootstrap_plan.run_bootstrap} with a real
+C{try_candidate} (a connection with the C{bootstrap} intent, whose purpose is
+a L{BootstrapRequest}), and reports the outcome as events.  It also records
+every peer we reached by dialling it in the bootstrap cache.
 
-Accepting: L{Bootstrapper.admit} decides on a peer's bootstrap request:
-accepting at all, the whitelist for its role, and for a C{node} the external
-reachability test (a fresh connection back to its claimed listeners).
-
-It also keeps the cache honest: L{CacheValidator} probes entries not seen for
+It keeps the cache honest too: L{CacheValidator} probes entries not seen for
 the cache timeout, so a bootstrap finds live peers first.
+
+(Granting other peers' requests is L{crust.bootstrap_responder}.)
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Protocol, Union
 
 from twisted.application.service import Service as _TwistedService
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from crust.address import Address
-from crust.bootstrap_plan import BootstrapFailed, Candidate, plan_candidates, run_bootstrap
+from crust.bootstrap_cache import BootstrapCache
+from crust.bootstrap_plan import Candidate, plan_candidates, run_bootstrap
+from crust.config import Config
 from crust.errors import ConnectFailed, HandshakeRefused
 from crust.identity import PeerId
+from crust.purpose import Purpose
 from crust.roles import Role
-from crust.wire import Hello, Intent, RejectReason
+from crust.wire import Intent
 
 if TYPE_CHECKING:
     from crust.connection import PeerConnection
-    from crust.service import Service
+    from crust.dialer import Dialer
+    from crust.peers import PeerTable
 
 REACHABILITY_TIMEOUT = 3.0
-REACHABILITY_MAX_ADDRESSES = 3
+BOOTSTRAP_SETTLE = 1.0  # how long a peer's inbound bootstrap connection must last to count as ours
+
+
+class BootstrapRequest(Purpose):
+    """
+    The purpose of one connection that asks a peer to be our bootstrap peer:
+    C{result} fires with the peer's id once it granted (or once we turn out
+    to be connected to it anyway), or fails with the reason.
+    """
+
+    def __init__(self, bootstrapper: "Bootstrapper", role: Role,
+                 canceller: Optional[Callable[[Deferred], None]] = None) -> None:
+        self._bootstrapper = bootstrapper
+        self.role = str(role)
+        self.refusal: Optional[tuple[str, str]] = None
+        self.result: Deferred = Deferred(canceller)
+
+    def promoted(self, conn: "PeerConnection", peer_id: PeerId) -> None:
+        if not self.result.called:
+            self.result.callback(peer_id)
+
+    def refused(self, conn: "PeerConnection", reason: str, detail: str) -> None:
+        self.refusal = (reason, detail)
+
+    def lost(self, conn: "PeerConnection", reason: str) -> None:
+        result = self.result
+        if result.called:
+            return
+        active = self._bootstrapper.table.active.get(conn.peer_id) if conn.peer_id is not None else None
+        if active is None:
+            result.errback(Failure(self.error(conn, reason)))
+        elif active.is_bootstrap and not active.initiator:
+            # Connected only through the peer's own bootstrap request, which it
+            # still drops if its bootstrap won elsewhere: count it only if it is
+            # still the active connection a moment later.
+            def settle() -> None:
+                if result.called:
+                    return
+                if self._bootstrapper.table.active.get(conn.peer_id) is active:
+                    result.callback(conn.peer_id)
+                else:
+                    result.errback(Failure(self.error(
+                        conn, f"{reason}; the peer then dropped its own bootstrap connection")))
+
+            self._bootstrapper.call_later(BOOTSTRAP_SETTLE, settle)
+        else:
+            result.callback(conn.peer_id)  # we were connected to it already
+
+    def failed(self, failure: Failure) -> None:
+        """The connection could not even be made."""
+        if not self.result.called:
+            self.result.errback(failure)
+
+    def error(self, conn: "PeerConnection", reason: str) -> Exception:
+        """The exception this failed request reports for C{conn}."""
+        if self.refusal is not None:
+            return HandshakeRefused(*self.refusal)
+        return ConnectFailed(conn.peer_id, [f"{conn.peer_address}: {reason}"], "bootstrap attempt failed")
 
 
 class Bootstrapper:
+    """
+    @param ready: starts the node's listeners (once); fires when they listen.
+    @param discovery: returns the LAN discovery requester, if discovery is on.
+    @param transports: returns the transports we accept connections on.
+    @param emit: the observers' event fan-out.
+    """
+
     log = Logger()
 
-    def __init__(self, service: "Service") -> None:
-        self.service = service
-        self._running: Optional[Deferred] = None
+    def __init__(self, *, peer_id: PeerId, clock: Any, config: Callable[[], Config], dialer: "Dialer",
+                 table: "PeerTable", emit: Callable[..., None], cache: Optional[BootstrapCache],
+                 ready: Callable[[], Deferred], discovery: Callable[[], Any],
+                 transports: Callable[[], Iterable[str]]) -> None:
+        self.peer_id = peer_id
+        self.clock = clock
+        self._config = config
+        self.dialer = dialer
+        self.table = table
+        self._emit = emit
+        self.cache = cache
+        self._ready = ready
+        self._discovery = discovery
+        self._transports = transports
+        self._timers: set[Any] = set()
         self.bootstrapped_to: Optional[tuple[PeerId, Address]] = None
+        table.listen(self)
+
+    def call_later(self, delay: float, f: Callable[[], None]) -> None:
+        """A timer of ours: L{stop} cancels it."""
+        def run() -> None:
+            self._timers.discard(timer)
+            f()
+
+        timer = self.clock.callLater(delay, run)
+        self._timers.add(timer)
+
+    def stop(self) -> None:
+        """Cancel our timers (the node is stopping)."""
+        for timer in list(self._timers):
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+
+    # -- PeerListener: every peer we dialled and reached is directly reachable -----
+
+    def peer_promoted(self, conn: "PeerConnection", peer_id: PeerId) -> None:
+        if conn.initiator and conn.peer_address is not None and self.cache is not None:
+            self.cache.put(peer_id, conn.peer_address)
+
+    def connection_ended(self, conn: "PeerConnection", reason: str) -> None:
+        pass
 
     # -- requesting -------------------------------------------------------------
 
     def bootstrap(self, blacklist: Iterable[Union[Address, str]] = (), role: Role = Role.NODE) -> Deferred:
-        service = self.service
-        d = service.start_listening()
+        d = self._ready()
         d.addCallback(lambda _: self._discover())
         d.addCallback(self._run, blacklist, role)
         return d
 
     def _discover(self) -> Deferred:
-        requester = self.service.discovery_requester
+        requester = self._discovery()
         if requester is None:
             return succeed([])
         d = requester.discover()
@@ -70,9 +174,8 @@ class Bootstrapper:
         return d.addErrback(failed)
 
     def _run(self, lan: list, blacklist: Iterable[Union[Address, str]], role: Role) -> Deferred:
-        service = self.service
-        config = service.config
-        cache = service.bootstrap_cache
+        config = self._config()
+        cache = self.cache
         cached: list[Any] = []
         if cache is not None:
             found = cache.candidates()
@@ -82,8 +185,8 @@ class Bootstrapper:
             cached=cached,
             hard_coded=config.hard_coded_contacts,
             blacklist=list(blacklist),
-            our_peer_id=service.peer_id,
-            transports=tuple(service.accepting_transports),
+            our_peer_id=self.peer_id,
+            transports=tuple(self._transports()),
         )
         self.log.info(
             "bootstrapping as {role} from {count} candidate(s): {candidates}",
@@ -92,7 +195,7 @@ class Bootstrapper:
         result = run_bootstrap(
             candidates,
             lambda c: self._try(c, role),
-            clock=service.clock,
+            clock=self.clock,
             timeout=config.bootstrap_timeout,
             concurrency=config.bootstrap_concurrency,
             cache=cache,
@@ -102,7 +205,6 @@ class Bootstrapper:
         return result
 
     def _try(self, candidate: Candidate, role: Role) -> Deferred:
-        service = self.service
         conn_box: list["PeerConnection"] = []
 
         def cancel(d: Deferred) -> None:
@@ -111,106 +213,36 @@ class Bootstrapper:
             elif not conn_box:
                 dial.cancel()
 
-        result: Deferred = Deferred(cancel)
-        dial = service._dial(candidate.address, candidate.peer_id, None, Intent.BOOTSTRAP,
-                             bootstrap=result, role=str(role))
-
-        def dialled(conn: "PeerConnection") -> None:
-            conn_box.append(conn)
-
-        def dial_failed(f: Failure) -> None:
-            if not result.called:
-                result.errback(f)
-
-        dial.addCallbacks(dialled, dial_failed)
-        return result
+        request = BootstrapRequest(self, role, cancel)
+        dial = self.dialer.dial(candidate.address, request, expected=candidate.peer_id, intent=Intent.BOOTSTRAP)
+        dial.addCallbacks(conn_box.append, request.failed)
+        return request.result
 
     def _release(self, candidate: Candidate, peer_id: PeerId) -> None:
         """A bootstrap connection that did not count: close it."""
-        self.service.disconnect(peer_id)
+        self.table.disconnect(peer_id)
 
     def _succeeded(self, result: Any) -> PeerId:
         peer_id, address = result.peer_id, result.candidate.address
         self.bootstrapped_to = (peer_id, address)
         self.log.info("bootstrapped to {peer} at {address}", peer=str(peer_id), address=str(address))
-        self.service._emit("bootstrap_connect", peer_id, address)
+        self._emit("bootstrap_connect", peer_id, address)
         return peer_id
 
     def _failed(self, failure: Failure) -> Failure:
         self.log.warn("bootstrap failed: {reason}", reason=str(failure.value))
-        self.service._emit("bootstrap_failed", failure.value)
+        self._emit("bootstrap_failed", failure.value)
         return failure
 
-    # -- accepting ----------------------------------------------------------------
 
-    def admit(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None:
-        service = self.service
-        config = service.config
-        if not service.running_for_peers or not config.accept_bootstrap:
-            conn.handshake.admission_result(
-                False, RejectReason.BOOTSTRAP_DENIED, "this node does not accept bootstrap requests")
-            return
-        try:
-            role = Role.from_text(hello.role)
-        except ValueError:
-            conn.handshake.admission_result(False, RejectReason.MALFORMED, f"unknown role {hello.role!r}")
-            return
-        if not service._ip_allowed(conn, role):
-            conn.handshake.admission_result(
-                False, RejectReason.NOT_WHITELISTED, f"{conn.peer_address.host} is not whitelisted for {role} peers")
-            return
-        if role is Role.CLIENT or not config.external_reachability_test:
-            conn.handshake.admission_result(True)
-            return
-        self._test_reachability(conn, peer_id, hello)
+class ProbeSource(Protocol):
+    """What L{CacheValidator} needs of its node."""
 
-    def _test_reachability(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None:
-        service = self.service
-        source = conn.peer_address.host if conn.peer_address is not None else None
-        targets = [a for a in hello.listeners if a.host == source and service._may_dial(a)]
-        targets = targets[:REACHABILITY_MAX_ADDRESSES]
-        if not targets:
-            conn.handshake.admission_result(
-                False, RejectReason.FAILED_REACHABILITY,
-                f"none of the listeners you claim is at the address your request came from ({source})")
-            return
-        service = self.service
-        outcomes: dict[Address, str] = {}
-        probes = []
-        decided = []
+    clock: Any
+    bootstrap_cache: Optional[BootstrapCache]
+    running_for_peers: bool
 
-        def reached(result: Any, address: Address) -> None:
-            outcomes[address] = "reached"
-            if not decided:
-                decided.append(True)
-                self.log.info("reachability test of {peer} passed at {address}", peer=str(peer_id), address=str(address))
-                conn.handshake.admission_result(True)
-
-        def missed(f: Failure, address: Address) -> None:
-            outcomes[address] = "timed out" if f.check(CancelledError) else str(f.value)
-
-        for address in targets:
-            d = service.probe(address, expected_peer=peer_id)
-            d.addTimeout(REACHABILITY_TIMEOUT, service.clock)
-            d.addCallbacks(reached, missed, callbackArgs=(address,), errbackArgs=(address,))
-            probes.append(d)
-
-        def all_done(_: Any) -> None:
-            if not decided:
-                detail = "; ".join(f"{a}: {outcomes.get(a, 'no answer')}" for a in targets)
-                self.log.info("reachability test of {peer} failed: {detail}", peer=str(peer_id), detail=detail)
-                conn.handshake.admission_result(
-                    False, RejectReason.FAILED_REACHABILITY, f"could not reach you back from a fresh socket: {detail}")
-
-        DeferredList(probes, consumeErrors=True).addCallback(all_done)
-
-
-def bootstrap_error(conn: "PeerConnection", reason: str) -> Exception:
-    """The exception a failed bootstrap attempt reports for C{conn}."""
-    refusal = getattr(conn, "refusal", None)
-    if refusal is not None:
-        return HandshakeRefused(*refusal)
-    return ConnectFailed(conn.peer_id, [f"{conn.peer_address}: {reason}"], "bootstrap attempt failed")
+    def probe(self, address: Address, expected_peer: Optional[PeerId] = None) -> Deferred: ...
 
 
 class CacheValidator(_TwistedService):
@@ -224,7 +256,7 @@ class CacheValidator(_TwistedService):
     log = Logger()
     CONCURRENCY = 8
 
-    def __init__(self, service: "Service") -> None:
+    def __init__(self, service: ProbeSource) -> None:
         self.service = service
         self._loop: Optional[LoopingCall] = None
         self._running_round: Optional[Deferred] = None

@@ -28,6 +28,7 @@ from crust.errors import InvalidPriority, MessageTooLarge, PeerNotConnected, Pro
 from crust.framing import FrameDecoder, FrameTooLarge
 from crust.handshake import Handshake, HandshakeState
 from crust.identity import PeerId
+from crust.purpose import ACCEPTED, Purpose
 from crust.send_queue import Dropped, SendQueues
 from crust.tls import cert_info, peer_id_from_certificate
 from crust.wire import (
@@ -95,8 +96,10 @@ class PeerConnection(Protocol):
         inactivity_timeout: float,
         handshake_timeout: float,
         transport_name: str = "tcp",
+        purpose: Purpose = ACCEPTED,
     ) -> None:
         self.owner = owner
+        self.purpose = purpose  # what this connection is for: the owner reports outcomes to it
         self.clock = clock
         self.initiator = initiator
         self.transport_name = transport_name
@@ -150,6 +153,11 @@ class PeerConnection(Protocol):
     @property
     def is_active(self) -> bool:
         return self.handshake.state is HandshakeState.ACTIVE
+
+    @property
+    def is_bootstrap(self) -> bool:
+        """Whether this connection was opened to bootstrap (by either side)."""
+        return self.handshake.is_bootstrap
 
     @property
     def closing(self) -> bool:
@@ -428,6 +436,10 @@ class PeerConnection(Protocol):
     def admit(self, peer_id: PeerId, hello: Hello) -> None:
         self.owner.admit(self, peer_id, hello)
 
+    def admission_result(self, granted: bool, reason: Optional[RejectReason] = None, detail: str = "") -> None:
+        """The node's decision on the peer's bootstrap request (after L{ConnectionOwner.admit})."""
+        self.handshake.admission_result(granted, reason, detail)
+
     def reject(self, reason: RejectReason, detail: str) -> None:
         self.log.info("{conn}: refusing: {reason}: {detail}", conn=repr(self), reason=reason.value, detail=detail)
         self._close_reason = f"{reason.value}: {detail}"
@@ -468,28 +480,38 @@ class PeerConnection(Protocol):
         raise ProtocolViolation("DATA before the connection was chosen")
 
     def _control(self, ftype: int, payload: bytes) -> None:
-        if ftype == FrameType.HEARTBEAT:
-            return
-        if ftype == FrameType.HELLO:
-            self.handshake.hello_received(Hello.decode(payload))
-        elif ftype == FrameType.CHOOSE:
-            self.handshake.choose_received()
-        elif ftype == FrameType.GRANT:
-            self.handshake.grant_received()
-        elif ftype == FrameType.REJECT:
-            reason, detail = decode_reason(payload, "REJECT")
-            self.handshake.reject_received(reason, detail)
-            if self._close_reason is None:  # refused after it was active (an early claim undone)
-                self._close_reason = f"refused by the peer: {reason}" + (f" ({detail})" if detail else "")
-            self._lose()
-        elif ftype == FrameType.CLOSE:
-            reason, detail = decode_reason(payload, "CLOSE")
-            if self._close_reason is None:
-                self._close_reason = f"peer closed: {reason}" + (f" ({detail})" if detail else "")
-            self.handshake.closed()
-            self._lose()
+        """A control frame: ours by the table below, else the owner's (L{crust.signalling})."""
+        handler = _CONTROL_HANDLERS.get(ftype)
+        if handler is not None:
+            handler(self, payload)
         elif not self.owner.control_received(self, ftype, payload):
             raise ProtocolViolation(f"unknown frame type {ftype}")
+
+    def _heartbeat_received(self, payload: bytes) -> None:
+        pass  # receiving it is the point: _feed dated it
+
+    def _hello_received(self, payload: bytes) -> None:
+        self.handshake.hello_received(Hello.decode(payload))
+
+    def _choose_received(self, payload: bytes) -> None:
+        self.handshake.choose_received()
+
+    def _grant_received(self, payload: bytes) -> None:
+        self.handshake.grant_received()
+
+    def _reject_received(self, payload: bytes) -> None:
+        reason, detail = decode_reason(payload, "REJECT")
+        self.handshake.reject_received(reason, detail)
+        if self._close_reason is None:  # refused after it was active (an early claim undone)
+            self._close_reason = f"refused by the peer: {reason}" + (f" ({detail})" if detail else "")
+        self._lose()
+
+    def _close_received(self, payload: bytes) -> None:
+        reason, detail = decode_reason(payload, "CLOSE")
+        if self._close_reason is None:
+            self._close_reason = f"peer closed: {reason}" + (f" ({detail})" if detail else "")
+        self.handshake.closed()
+        self._lose()
 
     # -- timers ----------------------------------------------------------------------
 
@@ -540,6 +562,17 @@ class PeerConnection(Protocol):
 
 def _discard(payload: bytes) -> None:
     pass
+
+
+# The frames a connection handles itself, by type (the rest go to its owner).
+_CONTROL_HANDLERS: dict[int, Callable[[PeerConnection, bytes], None]] = {
+    FrameType.HEARTBEAT: PeerConnection._heartbeat_received,
+    FrameType.HELLO: PeerConnection._hello_received,
+    FrameType.CHOOSE: PeerConnection._choose_received,
+    FrameType.GRANT: PeerConnection._grant_received,
+    FrameType.REJECT: PeerConnection._reject_received,
+    FrameType.CLOSE: PeerConnection._close_received,
+}
 
 
 def _bulk_control(ftype: int, payload: bytes) -> None:

@@ -1,9 +1,13 @@
-"""Convenience observers: a no-op base class and a recorder for tests and tools."""
+"""
+Observers of a L{crust.Service}: the fan-out that delivers its events
+(L{Observers}), a no-op base class and a recorder for tests and tools.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from crust.interfaces import ICrustObserver
@@ -55,3 +59,53 @@ class RecordingObserver(CrustObserver):
 
     def named(self, name: str) -> list[tuple[Any, ...]]:
         return [args for (n, args) in self.events if n == name]
+
+
+class Observers:
+    """
+    The observers of one service, and the fan-out of its events to them.
+
+    An observer is any object with the L{ICrustObserver} methods; one that
+    raises is logged and the others still hear the event.
+    """
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self._observers: list[Any] = []
+        self._message_handlers: list[Callable[[Any, bytes], object]] = []
+
+    def add(self, observer: Any) -> None:
+        """Register C{observer} (once)."""
+        if observer not in self._observers:
+            self._observers.append(observer)
+            self._message_handlers.append(observer.new_message)
+
+    def remove(self, observer: Any) -> None:
+        if observer in self._observers:
+            i = self._observers.index(observer)
+            del self._observers[i]
+            del self._message_handlers[i]
+
+    def emit(self, event: str, *args: Any) -> None:
+        """Tell every observer of C{event} (one of L{EVENT_NAMES})."""
+        assert event in EVENT_NAMES, event
+        for observer in list(self._observers):
+            try:
+                getattr(observer, event)(*args)
+            except Exception:
+                self.log.failure("observer {observer!r} failed on {event}", observer=observer, event=event)
+
+    def deliverer(self, peer_id: Any) -> Callable[[bytes], None]:
+        """The function that hands C{peer_id}'s messages to every observer (the hot path)."""
+        handlers = self._message_handlers  # the list object itself: later observers are seen
+        log = self.log
+
+        def deliver(payload: bytes) -> None:
+            for handler in handlers:
+                try:
+                    handler(peer_id, payload)
+                except Exception:
+                    log.failure("observer failed on new_message from {peer}", peer=str(peer_id))
+
+        return deliver

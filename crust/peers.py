@@ -2,43 +2,96 @@
 The peer table: which connection is each peer's one active connection.
 
 L{PeerTable} is the L{crust.connection.ConnectionOwner} of every connection of
-a service.  It enforces one active connection per peer, tracks candidates
-still waiting for the chooser, routes messages to observers, and reports
-connections' outcomes to the connect attempts and probes that wait on them.
+a node.  It enforces one active connection per peer, tracks candidates still
+waiting for the chooser, routes messages to observers, and reports each
+connection's outcomes to the connection's purpose (L{crust.purpose}) and to
+the listeners registered with it (L{PeerListener}).  What it asks of the
+node is narrow: an admission policy, the HELLO to send, the observers.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from crust.identity import PeerId
 from crust.send_queue import Dropped
-from crust.wire import CloseReason, Hello
+from crust.signalling import ControlFrames
+from crust.wire import CloseReason, Hello, RejectReason
 
 if TYPE_CHECKING:
     from crust.connection import PeerConnection
-    from crust.service import Service
+
+class AdmissionPolicy(Protocol):
+    def admit(self, conn: "PeerConnection", peer_id: PeerId) -> bool:
+        """May C{conn} to C{peer_id} become (or wait to become) an active connection?"""
+
+
+class PeerEvents(Protocol):
+    def emit(self, event: str, *args: Any) -> None: ...
+    def deliverer(self, peer_id: PeerId) -> Callable[[bytes], object]: ...
+
+
+class PeerListener(Protocol):
+    """Told of every connection's outcome, whatever its purpose (register with L{PeerTable.listen})."""
+
+    def peer_promoted(self, conn: "PeerConnection", peer_id: PeerId) -> None: ...
+    def connection_ended(self, conn: "PeerConnection", reason: str) -> None: ...
+
+
+#: C{admitter(conn, peer_id, hello)}: decide on a bootstrap request, answering with C{conn.admission_result}.
+BootstrapAdmitter = Callable[["PeerConnection", PeerId, Hello], None]
 
 
 class PeerTable:
+    """
+    @param admission: the whitelist policy (L{crust.admission.Admission}).
+    @param events: the observers' fan-out (L{crust.observer.Observers}).
+    @param hello_for: builds the HELLO we send on a connection.
+    @ivar accepting: whether connections may become active (the node runs).
+    @ivar control_frames: the control frame types subsystems claimed.
+    """
+
     log = Logger()
 
-    def __init__(self, service: "Service") -> None:
-        self._service = service
+    def __init__(self, admission: AdmissionPolicy, events: PeerEvents,
+                 hello_for: Callable[["PeerConnection"], Hello]) -> None:
+        self._admission = admission
+        self._events = events
+        self._hello_for = hello_for
+        self.accepting = False
+        self.control_frames = ControlFrames()
+        self._admitter: Optional[BootstrapAdmitter] = None
+        self._listeners: list[PeerListener] = []
         self.active: dict[PeerId, "PeerConnection"] = {}
         self.candidates: dict[PeerId, set["PeerConnection"]] = {}
         self.connections: set["PeerConnection"] = set()
         self.hellos: dict[PeerId, Hello] = {}
+        self._superseded: set["PeerConnection"] = set()
         self._writable_waiters: dict[PeerId, list[Deferred]] = {}
         self._lost_waiters: list[Deferred] = []
+
+    # -- registration ------------------------------------------------------------
+
+    def listen(self, listener: PeerListener) -> None:
+        """Tell C{listener} of every promotion and every ended connection."""
+        self._listeners.append(listener)
+
+    def set_bootstrap_admitter(self, admitter: Optional[BootstrapAdmitter]) -> None:
+        """Who decides on peers' bootstrap requests; without one, they are denied."""
+        self._admitter = admitter
 
     # -- queries -------------------------------------------------------------
 
     def has_candidates(self, peer_id: PeerId) -> bool:
         return bool(self.candidates.get(peer_id))
+
+    def usable(self, peer_id: PeerId) -> Optional["PeerConnection"]:
+        """The active connection to C{peer_id}, unless there is none or it is closing."""
+        conn = self.active.get(peer_id)
+        return conn if conn is not None and not conn.closing else None
 
     def wait_writable(self, peer_id: PeerId) -> Deferred:
         d: Deferred = Deferred()
@@ -57,40 +110,50 @@ class PeerTable:
             self._lost_waiters.append(d)
         return d
 
+    def disconnect(self, peer_id: PeerId, reason: CloseReason = CloseReason.DISCONNECT,
+                   detail: str = "closed by the peer's user") -> bool:
+        """Close the active connection to C{peer_id}; True if there was one."""
+        conn = self.usable(peer_id)
+        if conn is None:
+            return False
+        conn.close(reason, detail)
+        return True
+
     # -- ConnectionOwner --------------------------------------------------------
 
     def connection_made(self, conn: "PeerConnection") -> None:
         self.connections.add(conn)
+        conn.purpose.attached(conn)
 
     def hello_for(self, conn: "PeerConnection") -> Hello:
-        return self._service._hello_for(conn)
+        return self._hello_for(conn)
 
     def claim(self, conn: "PeerConnection", peer_id: PeerId) -> bool:
-        if not self._service.running_for_peers:
+        if not self.accepting:
             return False
         if peer_id in self.active:
             return False
-        return self._service._admit(conn, peer_id)
+        return self._admission.admit(conn, peer_id)
 
     def candidate(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None:
-        if not self._service._admit(conn, peer_id):
+        if not self._admission.admit(conn, peer_id):
             conn.close(CloseReason.NOT_WHITELISTED, "not allowed by this node's whitelist")
             return
         self.candidates.setdefault(peer_id, set()).add(conn)
-        self.hellos.setdefault(peer_id, hello)
+        self._remember(peer_id, hello, replace=False)
 
     def promote(self, conn: "PeerConnection", peer_id: PeerId) -> None:
         self._discard_candidate(conn, peer_id)
         old = self.active.get(peer_id)
         self.active[peer_id] = conn
         if conn.handshake.peer_hello is not None:
-            self.hellos[peer_id] = conn.handshake.peer_hello
-        conn.deliver = self._service._deliverer(peer_id)
+            self._remember(peer_id, conn.handshake.peer_hello)
+        conn.deliver = self._events.deliverer(peer_id)
         if old is not None and old is not conn:
             # the chooser chose anew: it no longer has the old connection
-            old.superseded = True
+            self._superseded.add(old)
             old.close(CloseReason.DUPLICATE, "superseded by a newer connection")
-            self._service._emit("lost_peer", peer_id, "superseded by a newer connection")
+            self._events.emit("lost_peer", peer_id, "superseded by a newer connection")
         # other candidates for this peer will never be chosen now
         for other in list(self.candidates.get(peer_id, ())):
             other.close_duplicate()
@@ -98,25 +161,35 @@ class PeerTable:
             "connected to {peer} via {transport} {address}",
             peer=peer_id, transport=conn.transport_name, address=conn.peer_address,
         )
-        self._service._connection_promoted(conn, peer_id)
+        if not conn.is_bootstrap:
+            self._events.emit("connect_success", peer_id)
+        for listener in list(self._listeners):
+            listener.peer_promoted(conn, peer_id)
+        conn.purpose.promoted(conn, peer_id)
 
     def late_hello(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None:
         if self.active.get(peer_id) is conn:
-            self.hellos[peer_id] = hello
+            self._remember(peer_id, hello)
 
     def probed(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None:
-        self._service._probe_finished(conn, peer_id, hello)
+        conn.purpose.probed(conn, peer_id, hello)
+        conn.close(CloseReason.PROBE_DONE)
 
     def refused(self, conn: "PeerConnection", reason: str, detail: str) -> None:
         text = f"{reason}: {detail}" if detail else reason
         self.log.info("handshake with {address} refused: {reason}", address=str(conn.peer_address), reason=text)
-        self._service._connection_refused(conn, reason, detail)
+        conn.purpose.refused(conn, reason, detail)
 
     def admit(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None:
-        self._service._admit_bootstrap(conn, peer_id, hello)
+        if self._admitter is None:
+            conn.admission_result(False, RejectReason.BOOTSTRAP_DENIED, "this node does not accept bootstrap requests")
+            return
+        self._admitter(conn, peer_id, hello)
 
     def lost(self, conn: "PeerConnection", reason: str) -> None:
         self.connections.discard(conn)
+        superseded = conn in self._superseded
+        self._superseded.discard(conn)
         peer_id = conn.peer_id
         if peer_id is not None:
             self._discard_candidate(conn, peer_id)
@@ -124,10 +197,12 @@ class PeerTable:
                 del self.active[peer_id]
                 for d in self._writable_waiters.pop(peer_id, []):
                     d.callback(peer_id)
-                if not getattr(conn, "superseded", False):
+                if not superseded:
                     self.log.info("lost peer {peer}: {reason}", peer=peer_id, reason=reason)
-                    self._service._emit("lost_peer", peer_id, reason)
-        self._service._connection_lost(conn, reason)
+                    self._events.emit("lost_peer", peer_id, reason)
+        conn.purpose.lost(conn, reason)
+        for listener in list(self._listeners):
+            listener.connection_ended(conn, reason)
         if not self.connections:
             waiters, self._lost_waiters = self._lost_waiters, []
             for d in waiters:
@@ -140,7 +215,7 @@ class PeerTable:
                 "dropped {count} message(s), {size} bytes, of priority {priority} to {peer}: {reason}",
                 count=drop.count, size=drop.size, priority=drop.priority, peer=str(peer_id), reason=reason,
             )
-            self._service._emit("message_dropped", peer_id, drop.priority, drop.count, drop.size, reason)
+            self._events.emit("message_dropped", peer_id, drop.priority, drop.count, drop.size, reason)
 
     def writable(self, conn: "PeerConnection") -> None:
         peer_id = conn.peer_id
@@ -149,9 +224,16 @@ class PeerTable:
                 d.callback(peer_id)
 
     def control_received(self, conn: "PeerConnection", ftype: int, payload: bytes) -> bool:
-        return self._service._control_received(conn, ftype, payload)
+        return self.control_frames.dispatch(conn, ftype, payload)
 
     # -- helpers ------------------------------------------------------------------
+
+    def _remember(self, peer_id: PeerId, hello: Hello, replace: bool = True) -> None:
+        """Keep C{peer_id}'s HELLO (its role, its listeners)."""
+        if replace:
+            self.hellos[peer_id] = hello
+        else:
+            self.hellos.setdefault(peer_id, hello)
 
     def _discard_candidate(self, conn: "PeerConnection", peer_id: PeerId) -> None:
         waiting = self.candidates.get(peer_id)

@@ -211,6 +211,21 @@ class QuicDispatcher:
         """
         return self._connect(CrustQuicConnection(configuration=self._client_configuration), addr, expected_peer)
 
+    # the transport of the addresses this dials (a transport of L{crust.dialer.Dialer})
+    name = "udp"
+
+    def available(self) -> bool:
+        return True
+
+    def dial(self, address: Any, factory: Any, expected: Optional[PeerId] = None, bind: Any = None) -> Deferred:
+        """
+        Connect to C{address} (an L{crust.address.Address}) and attach the
+        protocol C{factory} builds; fires with that protocol.  (C{bind} is
+        not used: every QUIC connection leaves from the node's one socket.)
+        """
+        return self.connect(address.sockaddr(), expected).addCallback(
+            lambda driver: driver.attach(factory.buildProtocol(address)))
+
     def _connect(self, quic: CrustQuicConnection, addr: Any, expected_peer: Optional[PeerId]) -> Deferred:
         if len(self._cids) >= self.options.max_connections:
             return fail(TooManyConnections(f"already {len(self._cids)} QUIC connections"))

@@ -11,112 +11,50 @@ L{Service}: a crust node's public API, as a Twisted L{IService}.
 
 Operations return Deferreds; unsolicited events reach the observers
 (L{crust.interfaces.ICrustObserver}).
+
+The service is a facade: it owns the node's lifetime, its listeners and its
+configuration, and wires the parts that do the work: the peer table
+(L{crust.peers}), the admission policy (L{crust.admission}), the dialer and
+its dial strategies (L{crust.dialer}), the connect attempts
+(L{crust.connector}), bootstrapping both ways (L{crust.bootstrapper},
+L{crust.bootstrap_responder}) and the observers (L{crust.observer}).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Iterable, Optional, Union
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import deferLater
-from twisted.internet.endpoints import (
-    TCP4ClientEndpoint,
-    TCP4ServerEndpoint,
-    TCP6ClientEndpoint,
-    TCP6ServerEndpoint,
-)
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
+from crust._waiters import OneShot
 from crust.address import Address
+from crust.admission import Admission
 from crust.bootstrap_cache import BootstrapCache
-from crust.bootstrapper import Bootstrapper, CacheValidator, bootstrap_error
+from crust.bootstrap_responder import BootstrapResponder
+from crust.bootstrapper import Bootstrapper, CacheValidator
 from crust.config import Config
-from crust.connect import ConnectAttempt
 from crust.connection import PeerConnection
 from crust.connection_info import PrivConnectionInfo, PubConnectionInfo
-from crust.errors import (
-    ConnectFailed,
-    ConnectToSelf,
-    CrustError,
-    MessageTooLarge,
-    PeerNotConnected,
-    ServiceNotRunning,
-)
+from crust.connector import Connector
+from crust.dialer import Dialer, DirectStrategy, ProbeResult
+from crust.errors import ConnectToSelf, CrustError, MessageTooLarge, PeerNotConnected, ServiceNotRunning
 from crust.identity import Identity, PeerId
 from crust.local_addresses import addresses_for_listener
-from crust.observer import EVENT_NAMES
+from crust.observer import Observers
 from crust.peers import PeerTable
 from crust.roles import Role
+from crust.tcp import TcpTransport
 from crust.tls import ConnectionCreator, make_context
-from crust.wire import CertInfo, CloseReason, Hello, Intent, RejectReason, network_hash
-from crust._waiters import OneShot
+from crust.wire import CertInfo, CloseReason, Hello, network_hash
 
 MAX_ADVERTISED = 16
-BOOTSTRAP_SETTLE = 1.0  # how long a peer's inbound bootstrap connection must last to count as ours
 
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """What a probe of an address learned."""
-
-    peer_id: PeerId
-    observed: Optional[Address]  # our address as the probed peer saw it
-    rtt: float
-    peer_hello: Hello
-
-
-class _ConnectionFactory(Factory):
-    """Builds L{PeerConnection}s for one direction (listening, or one dial)."""
-
-    noisy = False
-
-    def __init__(self, service: "Service", *, initiator: bool, intent: Intent = Intent.CONNECT,
-                 expected_peer: Optional[PeerId] = None, attempt: Optional[ConnectAttempt] = None,
-                 probe: Optional[Deferred] = None, bootstrap: Optional[Deferred] = None,
-                 role: Optional[str] = None, transport_name: str = "tcp") -> None:
-        self.service = service
-        self.bootstrap = bootstrap
-        self.role = role
-        self.initiator = initiator
-        self.intent = intent
-        self.expected_peer = expected_peer
-        self.attempt = attempt
-        self.probe = probe
-        self.transport_name = transport_name
-
-    def buildProtocol(self, addr) -> PeerConnection:
-        service = self.service
-        config = service.config
-        conn = PeerConnection(
-            service.peers,
-            service.clock,
-            local_id=service.peer_id,
-            network=service.network,
-            intent=self.intent,
-            expected_peer=self.expected_peer,
-            initiator=self.initiator,
-            max_message_size=config.max_message_size,
-            max_queued_bytes=config.max_queued_bytes,
-            drop_after=config.drop_after,
-            heartbeat_interval=config.heartbeat_interval,
-            inactivity_timeout=config.inactivity_timeout,
-            handshake_timeout=config.handshake_timeout,
-            transport_name=self.transport_name,
-        )
-        conn.attempt = self.attempt
-        conn.probe = self.probe
-        conn.bootstrap = self.bootstrap
-        conn.role = self.role or service.role
-        conn.refusal = None
-        conn.started_at = service.clock.seconds()
-        service.peers.connection_made(conn)
-        return conn
+__all__ = ["MAX_ADVERTISED", "ProbeResult", "Service"]
 
 
 class Service(MultiService):
@@ -148,25 +86,37 @@ class Service(MultiService):
         self.role = role
         self.network = network_hash(self.config.network_name)
         self.accepting_transports: set[str] = {"tcp"} if self.config.enable_tcp else set()
-        self.peers = PeerTable(self)
         self.cert_info = CertInfo(network=self.network, role=role)  # in our certificates (doc/protocol.md)
         self._creator = ConnectionCreator(make_context(identity, self.cert_info))
-        self._observers: list[Any] = []
-        self._message_handlers: list[Callable[[PeerId, bytes], object]] = []
-        self._attempts: dict[PeerId, ConnectAttempt] = {}
+        self.observers = Observers()
+        self.admission = Admission(lambda: self.config)
+        self.peers = PeerTable(self.admission, self.observers, lambda conn: self._hello_for(conn))
+        self.dialer = Dialer(self.peers, self.clock, self.peer_id, self.network, lambda: self.config,
+                             self.admission.may_dial)
+        self.tcp = TcpTransport(reactor, lambda: self._creator, lambda: self.config.connect_timeout,
+                                lambda: self.config.enable_tcp)
+        self.dialer.add_transport(self.tcp)
+        self.dialer.register(DirectStrategy(self.dialer, "tcp", "tcp"))
         self._listening: Optional[OneShot] = None
         self._ports: list[Any] = []
         self.listen_addresses: list[Address] = []
         self.external_addresses: list[Address] = []  # learned from peers, STUN or port mapping
-        self.running_for_peers = False
         self._candidates: Optional[tuple[Any, list[Address]]] = None  # (inputs, result) of candidate_addresses
         self.data_dir = data_dir
         self.bootstrap_cache: Optional[BootstrapCache] = None
         if data_dir is not None or self.config.bootstrap_cache.file is not None:
             self.bootstrap_cache = BootstrapCache.from_config(self.config, data_dir or ".", self.clock)
             self.bootstrap_cache.setServiceParent(self)
-        self.bootstrapper = Bootstrapper(self)
+        self.bootstrapper = Bootstrapper(
+            peer_id=self.peer_id, clock=self.clock, config=lambda: self.config, dialer=self.dialer,
+            table=self.peers, emit=self.observers.emit, cache=self.bootstrap_cache, ready=self.start_listening,
+            discovery=lambda: self.discovery_requester, transports=lambda: self.accepting_transports)
+        self.bootstrap_responder = BootstrapResponder(
+            self.peers, self.dialer, self.admission, self.clock, lambda: self.config,
+            lambda: self.running_for_peers, self.observers.emit)
         CacheValidator(self).setServiceParent(self)
+        # told of promotions after the bootstrap parts (the cache is up to date when connect() fires)
+        self.connector = Connector(self.dialer, self.peers, self.clock, lambda: self.config, self.observers.emit)
         self.port_mapper: Any = None
         self.udp_endpoint: Any = None
         self.quic: Any = None
@@ -183,47 +133,34 @@ class Service(MultiService):
             )
             self.udp_endpoint.register(is_quic, self.quic.datagram_received, "quic",
                                        first_byte_at_least=QUIC_FIRST_BYTE)
+            self.dialer.add_transport(self.quic)
+            self.dialer.register(DirectStrategy(self.dialer, "quic", "udp", lambda: self.config.quic_dial_delay))
             self.accepting_transports.add("udp")
         self.discovery_requester: Any = None
         self.discovery_responder: Any = None
         self._discovery_service: Any = None
         self._inflight: set[Deferred] = set()  # bootstraps and discovery rounds, cancelled on stop
-        self._timers: set[Any] = set()  # delayed calls of ours, cancelled on stop
+
+    @property
+    def running_for_peers(self) -> bool:
+        """Whether the node runs: accepts connections and requests."""
+        return self.peers.accepting
+
+    @running_for_peers.setter
+    def running_for_peers(self, value: bool) -> None:
+        self.peers.accepting = value
 
     # -- observers ---------------------------------------------------------------
 
     def add_observer(self, observer: Any) -> None:
         """Register an L{ICrustObserver} (any object with the event methods)."""
-        if observer not in self._observers:
-            self._observers.append(observer)
-            self._message_handlers.append(observer.new_message)
+        self.observers.add(observer)
 
     def remove_observer(self, observer: Any) -> None:
-        if observer in self._observers:
-            i = self._observers.index(observer)
-            del self._observers[i]
-            del self._message_handlers[i]
+        self.observers.remove(observer)
 
     def _emit(self, event: str, *args: Any) -> None:
-        assert event in EVENT_NAMES, event
-        for observer in list(self._observers):
-            try:
-                getattr(observer, event)(*args)
-            except Exception:
-                self.log.failure("observer {observer!r} failed on {event}", observer=observer, event=event)
-
-    def _deliverer(self, peer_id: PeerId) -> Callable[[bytes], None]:
-        handlers = self._message_handlers  # the list object itself: later observers are seen
-        log = self.log
-
-        def deliver(payload: bytes) -> None:
-            for handler in handlers:
-                try:
-                    handler(peer_id, payload)
-                except Exception:
-                    log.failure("observer failed on new_message from {peer}", peer=str(peer_id))
-
-        return deliver
+        self.observers.emit(event, *args)
 
     # -- IService ---------------------------------------------------------------------
 
@@ -236,12 +173,8 @@ class Service(MultiService):
         self.running_for_peers = False
         for d in list(self._inflight):
             d.cancel()
-        for timer in list(self._timers):
-            if timer.active():
-                timer.cancel()
-        self._timers.clear()
-        for attempt in list(self._attempts.values()):
-            attempt.fail("the service is stopping")
+        self.bootstrapper.stop()
+        self.connector.stop("the service is stopping")
         for port in self._ports:
             port.stopListening()
         self._ports = []
@@ -322,13 +255,8 @@ class Service(MultiService):
             return succeed([])
         host = config.listen_host
         port = config.listen_port or 0
-        factory = TLSMemoryBIOFactory(self._creator, False, _ConnectionFactory(self, initiator=False), clock=self.clock)
-        if ":" in host:
-            endpoint = TCP6ServerEndpoint(self.reactor, port, backlog=128, interface=host)
-        else:
-            endpoint = TCP4ServerEndpoint(self.reactor, port, backlog=128, interface=host)
 
-        def listening(listening_port):
+        def listening(listening_port: Any) -> list[Address]:
             self._ports.append(listening_port)
             bound = listening_port.getHost().port
             self.listen_addresses = [Address("tcp", h, bound) for h in addresses_for_listener(host)]
@@ -339,20 +267,21 @@ class Service(MultiService):
             self._emit("listener_started", Address("tcp", host, bound))
             return list(self.listen_addresses)
 
-        def failed(failure: Failure):
+        def failed(failure: Failure) -> Failure:
             reason = str(failure.value)
             self.log.error("could not listen on tcp {host}:{port}: {reason}", host=host, port=port, reason=reason)
             self._emit("listener_failed", "tcp", reason)
             return failure
 
-        return endpoint.listen(factory).addCallbacks(listening, failed)
+        factory = self.dialer.factory(initiator=False, transport_name="tcp")
+        return self.tcp.listen(host, port, factory).addCallbacks(listening, failed)
 
     def _quic_accepted(self, driver: Any) -> None:
         """A peer opened a QUIC connection to us: run crust's handshake on it."""
         if not self.running_for_peers:
             driver.close_now("the node is not accepting connections")
             return
-        factory = _ConnectionFactory(self, initiator=False, transport_name="udp")
+        factory = self.dialer.factory(initiator=False, transport_name="udp")
         driver.attach(factory.buildProtocol(driver.peer_address()))
 
     def _start_port_mapping(self, tcp_port: Optional[int] = None, udp_port: Optional[int] = None) -> None:
@@ -407,9 +336,10 @@ class Service(MultiService):
                 their_info: Union[PubConnectionInfo, str]) -> Deferred:
         """
         Connect to the peer C{their_info} describes (a L{PubConnectionInfo} or
-        its JSON text).  All its addresses are tried at once; the first to
-        complete the secure handshake wins.  Fires with the L{PeerId}; fails
-        with L{ConnectFailed} (listing every address's reason),
+        its JSON text).  Every way the dialer's strategies know is tried (all
+        TCP addresses at once, QUIC a moment later); the first to complete
+        the secure handshake wins.  Fires with the L{PeerId}; fails with
+        L{crust.errors.ConnectFailed} (listing every address's reason),
         L{ConnectToSelf} or L{ServiceNotRunning}.
         """
         try:
@@ -424,52 +354,7 @@ class Service(MultiService):
             return fail(ServiceNotRunning("the service is not running"))
         if peer_id in self.peers.active:
             return succeed(peer_id)
-        attempt = self._attempts.get(peer_id)
-        if attempt is not None:
-            return attempt.wait()
-        addresses = tuple(a for a in their_info.addresses if self._may_dial(a))
-        attempt = ConnectAttempt(
-            peer_id, addresses, self._dial, self.clock, self.config.connect_timeout,
-            self.peers.has_candidates, self._attempt_done, quic_delay=self.config.quic_dial_delay,
-        )
-        self._attempts[peer_id] = attempt
-        d = attempt.wait()
-        attempt.start()
-        return d
-
-    def _may_dial(self, address: Address) -> bool:
-        if address.transport == "tcp" and not self.config.enable_tcp:
-            return False
-        if address.transport == "udp" and self.quic is None:
-            return False
-        allowed = self.config.whitelisted_node_ips
-        return allowed is None or _ip_in(address.host, allowed)
-
-    def _dial(self, address: Address, expected: Optional[PeerId], attempt: Optional[ConnectAttempt],
-              intent: Intent = Intent.CONNECT, probe: Optional[Deferred] = None,
-              bind: Optional[tuple[str, int]] = None, bootstrap: Optional[Deferred] = None,
-              role: Optional[str] = None) -> Deferred:
-        if address.transport == "udp":
-            factory = _ConnectionFactory(self, initiator=True, intent=intent, expected_peer=expected,
-                                         attempt=attempt, probe=probe, bootstrap=bootstrap, role=role,
-                                         transport_name="udp")
-            return self.quic.connect(address.sockaddr(), expected).addCallback(
-                lambda driver: driver.attach(factory.buildProtocol(address)))
-        factory = _ConnectionFactory(self, initiator=True, intent=intent, expected_peer=expected,
-                                     attempt=attempt, probe=probe, bootstrap=bootstrap, role=role)
-        tls = TLSMemoryBIOFactory(self._creator, True, factory, clock=self.clock)
-        endpoint_type = TCP6ClientEndpoint if address.family_is_v6 else TCP4ClientEndpoint
-        endpoint = endpoint_type(self.reactor, address.host, address.port,
-                                 timeout=max(1, int(self.config.connect_timeout)), bindAddress=bind)
-        return endpoint.connect(tls).addCallback(lambda tls_protocol: tls_protocol.wrappedProtocol)
-
-    def _attempt_done(self, attempt: ConnectAttempt) -> None:
-        if self._attempts.get(attempt.peer_id) is attempt:
-            del self._attempts[attempt.peer_id]
-        error = getattr(attempt, "error", None)
-        if error is not None:
-            self.log.warn("connect to {peer} failed: {reason}", peer=str(attempt.peer_id), reason=str(error))
-            self._emit("connect_failure", attempt.peer_id, error)
+        return self.connector.connect(their_info)
 
     def probe(self, address: Address, expected_peer: Optional[PeerId] = None,
               bind: Optional[tuple[str, int]] = None) -> Deferred:
@@ -478,15 +363,7 @@ class Service(MultiService):
         a L{ProbeResult} (the peer's id and our address as it sees us).  Used
         for external address discovery, reachability tests and liveness checks.
         """
-        result: Deferred = Deferred()
-        dialled = self._dial(address, expected_peer, None, Intent.PROBE, result, bind)
-
-        def dial_failed(f: Failure) -> None:
-            if not result.called:
-                result.errback(f)
-
-        dialled.addErrback(dial_failed)
-        return result
+        return self.dialer.probe(address, expected_peer, bind)
 
     def netcheck(self, extra_peers: Iterable[Any] = (), options: Any = None) -> Deferred:
         """
@@ -530,11 +407,7 @@ class Service(MultiService):
 
     def disconnect(self, peer_id: PeerId) -> bool:
         """Close the connection to C{peer_id}; True if there was one.  C{lost_peer} follows."""
-        conn = self.peers.active.get(peer_id)
-        if conn is None or conn.closing:
-            return False
-        conn.close(CloseReason.DISCONNECT, "closed by the peer's user")
-        return True
+        return self.peers.disconnect(peer_id)
 
     # -- bootstrap ---------------------------------------------------------------------------
 
@@ -650,7 +523,7 @@ class Service(MultiService):
         if self.bootstrap_cache is not None:
             self.bootstrap_cache.reconfigure(config)
         for peer_id, conn in list(self.peers.active.items()):
-            if not self._ip_allowed(conn, self._peer_role(conn)):
+            if not self.admission.ip_allowed(conn, self.admission.peer_role(conn)):
                 self.log.info("config: {peer} at {address} is no longer whitelisted; closing",
                               peer=str(peer_id), address=str(conn.peer_address))
                 conn.close(CloseReason.NOT_WHITELISTED, "no longer whitelisted")
@@ -687,116 +560,10 @@ class Service(MultiService):
             "observed_us_as": str(conn.handshake.peer_hello.observed) if conn.handshake.peer_hello and conn.handshake.peer_hello.observed else None,
         }
 
-    # -- hooks called by the peer table ---------------------------------------------------------
+    # -- what we tell peers ----------------------------------------------------------------------
 
     def _hello_for(self, conn: PeerConnection) -> Hello:
         candidates = self.candidate_addresses()
         listeners = [a for a in candidates if not a.is_loopback] or candidates
-        return Hello(network=self.network, intent=conn.handshake.intent, role=conn.role,
+        return Hello(network=self.network, intent=conn.handshake.intent, role=conn.purpose.role or self.role,
                      observed=conn.peer_address, listeners=tuple(listeners[:MAX_ADVERTISED]))
-
-    def _ip_allowed(self, conn: PeerConnection, role: Role) -> bool:
-        allowed = self.config.whitelisted_client_ips if role is Role.CLIENT else self.config.whitelisted_node_ips
-        if allowed is None or conn.peer_address is None:
-            return True
-        return _ip_in(conn.peer_address.host, allowed)
-
-    def _peer_role(self, conn: PeerConnection) -> Role:
-        role = conn.handshake.peer_role
-        try:
-            return Role.from_text(role) if role is not None else Role.NODE
-        except ValueError:
-            return Role.NODE
-
-    def _admit(self, conn: PeerConnection, peer_id: PeerId) -> bool:
-        if self._ip_allowed(conn, self._peer_role(conn)):
-            return True
-        self.log.info("refusing {peer} from {address}: not whitelisted", peer=str(peer_id), address=str(conn.peer_address))
-        return False
-
-    def _admit_bootstrap(self, conn: PeerConnection, peer_id: PeerId, hello: Hello) -> None:
-        self.bootstrapper.admit(conn, peer_id, hello)
-
-    def _connection_promoted(self, conn: PeerConnection, peer_id: PeerId) -> None:
-        attempt = self._attempts.get(peer_id)
-        if conn.handshake.is_bootstrap:
-            if not conn.initiator:
-                role = self._peer_role(conn)
-                self.log.info("{peer} bootstrapped off us as {role}", peer=str(peer_id), role=str(role))
-                self._emit("bootstrap_accept", peer_id, role)
-        else:
-            self._emit("connect_success", peer_id)
-        if conn.initiator and conn.peer_address is not None and self.bootstrap_cache is not None:
-            self.bootstrap_cache.put(peer_id, conn.peer_address)  # directly reachable
-        if conn.bootstrap is not None and not conn.bootstrap.called:
-            conn.bootstrap.callback(peer_id)
-        if attempt is not None:
-            attempt.succeeded()
-
-    def _connection_refused(self, conn: PeerConnection, reason: str, detail: str = "") -> None:
-        conn.refusal = (reason, detail)
-        reason = f"{reason}: {detail}" if detail else reason
-        attempt = getattr(conn, "attempt", None)
-        if attempt is not None:
-            attempt.connection_refused(conn, reason)
-
-    def _connection_lost(self, conn: PeerConnection, reason: str) -> None:
-        attempt = getattr(conn, "attempt", None)
-        if attempt is not None:
-            attempt.connection_lost(conn, reason)
-        probe = getattr(conn, "probe", None)
-        if probe is not None and not probe.called:
-            probe.errback(Failure(ConnectFailed(conn.peer_id, [f"{conn.peer_address}: {reason}"], "probe failed")))
-        bootstrap = getattr(conn, "bootstrap", None)
-        if bootstrap is not None and not bootstrap.called:
-            active = self.peers.active.get(conn.peer_id) if conn.peer_id is not None else None
-            if active is None:
-                bootstrap.errback(Failure(bootstrap_error(conn, reason)))
-            elif active.handshake.is_bootstrap and not active.initiator:
-                # Connected only through the peer's own bootstrap request, which it
-                # still drops if its bootstrap won elsewhere: count it only if it is
-                # still the active connection a moment later.
-                def settle() -> None:
-                    self._timers.discard(timer)
-                    if bootstrap.called:
-                        return
-                    if self.peers.active.get(conn.peer_id) is active:
-                        bootstrap.callback(conn.peer_id)
-                    else:
-                        bootstrap.errback(Failure(bootstrap_error(
-                            conn, f"{reason}; the peer then dropped its own bootstrap connection")))
-
-                timer = self.clock.callLater(BOOTSTRAP_SETTLE, settle)
-                self._timers.add(timer)
-            else:
-                bootstrap.callback(conn.peer_id)  # we were connected to it already
-        # an incoming candidate that ends may leave a waiting attempt with nothing to wait for
-        peer_id = conn.peer_id
-        if peer_id is not None and peer_id in self._attempts and not self.peers.has_candidates(peer_id):
-            self._attempts[peer_id]._check_done()
-
-    def _probe_finished(self, conn: PeerConnection, peer_id: PeerId, hello: Hello) -> None:
-        probe = getattr(conn, "probe", None)
-        if probe is not None and not probe.called:
-            rtt = self.clock.seconds() - conn.started_at
-            probe.callback(ProbeResult(peer_id, hello.observed, rtt, hello))
-        conn.close(CloseReason.PROBE_DONE)
-
-    def _control_received(self, conn: PeerConnection, ftype: int, payload: bytes) -> bool:
-        return False
-
-
-def _ip_in(host: str, allowed: Iterable[str]) -> bool:
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    for entry in allowed:
-        try:
-            if ip in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False

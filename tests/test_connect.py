@@ -5,7 +5,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from crust.address import Address
-from crust.connect import ConnectAttempt
+from crust.connect import ConnectAttempt, Leg
 from crust.errors import ConnectFailed
 from crust.identity import PeerId
 
@@ -31,8 +31,10 @@ class StaggeredDialTests(SynchronousTestCase):
         self.clock = Clock()
         self.dial = Dialler()
         self.done = []
-        attempt = ConnectAttempt(PEER, tuple(addresses), self.dial, self.clock, 30.0,
-                                 lambda peer: False, self.done.append, quic_delay=delay)
+        dial = lambda address, attempt: self.dial(address, PEER, attempt)  # noqa: E731
+        legs = [Leg("tcp", 0.0, tuple(a for a in addresses if a.transport == "tcp"), dial),
+                Leg("quic", delay, tuple(a for a in addresses if a.transport == "udp"), dial)]
+        attempt = ConnectAttempt(PEER, legs, self.clock, 30.0, lambda peer: False, self.done.append)
         self.result = attempt.wait()
         attempt.start()
         return attempt

@@ -82,8 +82,11 @@ class DiscoveredPeer(NamedTuple):
 
 # -- codec (pure) ------------------------------------------------------------
 
-def network_hash(name: Optional[str]) -> bytes:
-    """The 16-byte hash naming a network in requests (L{None}: the unnamed network)."""
+def lan_network_key(name: Optional[str]) -> bytes:
+    """
+    The 16-byte hash naming a network in discovery requests (L{None}: the
+    unnamed network).  Not the HELLO's L{crust.wire.network_hash}.
+    """
     data = b"" if name is None else b"\x01" + name.encode("utf-8")
     return hashlib.blake2b(data, digest_size=16, person=b"crust-sd-net-v1").digest()
 
@@ -351,7 +354,7 @@ class DiscoveryResponder(DatagramProtocol):
         if clock is None:
             from twisted.internet import reactor as clock
         self.our_info = our_info
-        self.network_hash = network_hash(network_name)
+        self.network_hash = lan_network_key(network_name)
         self.enabled = enabled
         self.clock = clock
         self.limiter = limiter if limiter is not None else RateLimiter()
@@ -613,7 +616,7 @@ class DiscoveryRequester:
         if not MIN_REQUEST_SIZE <= request_size <= MAX_DATAGRAM:
             raise ValueError(f"request_size must be {MIN_REQUEST_SIZE}..{MAX_DATAGRAM}")
         self.port = port
-        self.network_hash = network_hash(network_name)
+        self.network_hash = lan_network_key(network_name)
         self.window = window
         self.destinations = destinations
         self.include_loopback = include_loopback

@@ -28,7 +28,7 @@ from crust.discovery import (
     encode_request,
     has_peers_on_lan,
     listen_discovery,
-    network_hash,
+    lan_network_key as network_hash,
 )
 from crust.identity import Identity
 

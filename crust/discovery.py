@@ -36,6 +36,7 @@ from twisted.internet import defer, error, udp
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from crust._reactor import maybe_global_reactor
 from crust.address import Address
 from crust.identity import PEER_ID_BYTES, PeerId
 
@@ -297,8 +298,7 @@ def listen_discovery(protocol: DatagramProtocol, port: int, interface: str = "0.
 
     @raise twisted.internet.error.CannotListenError: on failure.
     """
-    if reactor is None:
-        from twisted.internet import reactor
+    reactor = maybe_global_reactor(reactor)
     p = DiscoveryPort(port, protocol, interface, reactor=reactor, broadcast=broadcast)
     p.startListening()
     return p
@@ -351,8 +351,7 @@ class DiscoveryResponder(DatagramProtocol):
 
     def __init__(self, our_info: OurInfo, network_name: Optional[str] = None, enabled: bool = True,
                  clock: Any = None, limiter: Optional[RateLimiter] = None) -> None:
-        if clock is None:
-            from twisted.internet import reactor as clock
+        clock = maybe_global_reactor(clock)
         self.our_info = our_info
         self.network_hash = lan_network_key(network_name)
         self.enabled = enabled
@@ -611,8 +610,7 @@ class DiscoveryRequester:
                  include_loopback: bool = False, exclude_peer_ids: Iterable[PeerId] = (),
                  request_size: int = DEFAULT_REQUEST_SIZE, reactor: Any = None, clock: Any = None,
                  bind_v4: str = "0.0.0.0", bind_v6: str = "::") -> None:
-        if reactor is None:
-            from twisted.internet import reactor
+        reactor = maybe_global_reactor(reactor)
         if not MIN_REQUEST_SIZE <= request_size <= MAX_DATAGRAM:
             raise ValueError(f"request_size must be {MIN_REQUEST_SIZE}..{MAX_DATAGRAM}")
         self.port = port

@@ -29,6 +29,7 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList, Timeo
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
+from crust._reactor import maybe_global_reactor
 from crust.address import Address
 from crust.gateway import MappingRefused, NoService, PortMappingError, default_gateway_v4
 from crust.natpmp import DEFAULT_INITIAL_TIMEOUT, DEFAULT_LIFETIME, DEFAULT_MAX_TRIES, SERVER_PORT, NATPMPClient
@@ -253,8 +254,7 @@ class PortMapper(Service):
                  min_renew_delay: float = 10.0, initial_timeout: float = DEFAULT_INITIAL_TIMEOUT,
                  max_tries: int = DEFAULT_MAX_TRIES, search_timeout: float = DEFAULT_SEARCH_TIMEOUT,
                  http_timeout: float = DEFAULT_TIMEOUT, history: int = 64) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
+        reactor = maybe_global_reactor(reactor)
         self._reactor = reactor
         self.ports = [(t, p) for t, p in (("tcp", tcp_port), ("udp", udp_port)) if p is not None]
         for transport, port in self.ports:

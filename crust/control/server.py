@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from crust._reactor import maybe_global_reactor
 from crust.control.commands import node_commands
 from crust.control.protocol import DEFAULT_MAX_REQUEST, MAX_CONNECTIONS, CommandRegistry, ControlProtocol
 from crust.datadir import NodeAlreadyRunning, unix_path_problem
@@ -145,10 +146,7 @@ class ControlServer(service.Service):
 
     def __init__(self, node: Any, path: str, reactor: Any = None,
                  commands: Optional[CommandRegistry] = None, max_request: int = DEFAULT_MAX_REQUEST) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as _reactor
-
-            reactor = _reactor
+        reactor = maybe_global_reactor(reactor)
         self.reactor = reactor
         self.path = path
         self.factory = ControlFactory(node, commands, max_request)

@@ -33,6 +33,7 @@ from twisted.application import service
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from crust._reactor import maybe_global_reactor
 from crust.address import Address
 from crust.config import Config
 from crust.identity import PeerId
@@ -131,8 +132,7 @@ class BootstrapCache(service.Service):
     def __init__(self, path: Union[str, os.PathLike[str]], max_size: int = 200, timeout: float = 120.0,
                  exclude_peer_ids: Iterable[PeerId] = (), exclude_addresses: Iterable[Address] = (),
                  clock: Any = None, flush_delay: float = 5.0) -> None:
-        if clock is None:
-            from twisted.internet import reactor as clock
+        clock = maybe_global_reactor(clock)
         if max_size < 0:
             raise ValueError("max_size must not be negative")
         if timeout <= 0:

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from crust._reactor import maybe_global_reactor
 from crust.address import Address, split_host_port
 from crust.errors import CrustError
 from crust.identity import PeerId
@@ -496,8 +497,7 @@ def run_bootstrap(candidates: Iterable[Candidate], try_candidate: Callable[[Cand
     @return: a Deferred firing with a L{BootstrapResult}, or failing with
         L{BootstrapFailed}; cancelling it stops the bootstrap.
     """
-    if clock is None:
-        from twisted.internet import reactor as clock
+    clock = maybe_global_reactor(clock)
     runner = _Runner(try_candidate, clock, timeout, cache, release, concurrency=concurrency,
                      blacklisted_peer_ids=blacklisted_peer_ids,
                      stop_on_reachability_denial=stop_on_reachability_denial)

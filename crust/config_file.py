@@ -31,6 +31,7 @@ from twisted.application import service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from crust._reactor import maybe_global_reactor
 from crust.address import Address
 from crust.config import BootstrapCacheConfig, Config, HardCodedContact
 from crust.errors import ConfigError
@@ -537,8 +538,7 @@ class ConfigWatcher(service.Service):
 
     def __init__(self, path: Union[str, os.PathLike[str]], callback: Callable[[Config], Any],
                  current: Optional[Config] = None, interval: float = 2.0, clock: Any = None) -> None:
-        if clock is None:
-            from twisted.internet import reactor as clock
+        clock = maybe_global_reactor(clock)
         self.path = Path(path)
         self.callback = callback
         self.current = current

@@ -36,6 +36,7 @@ from twisted.internet import defer, error, udp
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from crust._reactor import maybe_global_reactor
 from crust.address import Address
 from crust.identity import PEER_ID_BYTES, PeerId
 
@@ -82,8 +83,11 @@ class DiscoveredPeer(NamedTuple):
 
 # -- codec (pure) ------------------------------------------------------------
 
-def network_hash(name: Optional[str]) -> bytes:
-    """The 16-byte hash naming a network in requests (L{None}: the unnamed network)."""
+def lan_network_key(name: Optional[str]) -> bytes:
+    """
+    The 16-byte hash naming a network in discovery requests (L{None}: the
+    unnamed network).  Not the HELLO's L{crust.wire.network_hash}.
+    """
     data = b"" if name is None else b"\x01" + name.encode("utf-8")
     return hashlib.blake2b(data, digest_size=16, person=b"crust-sd-net-v1").digest()
 
@@ -294,8 +298,7 @@ def listen_discovery(protocol: DatagramProtocol, port: int, interface: str = "0.
 
     @raise twisted.internet.error.CannotListenError: on failure.
     """
-    if reactor is None:
-        from twisted.internet import reactor
+    reactor = maybe_global_reactor(reactor)
     p = DiscoveryPort(port, protocol, interface, reactor=reactor, broadcast=broadcast)
     p.startListening()
     return p
@@ -348,10 +351,9 @@ class DiscoveryResponder(DatagramProtocol):
 
     def __init__(self, our_info: OurInfo, network_name: Optional[str] = None, enabled: bool = True,
                  clock: Any = None, limiter: Optional[RateLimiter] = None) -> None:
-        if clock is None:
-            from twisted.internet import reactor as clock
+        clock = maybe_global_reactor(clock)
         self.our_info = our_info
-        self.network_hash = network_hash(network_name)
+        self.network_hash = lan_network_key(network_name)
         self.enabled = enabled
         self.clock = clock
         self.limiter = limiter if limiter is not None else RateLimiter()
@@ -495,6 +497,101 @@ class _Round(DatagramProtocol):
         self.on_datagram(data, addr)
 
 
+class _DiscoveryRound:
+    """
+    One round of L{DiscoveryRequester.discover}: L{start} sends the request
+    and arms the window's timer, L{datagram} takes each reply, L{complete}
+    ends the round with the peers found, L{cancel} (the result's canceller)
+    ends it without them.  Each ending closes the round's sockets.
+
+    @ivar result: fires with the list of L{DiscoveredPeer}s.
+    """
+
+    def __init__(self, requester: "DiscoveryRequester", limit: Optional[int]) -> None:
+        self.requester = requester
+        self.limit = limit
+        self.key = PrivateKey.generate()
+        self.request_id = os.urandom(8)
+        self.found: "OrderedDict[PeerId, list[Address]]" = OrderedDict()
+        self.ports: list[Any] = []
+        self.done = False
+        self.timer: Any = None
+        self.result: defer.Deferred = defer.Deferred(self.cancel)
+
+    def start(self, window: float) -> defer.Deferred:
+        """Send one request to every destination and collect replies for C{window} seconds."""
+        requester = self.requester
+        request = encode_request(self.key.public_key, requester.network_hash, self.request_id,
+                                 requester.request_size)
+        destinations = requester._destinations()
+        protocols: dict[bool, _Round] = {}
+        for dest in destinations:
+            v6 = ":" in dest[0]
+            if v6 not in protocols:
+                proto = protocols[v6] = _Round(self.datagram)
+                try:
+                    self.ports.append(requester._listen(proto, v6))
+                except error.CannotListenError as e:
+                    log.warn("discovery: cannot open an {family} socket: {error}",
+                             family="IPv6" if v6 else "IPv4", error=str(e.socketError))
+                    continue
+            proto = protocols[v6]
+            if proto.transport is not None and _send(proto.transport, request, dest, requester.stats):
+                requester.stats["sent"] += 1
+        if not destinations:
+            log.info("discovery: no interface to send a request on")
+        self.timer = requester.clock.callLater(window, self.complete)
+        return self.result
+
+    def datagram(self, data: bytes, addr: Any) -> None:
+        """A datagram arrived on one of the round's sockets."""
+        if self.done:
+            return
+        stats = self.requester.stats
+        host = addr[0]
+        try:
+            peer = decode_reply(data, self.key, self.request_id)
+        except DiscoveryError as e:
+            stats[e.reason] += 1
+            stats["ignored"] += 1
+            log.debug("discovery: ignored a datagram from {source}: {reason}",
+                      source=_dest_text(addr), reason=str(e))
+            return
+        if peer.peer_id in self.requester.exclude_peer_ids:
+            stats["own"] += 1
+            return
+        stats["replies"] += 1
+        addresses = self.found.setdefault(peer.peer_id, [])
+        for a in _usable_addresses(peer.addresses, host):
+            if a not in addresses:
+                addresses.append(a)
+        log.debug("discovery: {peer} answered from {source}", peer=peer.peer_id.short(),
+                  source=_dest_text(addr))
+        if self.limit is not None and len(self.found) >= self.limit:
+            self.complete()
+
+    def complete(self) -> None:
+        """End the round: L{result} fires with the peers found, once the sockets are closed."""
+        if self.done:
+            return
+        peers = [DiscoveredPeer(p, a) for p, a in self.found.items()]
+        self._finish().addCallback(lambda _: self.result.callback(peers))
+
+    def cancel(self, d: defer.Deferred) -> None:
+        """The canceller of L{result}: end the round without an answer."""
+        if not self.done:
+            self._finish()
+
+    def _finish(self) -> defer.Deferred:
+        self.done = True
+        timer = self.timer
+        if timer is not None and timer.active():
+            timer.cancel()
+        stopping = [defer.maybeDeferred(p.stopListening) for p in self.ports]
+        self.ports.clear()
+        return defer.DeferredList(stopping, consumeErrors=True)
+
+
 class DiscoveryRequester:
     """
     Asks the LAN for peers of our network.
@@ -513,12 +610,11 @@ class DiscoveryRequester:
                  include_loopback: bool = False, exclude_peer_ids: Iterable[PeerId] = (),
                  request_size: int = DEFAULT_REQUEST_SIZE, reactor: Any = None, clock: Any = None,
                  bind_v4: str = "0.0.0.0", bind_v6: str = "::") -> None:
-        if reactor is None:
-            from twisted.internet import reactor
+        reactor = maybe_global_reactor(reactor)
         if not MIN_REQUEST_SIZE <= request_size <= MAX_DATAGRAM:
             raise ValueError(f"request_size must be {MIN_REQUEST_SIZE}..{MAX_DATAGRAM}")
         self.port = port
-        self.network_hash = network_hash(network_name)
+        self.network_hash = lan_network_key(network_name)
         self.window = window
         self.destinations = destinations
         self.include_loopback = include_loopback
@@ -552,78 +648,7 @@ class DiscoveryRequester:
             per peer, addresses merged.  Cancelling it stops the round.
         """
         window = self.window if window is None else window
-        key = PrivateKey.generate()
-        request_id = os.urandom(8)
-        request = encode_request(key.public_key, self.network_hash, request_id, self.request_size)
-        found: "OrderedDict[PeerId, list[Address]]" = OrderedDict()
-        ports: list[Any] = []
-        state = {"done": False, "timer": None}
-
-        def finish() -> defer.Deferred:
-            state["done"] = True
-            timer = state["timer"]
-            if timer is not None and timer.active():
-                timer.cancel()
-            stopping = [defer.maybeDeferred(p.stopListening) for p in ports]
-            ports.clear()
-            return defer.DeferredList(stopping, consumeErrors=True)
-
-        def cancel(d: defer.Deferred) -> None:
-            if not state["done"]:
-                finish()
-
-        result: defer.Deferred = defer.Deferred(cancel)
-
-        def complete() -> None:
-            if state["done"]:
-                return
-            peers = [DiscoveredPeer(p, a) for p, a in found.items()]
-            finish().addCallback(lambda _: result.callback(peers))
-
-        def on_datagram(data: bytes, addr: Any) -> None:
-            if state["done"]:
-                return
-            host = addr[0]
-            try:
-                peer = decode_reply(data, key, request_id)
-            except DiscoveryError as e:
-                self.stats[e.reason] += 1
-                self.stats["ignored"] += 1
-                log.debug("discovery: ignored a datagram from {source}: {reason}",
-                          source=_dest_text(addr), reason=str(e))
-                return
-            if peer.peer_id in self.exclude_peer_ids:
-                self.stats["own"] += 1
-                return
-            self.stats["replies"] += 1
-            addresses = found.setdefault(peer.peer_id, [])
-            for a in _usable_addresses(peer.addresses, host):
-                if a not in addresses:
-                    addresses.append(a)
-            log.debug("discovery: {peer} answered from {source}", peer=peer.peer_id.short(),
-                      source=_dest_text(addr))
-            if limit is not None and len(found) >= limit:
-                complete()
-
-        destinations = self._destinations()
-        protocols: dict[bool, _Round] = {}
-        for dest in destinations:
-            v6 = ":" in dest[0]
-            if v6 not in protocols:
-                proto = protocols[v6] = _Round(on_datagram)
-                try:
-                    ports.append(self._listen(proto, v6))
-                except error.CannotListenError as e:
-                    log.warn("discovery: cannot open an {family} socket: {error}",
-                             family="IPv6" if v6 else "IPv4", error=str(e.socketError))
-                    continue
-            proto = protocols[v6]
-            if proto.transport is not None and _send(proto.transport, request, dest, self.stats):
-                self.stats["sent"] += 1
-        if not destinations:
-            log.info("discovery: no interface to send a request on")
-        state["timer"] = self.clock.callLater(window, complete)
-        return result
+        return _DiscoveryRound(self, limit).start(window)
 
     def has_peers_on_lan(self, window: Optional[float] = None) -> defer.Deferred:
         """A Deferred firing True as soon as a peer answers, False after the window."""

@@ -29,7 +29,7 @@ from crust.stun_client import BindingResult, StunClient, StunError, StunTimeout
 log = Logger()
 
 
-class Mapping(str, enum.Enum):
+class MappingBehaviour(str, enum.Enum):
     """RFC 4787 section 4.1 mapping behaviour."""
 
     ENDPOINT_INDEPENDENT = "endpoint-independent"
@@ -41,7 +41,7 @@ class Mapping(str, enum.Enum):
     UNKNOWN = "unknown"
 
 
-class Filtering(str, enum.Enum):
+class FilteringBehaviour(str, enum.Enum):
     """RFC 4787 section 5 filtering behaviour."""
 
     ENDPOINT_INDEPENDENT = "endpoint-independent"
@@ -119,8 +119,8 @@ class NatReport:
 
     udp_blocked: bool
     behind_nat: Optional[bool]
-    mapping: Mapping
-    filtering: Filtering
+    mapping: MappingBehaviour
+    filtering: FilteringBehaviour
     port_preservation: Optional[bool]
     hairpinning: Optional[bool]
     local_port: int
@@ -134,19 +134,19 @@ class NatReport:
         """The RFC 3489 name, for people: "full cone", "symmetric", ..."""
         if self.udp_blocked:
             return "udp blocked"
-        if self.behind_nat is False and self.filtering == Filtering.ENDPOINT_INDEPENDENT:
+        if self.behind_nat is False and self.filtering == FilteringBehaviour.ENDPOINT_INDEPENDENT:
             return "open internet"
         if self.mapping in (
-            Mapping.ADDRESS_DEPENDENT,
-            Mapping.ADDRESS_AND_PORT_DEPENDENT,
-            Mapping.ENDPOINT_DEPENDENT,
+            MappingBehaviour.ADDRESS_DEPENDENT,
+            MappingBehaviour.ADDRESS_AND_PORT_DEPENDENT,
+            MappingBehaviour.ENDPOINT_DEPENDENT,
         ):
             return "symmetric"
-        if self.mapping == Mapping.ENDPOINT_INDEPENDENT:
+        if self.mapping == MappingBehaviour.ENDPOINT_INDEPENDENT:
             return {
-                Filtering.ENDPOINT_INDEPENDENT: "full cone",
-                Filtering.ADDRESS_DEPENDENT: "restricted cone",
-                Filtering.ADDRESS_AND_PORT_DEPENDENT: "port-restricted cone",
+                FilteringBehaviour.ENDPOINT_INDEPENDENT: "full cone",
+                FilteringBehaviour.ADDRESS_DEPENDENT: "restricted cone",
+                FilteringBehaviour.ADDRESS_AND_PORT_DEPENDENT: "port-restricted cone",
             }.get(self.filtering, "cone (filtering unknown)")
         return "unknown"
 
@@ -174,8 +174,8 @@ class NatReport:
         return cls(
             udp_blocked=d["udp_blocked"],
             behind_nat=d["behind_nat"],
-            mapping=Mapping(d["mapping"]),
-            filtering=Filtering(d["filtering"]),
+            mapping=MappingBehaviour(d["mapping"]),
+            filtering=FilteringBehaviour(d["filtering"]),
             port_preservation=d["port_preservation"],
             hairpinning=d["hairpinning"],
             local_port=d["local_port"],
@@ -189,7 +189,7 @@ class NatReport:
 # --- pure classification ----------------------------------------------------
 
 
-def mapping_behaviour(observations: Iterable[Observation]) -> Mapping:
+def mapping_behaviour(observations: Iterable[Observation]) -> MappingBehaviour:
     """
     The mapping class implied by what several destinations saw.
 
@@ -215,27 +215,27 @@ def mapping_behaviour(observations: Iterable[Observation]) -> Mapping:
         else:
             address_dependent = True
     if port_dependent:
-        return Mapping.ADDRESS_AND_PORT_DEPENDENT
+        return MappingBehaviour.ADDRESS_AND_PORT_DEPENDENT
     if address_dependent:
-        return Mapping.ADDRESS_DEPENDENT if same_ip_agree else Mapping.ENDPOINT_DEPENDENT
+        return MappingBehaviour.ADDRESS_DEPENDENT if same_ip_agree else MappingBehaviour.ENDPOINT_DEPENDENT
     if other_ip_agree:
-        return Mapping.ENDPOINT_INDEPENDENT
-    return Mapping.UNKNOWN
+        return MappingBehaviour.ENDPOINT_INDEPENDENT
+    return MappingBehaviour.UNKNOWN
 
 
-def filtering_behaviour(change_ip_and_port: Optional[bool], change_port: Optional[bool]) -> Filtering:
+def filtering_behaviour(change_ip_and_port: Optional[bool], change_port: Optional[bool]) -> FilteringBehaviour:
     """
     RFC 5780 section 4.4: did a response sent from the other IP and port
     (test II), and one from the other port of the same IP (test III), get
     through?  C{None} means not measured.
     """
     if change_ip_and_port is True:
-        return Filtering.ENDPOINT_INDEPENDENT
+        return FilteringBehaviour.ENDPOINT_INDEPENDENT
     if change_port is False:
-        return Filtering.ADDRESS_AND_PORT_DEPENDENT
+        return FilteringBehaviour.ADDRESS_AND_PORT_DEPENDENT
     if change_ip_and_port is False and change_port is True:
-        return Filtering.ADDRESS_DEPENDENT
-    return Filtering.UNKNOWN
+        return FilteringBehaviour.ADDRESS_DEPENDENT
+    return FilteringBehaviour.UNKNOWN
 
 
 def classify(
@@ -268,11 +268,11 @@ def classify(
         behind_nat = not any(o.mapped.host in hosts and o.mapped.port == local_port for o in observations)
 
     if behind_nat is False:
-        mapping = Mapping.ENDPOINT_INDEPENDENT
+        mapping = MappingBehaviour.ENDPOINT_INDEPENDENT
         notes.append("mapped address is a local address: no NAT")
     else:
         mapping = mapping_behaviour(observations)
-        if mapping == Mapping.UNKNOWN and observations:
+        if mapping == MappingBehaviour.UNKNOWN and observations:
             notes.append("mapping not determined: needs answers from at least two destination IPs")
     for destination in dict.fromkeys(o.destination for o in observations):
         if len({o.mapped for o in observations if o.destination == destination}) > 1:
@@ -285,7 +285,7 @@ def classify(
         change_both = None
     change_port = _filter_result(probes, FILTER_CHANGE_PORT, notes)
     filtering = filtering_behaviour(change_both, change_port)
-    if filtering == Filtering.UNKNOWN and not udp_blocked:
+    if filtering == FilteringBehaviour.UNKNOWN and not udp_blocked:
         if not any(p.test in (FILTER_CHANGE_IP_PORT, FILTER_CHANGE_PORT) for p in probes):
             notes.append("filtering not tested: no server offered RFC 5780 (OTHER-ADDRESS)")
 
@@ -302,7 +302,7 @@ def classify(
     return NatReport(
         udp_blocked=udp_blocked,
         behind_nat=behind_nat,
-        mapping=mapping if not udp_blocked else Mapping.UNKNOWN,
+        mapping=mapping if not udp_blocked else MappingBehaviour.UNKNOWN,
         filtering=filtering,
         port_preservation=port_preservation,
         hairpinning=hairpinning,

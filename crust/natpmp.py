@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from crust._reactor import maybe_global_reactor
 from crust.gateway import GatewayTimeout, MalformedResponse, MappingRefused, NoService, PortMappingError
 
 SERVER_PORT = 5351
@@ -170,10 +171,7 @@ class DatagramRequestClient(DatagramProtocol):
     def __init__(self, gateway: str, *, reactor: Optional[IReactorTime] = None, port: int = SERVER_PORT,
                  initial_timeout: float = DEFAULT_INITIAL_TIMEOUT, max_tries: int = DEFAULT_MAX_TRIES,
                  interface: Optional[str] = None) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as _reactor
-
-            reactor = _reactor  # type: ignore[assignment]
+        reactor = maybe_global_reactor(reactor)
         host = gateway.partition("%")[0]
         ipaddress.ip_address(host)  # ValueError if not an IP literal
         if initial_timeout <= 0 or max_tries < 1:

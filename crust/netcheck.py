@@ -27,6 +27,7 @@ from typing import Any, Iterable, Optional
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
+from crust._reactor import maybe_global_reactor
 from crust.address import Address
 from crust.identity import PeerId
 from crust.nat_classify import ECHO, FILTER_CHANGE_IP_PORT, FILTER_CHANGE_PORT, HAIRPIN, MAPPING, NatReport, classify_nat
@@ -269,8 +270,7 @@ def run_netcheck(service_like: Any, udp_endpoint: Any, stun_servers: Iterable[An
     options = options or NetcheckOptions()
     if clock is None:
         clock = getattr(udp_endpoint, "clock", None) or getattr(service_like, "clock", None)
-    if clock is None:
-        from twisted.internet import reactor as clock
+    clock = maybe_global_reactor(clock)
     return Deferred.fromCoroutine(
         _Netcheck(service_like, udp_endpoint, _addresses(stun_servers), _peers(echo_peers),
                   port_mapper, clock, options).run()

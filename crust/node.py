@@ -28,6 +28,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from crust._reactor import maybe_global_reactor
 from crust._version import __version__
 from crust.config import Config
 from crust.connection_info import PrivConnectionInfo, PubConnectionInfo
@@ -95,10 +96,7 @@ class Node(MultiService):
                  config: Optional[Config] = None, overrides: Optional[dict[str, Any]] = None,
                  control: Optional[str] = DEFAULT_CONTROL, reactor: Any = None, role: str = "node") -> None:
         MultiService.__init__(self)
-        if reactor is None:
-            from twisted.internet import reactor as _reactor
-
-            reactor = _reactor
+        reactor = maybe_global_reactor(reactor)
         self.reactor = reactor
         self.data_dir = DataDir(data_dir)
         self.config_file = Path(config_file).absolute() if config_file is not None else None

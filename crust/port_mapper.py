@@ -29,6 +29,7 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList, Timeo
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
+from crust._reactor import maybe_global_reactor
 from crust.address import Address
 from crust.gateway import MappingRefused, NoService, PortMappingError, default_gateway_v4
 from crust.natpmp import DEFAULT_INITIAL_TIMEOUT, DEFAULT_LIFETIME, DEFAULT_MAX_TRIES, SERVER_PORT, NATPMPClient
@@ -69,7 +70,7 @@ class Grant:
 
 
 @dataclass(frozen=True)
-class ProbeResult:
+class MappingProbe:
     """One request by one method: whether the gateway answered, what it granted, in how long."""
 
     method: str
@@ -236,9 +237,9 @@ class PortMapper(Service):
         for C{max_tries} sends.
     @param search_timeout: how long an SSDP search waits for answers.
     @param http_timeout: the deadline of each UPnP HTTP exchange.
-    @param history: how many L{ProbeResult}s C{probe_history} keeps.
+    @param history: how many L{MappingProbe}s C{probe_history} keeps.
 
-    @ivar probes: the latest L{ProbeResult} of each method, by name.
+    @ivar probes: the latest L{MappingProbe} of each method, by name.
     """
 
     log = Logger()
@@ -253,8 +254,7 @@ class PortMapper(Service):
                  min_renew_delay: float = 10.0, initial_timeout: float = DEFAULT_INITIAL_TIMEOUT,
                  max_tries: int = DEFAULT_MAX_TRIES, search_timeout: float = DEFAULT_SEARCH_TIMEOUT,
                  http_timeout: float = DEFAULT_TIMEOUT, history: int = 64) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
+        reactor = maybe_global_reactor(reactor)
         self._reactor = reactor
         self.ports = [(t, p) for t, p in (("tcp", tcp_port), ("udp", udp_port)) if p is not None]
         for transport, port in self.ports:
@@ -282,8 +282,8 @@ class PortMapper(Service):
         self._round_waiters: list[Deferred] = []
         self._retry: Any = None
         self._observers: list[Callable[[str, Mapping], None]] = []
-        self.probes: dict[str, ProbeResult] = {}
-        self.probe_history: deque[ProbeResult] = deque(maxlen=history)
+        self.probes: dict[str, MappingProbe] = {}
+        self.probe_history: deque[MappingProbe] = deque(maxlen=history)
 
     # public view
 
@@ -320,7 +320,7 @@ class PortMapper(Service):
         if gateway is None:
             now = self._reactor.seconds()
             for name in ("pcp", "natpmp"):
-                self._record(ProbeResult(name, "", 0, False, None, None, "no IPv4 default gateway", 0.0, now))
+                self._record(MappingProbe(name, "", 0, False, None, None, "no IPv4 default gateway", 0.0, now))
             self.log.info("port mapping: no IPv4 default gateway: PCP and NAT-PMP skipped")
         else:
             options = dict(reactor=self._reactor, port=self.gateway_port, **self._client_options)
@@ -450,15 +450,15 @@ class PortMapper(Service):
             if not isinstance(e, PortMappingError):
                 self.log.failure("port mapping: {method} raised an unexpected error", method=method.name)
             now = self._reactor.seconds()
-            self._record(ProbeResult(method.name, transport, port, not isinstance(e, NoService), None, None,
-                                     str(e), now - start, now))
+            self._record(MappingProbe(method.name, transport, port, not isinstance(e, NoService), None, None,
+                                      str(e), now - start, now))
             return e
         now = self._reactor.seconds()
-        self._record(ProbeResult(method.name, transport, port, True, grant.external, grant.lifetime, None,
-                                 now - start, now))
+        self._record(MappingProbe(method.name, transport, port, True, grant.external, grant.lifetime, None,
+                                  now - start, now))
         return grant
 
-    def _record(self, result: ProbeResult) -> None:
+    def _record(self, result: MappingProbe) -> None:
         self.probes[result.method] = result
         self.probe_history.append(result)
 

@@ -36,6 +36,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from crust._reactor import maybe_global_reactor
 from crust.errors import CrustError
 from crust.identity import Identity, PeerId
 from crust.quic_driver import (
@@ -98,8 +99,7 @@ class QuicDispatcher:
                  host: Optional[Callable[[], Any]] = None,
                  options: Optional[QuicOptions] = None, cert_info: Optional[CertInfo] = None) -> None:
         check_aioquic()
-        if clock is None:
-            from twisted.internet import reactor as clock
+        clock = maybe_global_reactor(clock)
         self.identity = identity
         self.clock = clock
         self.options = options if options is not None else QuicOptions()

@@ -40,6 +40,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
+from crust._reactor import maybe_global_reactor
 from crust.gateway import GatewayTimeout, MalformedResponse, MappingRefused, NoService, PortMappingError
 
 SSDP_ADDRESS = ("239.255.255.250", 1900)
@@ -307,8 +308,7 @@ class SSDPSearch(DatagramProtocol):
 def search(reactor: Any = None, *, address: tuple[str, int] = SSDP_ADDRESS,
            timeout: float = DEFAULT_SEARCH_TIMEOUT, interface: str = "", **kwargs: Any) -> Deferred:
     """Run an L{SSDPSearch} from an ephemeral UDP port; fires with its responses."""
-    if reactor is None:
-        from twisted.internet import reactor
+    reactor = maybe_global_reactor(reactor)
     protocol = SSDPSearch(reactor, address, timeout=timeout, **kwargs)
     port = reactor.listenUDP(0, protocol, interface=interface)
 
@@ -546,8 +546,7 @@ class IGDClient:
     def __init__(self, control_url: str, service_type: str, *, reactor: Any = None, agent: Any = None,
                  timeout: float = DEFAULT_TIMEOUT, max_body: int = MAX_BODY,
                  internal_client: Optional[str] = None, description: str = "crust") -> None:
-        if reactor is None:
-            from twisted.internet import reactor
+        reactor = maybe_global_reactor(reactor)
         self._reactor = reactor
         self._agent = agent if agent is not None else Agent(reactor, connectTimeout=timeout)
         self.control_url = control_url
@@ -565,8 +564,7 @@ class IGDClient:
     def from_location(cls, location: str, *, reactor: Any = None, agent: Any = None,
                       timeout: float = DEFAULT_TIMEOUT, max_body: int = MAX_BODY, **kwargs: Any) -> Deferred:
         """Fetch the device description at C{location}; fires with an L{IGDClient}."""
-        if reactor is None:
-            from twisted.internet import reactor
+        reactor = maybe_global_reactor(reactor)
         agent = agent if agent is not None else Agent(reactor, connectTimeout=timeout)
 
         def parse(result: tuple[int, bytes]) -> "IGDClient":
@@ -587,8 +585,7 @@ class IGDClient:
         first gateway whose description has a WAN connection service, or fail
         with L{IGDNotFound}.
         """
-        if reactor is None:
-            from twisted.internet import reactor
+        reactor = maybe_global_reactor(reactor)
 
         async def run() -> "IGDClient":
             found = await search(reactor, address=ssdp_address, timeout=search_timeout)

@@ -7,7 +7,7 @@ import socket
 from types import SimpleNamespace
 
 from nacl.public import PrivateKey
-from twisted.internet import defer, reactor
+from twisted.internet import defer, error, reactor
 from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
@@ -28,7 +28,7 @@ from crust.discovery import (
     encode_request,
     has_peers_on_lan,
     listen_discovery,
-    network_hash,
+    lan_network_key as network_hash,
 )
 from crust.identity import Identity
 
@@ -329,6 +329,44 @@ class RequesterUnitTests(unittest.TestCase):
         self.failureResultOf(d, defer.CancelledError)
         self.assertTrue(all(p.stopped for p in self.ports))
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_limit_ends_round_and_its_timer(self) -> None:
+        d = self.requester.discover(limit=1)
+        self.reply(0, OTHER, ADDRS[:1])
+        self.assertEqual(self.successResultOf(d), [DiscoveredPeer(OTHER, ADDRS[:1])])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertTrue(all(p.stopped for p in self.ports))
+
+    def test_datagram_after_the_round_is_ignored(self) -> None:
+        d = self.requester.discover()
+        self.clock.advance(1.0)
+        self.assertEqual(self.successResultOf(d), [])
+        self.reply(0, OTHER, ADDRS)
+        self.protocols[0].datagramReceived(b"junk", ("127.0.0.1", 5484))
+        self.assertEqual((self.requester.stats["replies"], self.requester.stats["ignored"]), (0, 0))
+
+    def test_socket_that_cannot_open_is_skipped(self) -> None:
+        listen = self.requester._listen
+
+        def listen_v4_only(protocol, v6):
+            if v6:
+                raise error.CannotListenError("::", 0, OSError("no IPv6"))
+            return listen(protocol, v6)
+        self.requester._listen = listen_v4_only
+        d = self.requester.discover()
+        self.assertEqual([a for _, a in self.ports[0].sent], [("127.0.0.1", 5484), ("127.0.0.2", 5484)])
+        self.assertEqual(self.requester.stats["sent"], 2)
+        self.reply(0, OTHER, ADDRS[:1])
+        self.clock.advance(1.0)
+        self.assertEqual(self.successResultOf(d), [DiscoveredPeer(OTHER, ADDRS[:1])])
+
+    def test_no_destinations(self) -> None:
+        self.requester.destinations = []
+        d = self.requester.discover()
+        self.assertEqual(self.ports, [])
+        self.assertNoResult(d)
+        self.clock.advance(1.0)
+        self.assertEqual(self.successResultOf(d), [])
 
 
 class LoopbackTests(unittest.TestCase):

@@ -20,7 +20,7 @@ from crust.address import Address
 from crust.config import HardCodedContact
 from crust.gateway import MappingRefused, NoService
 from crust.identity import Identity, PeerId
-from crust.nat_classify import Mapping
+from crust.nat_classify import MappingBehaviour as Mapping
 from crust.netcheck import NetcheckOptions, format_report, run_netcheck
 from crust.port_mapper import Grant, IPortMappingMethod, PortMapper
 from crust.service import ProbeResult

@@ -1,6 +1,5 @@
 """Two or more services on 127.0.0.1 with real sockets and real TLS."""
 
-import json
 import os
 import socket
 import struct

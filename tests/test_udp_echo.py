@@ -20,7 +20,7 @@ from zope.interface.verify import verifyObject
 
 from crust.address import Address
 from crust.identity import Identity, PeerId
-from crust.nat_classify import ECHO, IAddressEchoSource, Mapping, classify_nat
+from crust.nat_classify import ECHO, IAddressEchoSource, MappingBehaviour as Mapping, classify_nat
 from crust.stun_client import StunTimeout
 from crust.udp_echo import (
     REQUEST_SIZE,

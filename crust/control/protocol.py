@@ -1,5 +1,5 @@
 """
-The node's local control interface: newline-delimited JSON over a UNIX socket.
+The control protocol: newline-delimited JSON, one connection at a time.
 
 One request per line, one response per request (responses carry the
 request's C{id}; slow requests like C{connect} may be answered out of order)::
@@ -15,44 +15,36 @@ C{"event"} key and no C{"ok"}::
 
     <- {"event": "new_message", "id": 3, "time": 1700000000.1, "peer_id": "...", "size": 2, "text": "hi"}
 
-Bounds: a request line is at most L{ControlFactory.max_request} bytes (over
-that: a C{too-large} error and the connection is closed); at most
-L{MAX_IN_FLIGHT} requests per connection and L{MAX_CONNECTIONS}
-connections.  A reader too slow for the events it watches loses events (an
-C{events_dropped} line says how many) rather than growing the node's memory.
-Malformed requests get an error response; nothing a client sends stops the
-node.  The protocol is documented for users in doc/node.md.
+Bounds: a request line is at most
+L{crust.control.server.ControlFactory.max_request} bytes (over that: a
+C{too-large} error and the connection is closed); at most L{MAX_IN_FLIGHT}
+requests per connection and L{MAX_CONNECTIONS} connections.  A reader too
+slow for the events it watches loses events (an C{events_dropped} line says
+how many) rather than growing the node's memory.  Malformed requests get an
+error response; nothing a client sends stops the node.  The protocol is
+documented for users in doc/node.md.
 
-The socket file is mode 0600 inside the data directory (mode 0700): only the
-node's user can use it, and it is never reachable from the network.
-
-Also here: L{EventHub} (the node's observer, turning events into JSON),
-the standard commands (L{node_commands}), L{ControlServer} (the listening
-service) and a Twisted client, L{ControlClient} / L{connect_control}.
+Here: the constants and error codes, L{Request} (argument checking),
+L{Command} and L{CommandRegistry}, L{ControlProtocol} (the server side of one
+connection) and L{EventHub} (the node's observer, turning events into JSON).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
-import socket
-import stat
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Iterable, Optional
 
-from twisted.application import service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from crust.address import Address
-from crust.connection_info import PubConnectionInfo
-from crust.datadir import NodeAlreadyRunning, unix_path_problem
 from crust.errors import (
     ConnectFailed,
     ConnectToSelf,
@@ -91,15 +83,6 @@ INTERNAL = "internal"
 
 class RequestError(CrustError):
     """A request cannot be carried out; C{code} is one of the error codes above."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class ControlError(CrustError):
-    """An error response, as seen by a client."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -348,11 +331,17 @@ def _encode(body: dict[str, Any]) -> bytes:
 
 @implementer(IPushProducer)
 class ControlProtocol(Protocol):
-    """One control connection (server side)."""
+    """
+    One control connection (server side).
+
+    @param factory: its L{crust.control.server.ControlFactory}: C{node},
+        C{commands} (a L{CommandRegistry}), C{max_request},
+        C{max_connections} and the set of live C{connections}.
+    """
 
     log = Logger()
 
-    def __init__(self, factory: "ControlFactory") -> None:
+    def __init__(self, factory: Any) -> None:
         self.factory = factory
         self.node = factory.node
         self._buffer = bytearray()
@@ -534,415 +523,3 @@ class ControlProtocol(Protocol):
             self.dropped_events += 1
             return
         self._write(dict(body, id=self._watch_id))
-
-
-class ControlFactory(Factory):
-    """Builds L{ControlProtocol}s for C{node} answering C{commands}."""
-
-    protocol = ControlProtocol  # type: ignore[assignment]
-    noisy = False
-
-    def __init__(self, node: Any, commands: Optional[CommandRegistry] = None,
-                 max_request: int = DEFAULT_MAX_REQUEST, max_connections: int = MAX_CONNECTIONS) -> None:
-        self.node = node
-        self.commands = commands if commands is not None else node_commands()
-        self.max_request = max_request
-        self.max_connections = max_connections
-        self.connections: set[ControlProtocol] = set()
-
-    def buildProtocol(self, addr: Any) -> ControlProtocol:
-        return ControlProtocol(self)
-
-
-# -- the standard commands --------------------------------------------------------------
-#
-# Each handler takes (protocol, request); protocol.node is the node (see
-# crust.node.Node: service, events, describe(), connection_info(), connect()).
-
-
-def _cmd_ping(proto: ControlProtocol, req: Request) -> dict[str, Any]:
-    req.allow()
-    return {"pong": True, "protocol": PROTOCOL_VERSION}
-
-
-def _cmd_help(proto: ControlProtocol, req: Request) -> dict[str, Any]:
-    req.allow()
-    return {"commands": proto.factory.commands.describe(), "protocol": PROTOCOL_VERSION}
-
-
-def _cmd_info(proto: ControlProtocol, req: Request) -> Deferred:
-    req.allow()
-    return proto.node.describe()
-
-
-def _cmd_peers(proto: ControlProtocol, req: Request) -> dict[str, Any]:
-    req.allow()
-    service = proto.node.service
-    peers = []
-    for peer_id in sorted(service.connected_peers()):
-        details = service.peer_details(peer_id)
-        if details is not None:
-            peers.append({k: plain(v) for k, v in details.items()})
-    return {"peers": peers}
-
-
-def _cmd_connection_info(proto: ControlProtocol, req: Request) -> Deferred:
-    req.allow()
-    return proto.node.connection_info().addCallback(
-        lambda info: {"connection_info": json.loads(info.to_json())})
-
-
-def _cmd_connect(proto: ControlProtocol, req: Request) -> Deferred:
-    req.allow("info", "timeout")
-    raw = req._get("info", _MISSING)
-    try:
-        if isinstance(raw, dict):
-            info = PubConnectionInfo.from_dict(raw)
-        elif isinstance(raw, str):
-            info = PubConnectionInfo.from_json(raw)
-        else:
-            raise RequestError(BAD_REQUEST, "'info' must be connection info (a JSON object, or its text)")
-    except InvalidConnectionInfo as e:
-        raise RequestError(BAD_REQUEST, f"bad connection info: {e}") from None
-    timeout = req.number("timeout", None, 0, MAX_CONNECT_TIMEOUT)
-    return proto.node.connect(info, timeout).addCallback(lambda peer_id: {"peer_id": str(peer_id)})
-
-
-def _cmd_send(proto: ControlProtocol, req: Request) -> dict[str, Any]:
-    req.allow("peer_id", "text", "data_b64", "priority")
-    peer_id = req.peer_id()
-    has_text, has_data = req.args.get("text") is not None, req.args.get("data_b64") is not None
-    if has_text == has_data:
-        raise RequestError(BAD_REQUEST, "'send' needs exactly one of 'text' (a string) or 'data_b64' (base64)")
-    if has_text:
-        data = req.string("text").encode("utf-8", "surrogatepass")
-    else:
-        try:
-            data = base64.b64decode(req.string("data_b64"), validate=True)
-        except ValueError:
-            raise RequestError(BAD_REQUEST, "'data_b64' is not valid base64") from None
-    priority = req.integer("priority", 1, 0, 255)
-    service = proto.node.service
-    service.send(peer_id, data, priority)
-    return {"peer_id": str(peer_id), "size": len(data), "priority": priority,
-            "queued_bytes": service.queued_bytes(peer_id)}
-
-
-def _cmd_disconnect(proto: ControlProtocol, req: Request) -> dict[str, Any]:
-    req.allow("peer_id")
-    peer_id = req.peer_id()
-    if not proto.node.service.disconnect(peer_id):
-        raise RequestError(NOT_CONNECTED, f"not connected to {peer_id}")
-    return {"peer_id": str(peer_id), "disconnected": True}
-
-
-def _cmd_watch(proto: ControlProtocol, req: Request) -> dict[str, Any]:
-    req.allow("events")
-    wanted = req.args.get("events")
-    if wanted is None:
-        events = list(EVENT_NAMES)
-    else:
-        if not isinstance(wanted, list) or not all(isinstance(e, str) for e in wanted):
-            raise RequestError(BAD_REQUEST, "'events' must be a list of event names")
-        unknown = [e for e in wanted if e not in EVENT_NAMES]
-        if unknown:
-            raise RequestError(BAD_REQUEST, f"unknown event {unknown[0]!r}; events: {', '.join(EVENT_NAMES)}")
-        events = [e for e in EVENT_NAMES if e in wanted]
-    proto.start_watch(req.id, events)
-    return {"watching": events}
-
-
-def _cmd_unwatch(proto: ControlProtocol, req: Request) -> dict[str, Any]:
-    req.allow()
-    proto._stop_watch()
-    return {"watching": []}
-
-
-def _cmd_bootstrap(proto: ControlProtocol, req: Request) -> Deferred:
-    req.allow("blacklist", "role")
-    blacklist = req.args.get("blacklist") or []
-    if not isinstance(blacklist, list) or not all(isinstance(a, str) for a in blacklist):
-        raise RequestError(BAD_REQUEST, "'blacklist' must be a list of addresses (tcp:ip:port or ip)")
-    role = req.args.get("role")
-    if role is not None and role not in ("node", "client"):
-        raise RequestError(BAD_REQUEST, "'role' must be 'node' or 'client'")
-    node = proto.node
-
-    def done(peer_id: Any) -> dict[str, Any]:
-        to = node.service.bootstrapped_to
-        return {"peer_id": str(peer_id), "address": str(to[1]) if to else None}
-
-    return node.bootstrap(blacklist, role).addCallback(done)
-
-
-def _cmd_cache(proto: ControlProtocol, req: Request) -> dict[str, Any]:
-    req.allow()
-    cache = proto.node.service.bootstrap_cache
-    if cache is None:
-        return {"peers": []}
-    return {"peers": [
-        {"peer_id": str(e.peer_id), "address": str(e.address), "last_seen": e.last_seen,
-         "last_success": getattr(e, "last_success", None), "failures": getattr(e, "failures", 0),
-         "stale": cache.is_stale(e)}
-        for e in cache.entries()
-    ]}
-
-
-def _cmd_netcheck(proto: ControlProtocol, req: Request) -> Deferred:
-    req.allow()
-    return proto.node.service.netcheck().addCallback(
-        lambda report: {"report": report.to_dict(), "text": report.format_text()})
-
-
-STANDARD_COMMANDS = (
-    Command("ping", _cmd_ping, "check the node answers"),
-    Command("help", _cmd_help, "list the commands"),
-    Command("info", _cmd_info, "peer id, addresses, connection info, state"),
-    Command("peers", _cmd_peers, "the connected peers and their details"),
-    Command("connection-info", _cmd_connection_info, "our public connection info, to hand to a peer"),
-    Command("connect", _cmd_connect, "connect to a peer: info (connection info), timeout (s)"),
-    Command("send", _cmd_send, "send a message: peer_id, text or data_b64, priority (default 1)"),
-    Command("disconnect", _cmd_disconnect, "close the connection to peer_id"),
-    Command("watch", _cmd_watch, "stream events on this connection: events (names; default all)"),
-    Command("unwatch", _cmd_unwatch, "stop streaming events"),
-    Command("bootstrap", _cmd_bootstrap, "bootstrap to the network: blacklist (addresses), role (node|client)"),
-    Command("cache", _cmd_cache, "the bootstrap cache, most recently used first"),
-    Command("netcheck", _cmd_netcheck, "external addresses, NAT type, port mapping, with timings"),
-)
-
-
-def node_commands() -> CommandRegistry:
-    """A fresh registry holding the standard commands (add more with C{register})."""
-    return CommandRegistry(STANDARD_COMMANDS)
-
-
-# -- the listening service --------------------------------------------------------------
-
-
-def parse_control_endpoint(description: str) -> Optional[str]:
-    """
-    The UNIX socket path named by a C{--control} value, or L{None} for
-    C{"none"} (no control interface).  Accepted: C{unix:PATH} (or
-    C{unix:address=PATH}; C{\\:} escapes a colon) and a plain path.
-
-    @raise ValueError: anything else (the interface has no authentication,
-        so it is never offered on a network endpoint).
-    """
-    text = description.strip()
-    if text.lower() == "none":
-        return None
-    if text.startswith(("/", ".", "~")):
-        return os.path.abspath(os.path.expanduser(text))
-    kind, sep, rest = text.partition(":")
-    if not sep or kind.lower() != "unix":
-        raise ValueError(
-            f"unsupported control endpoint {description!r}: the control interface has no "
-            f"authentication, so it is only offered on a UNIX socket (unix:/path/to/control.sock) or 'none'"
-        )
-    parts, current, escaped = [], [], False
-    for ch in rest:
-        if escaped:
-            current.append(ch)
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current))
-    path: Optional[str] = None
-    for part in parts:
-        key, eq, value = part.partition("=")
-        if eq and key == "address":
-            path = value
-        elif eq and key in ("mode", "lockfile", "backlog"):
-            continue  # the node decides these: mode 0600, its own data-dir lock
-        elif eq:
-            raise ValueError(f"unknown option {key!r} in control endpoint {description!r}")
-        elif path is None:
-            path = part
-        else:
-            raise ValueError(f"unexpected {part!r} in control endpoint {description!r}")
-    if not path:
-        raise ValueError(f"control endpoint {description!r} lacks a path (unix:/path/to/control.sock)")
-    return os.path.abspath(os.path.expanduser(path))
-
-
-def clear_stale_socket(path: str, timeout: float = 1.0) -> bool:
-    """
-    Make way for a new socket at C{path}: a socket nobody listens on is
-    removed.  Returns True if one was removed.
-
-    @raise NodeAlreadyRunning: a live socket is there.
-    @raise CrustError: something that is not a socket is there.
-    """
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    except OSError as e:
-        raise CrustError(f"cannot inspect {path}: {e.strerror or e}") from None
-    if not stat.S_ISSOCK(st.st_mode):
-        raise CrustError(f"{path} exists and is not a socket; remove it or choose another --control path")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(timeout)
-    try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        pass  # stale: nobody is listening
-    except PermissionError:
-        raise CrustError(f"cannot use the control socket {path}: permission denied") from None
-    except OSError as e:  # timeout and the like: someone is there, but not answering
-        raise NodeAlreadyRunning(f"another node seems to be running: its control socket {path} "
-                                 f"is in use ({e.strerror or e})") from None
-    else:
-        raise NodeAlreadyRunning(f"another node is running with this data dir: its control socket {path} is live")
-    finally:
-        probe.close()
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    return True
-
-
-class ControlServer(service.Service):
-    """
-    Listens on the control socket C{path} (mode 0600).  L{listen} binds at
-    once (so a node reports a problem before its reactor runs);
-    C{startService} does it if not done yet.
-    """
-
-    log = Logger()
-    name = "control"
-
-    def __init__(self, node: Any, path: str, reactor: Any = None,
-                 commands: Optional[CommandRegistry] = None, max_request: int = DEFAULT_MAX_REQUEST) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as _reactor
-
-            reactor = _reactor
-        self.reactor = reactor
-        self.path = path
-        self.factory = ControlFactory(node, commands, max_request)
-        self.port: Any = None
-
-    @property
-    def commands(self) -> CommandRegistry:
-        return self.factory.commands
-
-    def listen(self) -> None:
-        """
-        Bind the socket now.
-
-        @raise NodeAlreadyRunning: a live node owns the socket.
-        @raise CrustError: the socket cannot be created (the message says why).
-        """
-        if self.port is not None:
-            return
-        problem = unix_path_problem(self.path)
-        if problem:
-            raise CrustError(problem)
-        if clear_stale_socket(self.path):
-            self.log.info("removed the stale control socket {path} of a node that is gone", path=self.path)
-        old_umask = os.umask(0o177)  # never a moment with a socket others could use
-        try:
-            self.port = self.reactor.listenUNIX(self.path, self.factory, backlog=16, mode=0o600)
-        except Exception as e:
-            reason = getattr(e, "socketError", None) or e
-            raise CrustError(f"cannot listen on the control socket {self.path}: {reason}") from None
-        finally:
-            os.umask(old_umask)
-
-    def startService(self) -> None:
-        self.listen()
-        service.Service.startService(self)
-
-    def stopService(self) -> Deferred:
-        service.Service.stopService(self)
-        for proto in list(self.factory.connections):
-            proto._stop_watch()
-            proto.transport.loseConnection()
-        port, self.port = self.port, None
-        if port is None:
-            return succeed(None)
-        return maybeDeferred(port.stopListening)
-
-
-# -- a Twisted client ----------------------------------------------------------------------
-
-
-class ControlClient(Protocol):
-    """
-    The client side, for Twisted programs::
-
-        client = await connect_control(reactor, "/path/control.sock")
-        info = await client.request("info")
-        client.on_event = print
-        await client.request("watch", events=["new_message"])
-    """
-
-    max_line = 64 * 1024 * 1024
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._next_id = 1
-        self._pending: dict[Any, Deferred] = {}
-        self.on_event: Callable[[dict[str, Any]], Any] = lambda event: None
-        self.closed: Deferred = Deferred()
-        self.errors: list[dict[str, Any]] = []  # error responses without an id we sent
-
-    def request(self, cmd: str, **args: Any) -> Deferred:
-        """Fires with the C{result}; fails with L{ControlError} (its C{code} and message)."""
-        rid = self._next_id
-        self._next_id += 1
-        d: Deferred = Deferred()
-        self._pending[rid] = d
-        self.transport.write(_encode(dict(args, id=rid, cmd=cmd)))
-        return d
-
-    def send_raw(self, data: bytes) -> None:
-        self.transport.write(data)
-
-    def dataReceived(self, data: bytes) -> None:
-        self._buffer += data
-        while True:
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                if len(self._buffer) > self.max_line:
-                    self.transport.loseConnection()
-                return
-            line = bytes(self._buffer[:end])
-            del self._buffer[: end + 1]
-            try:
-                body = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(body, dict):
-                continue
-            if "event" in body and "ok" not in body:
-                self.on_event(body)
-                continue
-            d = self._pending.pop(body.get("id"), None)
-            if d is None:
-                self.errors.append(body)
-            elif body.get("ok"):
-                d.callback(body.get("result"))
-            else:
-                d.errback(ControlError(str(body.get("code")), str(body.get("error"))))
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        pending, self._pending = self._pending, {}
-        for d in pending.values():
-            d.errback(ControlError("closed", "the control connection closed"))
-        self.closed.callback(None)
-
-
-def connect_control(reactor: Any, path: str) -> Deferred:
-    """Connect to the control socket at C{path}; fires with a L{ControlClient}."""
-    from twisted.internet.endpoints import UNIXClientEndpoint
-    from twisted.internet.protocol import Factory as _Factory
-
-    return UNIXClientEndpoint(reactor, path, timeout=10).connect(_Factory.forProtocol(ControlClient))

@@ -31,6 +31,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from crust._reactor import maybe_global_reactor
 from crust._waiters import OneShot
 from crust.address import Address
 from crust.admission import Admission
@@ -74,10 +75,7 @@ class Service(MultiService):
     def __init__(self, identity: Identity, config: Optional[Config] = None, reactor: Any = None,
                  role: str = "node", data_dir: Optional[str] = None) -> None:
         MultiService.__init__(self)
-        if reactor is None:
-            from twisted.internet import reactor as _reactor
-
-            reactor = _reactor
+        reactor = maybe_global_reactor(reactor)
         self.identity = identity
         self.peer_id = identity.peer_id
         self.config = config or Config()

@@ -176,6 +176,7 @@ class Service(MultiService):
         for port in self._ports:
             port.stopListening()
         self._ports = []
+        self.tcp.listening_port = None
         self._listening = None
         self.listen_addresses = []
         for conn in list(self.peers.connections):

@@ -46,7 +46,8 @@ from crust.errors import CrustError
 from crust.identity import PeerId
 from crust.nat_classify import IAddressEchoSource
 from crust.stun_client import StunTimeout
-from crust.udp_endpoint import ECHO_REQUEST, ECHO_RESPONSE, RateLimiter, sockaddr_to_address
+from crust.ratelimit import RateLimiter
+from crust.udp_endpoint import ECHO_REQUEST, ECHO_RESPONSE, sockaddr_to_address
 
 VERSION = 1
 MAGIC = b"cr"  # bytes 1..2 of every crust echo message

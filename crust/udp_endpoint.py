@@ -34,7 +34,6 @@ import errno
 import ipaddress
 import socket
 import sys
-from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 from twisted.application.service import Service
@@ -46,6 +45,7 @@ from crust import stun
 from crust.address import Address
 from crust.errors import CrustError
 from crust.local_addresses import addresses_for_listener
+from crust.ratelimit import RateLimiter
 from crust.stun_client import StunClient
 
 # first-byte ranges (inclusive)
@@ -73,50 +73,6 @@ class UdpSendError(CrustError):
         super().__init__(f"cannot send to {addr!r}: {detail}")
         self.addr = addr
         self.reason = reason
-
-
-class RateLimiter:
-    """
-    Token buckets: one per key (a source IP), in a table of at most
-    C{max_keys} entries (the least recently seen is forgotten), and one for
-    everything together.  Each is a C{(rate per second, burst)} pair.
-    """
-
-    def __init__(self, clock: Any, per_key: tuple[float, float] = (10.0, 20.0),
-                 total: tuple[float, float] = (200.0, 400.0), max_keys: int = 4096) -> None:
-        for rate, burst in (per_key, total):
-            if rate <= 0 or burst < 1:
-                raise ValueError(f"a rate limit needs a positive rate and a burst of at least 1, not {rate!r}, {burst!r}")
-        self._clock = clock
-        self.per_key = per_key
-        self.total = total
-        self.max_keys = max_keys
-        self._keys: OrderedDict[Any, list[float]] = OrderedDict()
-        self._total = [float(total[1]), clock.seconds()]
-
-    @staticmethod
-    def _refill(bucket: list[float], limit: tuple[float, float], now: float) -> None:
-        rate, burst = limit
-        bucket[0] = min(float(burst), bucket[0] + max(0.0, now - bucket[1]) * rate)
-        bucket[1] = now
-
-    def allow(self, key: Any) -> bool:
-        """Take one token from C{key}'s bucket and the total; False (taking nothing) if either is empty."""
-        now = self._clock.seconds()
-        bucket = self._keys.get(key)
-        if bucket is None:
-            bucket = self._keys[key] = [float(self.per_key[1]), now]
-            while len(self._keys) > self.max_keys:
-                self._keys.popitem(last=False)
-        else:
-            self._keys.move_to_end(key)
-        self._refill(bucket, self.per_key, now)
-        self._refill(self._total, self.total, now)
-        if bucket[0] < 1 or self._total[0] < 1:
-            return False
-        bucket[0] -= 1
-        self._total[0] -= 1
-        return True
 
 
 def sockaddr_to_address(addr: Any) -> Optional[Address]:
@@ -539,7 +495,6 @@ __all__ = [
     "ECHO_REQUEST",
     "ECHO_RESPONSE",
     "STUN_RESPONSE_OVERHEAD",
-    "RateLimiter",
     "UdpEndpoint",
     "UdpEndpointService",
     "UdpSendError",

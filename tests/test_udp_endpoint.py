@@ -22,7 +22,6 @@ from crust.identity import Identity
 from crust.stun_client import StunError
 from crust.udp_endpoint import (
     STUN_RESPONSE_OVERHEAD,
-    RateLimiter,
     UdpEndpoint,
     UdpEndpointService,
     sockaddr_to_address,
@@ -300,29 +299,6 @@ class StunResponderTests(SynchronousTestCase):
             endpoint.datagramReceived(binding_request()[1], (f"127.0.1.{i}", 5000))
         self.assertEqual(len(transport.written), 8)
         self.assertEqual(endpoint.counters["stun_rate_limited"], 12)
-
-
-class RateLimiterTests(SynchronousTestCase):
-    def test_buckets_refill_and_cap(self):
-        clock = Clock()
-        limiter = RateLimiter(clock, (2.0, 3.0), (100.0, 100.0))
-        self.assertEqual([limiter.allow("a") for _ in range(4)], [True, True, True, False])
-        clock.advance(0.5)
-        self.assertEqual([limiter.allow("a") for _ in range(2)], [True, False])
-        clock.advance(100)
-        self.assertEqual(sum(limiter.allow("a") for _ in range(10)), 3)  # never above the burst
-
-    def test_table_is_bounded(self):
-        limiter = RateLimiter(Clock(), (1.0, 1.0), (1000.0, 1000.0), max_keys=3)
-        for key in "abcd":
-            self.assertTrue(limiter.allow(key))
-        self.assertEqual(len(limiter._keys), 3)
-        self.assertTrue(limiter.allow("a"))  # forgotten, so a fresh bucket
-        self.assertFalse(limiter.allow("d"))
-
-    def test_bad_limits(self):
-        self.assertRaises(ValueError, RateLimiter, Clock(), (0.0, 1.0))
-        self.assertRaises(ValueError, RateLimiter, Clock(), (1.0, 0.5))
 
 
 class SendTests(SynchronousTestCase):

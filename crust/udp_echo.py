@@ -47,7 +47,7 @@ from crust.identity import PeerId
 from crust.nat_classify import IAddressEchoSource
 from crust.stun_client import StunTimeout
 from crust.ratelimit import RateLimiter
-from crust.udp_endpoint import ECHO_REQUEST, ECHO_RESPONSE, sockaddr_to_address
+from crust.udp_endpoint import ECHO_REQUEST, ECHO_RESPONSE
 
 VERSION = 1
 MAGIC = b"cr"  # bytes 1..2 of every crust echo message
@@ -290,7 +290,7 @@ class UdpEcho:
         counters = self.counters
         counters["requests_received"] += 1
         problem = check_header(data, ECHO_REQUEST, REQUEST_SIZE)
-        source = sockaddr_to_address(addr)
+        source = Address.from_sockaddr("udp", addr)
         if problem is None and source is None:
             problem = "requests_malformed"
         if problem is not None:
@@ -404,7 +404,7 @@ class UdpEcho:
         counters = self.counters
         counters["responses_received"] += 1
         problem = check_header(data, ECHO_RESPONSE, RESPONSE_SIZE)
-        source = sockaddr_to_address(addr)
+        source = Address.from_sockaddr("udp", addr)
         if problem is None and source is None:
             problem = "responses_malformed"
         if problem is not None:

@@ -31,7 +31,6 @@ L{STUN_RESPONSE_OVERHEAD} bytes (no amplification).
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
 import sys
 from typing import Any, Callable, Optional
@@ -73,18 +72,6 @@ class UdpSendError(CrustError):
         super().__init__(f"cannot send to {addr!r}: {detail}")
         self.addr = addr
         self.reason = reason
-
-
-def sockaddr_to_address(addr: Any) -> Optional[Address]:
-    """C{("1.2.3.4", 5)} as a C{udp:} L{Address} (IPv4-mapped IPv6 as IPv4); None if unusable."""
-    try:
-        host = str(addr[0]).split("%", 1)[0]
-        ip = ipaddress.ip_address(host)
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            host = str(ip.ipv4_mapped)
-        return Address("udp", host, int(addr[1]))
-    except (ValueError, TypeError, IndexError):
-        return None
 
 
 def _reason(e: BaseException) -> str:
@@ -412,7 +399,7 @@ class UdpEndpoint(DatagramProtocol):
     def _answer_stun(self, data: bytes, addr: Any) -> None:
         """Answer a Binding request with the source address (the STUN echo), within the rate limits."""
         counters = self.counters
-        source = sockaddr_to_address(addr)
+        source = Address.from_sockaddr("udp", addr)
         try:
             request = stun.decode(data)
         except stun.StunParseError as e:
@@ -498,5 +485,4 @@ __all__ = [
     "UdpEndpoint",
     "UdpEndpointService",
     "UdpSendError",
-    "sockaddr_to_address",
 ]

@@ -24,7 +24,6 @@ from crust.udp_endpoint import (
     STUN_RESPONSE_OVERHEAD,
     UdpEndpoint,
     UdpEndpointService,
-    sockaddr_to_address,
 )
 
 LOOPBACK = "127.0.0.1"
@@ -356,16 +355,6 @@ class SendTests(SynchronousTestCase):
         self.assertEqual(stats["endpoint"]["unknown"], 1)
         self.assertIn("sent", stats["stun_client"])
         self.assertIn("requests_answered", stats["echo"])
-
-
-class AddressTests(SynchronousTestCase):
-    def test_sockaddr_to_address(self):
-        self.assertEqual(sockaddr_to_address(("127.0.0.1", 5)), Address("udp", "127.0.0.1", 5))
-        self.assertEqual(sockaddr_to_address(("::ffff:127.0.0.1", 5)), Address("udp", "127.0.0.1", 5))
-        self.assertEqual(sockaddr_to_address(("fe80::1%eth0", 5)), Address("udp", "fe80::1", 5))
-        self.assertIsNone(sockaddr_to_address(("nonsense", 5)))
-        self.assertIsNone(sockaddr_to_address(("127.0.0.1", 0)))
-        self.assertIsNone(sockaddr_to_address(None))
 
 
 class VirtualNetTests(SynchronousTestCase):

@@ -47,7 +47,7 @@ from crust.identity import PeerId
 from crust.nat_classify import IAddressEchoSource
 from crust.stun_client import StunTimeout
 from crust.ratelimit import RateLimiter
-from crust.udp_endpoint import ECHO_REQUEST, ECHO_RESPONSE
+from crust.udp_messages import ECHO_REQUEST, ECHO_RESPONSE
 
 VERSION = 1
 MAGIC = b"cr"  # bytes 1..2 of every crust echo message

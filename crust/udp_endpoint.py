@@ -1,26 +1,9 @@
 """
 L{UdpEndpoint}: the node's one UDP socket, shared by STUN, crust's UDP
-address echo, hole-punching probes and (later) QUIC.
+address echo, hole-punching probes and QUIC.
 
-Every incoming datagram is routed by its first byte, in the spirit of
-RFC 7983 (updated by RFC 9443 for QUIC):
-
-    first byte  owner
-    0..3        STUN (and C{is_stun}): our L{StunClient}, then, for Binding
-                requests it did not consume, the built-in STUN responder
-    4..15       crust's own UDP messages; the byte is the message type:
-                4 echo request, 5 echo response (L{crust.udp_echo}),
-                6..15 reserved for crust (hole punching first)
-    16..255     the handler registry (L{UdpEndpoint.register}), in
-                registration order; QUIC will claim 64..255
-    (else)      counted as C{unknown} and dropped
-
-Why 4..15: it is the only range no multiplexing scheme claims.  16..19 is
-ZRTP, 20..63 DTLS (and reserved by the TLS ContentType registry for that
-purpose), 64..79 TURN channels, 64..127 QUIC short headers, 128..191 RTP,
-128..255 QUIC long headers (with the QUIC bit greased, RFC 9287, QUIC may use
-any value above 63).  Keeping crust to 4..15 leaves the socket able to carry
-QUIC, DTLS or TURN later without any change to crust's messages.
+Every incoming datagram is routed by its first byte; the map, and why crust's
+own messages use 4..15, is in L{crust.udp_messages}.
 
 The endpoint answers STUN Binding requests itself when C{stun_responder} is
 on, so every node is an echo source for its peers: answers are rate limited
@@ -46,14 +29,7 @@ from crust.errors import CrustError
 from crust.local_addresses import addresses_for_listener
 from crust.ratelimit import RateLimiter
 from crust.stun_client import StunClient
-
-# first-byte ranges (inclusive)
-STUN_FIRST, STUN_LAST = 0, 3
-CRUST_FIRST, CRUST_LAST = 4, 15
-
-# crust message types (the first byte)
-ECHO_REQUEST = 4
-ECHO_RESPONSE = 5
+from crust.udp_messages import CRUST_LAST, STUN_LAST, check_message_type
 
 # A Binding success for IPv6 adds XOR-MAPPED-ADDRESS (24 bytes) to the 20-byte
 # header; a bare request is 20 bytes.  FINGERPRINT is only echoed when the
@@ -288,8 +264,7 @@ class UdpEndpoint(DatagramProtocol):
 
     def set_crust_handler(self, message_type: int, handler: Optional[Handler]) -> None:
         """Route crust messages of C{message_type} (4..15) to C{handler(data, addr)}; None removes it."""
-        if not CRUST_FIRST <= message_type <= CRUST_LAST:
-            raise ValueError(f"crust message types are {CRUST_FIRST}..{CRUST_LAST}, not {message_type!r}")
+        check_message_type(message_type)
         if handler is None:
             self._crust_handlers.pop(message_type, None)
         else:
@@ -477,10 +452,6 @@ def _text(addr: Any) -> str:
 
 
 __all__ = [
-    "CRUST_FIRST",
-    "CRUST_LAST",
-    "ECHO_REQUEST",
-    "ECHO_RESPONSE",
     "STUN_RESPONSE_OVERHEAD",
     "UdpEndpoint",
     "UdpEndpointService",

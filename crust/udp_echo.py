@@ -232,7 +232,10 @@ class _Request:
 class UdpEcho:
     """
     Both sides of the UDP echo on one endpoint (anything with C{clock},
-    C{send(data, addr) -> bool} and C{set_crust_handler(type, handler)}).
+    C{send(data, addr) -> bool}, C{set_crust_handler(type, handler)} and
+    C{call_when_closed(callback)}, such as L{crust.udp_endpoint.UdpEndpoint}):
+    it registers its handlers for message types 4 and 5 there, and fails its
+    requests in flight when the socket closes.
 
     @param identity: our L{crust.identity.Identity}; without it requests to
         us are dropped (counted as C{requests_ignored}).
@@ -274,6 +277,7 @@ class UdpEcho:
         )
         endpoint.set_crust_handler(ECHO_REQUEST, self.request_received)
         endpoint.set_crust_handler(ECHO_RESPONSE, self.response_received)
+        endpoint.call_when_closed(self.cancel_all)
 
     @property
     def responding(self) -> bool:

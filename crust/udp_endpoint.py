@@ -5,10 +5,9 @@ address echo, hole-punching probes and QUIC.
 Every incoming datagram is routed by its first byte; the map, and why crust's
 own messages use 4..15, is in L{crust.udp_messages}.
 
-The endpoint answers STUN Binding requests itself when C{stun_responder} is
-on, so every node is an echo source for its peers: answers are rate limited
-per source IP and in total, and never larger than the request plus
-L{STUN_RESPONSE_OVERHEAD} bytes (no amplification).
+The endpoint answers STUN Binding requests with a
+L{crust.stun_responder.StunResponder} when C{stun_responder} is on, so every
+node is an echo source for its peers.
 """
 
 from __future__ import annotations
@@ -27,18 +26,13 @@ from crust import stun
 from crust.address import Address
 from crust.errors import CrustError
 from crust.local_addresses import addresses_for_listener
-from crust.ratelimit import RateLimiter
 from crust.stun_client import StunClient
+from crust.stun_responder import StunResponder
 from crust.udp_messages import CRUST_LAST, STUN_LAST, check_message_type
-
-# A Binding success for IPv6 adds XOR-MAPPED-ADDRESS (24 bytes) to the 20-byte
-# header; a bare request is 20 bytes.  FINGERPRINT is only echoed when the
-# request had one, and a 420 error grows by at most 2 bytes per unknown
-# attribute the request carried (4 bytes or more each).
-STUN_RESPONSE_OVERHEAD = 24
 
 Classifier = Callable[[bytes], bool]
 Handler = Callable[[bytes, "tuple[str, int]"], Any]
+StunHandler = Callable[[bytes, "tuple[str, int]"], bool]
 
 
 class UdpSendError(CrustError):
@@ -127,8 +121,8 @@ class UdpEndpoint(DatagramProtocol):
         self.port = port
         self.max_packet_size = max_packet_size
         self.socket_buffer = socket_buffer
-        self.stun_responder = stun_responder
-        self._stun_limiter = RateLimiter(reactor, stun_rate[0], stun_rate[1])
+        self._stun_handlers: list[tuple[StunHandler, str]] = []
+        self._close_callbacks: list[Callable[[], Any]] = []
         self._crust_handlers: dict[int, Handler] = {}
         self._registry: list[tuple[Classifier, Handler, str]] = []
         self._bounds: dict[Any, Optional[int]] = {}
@@ -139,12 +133,14 @@ class UdpEndpoint(DatagramProtocol):
         self._sendto: Any = None
         self.counters = dict.fromkeys(
             ("received", "received_bytes", "sent", "sent_bytes", "send_failures", "empty",
-             "stun", "stun_consumed", "stun_answered", "stun_errors_sent", "stun_rate_limited",
-             "stun_dropped", "crust", "crust_unknown_type", "registry", "unknown", "handler_errors"),
+             "stun", "stun_consumed", "stun_dropped", "crust", "crust_unknown_type", "registry", "unknown", "handler_errors"),
             0,
         )
         self.send_errors: dict[str, int] = {}
-        self.stun_client = StunClient(self._write, reactor, **(stun_options or {}))
+        self.stun_client = StunClient(self.send_or_raise, reactor, **(stun_options or {}))
+        self.add_stun_handler(self.stun_client.datagram_received, "stun client")
+        self.call_when_closed(self.stun_client.cancel_all)
+        self.stun_responder = StunResponder(self, rate=stun_rate, enabled=stun_responder)
         from crust.udp_echo import UdpEcho  # it imports this module
 
         self.echo = UdpEcho(self, identity, **(echo_options or {}))
@@ -213,8 +209,25 @@ class UdpEndpoint(DatagramProtocol):
 
     def stopProtocol(self) -> None:
         self._checked_addr = self._sendto = None
-        self.stun_client.cancel_all()
-        self.echo.cancel_all()
+        for callback in list(self._close_callbacks):
+            try:
+                callback()
+            except Exception:
+                self.log.failure("UDP endpoint close callback {callback!r} failed", callback=callback)
+
+    def call_when_closed(self, callback: Callable[[], Any]) -> Callable[[], None]:
+        """
+        Call C{callback()} whenever the socket closes (C{stop}, or the
+        reactor shutting down): the place to fail requests in flight.
+        Returns a function that removes it.
+        """
+        self._close_callbacks.append(callback)
+
+        def remove() -> None:
+            if callback in self._close_callbacks:
+                self._close_callbacks.remove(callback)
+
+        return remove
 
     # -- sending ---------------------------------------------------------------------
 
@@ -234,7 +247,7 @@ class UdpEndpoint(DatagramProtocol):
                 counters["sent_bytes"] += len(datagram)
                 return True
         try:
-            self._write(datagram, addr)
+            self.send_or_raise(datagram, addr)
         except UdpSendError:
             return False
         sock = getattr(self.transport, "socket", None)
@@ -243,8 +256,12 @@ class UdpEndpoint(DatagramProtocol):
             self._sendto = sock.sendto
         return True
 
-    def _write(self, datagram: bytes, addr: "tuple[str, int]") -> None:
-        """Send, raising L{UdpSendError} (after counting it) on failure: for L{StunClient}."""
+    def send_or_raise(self, datagram: bytes, addr: "tuple[str, int]") -> None:
+        """
+        Send one datagram, raising L{UdpSendError} (after counting and
+        logging it) when it cannot go: the sender of a L{StunClient}, which
+        fails a request at once when its first datagram cannot be sent.
+        """
         if self.transport is None:
             self._send_failed(addr, "ENOTCONN", "the UDP endpoint is not open")
         try:
@@ -262,8 +279,30 @@ class UdpEndpoint(DatagramProtocol):
 
     # -- handlers ----------------------------------------------------------------------
 
+    def add_stun_handler(self, handler: StunHandler, name: str = "") -> Callable[[], None]:
+        """
+        Offer STUN datagrams (first byte 0..3, and C{stun.is_stun}) to
+        C{handler(data, addr)}, which returns True when it took the datagram.
+        Handlers are asked in registration order until one takes it: the
+        STUN client first (answers to its own requests), then the responder
+        (Binding requests).  What no handler takes is counted as
+        C{stun_dropped}.  Returns a function that unregisters it.
+        """
+        entry = (handler, name or getattr(handler, "__qualname__", repr(handler)))
+        self._stun_handlers.append(entry)
+
+        def unregister() -> None:
+            if entry in self._stun_handlers:
+                self._stun_handlers.remove(entry)
+
+        return unregister
+
     def set_crust_handler(self, message_type: int, handler: Optional[Handler]) -> None:
-        """Route crust messages of C{message_type} (4..15) to C{handler(data, addr)}; None removes it."""
+        """
+        Route crust messages of C{message_type} (4..15, claimed in
+        L{crust.udp_messages.MESSAGE_TYPES}) to C{handler(data, addr)}; None
+        removes it.
+        """
         check_message_type(message_type)
         if handler is None:
             self._crust_handlers.pop(message_type, None)
@@ -363,57 +402,28 @@ class UdpEndpoint(DatagramProtocol):
             self.log.debug("dropping datagram from {addr}: first byte {first} says STUN but it is not",
                            addr=_text(addr), first=data[0])
             return
-        if self.stun_client.datagram_received(data, addr):
-            counters["stun_consumed"] += 1
-            return
-        if not self.stun_responder:
-            counters["stun_dropped"] += 1
-            return
-        self._answer_stun(data, addr)
-
-    def _answer_stun(self, data: bytes, addr: Any) -> None:
-        """Answer a Binding request with the source address (the STUN echo), within the rate limits."""
-        counters = self.counters
-        source = Address.from_sockaddr("udp", addr)
-        try:
-            request = stun.decode(data)
-        except stun.StunParseError as e:
-            counters["stun_dropped"] += 1
-            self.log.debug("dropping malformed STUN from {addr}: {reason}", addr=_text(addr), reason=str(e))
-            return
-        if source is None or request.message_class != stun.MessageClass.REQUEST or request.method != stun.BINDING:
-            counters["stun_dropped"] += 1
-            return
-        if not self._stun_limiter.allow(source.host):
-            counters["stun_rate_limited"] += 1
-            self.log.debug("not answering STUN from {addr}: rate limited", addr=str(source))
-            return
-        unknown = list(request.unknown_comprehension_required())
-        change = request.get(stun.CHANGE_REQUEST)
-        if change is not None and (change.change_ip or change.change_port):
-            unknown.append(stun.CHANGE_REQUEST)  # no alternate address: RFC 5780 says 420
-        if unknown:
-            response = stun.make_binding_error(request, 420, "", unknown_attributes=tuple(unknown))
-        else:
-            response = stun.make_binding_success(request, source)
-        out = stun.encode(response, fingerprint=stun.FINGERPRINT in request.types())
-        if len(out) > len(data) + STUN_RESPONSE_OVERHEAD:  # cannot happen; never amplify if it does
-            counters["stun_dropped"] += 1
-            self.log.warn("not answering STUN from {addr}: the answer would be {size} bytes for a {request}-byte request",
-                          addr=str(source), size=len(out), request=len(data))
-            return
-        if self.send(out, addr):
-            counters["stun_errors_sent" if unknown else "stun_answered"] += 1
+        for handler, name in self._stun_handlers:
+            try:
+                taken = handler(data, addr)
+            except Exception:
+                counters["handler_errors"] += 1
+                self.log.failure("STUN handler {name} failed on a datagram from {addr}", name=name, addr=_text(addr))
+                return
+            if taken:
+                counters["stun_consumed"] += 1
+                return
+        counters["stun_dropped"] += 1
 
     # -- diagnostics ---------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """A snapshot of every counter: the socket's, its STUN client's and its echo's."""
+        """A snapshot of every counter: the socket's, its STUN client's, responder's and echo's."""
         return {
             "local_address": _text(self.local_address()),
             "endpoint": dict(self.counters),
             "send_errors": dict(self.send_errors),
             "stun_client": dict(self.stun_client.counters),
+            "stun_responder": dict(self.stun_responder.counters),
             "echo": dict(self.echo.counters),
         }
 
@@ -452,7 +462,6 @@ def _text(addr: Any) -> str:
 
 
 __all__ = [
-    "STUN_RESPONSE_OVERHEAD",
     "UdpEndpoint",
     "UdpEndpointService",
     "UdpSendError",

@@ -290,7 +290,7 @@ class LoopbackTests(TestCase):
         for p in report.probes:
             self.assertLess(p.duration, 2.0)
         self.assertLess(report.duration, 3.0)
-        self.assertEqual(stun_server.counters["stun_answered"], 1)
+        self.assertEqual(stun_server.stun_responder.counters["answered"], 1)
         self.assertEqual(peer_udp.echo.counters["requests_answered"], 1)
         self.assertIsNone(json.loads(report.to_json())["port_mapping"].get("methods"))
         self.assertIn("NAT (udp)", report.format_text())

@@ -20,8 +20,8 @@ from crust import stun
 from crust.address import Address
 from crust.identity import Identity
 from crust.stun_client import StunError
+from crust.stun_responder import STUN_RESPONSE_OVERHEAD
 from crust.udp_endpoint import (
-    STUN_RESPONSE_OVERHEAD,
     UdpEndpoint,
     UdpEndpointService,
 )
@@ -242,7 +242,7 @@ class StunResponderTests(SynchronousTestCase):
         self.assertEqual(response.transaction_id, request.transaction_id)
         self.assertEqual(response.mapped_address, Address("udp", *PEER))
         self.assertIn(stun.FINGERPRINT, response.types())
-        self.assertEqual(self.endpoint.counters["stun_answered"], 1)
+        self.assertEqual(self.endpoint.stun_responder.counters["answered"], 1)
 
     def test_no_fingerprint_unless_asked_and_never_larger(self):
         request, data = binding_request(fingerprint=False)
@@ -257,7 +257,7 @@ class StunResponderTests(SynchronousTestCase):
         self.assertEqual(response.message_class, stun.MessageClass.ERROR)
         self.assertEqual(response.error_code.code, 420)
         self.assertEqual(response.get(stun.UNKNOWN_ATTRIBUTES), (stun.CHANGE_REQUEST,))
-        self.assertEqual(self.endpoint.counters["stun_errors_sent"], 1)
+        self.assertEqual(self.endpoint.stun_responder.counters["errors_sent"], 1)
 
     def test_unknown_comprehension_required_gets_420(self):
         request = stun.make_binding_request()
@@ -277,14 +277,14 @@ class StunResponderTests(SynchronousTestCase):
         self.assertEqual(self.endpoint.counters["stun_dropped"], 2)
 
     def test_disabled(self):
-        self.endpoint.stun_responder = False
+        self.endpoint.stun_responder.enabled = False
         self.assertIsNone(self.answer(binding_request()[1]))
         self.assertEqual(self.endpoint.counters["stun_dropped"], 1)
 
     def test_rate_limited_per_source(self):
         answered = sum(self.answer(binding_request()[1]) is not None for _ in range(50))
         self.assertEqual(answered, 20)  # the burst
-        self.assertEqual(self.endpoint.counters["stun_rate_limited"], 30)
+        self.assertEqual(self.endpoint.stun_responder.counters["rate_limited"], 30)
         # another source has its own bucket (another port of the same IP does not)
         self.assertIsNone(self.answer(binding_request()[1], ("127.0.0.9", 5001)))
         self.assertIsNotNone(self.answer(binding_request()[1], ("127.0.0.8", 5000)))
@@ -297,7 +297,7 @@ class StunResponderTests(SynchronousTestCase):
         for i in range(20):
             endpoint.datagramReceived(binding_request()[1], (f"127.0.1.{i}", 5000))
         self.assertEqual(len(transport.written), 8)
-        self.assertEqual(endpoint.counters["stun_rate_limited"], 12)
+        self.assertEqual(endpoint.stun_responder.counters["rate_limited"], 12)
 
 
 class SendTests(SynchronousTestCase):
@@ -330,7 +330,7 @@ class SendTests(SynchronousTestCase):
     def test_answers_to_a_failing_send_do_not_raise(self):
         self.transport.error = OSError(errno.EPERM, "Operation not permitted")
         self.endpoint.datagramReceived(binding_request()[1], PEER)
-        self.assertEqual(self.endpoint.counters["stun_answered"], 0)
+        self.assertEqual(self.endpoint.stun_responder.counters["answered"], 0)
         self.assertEqual(self.endpoint.send_errors, {"EPERM": 1})
 
     def test_not_open(self):
@@ -367,7 +367,7 @@ class VirtualNetTests(SynchronousTestCase):
         d = a.stun_client.binding_request(Address("udp", "127.0.0.20", 3478))
         run_for(clock, 0.05)
         self.assertEqual(self.successResultOf(d).mapped_address, Address("udp", "127.0.0.100", 61000))
-        self.assertEqual(b.counters["stun_answered"], 1)
+        self.assertEqual(b.stun_responder.counters["answered"], 1)
         # a STUN request to a non-responder goes unanswered
         d = b.stun_client.binding_request(Address("udp", "127.0.0.100", 61000), rc=1, rm=1)
         run_for(clock, 5)
@@ -403,7 +403,7 @@ class LoopbackTests(TestCase):
         result = await a.stun_client.binding_request(b.local_address(), rto=0.1)
         self.assertEqual(result.mapped_address, address)
         self.assertEqual(result.source, b.local_address())
-        self.assertEqual(b.counters["stun_answered"], 1)
+        self.assertEqual(b.stun_responder.counters["answered"], 1)
         await self.wait_for(lambda: a.counters["stun_consumed"] == 1)
 
     async def test_demux_on_a_real_socket(self):

@@ -12,7 +12,8 @@ and only for this request), a passive observer learns nothing but sizes,
 and answers are smaller than requests (no amplification).  Wire format:
 C{doc/netcheck.md}.
 
-L{UdpEcho} is both sides on one L{crust.udp_endpoint.UdpEndpoint}: it
+L{UdpEcho} is both sides on one L{crust.udp_endpoint.UdpEndpoint}, where it
+registers itself for crust message types 4 and 5 (L{crust.udp_messages}): it
 answers requests when it has the node's identity (rate limited per source
 IP and in total), and asks with L{UdpEcho.echo} (retransmitting a few times
 within a bounded time).  L{UdpEchoSource} plugs a peer into
@@ -459,7 +460,8 @@ class UdpEchoSource:
     """
     A crust peer as an L{IAddressEchoSource} for L{crust.nat_classify.classify_nat}.
     The echo goes through C{udp_echo}, so it must sit on the socket being
-    classified: C{echo(stun_client)} fails if C{stun_client} belongs to another.
+    classified: C{echo(stun_client)} fails if C{stun_client} is in the STUN
+    chain of another endpoint than the echo's.
     """
 
     def __init__(self, udp_echo: UdpEcho, peer_id: PeerId, destination: Address, *,
@@ -472,8 +474,9 @@ class UdpEchoSource:
         self.rto = rto
 
     def echo(self, local_socket: Any = None) -> Deferred:
-        ours = getattr(self.udp_echo.endpoint, "stun_client", None)
-        if local_socket is not None and ours is not None and local_socket is not ours:
+        routes_stun_to = getattr(self.udp_echo.endpoint, "routes_stun_to", None)
+        handler = getattr(local_socket, "datagram_received", None)
+        if routes_stun_to is not None and handler is not None and not routes_stun_to(handler):
             return fail(EchoError("this echo source is on another socket than the one being classified"))
         return self.udp_echo.echo(self.destination, self.peer_id, self.timeout, self.tries, self.rto)
 

@@ -2,12 +2,18 @@
 L{UdpEndpoint}: the node's one UDP socket, shared by STUN, crust's UDP
 address echo, hole-punching probes and QUIC.
 
-Every incoming datagram is routed by its first byte; the map, and why crust's
-own messages use 4..15, is in L{crust.udp_messages}.
+The endpoint is only the socket, a first-byte demultiplexer and the send
+path.  Every incoming datagram goes to a handler by its first byte (the map,
+and why crust's own messages use 4..15, is in L{crust.udp_messages}):
 
-The endpoint answers STUN Binding requests with a
-L{crust.stun_responder.StunResponder} when C{stun_responder} is on, so every
-node is an echo source for its peers.
+    0..3     the STUN chain (L{UdpEndpoint.add_stun_handler})
+    4..15    crust message handlers by type (L{UdpEndpoint.set_crust_handler})
+    16..255  the registry (L{UdpEndpoint.register}), QUIC first
+
+What lives on the socket registers itself there: the STUN client and the
+STUN responder (L{crust.stun_responder}), the UDP echo (L{crust.udp_echo}),
+QUIC (L{crust.quic}).  L{crust.udp_stack.build_udp_stack} wires the first
+three.
 """
 
 from __future__ import annotations
@@ -26,8 +32,6 @@ from crust import stun
 from crust.address import Address
 from crust.errors import CrustError
 from crust.local_addresses import addresses_for_listener
-from crust.stun_client import StunClient
-from crust.stun_responder import StunResponder
 from crust.udp_messages import CRUST_LAST, STUN_LAST, check_message_type
 
 Classifier = Callable[[bytes], bool]
@@ -85,20 +89,18 @@ class UdpEndpoint(DatagramProtocol):
     @param reactor: for C{listenUDP} and the clock; the global reactor by default.
     @param host: the interface to bind (C{0.0.0.0} by default).
     @param port: the port; 0 (default) picks a random one.
-    @param identity: the node's L{crust.identity.Identity}; with it the
-        endpoint answers crust UDP echo requests (L{crust.udp_echo}).
-        Without it, C{echo} can only ask.
-    @param stun_responder: answer STUN Binding requests from anyone.
-    @param stun_rate: C{(per source IP, total)} limits of STUN answers, each
-        a C{(rate per second, burst)} pair.
-    @param echo_options: keyword arguments for L{crust.udp_echo.UdpEcho}.
-    @param stun_options: keyword arguments for the L{StunClient} (C{rto}...).
+    @param max_packet_size: the largest datagram read.
     @param socket_buffer: SO_RCVBUF and SO_SNDBUF of the socket (the kernel
         caps them at net.core.rmem_max / wmem_max); 0 leaves the system's.
 
-    @ivar stun_client: the L{StunClient} on this socket.
-    @ivar echo: the L{crust.udp_echo.UdpEcho} on this socket.
-    @ivar counters: what came in and went out, by kind (see L{stats}).
+    @ivar clock: the reactor, as the clock of whatever registers here.
+    @ivar counters: what came in and went out, by kind: C{received},
+        C{received_bytes}, C{sent}, C{sent_bytes}, C{send_failures},
+        C{empty}; C{stun} (first byte 0..3), C{stun_consumed} (a STUN
+        handler took it), C{stun_dropped} (not STUN, or no handler took it);
+        C{crust} (first byte 4..15), C{crust_unknown_type} (no handler for
+        the type); C{registry} (a registered handler took it), C{unknown}
+        (none did); C{handler_errors} (a handler or classifier raised).
     @ivar send_errors: failed sends, by reason (C{EHOSTUNREACH}, ...).
     """
 
@@ -106,10 +108,6 @@ class UdpEndpoint(DatagramProtocol):
     noisy = False
 
     def __init__(self, reactor: Any = None, *, host: str = "0.0.0.0", port: int = 0,
-                 identity: Any = None, stun_responder: bool = True,
-                 stun_rate: tuple[tuple[float, float], tuple[float, float]] = ((10.0, 20.0), (200.0, 400.0)),
-                 echo_options: Optional[dict[str, Any]] = None,
-                 stun_options: Optional[dict[str, Any]] = None,
                  max_packet_size: int = 65535, socket_buffer: int = 4 << 20) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -137,13 +135,6 @@ class UdpEndpoint(DatagramProtocol):
             0,
         )
         self.send_errors: dict[str, int] = {}
-        self.stun_client = StunClient(self.send_or_raise, reactor, **(stun_options or {}))
-        self.add_stun_handler(self.stun_client.datagram_received, "stun client")
-        self.call_when_closed(self.stun_client.cancel_all)
-        self.stun_responder = StunResponder(self, rate=stun_rate, enabled=stun_responder)
-        from crust.udp_echo import UdpEcho  # it imports this module
-
-        self.echo = UdpEcho(self, identity, **(echo_options or {}))
 
     # -- the socket --------------------------------------------------------------
 
@@ -162,7 +153,7 @@ class UdpEndpoint(DatagramProtocol):
         return self.local_address()
 
     def stop(self) -> Deferred:
-        """Close the socket: outstanding STUN and echo requests fail with L{CancelledError}."""
+        """Close the socket (see L{call_when_closed})."""
         port, self._listening_port = self._listening_port, None
         if port is None:
             return succeed(None)
@@ -259,8 +250,9 @@ class UdpEndpoint(DatagramProtocol):
     def send_or_raise(self, datagram: bytes, addr: "tuple[str, int]") -> None:
         """
         Send one datagram, raising L{UdpSendError} (after counting and
-        logging it) when it cannot go: the sender of a L{StunClient}, which
-        fails a request at once when its first datagram cannot be sent.
+        logging it) when it cannot go: the sender of a
+        L{crust.stun_client.StunClient}, which fails a request at once when
+        its first datagram cannot be sent.
         """
         if self.transport is None:
             self._send_failed(addr, "ENOTCONN", "the UDP endpoint is not open")
@@ -296,6 +288,10 @@ class UdpEndpoint(DatagramProtocol):
                 self._stun_handlers.remove(entry)
 
         return unregister
+
+    def routes_stun_to(self, handler: StunHandler) -> bool:
+        """Whether C{handler} is in this endpoint's STUN chain (is a STUN client on this socket?)."""
+        return any(registered == handler for registered, _ in self._stun_handlers)
 
     def set_crust_handler(self, message_type: int, handler: Optional[Handler]) -> None:
         """
@@ -417,14 +413,14 @@ class UdpEndpoint(DatagramProtocol):
     # -- diagnostics ---------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """A snapshot of every counter: the socket's, its STUN client's, responder's and echo's."""
+        """
+        A snapshot of the socket's counters (the STUN client's, responder's
+        and echo's are theirs: see L{crust.udp_stack.UdpStack.stats}).
+        """
         return {
             "local_address": _text(self.local_address()),
             "endpoint": dict(self.counters),
             "send_errors": dict(self.send_errors),
-            "stun_client": dict(self.stun_client.counters),
-            "stun_responder": dict(self.stun_responder.counters),
-            "echo": dict(self.echo.counters),
         }
 
 

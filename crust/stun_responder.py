@@ -75,7 +75,7 @@ class StunResponder:
         try:
             request = stun.decode(data)
         except stun.StunParseError as e:
-            self.log.debug("dropping malformed STUN from {addr}: {reason}", addr=_text(addr), reason=str(e))
+            self.log.debug("dropping malformed STUN from {addr}: {reason}", addr=str(source or addr), reason=str(e))
             return False
         if source is None or request.message_class != stun.MessageClass.REQUEST or request.method != stun.BINDING:
             return False
@@ -99,14 +99,6 @@ class StunResponder:
         if self.endpoint.send(out, addr):
             self.counters["errors_sent" if unknown else "answered"] += 1
         return True
-
-
-def _text(addr: Any) -> str:
-    try:
-        host, port = addr[0], addr[1]
-    except (TypeError, IndexError, KeyError):
-        return repr(addr)
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 __all__ = ["STUN_RESPONSE_OVERHEAD", "StunResponder"]

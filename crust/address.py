@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 TRANSPORTS = ("tcp", "udp")
 
@@ -48,6 +49,42 @@ class Address:
             raise ValueError(f"address {text!r} lacks a transport (tcp: or udp:)")
         host, port = split_host_port(rest, text)
         return cls(transport, host, port)
+
+    @classmethod
+    def from_sockaddr(cls, transport: str, addr: Any) -> "Address | None":
+        """
+        The L{Address} of a socket address as Twisted and the socket module
+        give it: a C{(host, port[, flowinfo, scope_id])} tuple, or an object
+        with C{host} and C{port} (C{IPv4Address}, C{IPv6Address}).  An
+        IPv4-mapped IPv6 address (C{::ffff:192.0.2.1}, from a dual-stack
+        socket) becomes the IPv4 address; an IPv6 scope id (C{fe80::1%eth0})
+        is dropped.
+
+        @return: None when C{addr} is not usable: no IP address, a port
+            outside 1..65535, or something else altogether.
+        @raise ValueError: C{transport} is not one of L{TRANSPORTS}.
+        """
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown transport {transport!r} (expected tcp or udp)")
+        host = getattr(addr, "host", None)
+        if host is not None:
+            port = getattr(addr, "port", None)
+        else:
+            try:
+                host, port = addr[0], addr[1]
+            except (TypeError, IndexError, KeyError):
+                return None
+        if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int):
+            return None
+        if not 0 < port < 65536:
+            return None
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return cls(transport, str(ip), port)
 
     @property
     def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

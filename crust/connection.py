@@ -172,8 +172,8 @@ class PeerConnection(Protocol):
 
     def connectionMade(self) -> None:
         self.connected = True
-        self.peer_address = _address(self.transport.getPeer(), self.transport_name)
-        self.local_address = _address(self.transport.getHost(), self.transport_name)
+        self.peer_address = Address.from_sockaddr(self.transport_name, self.transport.getPeer())
+        self.local_address = Address.from_sockaddr(self.transport_name, self.transport.getHost())
         self.transport.registerProducer(self, True)
         socket_transport = getattr(self.transport, "transport", None)  # TCP under the TLS layer
         if socket_transport is not None and getattr(socket_transport, "bufferSize", 0) < _SOCKET_IO_SIZE:
@@ -605,19 +605,6 @@ class _BulkLane:
 
     def dataReceived(self, data: bytes) -> None:
         self.conn._bulk_received(data)
-
-
-def _address(addr, transport_name: str) -> Optional[Address]:
-    host = getattr(addr, "host", None)
-    port = getattr(addr, "port", None)
-    if host is None or not port:
-        return None
-    if host.startswith("::ffff:") and "." in host:
-        host = host[7:]
-    try:
-        return Address(transport_name, host.split("%")[0], port)
-    except ValueError:
-        return None
 
 
 def _failure_text(reason: Failure) -> str:

@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from crust._reactor import maybe_global_reactor
 from crust.address import Address
 from crust.identity import PEER_ID_BYTES, PeerId
+from crust.ratelimit import RateLimiter
 
 MAGIC = b"CrSD"
 VERSION = 1
@@ -195,54 +196,6 @@ def decode_reply(data: bytes, private_key: PrivateKey, request_id: bytes) -> Dis
     return DiscoveredPeer(peer_id, addresses)
 
 
-# -- rate limiting ---------------------------------------------------------------
-
-class TokenBucket:
-    """C{rate} tokens a second, holding at most C{burst}; starts full."""
-
-    __slots__ = ("rate", "burst", "tokens", "stamp")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = now
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
-class RateLimiter:
-    """A token bucket per source IP (the C{max_tracked} most recent) plus a global one."""
-
-    def __init__(self, per_ip_rate: float = 2.0, per_ip_burst: float = 5.0, global_rate: float = 20.0,
-                 global_burst: float = 40.0, max_tracked: int = 4096) -> None:
-        self.per_ip_rate = per_ip_rate
-        self.per_ip_burst = per_ip_burst
-        self.max_tracked = max_tracked
-        self._global: Optional[TokenBucket] = None
-        self._global_args = (global_rate, global_burst)
-        self._buckets: "OrderedDict[str, TokenBucket]" = OrderedDict()
-
-    def allow(self, ip: str, now: float) -> bool:
-        bucket = self._buckets.get(ip)
-        if bucket is None:
-            bucket = self._buckets[ip] = TokenBucket(self.per_ip_rate, self.per_ip_burst, now)
-            while len(self._buckets) > self.max_tracked:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(ip)
-        if self._global is None:
-            self._global = TokenBucket(*self._global_args, now)
-        # check the per-IP bucket first: a flood from one IP must not drain the global one
-        return bucket.take(now) and self._global.take(now)
-
-
 # -- sockets -------------------------------------------------------------------
 
 _READ_IGNORE = getattr(udp, "_sockErrReadIgnore", (EAGAIN, EINTR, EWOULDBLOCK))
@@ -344,6 +297,8 @@ class DiscoveryResponder(DatagramProtocol):
 
     @param our_info: returns our current C{(PeerId, [Address])}.
     @param clock: an C{IReactorTime} for the rate limiter.
+    @param limiter: a L{RateLimiter} keyed by source IP; by default 2 a
+        second (burst 5) per IP and 20 a second (burst 40) in all.
     @ivar stats: counts of C{"received"}, C{"replied"}, and of every reason a
         datagram was ignored (C{"oversize"}, C{"bad_magic"},
         C{"wrong_network"}, C{"rate_limited"}, ...).
@@ -356,7 +311,7 @@ class DiscoveryResponder(DatagramProtocol):
         self.network_hash = lan_network_key(network_name)
         self.enabled = enabled
         self.clock = clock
-        self.limiter = limiter if limiter is not None else RateLimiter()
+        self.limiter = limiter if limiter is not None else RateLimiter(clock, (2.0, 5.0), (20.0, 40.0))
         self.stats: Counter = Counter()
 
     def set_enabled(self, enabled: bool) -> None:
@@ -379,7 +334,7 @@ class DiscoveryResponder(DatagramProtocol):
         if port < 1024:
             self._ignore("privileged_source_port", host, port)
             return
-        if not self.limiter.allow(_plain_host(host), self.clock.seconds()):
+        if not self.limiter.allow(_plain_host(host)):
             self._ignore("rate_limited", host, port)
             return
         try:

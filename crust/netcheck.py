@@ -249,7 +249,8 @@ def _yes_no(value: Optional[bool]) -> str:
 
 def run_netcheck(service_like: Any, udp_endpoint: Any, stun_servers: Iterable[Any] = (),
                  echo_peers: Iterable[Any] = (), port_mapper: Any = None, clock: Any = None,
-                 options: Optional[NetcheckOptions] = None) -> Deferred:
+                 options: Optional[NetcheckOptions] = None, *, stun_client: Any = None,
+                 echo: Any = None) -> Deferred:
     """
     Check the node's network; fires with a L{NetcheckReport} (never fails
     for network reasons: what failed is in the report).
@@ -259,6 +260,11 @@ def run_netcheck(service_like: Any, udp_endpoint: Any, stun_servers: Iterable[An
         C{peer_id}), or None to skip TCP.
     @param udp_endpoint: the node's L{crust.udp_endpoint.UdpEndpoint}
         (listening), or None to skip UDP.
+    @param stun_client: the L{crust.stun_client.StunClient} on
+        C{udp_endpoint}, for the NAT classification; without it UDP is
+        skipped.
+    @param echo: the L{crust.udp_echo.UdpEcho} on C{udp_endpoint}, to ask
+        the C{udp:} echo peers; without it they are not asked.
     @param stun_servers: C{udp:} L{Address}es (or their text).
     @param echo_peers: C{(PeerId, Address)} pairs, or objects with
         C{peer_id} and C{address} (C{HardCodedContact}): C{tcp:} addresses
@@ -272,7 +278,7 @@ def run_netcheck(service_like: Any, udp_endpoint: Any, stun_servers: Iterable[An
         clock = getattr(udp_endpoint, "clock", None) or getattr(service_like, "clock", None)
     clock = maybe_global_reactor(clock)
     return Deferred.fromCoroutine(
-        _Netcheck(service_like, udp_endpoint, _addresses(stun_servers), _peers(echo_peers),
+        _Netcheck(service_like, udp_endpoint, stun_client, echo, _addresses(stun_servers), _peers(echo_peers),
                   port_mapper, clock, options).run()
     )
 
@@ -297,11 +303,13 @@ def _peers(items: Iterable[Any]) -> list[tuple[PeerId, Address]]:
 
 
 class _Netcheck:
-    def __init__(self, service: Any, endpoint: Any, stun_servers: list[Address],
+    def __init__(self, service: Any, endpoint: Any, stun_client: Any, echo: Any, stun_servers: list[Address],
                  peers: list[tuple[PeerId, Address]], port_mapper: Any, clock: Any,
                  options: NetcheckOptions) -> None:
         self.service = service
         self.endpoint = endpoint
+        self.stun_client = stun_client
+        self.echo = echo
         self.stun_servers = stun_servers
         self.peers = peers
         self.port_mapper = port_mapper
@@ -313,9 +321,8 @@ class _Netcheck:
         self.deadline_hit = False
         self._echo_peer_ids: dict[str, str] = {}
         self.our_id: Optional[PeerId] = getattr(service, "peer_id", None) if service is not None else None
-        if self.our_id is None and endpoint is not None and getattr(endpoint, "echo", None) is not None:
-            identity = endpoint.echo.identity
-            self.our_id = identity.peer_id if identity is not None else None
+        if self.our_id is None and echo is not None and echo.identity is not None:
+            self.our_id = echo.identity.peer_id
 
     async def run(self) -> NetcheckReport:
         options = self.options
@@ -326,6 +333,9 @@ class _Netcheck:
             self.notes.append("our own peer id is among the echo peers: skipped")
         tcp_peers = [(p, a) for p, a in peers if a.transport == "tcp"]
         udp_peers = [(p, a) for p, a in peers if a.transport == "udp"]
+        if udp_peers and self.echo is None and self.endpoint is not None:
+            self.notes.append("UDP echo: no echo given: udp: peers not asked")
+            udp_peers = []
         for kind, peers, limit in (("TCP", tcp_peers, options.max_tcp_peers),
                                    ("UDP echo", udp_peers, options.max_echo_peers)):
             if len(peers) > limit:
@@ -348,6 +358,8 @@ class _Netcheck:
             self.notes.append("UDP: no endpoint given: not probed")
         elif self.endpoint.local_address() is None:
             self.notes.append("UDP: the endpoint is not open: not probed")
+        elif self.stun_client is None:
+            self.notes.append("UDP: no STUN client given: not probed")
         elif not servers and not udp_peers:
             self.notes.append("UDP: no STUN server or udp: echo peer: external UDP address and NAT type unknown")
         else:
@@ -415,14 +427,14 @@ class _Netcheck:
 
         options = self.options
         endpoint = self.endpoint
-        sources = [UdpEchoSource(endpoint.echo, peer_id, address, timeout=options.echo_timeout,
+        sources = [UdpEchoSource(self.echo, peer_id, address, timeout=options.echo_timeout,
                                  tries=options.echo_tries, rto=options.echo_rto)
                    for peer_id, address in udp_peers]
         self._echo_peer_ids = {str(s.destination): str(s.peer_id) for s in sources}
         bound = endpoint.local_address()
         local_hosts = None if ipaddress.ip_address(bound.host).is_unspecified else [bound.host]
         return classify_nat(
-            self.clock, endpoint.stun_client, servers, bound.port, local_hosts=local_hosts,
+            self.clock, self.stun_client, servers, bound.port, local_hosts=local_hosts,
             echo_sources=sources, hairpin=options.hairpin, hairpin_timeout=options.hairpin_timeout,
             rto=options.stun_rto, rc=options.stun_rc, rm=options.stun_rm,
         )

@@ -52,9 +52,10 @@ from crust.quic_driver import (
 )
 from crust.quic_tls import ALPN, CID_LENGTH, CrustQuicConnection, check_aioquic, make_configuration
 from crust.tls import make_certificate
+from crust.udp_messages import QUIC_FIRST
 from crust.wire import CertInfo
 
-QUIC_FIRST_BYTE = 64  # RFC 9443: 64..127 short header, 128..255 long header
+QUIC_FIRST_BYTE = QUIC_FIRST  # RFC 9443: 64..127 short header, 128..255 long header
 
 _MAX_CID = 20  # RFC 9000 section 17.2
 

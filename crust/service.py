@@ -117,13 +117,15 @@ class Service(MultiService):
         self.connector = Connector(self.dialer, self.peers, self.clock, lambda: self.config, self.observers.emit)
         self.port_mapper: Any = None
         self.udp_endpoint: Any = None
+        self.udp_stack: Any = None  # the endpoint with its STUN client, STUN responder and echo
         self.quic: Any = None
         if self.config.enable_udp:
             from crust.quic import QUIC_FIRST_BYTE, QuicDispatcher, QuicOptions, is_quic
-            from crust.udp_endpoint import UdpEndpoint
+            from crust.udp_stack import build_udp_stack
 
-            self.udp_endpoint = UdpEndpoint(reactor, host=self.config.listen_host,
-                                            port=self.config.udp_listen_port or 0, identity=identity)
+            self.udp_stack = build_udp_stack(reactor, host=self.config.listen_host,
+                                             port=self.config.udp_listen_port or 0, identity=identity)
+            self.udp_endpoint = self.udp_stack.endpoint
             self.quic = QuicDispatcher(
                 identity, self.udp_endpoint.send, clock=self.clock, accepted=self._quic_accepted,
                 host=lambda: self.udp_endpoint.transport.getHost(),
@@ -375,8 +377,10 @@ class Service(MultiService):
         from crust.netcheck import run_netcheck
 
         peers = list(self.config.hard_coded_contacts) + self.bootstrap_cached_peers()[:4] + list(extra_peers)
+        udp = self.udp_stack
         return self.start_listening().addCallback(lambda _: run_netcheck(
-            self, self.udp_endpoint, self.config.stun_servers, peers, self.port_mapper, self.clock, options))
+            self, self.udp_endpoint, self.config.stun_servers, peers, self.port_mapper, self.clock, options,
+            stun_client=udp.stun_client if udp is not None else None, echo=udp.echo if udp is not None else None))
 
     # -- messages ---------------------------------------------------------------------------
 

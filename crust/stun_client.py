@@ -257,7 +257,7 @@ class StunClient:
         if not stun.is_stun(data):
             self.counters["not_stun"] += 1
             return False
-        source = _to_address(addr)
+        source = Address.from_sockaddr("udp", addr)
         if source is None:
             self.counters["malformed"] += 1
             log.info("ignoring STUN datagram from unusable source {source!r}", source=addr)
@@ -522,13 +522,6 @@ def discover_external_address(
 async def _maybe_deferred(value: Any) -> None:
     if isinstance(value, Deferred):
         await value
-
-
-def _to_address(addr: "tuple[Any, ...]") -> Optional[Address]:
-    try:
-        return Address("udp", str(addr[0]).split("%", 1)[0], int(addr[1]))
-    except (ValueError, TypeError, IndexError):
-        return None
 
 
 def _check_schedule(rto: float, rc: int, rm: float) -> None:

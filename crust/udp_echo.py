@@ -12,7 +12,8 @@ and only for this request), a passive observer learns nothing but sizes,
 and answers are smaller than requests (no amplification).  Wire format:
 C{doc/netcheck.md}.
 
-L{UdpEcho} is both sides on one L{crust.udp_endpoint.UdpEndpoint}: it
+L{UdpEcho} is both sides on one L{crust.udp_endpoint.UdpEndpoint}, where it
+registers itself for crust message types 4 and 5 (L{crust.udp_messages}): it
 answers requests when it has the node's identity (rate limited per source
 IP and in total), and asks with L{UdpEcho.echo} (retransmitting a few times
 within a bounded time).  L{UdpEchoSource} plugs a peer into
@@ -46,7 +47,8 @@ from crust.errors import CrustError
 from crust.identity import PeerId
 from crust.nat_classify import IAddressEchoSource
 from crust.stun_client import StunTimeout
-from crust.udp_endpoint import ECHO_REQUEST, ECHO_RESPONSE, RateLimiter, sockaddr_to_address
+from crust.ratelimit import RateLimiter
+from crust.udp_messages import ECHO_REQUEST, ECHO_RESPONSE
 
 VERSION = 1
 MAGIC = b"cr"  # bytes 1..2 of every crust echo message
@@ -231,7 +233,10 @@ class _Request:
 class UdpEcho:
     """
     Both sides of the UDP echo on one endpoint (anything with C{clock},
-    C{send(data, addr) -> bool} and C{set_crust_handler(type, handler)}).
+    C{send(data, addr) -> bool}, C{set_crust_handler(type, handler)} and
+    C{call_when_closed(callback)}, such as L{crust.udp_endpoint.UdpEndpoint}):
+    it registers its handlers for message types 4 and 5 there, and fails its
+    requests in flight when the socket closes.
 
     @param identity: our L{crust.identity.Identity}; without it requests to
         us are dropped (counted as C{requests_ignored}).
@@ -273,6 +278,7 @@ class UdpEcho:
         )
         endpoint.set_crust_handler(ECHO_REQUEST, self.request_received)
         endpoint.set_crust_handler(ECHO_RESPONSE, self.response_received)
+        endpoint.call_when_closed(self.cancel_all)
 
     @property
     def responding(self) -> bool:
@@ -289,7 +295,7 @@ class UdpEcho:
         counters = self.counters
         counters["requests_received"] += 1
         problem = check_header(data, ECHO_REQUEST, REQUEST_SIZE)
-        source = sockaddr_to_address(addr)
+        source = Address.from_sockaddr("udp", addr)
         if problem is None and source is None:
             problem = "requests_malformed"
         if problem is not None:
@@ -403,7 +409,7 @@ class UdpEcho:
         counters = self.counters
         counters["responses_received"] += 1
         problem = check_header(data, ECHO_RESPONSE, RESPONSE_SIZE)
-        source = sockaddr_to_address(addr)
+        source = Address.from_sockaddr("udp", addr)
         if problem is None and source is None:
             problem = "responses_malformed"
         if problem is not None:
@@ -454,7 +460,8 @@ class UdpEchoSource:
     """
     A crust peer as an L{IAddressEchoSource} for L{crust.nat_classify.classify_nat}.
     The echo goes through C{udp_echo}, so it must sit on the socket being
-    classified: C{echo(stun_client)} fails if C{stun_client} belongs to another.
+    classified: C{echo(stun_client)} fails if C{stun_client} is in the STUN
+    chain of another endpoint than the echo's.
     """
 
     def __init__(self, udp_echo: UdpEcho, peer_id: PeerId, destination: Address, *,
@@ -467,8 +474,9 @@ class UdpEchoSource:
         self.rto = rto
 
     def echo(self, local_socket: Any = None) -> Deferred:
-        ours = getattr(self.udp_echo.endpoint, "stun_client", None)
-        if local_socket is not None and ours is not None and local_socket is not ours:
+        routes_stun_to = getattr(self.udp_echo.endpoint, "routes_stun_to", None)
+        handler = getattr(local_socket, "datagram_received", None)
+        if routes_stun_to is not None and handler is not None and not routes_stun_to(handler):
             return fail(EchoError("this echo source is on another socket than the one being classified"))
         return self.udp_echo.echo(self.destination, self.peer_id, self.timeout, self.tries, self.rto)
 

@@ -1,40 +1,26 @@
 """
 L{UdpEndpoint}: the node's one UDP socket, shared by STUN, crust's UDP
-address echo, hole-punching probes and (later) QUIC.
+address echo, hole-punching probes and QUIC.
 
-Every incoming datagram is routed by its first byte, in the spirit of
-RFC 7983 (updated by RFC 9443 for QUIC):
+The endpoint is only the socket, a first-byte demultiplexer and the send
+path.  Every incoming datagram goes to a handler by its first byte (the map,
+and why crust's own messages use 4..15, is in L{crust.udp_messages}):
 
-    first byte  owner
-    0..3        STUN (and C{is_stun}): our L{StunClient}, then, for Binding
-                requests it did not consume, the built-in STUN responder
-    4..15       crust's own UDP messages; the byte is the message type:
-                4 echo request, 5 echo response (L{crust.udp_echo}),
-                6..15 reserved for crust (hole punching first)
-    16..255     the handler registry (L{UdpEndpoint.register}), in
-                registration order; QUIC will claim 64..255
-    (else)      counted as C{unknown} and dropped
+    0..3     the STUN chain (L{UdpEndpoint.add_stun_handler})
+    4..15    crust message handlers by type (L{UdpEndpoint.set_crust_handler})
+    16..255  the registry (L{UdpEndpoint.register}), QUIC first
 
-Why 4..15: it is the only range no multiplexing scheme claims.  16..19 is
-ZRTP, 20..63 DTLS (and reserved by the TLS ContentType registry for that
-purpose), 64..79 TURN channels, 64..127 QUIC short headers, 128..191 RTP,
-128..255 QUIC long headers (with the QUIC bit greased, RFC 9287, QUIC may use
-any value above 63).  Keeping crust to 4..15 leaves the socket able to carry
-QUIC, DTLS or TURN later without any change to crust's messages.
-
-The endpoint answers STUN Binding requests itself when C{stun_responder} is
-on, so every node is an echo source for its peers: answers are rate limited
-per source IP and in total, and never larger than the request plus
-L{STUN_RESPONSE_OVERHEAD} bytes (no amplification).
+What lives on the socket registers itself there: the STUN client and the
+STUN responder (L{crust.stun_responder}), the UDP echo (L{crust.udp_echo}),
+QUIC (L{crust.quic}).  L{crust.udp_stack.build_udp_stack} wires the first
+three.
 """
 
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
 import sys
-from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 from twisted.application.service import Service
@@ -46,24 +32,11 @@ from crust import stun
 from crust.address import Address
 from crust.errors import CrustError
 from crust.local_addresses import addresses_for_listener
-from crust.stun_client import StunClient
-
-# first-byte ranges (inclusive)
-STUN_FIRST, STUN_LAST = 0, 3
-CRUST_FIRST, CRUST_LAST = 4, 15
-
-# crust message types (the first byte)
-ECHO_REQUEST = 4
-ECHO_RESPONSE = 5
-
-# A Binding success for IPv6 adds XOR-MAPPED-ADDRESS (24 bytes) to the 20-byte
-# header; a bare request is 20 bytes.  FINGERPRINT is only echoed when the
-# request had one, and a 420 error grows by at most 2 bytes per unknown
-# attribute the request carried (4 bytes or more each).
-STUN_RESPONSE_OVERHEAD = 24
+from crust.udp_messages import CRUST_LAST, STUN_LAST, check_message_type
 
 Classifier = Callable[[bytes], bool]
 Handler = Callable[[bytes, "tuple[str, int]"], Any]
+StunHandler = Callable[[bytes, "tuple[str, int]"], bool]
 
 
 class UdpSendError(CrustError):
@@ -73,62 +46,6 @@ class UdpSendError(CrustError):
         super().__init__(f"cannot send to {addr!r}: {detail}")
         self.addr = addr
         self.reason = reason
-
-
-class RateLimiter:
-    """
-    Token buckets: one per key (a source IP), in a table of at most
-    C{max_keys} entries (the least recently seen is forgotten), and one for
-    everything together.  Each is a C{(rate per second, burst)} pair.
-    """
-
-    def __init__(self, clock: Any, per_key: tuple[float, float] = (10.0, 20.0),
-                 total: tuple[float, float] = (200.0, 400.0), max_keys: int = 4096) -> None:
-        for rate, burst in (per_key, total):
-            if rate <= 0 or burst < 1:
-                raise ValueError(f"a rate limit needs a positive rate and a burst of at least 1, not {rate!r}, {burst!r}")
-        self._clock = clock
-        self.per_key = per_key
-        self.total = total
-        self.max_keys = max_keys
-        self._keys: OrderedDict[Any, list[float]] = OrderedDict()
-        self._total = [float(total[1]), clock.seconds()]
-
-    @staticmethod
-    def _refill(bucket: list[float], limit: tuple[float, float], now: float) -> None:
-        rate, burst = limit
-        bucket[0] = min(float(burst), bucket[0] + max(0.0, now - bucket[1]) * rate)
-        bucket[1] = now
-
-    def allow(self, key: Any) -> bool:
-        """Take one token from C{key}'s bucket and the total; False (taking nothing) if either is empty."""
-        now = self._clock.seconds()
-        bucket = self._keys.get(key)
-        if bucket is None:
-            bucket = self._keys[key] = [float(self.per_key[1]), now]
-            while len(self._keys) > self.max_keys:
-                self._keys.popitem(last=False)
-        else:
-            self._keys.move_to_end(key)
-        self._refill(bucket, self.per_key, now)
-        self._refill(self._total, self.total, now)
-        if bucket[0] < 1 or self._total[0] < 1:
-            return False
-        bucket[0] -= 1
-        self._total[0] -= 1
-        return True
-
-
-def sockaddr_to_address(addr: Any) -> Optional[Address]:
-    """C{("1.2.3.4", 5)} as a C{udp:} L{Address} (IPv4-mapped IPv6 as IPv4); None if unusable."""
-    try:
-        host = str(addr[0]).split("%", 1)[0]
-        ip = ipaddress.ip_address(host)
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            host = str(ip.ipv4_mapped)
-        return Address("udp", host, int(addr[1]))
-    except (ValueError, TypeError, IndexError):
-        return None
 
 
 def _reason(e: BaseException) -> str:
@@ -172,20 +89,18 @@ class UdpEndpoint(DatagramProtocol):
     @param reactor: for C{listenUDP} and the clock; the global reactor by default.
     @param host: the interface to bind (C{0.0.0.0} by default).
     @param port: the port; 0 (default) picks a random one.
-    @param identity: the node's L{crust.identity.Identity}; with it the
-        endpoint answers crust UDP echo requests (L{crust.udp_echo}).
-        Without it, C{echo} can only ask.
-    @param stun_responder: answer STUN Binding requests from anyone.
-    @param stun_rate: C{(per source IP, total)} limits of STUN answers, each
-        a C{(rate per second, burst)} pair.
-    @param echo_options: keyword arguments for L{crust.udp_echo.UdpEcho}.
-    @param stun_options: keyword arguments for the L{StunClient} (C{rto}...).
+    @param max_packet_size: the largest datagram read.
     @param socket_buffer: SO_RCVBUF and SO_SNDBUF of the socket (the kernel
         caps them at net.core.rmem_max / wmem_max); 0 leaves the system's.
 
-    @ivar stun_client: the L{StunClient} on this socket.
-    @ivar echo: the L{crust.udp_echo.UdpEcho} on this socket.
-    @ivar counters: what came in and went out, by kind (see L{stats}).
+    @ivar clock: the reactor, as the clock of whatever registers here.
+    @ivar counters: what came in and went out, by kind: C{received},
+        C{received_bytes}, C{sent}, C{sent_bytes}, C{send_failures},
+        C{empty}; C{stun} (first byte 0..3), C{stun_consumed} (a STUN
+        handler took it), C{stun_dropped} (not STUN, or no handler took it);
+        C{crust} (first byte 4..15), C{crust_unknown_type} (no handler for
+        the type); C{registry} (a registered handler took it), C{unknown}
+        (none did); C{handler_errors} (a handler or classifier raised).
     @ivar send_errors: failed sends, by reason (C{EHOSTUNREACH}, ...).
     """
 
@@ -193,10 +108,6 @@ class UdpEndpoint(DatagramProtocol):
     noisy = False
 
     def __init__(self, reactor: Any = None, *, host: str = "0.0.0.0", port: int = 0,
-                 identity: Any = None, stun_responder: bool = True,
-                 stun_rate: tuple[tuple[float, float], tuple[float, float]] = ((10.0, 20.0), (200.0, 400.0)),
-                 echo_options: Optional[dict[str, Any]] = None,
-                 stun_options: Optional[dict[str, Any]] = None,
                  max_packet_size: int = 65535, socket_buffer: int = 4 << 20) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -208,8 +119,8 @@ class UdpEndpoint(DatagramProtocol):
         self.port = port
         self.max_packet_size = max_packet_size
         self.socket_buffer = socket_buffer
-        self.stun_responder = stun_responder
-        self._stun_limiter = RateLimiter(reactor, stun_rate[0], stun_rate[1])
+        self._stun_handlers: list[tuple[StunHandler, str]] = []
+        self._close_callbacks: list[Callable[[], Any]] = []
         self._crust_handlers: dict[int, Handler] = {}
         self._registry: list[tuple[Classifier, Handler, str]] = []
         self._bounds: dict[Any, Optional[int]] = {}
@@ -220,15 +131,10 @@ class UdpEndpoint(DatagramProtocol):
         self._sendto: Any = None
         self.counters = dict.fromkeys(
             ("received", "received_bytes", "sent", "sent_bytes", "send_failures", "empty",
-             "stun", "stun_consumed", "stun_answered", "stun_errors_sent", "stun_rate_limited",
-             "stun_dropped", "crust", "crust_unknown_type", "registry", "unknown", "handler_errors"),
+             "stun", "stun_consumed", "stun_dropped", "crust", "crust_unknown_type", "registry", "unknown", "handler_errors"),
             0,
         )
         self.send_errors: dict[str, int] = {}
-        self.stun_client = StunClient(self._write, reactor, **(stun_options or {}))
-        from crust.udp_echo import UdpEcho  # it imports this module
-
-        self.echo = UdpEcho(self, identity, **(echo_options or {}))
 
     # -- the socket --------------------------------------------------------------
 
@@ -247,7 +153,7 @@ class UdpEndpoint(DatagramProtocol):
         return self.local_address()
 
     def stop(self) -> Deferred:
-        """Close the socket: outstanding STUN and echo requests fail with L{CancelledError}."""
+        """Close the socket (see L{call_when_closed})."""
         port, self._listening_port = self._listening_port, None
         if port is None:
             return succeed(None)
@@ -294,8 +200,25 @@ class UdpEndpoint(DatagramProtocol):
 
     def stopProtocol(self) -> None:
         self._checked_addr = self._sendto = None
-        self.stun_client.cancel_all()
-        self.echo.cancel_all()
+        for callback in list(self._close_callbacks):
+            try:
+                callback()
+            except Exception:
+                self.log.failure("UDP endpoint close callback {callback!r} failed", callback=callback)
+
+    def call_when_closed(self, callback: Callable[[], Any]) -> Callable[[], None]:
+        """
+        Call C{callback()} whenever the socket closes (C{stop}, or the
+        reactor shutting down): the place to fail requests in flight.
+        Returns a function that removes it.
+        """
+        self._close_callbacks.append(callback)
+
+        def remove() -> None:
+            if callback in self._close_callbacks:
+                self._close_callbacks.remove(callback)
+
+        return remove
 
     # -- sending ---------------------------------------------------------------------
 
@@ -315,7 +238,7 @@ class UdpEndpoint(DatagramProtocol):
                 counters["sent_bytes"] += len(datagram)
                 return True
         try:
-            self._write(datagram, addr)
+            self.send_or_raise(datagram, addr)
         except UdpSendError:
             return False
         sock = getattr(self.transport, "socket", None)
@@ -324,8 +247,13 @@ class UdpEndpoint(DatagramProtocol):
             self._sendto = sock.sendto
         return True
 
-    def _write(self, datagram: bytes, addr: "tuple[str, int]") -> None:
-        """Send, raising L{UdpSendError} (after counting it) on failure: for L{StunClient}."""
+    def send_or_raise(self, datagram: bytes, addr: "tuple[str, int]") -> None:
+        """
+        Send one datagram, raising L{UdpSendError} (after counting and
+        logging it) when it cannot go: the sender of a
+        L{crust.stun_client.StunClient}, which fails a request at once when
+        its first datagram cannot be sent.
+        """
         if self.transport is None:
             self._send_failed(addr, "ENOTCONN", "the UDP endpoint is not open")
         try:
@@ -343,10 +271,35 @@ class UdpEndpoint(DatagramProtocol):
 
     # -- handlers ----------------------------------------------------------------------
 
+    def add_stun_handler(self, handler: StunHandler, name: str = "") -> Callable[[], None]:
+        """
+        Offer STUN datagrams (first byte 0..3, and C{stun.is_stun}) to
+        C{handler(data, addr)}, which returns True when it took the datagram.
+        Handlers are asked in registration order until one takes it: the
+        STUN client first (answers to its own requests), then the responder
+        (Binding requests).  What no handler takes is counted as
+        C{stun_dropped}.  Returns a function that unregisters it.
+        """
+        entry = (handler, name or getattr(handler, "__qualname__", repr(handler)))
+        self._stun_handlers.append(entry)
+
+        def unregister() -> None:
+            if entry in self._stun_handlers:
+                self._stun_handlers.remove(entry)
+
+        return unregister
+
+    def routes_stun_to(self, handler: StunHandler) -> bool:
+        """Whether C{handler} is in this endpoint's STUN chain (is a STUN client on this socket?)."""
+        return any(registered == handler for registered, _ in self._stun_handlers)
+
     def set_crust_handler(self, message_type: int, handler: Optional[Handler]) -> None:
-        """Route crust messages of C{message_type} (4..15) to C{handler(data, addr)}; None removes it."""
-        if not CRUST_FIRST <= message_type <= CRUST_LAST:
-            raise ValueError(f"crust message types are {CRUST_FIRST}..{CRUST_LAST}, not {message_type!r}")
+        """
+        Route crust messages of C{message_type} (4..15, claimed in
+        L{crust.udp_messages.MESSAGE_TYPES}) to C{handler(data, addr)}; None
+        removes it.
+        """
+        check_message_type(message_type)
         if handler is None:
             self._crust_handlers.pop(message_type, None)
         else:
@@ -445,58 +398,29 @@ class UdpEndpoint(DatagramProtocol):
             self.log.debug("dropping datagram from {addr}: first byte {first} says STUN but it is not",
                            addr=_text(addr), first=data[0])
             return
-        if self.stun_client.datagram_received(data, addr):
-            counters["stun_consumed"] += 1
-            return
-        if not self.stun_responder:
-            counters["stun_dropped"] += 1
-            return
-        self._answer_stun(data, addr)
-
-    def _answer_stun(self, data: bytes, addr: Any) -> None:
-        """Answer a Binding request with the source address (the STUN echo), within the rate limits."""
-        counters = self.counters
-        source = sockaddr_to_address(addr)
-        try:
-            request = stun.decode(data)
-        except stun.StunParseError as e:
-            counters["stun_dropped"] += 1
-            self.log.debug("dropping malformed STUN from {addr}: {reason}", addr=_text(addr), reason=str(e))
-            return
-        if source is None or request.message_class != stun.MessageClass.REQUEST or request.method != stun.BINDING:
-            counters["stun_dropped"] += 1
-            return
-        if not self._stun_limiter.allow(source.host):
-            counters["stun_rate_limited"] += 1
-            self.log.debug("not answering STUN from {addr}: rate limited", addr=str(source))
-            return
-        unknown = list(request.unknown_comprehension_required())
-        change = request.get(stun.CHANGE_REQUEST)
-        if change is not None and (change.change_ip or change.change_port):
-            unknown.append(stun.CHANGE_REQUEST)  # no alternate address: RFC 5780 says 420
-        if unknown:
-            response = stun.make_binding_error(request, 420, "", unknown_attributes=tuple(unknown))
-        else:
-            response = stun.make_binding_success(request, source)
-        out = stun.encode(response, fingerprint=stun.FINGERPRINT in request.types())
-        if len(out) > len(data) + STUN_RESPONSE_OVERHEAD:  # cannot happen; never amplify if it does
-            counters["stun_dropped"] += 1
-            self.log.warn("not answering STUN from {addr}: the answer would be {size} bytes for a {request}-byte request",
-                          addr=str(source), size=len(out), request=len(data))
-            return
-        if self.send(out, addr):
-            counters["stun_errors_sent" if unknown else "stun_answered"] += 1
+        for handler, name in self._stun_handlers:
+            try:
+                taken = handler(data, addr)
+            except Exception:
+                counters["handler_errors"] += 1
+                self.log.failure("STUN handler {name} failed on a datagram from {addr}", name=name, addr=_text(addr))
+                return
+            if taken:
+                counters["stun_consumed"] += 1
+                return
+        counters["stun_dropped"] += 1
 
     # -- diagnostics ---------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """A snapshot of every counter: the socket's, its STUN client's and its echo's."""
+        """
+        A snapshot of the socket's counters (the STUN client's, responder's
+        and echo's are theirs: see L{crust.udp_stack.UdpStack.stats}).
+        """
         return {
             "local_address": _text(self.local_address()),
             "endpoint": dict(self.counters),
             "send_errors": dict(self.send_errors),
-            "stun_client": dict(self.stun_client.counters),
-            "echo": dict(self.echo.counters),
         }
 
 
@@ -534,14 +458,7 @@ def _text(addr: Any) -> str:
 
 
 __all__ = [
-    "CRUST_FIRST",
-    "CRUST_LAST",
-    "ECHO_REQUEST",
-    "ECHO_RESPONSE",
-    "STUN_RESPONSE_OVERHEAD",
-    "RateLimiter",
     "UdpEndpoint",
     "UdpEndpointService",
     "UdpSendError",
-    "sockaddr_to_address",
 ]

@@ -20,7 +20,6 @@ from crust.discovery import (
     DiscoveryResponderService,
     MAX_DATAGRAM,
     MIN_REQUEST_SIZE,
-    RateLimiter,
     decode_reply,
     decode_request,
     default_destinations,
@@ -31,6 +30,7 @@ from crust.discovery import (
     lan_network_key as network_hash,
 )
 from crust.identity import Identity
+from crust.ratelimit import RateLimiter
 
 ME = Identity.from_seed(b"\x01" * 32).peer_id
 OTHER = Identity.from_seed(b"\x02" * 32).peer_id
@@ -124,8 +124,7 @@ class ResponderTests(unittest.TestCase):
         self.clock = Clock()
         self.info = (ME, list(ADDRS))
         self.responder = DiscoveryResponder(lambda: self.info, network_name="net", clock=self.clock,
-                                            limiter=RateLimiter(per_ip_rate=2, per_ip_burst=5,
-                                                                global_rate=20, global_burst=40))
+                                            limiter=RateLimiter(self.clock, (2, 5), (20, 40)))
         self.transport = FakeTransport()
         self.responder.makeConnection(self.transport)
 
@@ -225,10 +224,10 @@ class ResponderTests(unittest.TestCase):
         self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
 
     def test_rate_limiter_table_is_bounded(self) -> None:
-        limiter = RateLimiter(max_tracked=10)
+        limiter = RateLimiter(Clock(), max_keys=10)
         for i in range(100):
-            limiter.allow(f"10.0.0.{i}", 0.0)
-        self.assertEqual(len(limiter._buckets), 10)
+            limiter.allow(f"10.0.0.{i}")
+        self.assertEqual(len(limiter), 10)
 
 
 def adapter(name, ips, index=None):

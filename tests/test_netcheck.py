@@ -25,7 +25,8 @@ from crust.netcheck import NetcheckOptions, format_report, run_netcheck
 from crust.port_mapper import Grant, IPortMappingMethod, PortMapper
 from crust.service import ProbeResult
 from crust.udp_endpoint import UdpEndpoint
-from tests.test_udp_endpoint import VirtualNet, net_endpoint, run_for
+from crust.udp_stack import UdpStack, build_udp_stack
+from tests.test_udp_endpoint import VirtualNet, net_stack, run_for
 from tests.util import make_service
 
 ME = ("127.0.0.10", 4000)
@@ -83,7 +84,7 @@ class SimulatedTests(SynchronousTestCase):
         self.net = VirtualNet(self.clock)
         self.me = Identity.generate()
         self.peer = Identity.generate()
-        self.endpoint = net_endpoint(self.net, *ME, identity=self.me)
+        self.udp = net_stack(self.net, *ME, identity=self.me)
         self.service = FakeService(self.clock, self.me)
         self.stun = [Address("udp", *STUN1), Address("udp", *STUN2)]
         self.peers = [
@@ -95,14 +96,14 @@ class SimulatedTests(SynchronousTestCase):
 
     def start_network(self) -> None:
         self.net.nat[ME] = ME_OUTSIDE
-        net_endpoint(self.net, *STUN1)
-        net_endpoint(self.net, *STUN2)
-        net_endpoint(self.net, *PEER_UDP, identity=self.peer)
+        net_stack(self.net, *STUN1)
+        net_stack(self.net, *STUN2)
+        net_stack(self.net, *PEER_UDP, identity=self.peer)
 
     def check(self, seconds: float = 30.0, **kw: Any):
         kw.setdefault("port_mapper", None)
-        d = run_netcheck(self.service, self.endpoint, kw.pop("stun", self.stun), kw.pop("peers", self.peers),
-                         clock=self.clock, **kw)
+        d = run_netcheck(self.service, self.udp.endpoint, kw.pop("stun", self.stun), kw.pop("peers", self.peers),
+                         clock=self.clock, stun_client=self.udp.stun_client, echo=self.udp.echo, **kw)
         run_for(self.clock, seconds)
         return self.successResultOf(d)
 
@@ -168,8 +169,8 @@ class SimulatedTests(SynchronousTestCase):
         silent = next(p for p in report.probes if p.target == str(TCP_SILENT))
         self.assertEqual((silent.outcome, silent.error), ("timeout", "cancelled at the netcheck deadline"))
         self.assertIn("UDP: NAT classification did not finish within 2 s", report.notes)
-        self.assertEqual(self.endpoint.stun_client.outstanding, 0)
-        self.assertEqual(self.endpoint.echo.outstanding, 0)
+        self.assertEqual(self.udp.stun_client.outstanding, 0)
+        self.assertEqual(self.udp.echo.outstanding, 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_port_mapper_results(self):
@@ -235,6 +236,24 @@ class SimulatedTests(SynchronousTestCase):
         self.assertIn("UDP: no endpoint given: not probed", report.notes)
         self.assertEqual(self.net.traffic, [])
 
+    def test_endpoint_without_stun_client_or_echo(self):
+        self.start_network()
+        d = run_netcheck(self.service, self.udp.endpoint, self.stun, self.peers, clock=self.clock)
+        run_for(self.clock, 30)
+        report = self.successResultOf(d)
+        self.assertIsNone(report.nat)
+        self.assertIn("UDP: no STUN client given: not probed", report.notes)
+        self.assertIn("UDP echo: no echo given: udp: peers not asked", report.notes)
+        self.assertEqual({p.protocol for p in report.probes}, {"tcp"})
+
+    def test_our_id_from_the_echo(self):
+        self.start_network()
+        d = run_netcheck(None, self.udp.endpoint, [], [(self.me.peer_id, Address("udp", *PEER_UDP))],
+                         clock=self.clock, stun_client=self.udp.stun_client, echo=self.udp.echo)
+        run_for(self.clock, 30)
+        report = self.successResultOf(d)
+        self.assertIn("our own peer id is among the echo peers: skipped", report.notes)
+
     def test_closed_endpoint(self):
         endpoint = UdpEndpoint(self.clock)
         report = self.successResultOf(run_netcheck(None, endpoint, self.stun, [], clock=self.clock))
@@ -253,23 +272,24 @@ class SimulatedTests(SynchronousTestCase):
 class LoopbackTests(TestCase):
     timeout = 30
 
-    def endpoint(self, host: str, identity: Any = None) -> UdpEndpoint:
-        endpoint = UdpEndpoint(reactor, host=host, identity=identity)
-        endpoint.listen()
-        self.addCleanup(endpoint.stop)
-        return endpoint
+    def udp(self, host: str, identity: Any = None) -> UdpStack:
+        udp = build_udp_stack(reactor, host=host, identity=identity)
+        udp.endpoint.listen()
+        self.addCleanup(udp.endpoint.stop)
+        return udp
 
     async def test_netcheck_on_loopback(self):
         me = make_service(self)
         peer = make_service(self)
         await me.start_listening()
         peer_tcp = (await peer.start_listening())[0]
-        my_udp = self.endpoint("127.0.0.1", me.identity)
-        peer_udp = self.endpoint("127.0.0.1", peer.identity)
-        stun_server = self.endpoint("127.0.0.2")
+        my_udp = self.udp("127.0.0.1", me.identity)
+        peer_udp = self.udp("127.0.0.1", peer.identity)
+        stun_server = self.udp("127.0.0.2")
         report = await run_netcheck(
-            me, my_udp, [stun_server.local_address()],
-            [(peer.peer_id, peer_tcp), (peer.peer_id, peer_udp.local_address())],
+            me, my_udp.endpoint, [stun_server.endpoint.local_address()],
+            [(peer.peer_id, peer_tcp), (peer.peer_id, peer_udp.endpoint.local_address())],
+            stun_client=my_udp.stun_client, echo=my_udp.echo,
         )
         self.assertEqual(report.peer_id, str(me.peer_id))
         # TCP: the peer saw our probe come from 127.0.0.1 and some port
@@ -278,8 +298,8 @@ class LoopbackTests(TestCase):
         self.assertFalse(report.tcp_behind_nat)
         self.assertEqual(report.local["tcp"], tuple(a for a in me.listen_addresses if a.transport == "tcp"))
         # UDP: STUN and the secure echo both saw our endpoint's own address: no NAT
-        self.assertEqual(report.external["udp"], (my_udp.local_address(),))
-        self.assertEqual(report.local["udp"], (my_udp.local_address(),))
+        self.assertEqual(report.external["udp"], (my_udp.endpoint.local_address(),))
+        self.assertEqual(report.local["udp"], (my_udp.endpoint.local_address(),))
         self.assertFalse(report.nat.behind_nat)
         self.assertFalse(report.nat.udp_blocked)
         self.assertEqual(report.nat.mapping, Mapping.ENDPOINT_INDEPENDENT)
@@ -290,7 +310,7 @@ class LoopbackTests(TestCase):
         for p in report.probes:
             self.assertLess(p.duration, 2.0)
         self.assertLess(report.duration, 3.0)
-        self.assertEqual(stun_server.counters["stun_answered"], 1)
+        self.assertEqual(stun_server.stun_responder.counters["answered"], 1)
         self.assertEqual(peer_udp.echo.counters["requests_answered"], 1)
         self.assertIsNone(json.loads(report.to_json())["port_mapping"].get("methods"))
         self.assertIn("NAT (udp)", report.format_text())

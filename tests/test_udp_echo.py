@@ -37,8 +37,8 @@ from crust.udp_echo import (
     open_request,
     open_response,
 )
-from crust.udp_endpoint import UdpEndpoint
-from tests.test_udp_endpoint import LOOPBACK, VirtualNet, fake_endpoint, net_endpoint, run_for
+from crust.udp_stack import UdpStack, build_udp_stack
+from tests.test_udp_endpoint import LOOPBACK, VirtualNet, fake_stack, net_stack, run_for
 
 A = ("127.0.0.10", 4000)
 B = ("127.0.0.20", 4001)
@@ -118,9 +118,9 @@ class _EchoNet:
         self.clock = Clock()
         self.net = VirtualNet(self.clock)
         self.ids = {name: Identity.generate() for name in "abc"}
-        self.a = net_endpoint(self.net, *A, identity=self.ids["a"])
-        self.b = net_endpoint(self.net, *B, identity=self.ids["b"])
-        self.c = net_endpoint(self.net, *C, identity=self.ids["c"])
+        self.a = net_stack(self.net, *A, identity=self.ids["a"])
+        self.b = net_stack(self.net, *B, identity=self.ids["b"])
+        self.c = net_stack(self.net, *C, identity=self.ids["c"])
 
     def sent_by(self, addr: tuple, first_byte: int) -> list[float]:
         return [data for src, dst, data in self.net.traffic if src == addr and data[0] == first_byte]
@@ -211,7 +211,7 @@ class EchoTests(_EchoNet, SynchronousTestCase):
         d = self.a.echo.echo(udp(B), self.ids["b"].peer_id)
         # someone without B's key answers first, claiming a false address
         forged = encode_response(os.urandom(32), os.urandom(16), Address("udp", "127.6.6.6", 666))
-        self.a.datagramReceived(forged, B)
+        self.a.endpoint.datagramReceived(forged, B)
         self.assertNoResult(d)
         self.assertEqual(self.a.echo.counters["responses_unmatched"], 1)
         run_for(self.clock, 0.1)
@@ -223,7 +223,7 @@ class EchoTests(_EchoNet, SynchronousTestCase):
         d = self.a.echo.query(udp(B), self.ids["b"].peer_id)
         packet = self.sent_by(A, 4)[0]
         key, request_id = open_request(packet, curve_secret_key(self.ids["b"]))
-        self.a.datagramReceived(encode_response(key, request_id, udp(A)), ("127.0.0.21", 4001))
+        self.a.endpoint.datagramReceived(encode_response(key, request_id, udp(A)), ("127.0.0.21", 4001))
         result = self.successResultOf(d)
         self.assertEqual((result.observed, result.source), (udp(A), Address("udp", "127.0.0.21", 4001)))
 
@@ -233,10 +233,10 @@ class EchoTests(_EchoNet, SynchronousTestCase):
         key, request_id = open_request(self.sent_by(A, 4)[0], curve_secret_key(self.ids["b"]))
         nonce = os.urandom(24)
         bad_family = (request_id + b"\x09" + bytes(18)).ljust(40, b"\x00")
-        self.a.datagramReceived(b"\x05cr\x01" + nonce + crypto_box_afternm(bad_family, nonce, key), B)
+        self.a.endpoint.datagramReceived(b"\x05cr\x01" + nonce + crypto_box_afternm(bad_family, nonce, key), B)
         nonce = os.urandom(24)
         other_id = (os.urandom(16) + encode_address(udp(A))).ljust(40, b"\x00")
-        self.a.datagramReceived(b"\x05cr\x01" + nonce + crypto_box_afternm(other_id, nonce, key), B)
+        self.a.endpoint.datagramReceived(b"\x05cr\x01" + nonce + crypto_box_afternm(other_id, nonce, key), B)
         self.assertNoResult(d)
         self.assertEqual(self.a.echo.counters["responses_malformed"], 2)
         d.cancel()
@@ -269,26 +269,27 @@ class EchoTests(_EchoNet, SynchronousTestCase):
         self.assertEqual(self.net.traffic, [])
 
     def test_outstanding_is_bounded(self):
-        endpoint, _ = fake_endpoint(echo_options=dict(max_outstanding=2))
+        stack, _ = fake_stack(echo_options=dict(max_outstanding=2))
         peer = self.ids["b"].peer_id
-        endpoint.echo.echo(udp(B), peer)
-        endpoint.echo.echo(udp(B), peer)
-        self.failureResultOf(endpoint.echo.echo(udp(B), peer), EchoError)
+        stack.echo.echo(udp(B), peer)
+        stack.echo.echo(udp(B), peer)
+        self.failureResultOf(stack.echo.echo(udp(B), peer), EchoError)
 
     def test_first_send_failure_fails_at_once(self):
-        endpoint, transport = fake_endpoint()
+        stack, transport = fake_stack()
         transport.error = OSError(113, "No route to host")
-        d = endpoint.echo.echo(udp(B), self.ids["b"].peer_id)
+        d = stack.echo.echo(udp(B), self.ids["b"].peer_id)
         self.assertIn("cannot send", str(self.failureResultOf(d, EchoError).value))
-        self.assertEqual(endpoint.echo.outstanding, 0)
-        self.assertEqual(endpoint.send_errors, {"EHOSTUNREACH": 1})
+        self.assertEqual(stack.echo.outstanding, 0)
+        self.assertEqual(stack.endpoint.send_errors, {"EHOSTUNREACH": 1})
 
 
 class ResponderTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.identity = Identity.generate()
-        self.endpoint, self.transport = fake_endpoint(identity=self.identity)
-        self.echo = self.endpoint.echo
+        stack, self.transport = fake_stack(identity=self.identity)
+        self.endpoint = stack.endpoint
+        self.echo = stack.echo
 
     def test_answers_to_the_source(self):
         packet, key, request_id = request_for(self.identity)
@@ -337,11 +338,11 @@ class ResponderTests(SynchronousTestCase):
         self.assertEqual(len(self.transport.written), 16)  # 5 per second
 
     def test_without_identity_nothing_is_answered(self):
-        endpoint, transport = fake_endpoint()
-        self.assertFalse(endpoint.echo.responding)
-        endpoint.datagramReceived(request_for(self.identity)[0], A)
+        stack, transport = fake_stack()
+        self.assertFalse(stack.echo.responding)
+        stack.endpoint.datagramReceived(request_for(self.identity)[0], A)
         self.assertEqual(transport.written, [])
-        self.assertEqual(endpoint.echo.counters["requests_ignored"], 1)
+        self.assertEqual(stack.echo.counters["requests_ignored"], 1)
 
 
 class EchoSourceTests(_EchoNet, SynchronousTestCase):
@@ -381,25 +382,25 @@ class EchoSourceTests(_EchoNet, SynchronousTestCase):
 class LoopbackTests(TestCase):
     timeout = 20
 
-    def endpoint(self, identity: Any = None) -> UdpEndpoint:
-        endpoint = UdpEndpoint(reactor, host=LOOPBACK, identity=identity)
-        endpoint.listen()
-        self.addCleanup(endpoint.stop)
-        return endpoint
+    def udp(self, identity: Any = None) -> UdpStack:
+        udp = build_udp_stack(reactor, host=LOOPBACK, identity=identity)
+        udp.endpoint.listen()
+        self.addCleanup(udp.endpoint.stop)
+        return udp
 
     async def test_echo_between_two_endpoints(self):
         bob = Identity.generate()
-        a, b = self.endpoint(), self.endpoint(bob)
-        result = await a.echo.query(b.local_address(), bob.peer_id, timeout=3.0)
-        self.assertEqual(result.observed, a.local_address())
-        self.assertEqual(result.source, b.local_address())
+        a, b = self.udp(), self.udp(bob)
+        result = await a.echo.query(b.endpoint.local_address(), bob.peer_id, timeout=3.0)
+        self.assertEqual(result.observed, a.endpoint.local_address())
+        self.assertEqual(result.source, b.endpoint.local_address())
         self.assertEqual(b.echo.counters["requests_answered"], result.transmissions)
 
     async def test_wrong_key_times_out(self):
         bob = Identity.generate()
-        a, b = self.endpoint(), self.endpoint(bob)
+        a, b = self.udp(), self.udp(bob)
         with self.assertRaises(EchoTimeout):
-            await a.echo.echo(b.local_address(), Identity.generate().peer_id, timeout=0.5, tries=2, rto=0.1)
+            await a.echo.echo(b.endpoint.local_address(), Identity.generate().peer_id, timeout=0.5, tries=2, rto=0.1)
         self.assertEqual(b.echo.counters["requests_undecryptable"], 2)
         self.assertEqual(b.echo.counters["requests_answered"], 0)
         self.assertEqual(a.echo.counters["responses_received"], 0)

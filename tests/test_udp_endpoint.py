@@ -1,7 +1,8 @@
 """
-Tests for L{crust.udp_endpoint}: first-byte demultiplexing, the STUN
-responder and its rate limit, send errors and counters (a fake transport and
-a simulated network on a L{Clock}), then real sockets on 127.0.0.1.
+Tests for L{crust.udp_endpoint} and the stack of L{crust.udp_stack}:
+first-byte demultiplexing, the STUN chain, the STUN responder and its rate
+limit on the socket, send errors and counters (a fake transport and a
+simulated network on a L{Clock}), then real sockets on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -20,13 +21,9 @@ from crust import stun
 from crust.address import Address
 from crust.identity import Identity
 from crust.stun_client import StunError
-from crust.udp_endpoint import (
-    STUN_RESPONSE_OVERHEAD,
-    RateLimiter,
-    UdpEndpoint,
-    UdpEndpointService,
-    sockaddr_to_address,
-)
+from crust.stun_responder import STUN_RESPONSE_OVERHEAD
+from crust.udp_endpoint import UdpEndpoint, UdpEndpointService, UdpSendError
+from crust.udp_stack import UdpStack, build_udp_stack
 
 LOOPBACK = "127.0.0.1"
 PEER = ("127.0.0.9", 5000)
@@ -56,13 +53,14 @@ class FakeDatagramTransport:
         pass
 
 
-def fake_endpoint(clock: Optional[Clock] = None, host: str = LOOPBACK, port: int = 40000,
-                  **kw: Any) -> tuple[UdpEndpoint, FakeDatagramTransport]:
+def fake_stack(clock: Optional[Clock] = None, host: str = LOOPBACK, port: int = 40000,
+               **kw: Any) -> tuple[UdpStack, FakeDatagramTransport]:
+    """A L{UdpStack} (C{kw} for L{build_udp_stack}) whose endpoint writes to a L{FakeDatagramTransport}."""
     clock = clock or Clock()
-    endpoint = UdpEndpoint(clock, host=host, port=port, **kw)
+    udp = build_udp_stack(clock, host=host, port=port, **kw)
     transport = FakeDatagramTransport(host, port)
-    endpoint.makeConnection(transport)
-    return endpoint, transport
+    udp.endpoint.makeConnection(transport)
+    return udp, transport
 
 
 class _NetTransport(FakeDatagramTransport):
@@ -120,10 +118,11 @@ def run_for(clock: Clock, seconds: float) -> None:
     clock.advance(max(0.0, target - clock.seconds()))
 
 
-def net_endpoint(net: VirtualNet, host: str, port: int, **kw: Any) -> UdpEndpoint:
-    endpoint = UdpEndpoint(net.clock, host=host, port=port, **kw)
-    net.attach(endpoint, host, port)
-    return endpoint
+def net_stack(net: VirtualNet, host: str, port: int, **kw: Any) -> UdpStack:
+    """A L{UdpStack} (C{kw} for L{build_udp_stack}) whose endpoint is on C{net} at C{host}:C{port}."""
+    udp = build_udp_stack(net.clock, host=host, port=port, **kw)
+    net.attach(udp.endpoint, host, port)
+    return udp
 
 
 def binding_request(**kw: Any) -> tuple[stun.StunMessage, bytes]:
@@ -138,10 +137,11 @@ def binding_request(**kw: Any) -> tuple[stun.StunMessage, bytes]:
 class DemuxTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.endpoint, self.transport = fake_endpoint(self.clock, stun_responder=False)
+        self.udp, self.transport = fake_stack(self.clock, stun_responder=False)
+        self.endpoint = self.udp.endpoint
 
     def test_stun_response_goes_to_the_client(self):
-        d = self.endpoint.stun_client.binding_request(Address("udp", *PEER))
+        d = self.udp.stun_client.binding_request(Address("udp", *PEER))
         data, addr = self.transport.written[0]
         self.assertEqual(addr, PEER)
         request = stun.decode(data)
@@ -167,8 +167,8 @@ class DemuxTests(SynchronousTestCase):
     def test_echo_types_are_wired(self):
         self.endpoint.datagramReceived(b"\x04short", PEER)
         self.endpoint.datagramReceived(b"\x05short", PEER)
-        self.assertEqual(self.endpoint.echo.counters["requests_truncated"], 1)
-        self.assertEqual(self.endpoint.echo.counters["responses_truncated"], 1)
+        self.assertEqual(self.udp.echo.counters["requests_truncated"], 1)
+        self.assertEqual(self.udp.echo.counters["responses_truncated"], 1)
 
     def test_crust_types_only_in_4_to_15(self):
         for bad in (3, 16, 64, 255):
@@ -222,10 +222,80 @@ class DemuxTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
 
 
+class BareEndpointTests(SynchronousTestCase):
+    """The endpoint alone: only a socket and a demultiplexer; what lives on it registers."""
+
+    def setUp(self) -> None:
+        self.endpoint = UdpEndpoint(Clock())
+        self.transport = FakeDatagramTransport()
+        self.endpoint.makeConnection(self.transport)
+
+    def test_nothing_registered_nothing_answered(self):
+        self.endpoint.datagramReceived(binding_request()[1], PEER)
+        self.endpoint.datagramReceived(b"\x04echo request?", PEER)
+        c = self.endpoint.counters
+        self.assertEqual((c["stun"], c["stun_dropped"], c["crust_unknown_type"]), (1, 1, 1))
+        self.assertEqual(self.transport.written, [])
+        self.assertEqual(set(self.endpoint.stats()), {"local_address", "endpoint", "send_errors"})
+
+    def test_stun_chain_in_registration_order(self):
+        seen = []
+        self.endpoint.add_stun_handler(lambda d, a: seen.append("first") or False, "first")
+        remove = self.endpoint.add_stun_handler(lambda d, a: seen.append("second") or True, "second")
+        remove_third = self.endpoint.add_stun_handler(lambda d, a: self.fail("the chain stops at the first taker"))
+        self.endpoint.datagramReceived(binding_request()[1], PEER)
+        self.assertEqual(seen, ["first", "second"])
+        self.assertEqual(self.endpoint.counters["stun_consumed"], 1)
+        remove()
+        remove()  # idempotent
+        remove_third()
+        self.endpoint.datagramReceived(binding_request()[1], PEER)
+        self.assertEqual(seen, ["first", "second", "first"])
+        self.assertEqual(self.endpoint.counters["stun_dropped"], 1)
+
+    def test_a_failing_stun_handler_is_contained(self):
+        def boom(data, addr):
+            raise RuntimeError("handler bug")
+
+        self.endpoint.add_stun_handler(boom, "boom")
+        self.endpoint.add_stun_handler(lambda d, a: self.fail("a failed handler ends the chain"))
+        self.endpoint.datagramReceived(binding_request()[1], PEER)
+        self.assertEqual(self.endpoint.counters["handler_errors"], 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_routes_stun_to(self):
+        udp, _ = fake_stack()
+        self.assertTrue(udp.endpoint.routes_stun_to(udp.stun_client.datagram_received))
+        self.assertFalse(self.endpoint.routes_stun_to(udp.stun_client.datagram_received))
+
+    def test_close_callbacks(self):
+        called = []
+        self.endpoint.call_when_closed(lambda: called.append(1))
+        remove = self.endpoint.call_when_closed(lambda: called.append(2))
+
+        def boom():
+            raise RuntimeError("callback bug")
+
+        self.endpoint.call_when_closed(boom)
+        self.endpoint.call_when_closed(lambda: called.append(3))
+        remove()
+        self.endpoint.doStop()
+        self.assertEqual(called, [1, 3])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_send_or_raise(self):
+        self.endpoint.send_or_raise(b"\x90x", PEER)
+        self.transport.error = OSError(errno.EHOSTUNREACH, "No route to host")
+        error = self.assertRaises(UdpSendError, self.endpoint.send_or_raise, b"\x90x", PEER)
+        self.assertEqual(error.reason, "EHOSTUNREACH")
+        self.assertEqual((self.endpoint.counters["sent"], self.endpoint.counters["send_failures"]), (1, 1))
+
+
 class StunResponderTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.endpoint, self.transport = fake_endpoint(self.clock)
+        self.udp, self.transport = fake_stack(self.clock)
+        self.endpoint = self.udp.endpoint
 
     def answer(self, request_bytes: bytes, source: tuple = PEER) -> Optional[stun.StunMessage]:
         before = len(self.transport.written)
@@ -244,7 +314,7 @@ class StunResponderTests(SynchronousTestCase):
         self.assertEqual(response.transaction_id, request.transaction_id)
         self.assertEqual(response.mapped_address, Address("udp", *PEER))
         self.assertIn(stun.FINGERPRINT, response.types())
-        self.assertEqual(self.endpoint.counters["stun_answered"], 1)
+        self.assertEqual(self.udp.stun_responder.counters["answered"], 1)
 
     def test_no_fingerprint_unless_asked_and_never_larger(self):
         request, data = binding_request(fingerprint=False)
@@ -259,7 +329,7 @@ class StunResponderTests(SynchronousTestCase):
         self.assertEqual(response.message_class, stun.MessageClass.ERROR)
         self.assertEqual(response.error_code.code, 420)
         self.assertEqual(response.get(stun.UNKNOWN_ATTRIBUTES), (stun.CHANGE_REQUEST,))
-        self.assertEqual(self.endpoint.counters["stun_errors_sent"], 1)
+        self.assertEqual(self.udp.stun_responder.counters["errors_sent"], 1)
 
     def test_unknown_comprehension_required_gets_420(self):
         request = stun.make_binding_request()
@@ -279,14 +349,14 @@ class StunResponderTests(SynchronousTestCase):
         self.assertEqual(self.endpoint.counters["stun_dropped"], 2)
 
     def test_disabled(self):
-        self.endpoint.stun_responder = False
+        self.udp.stun_responder.enabled = False
         self.assertIsNone(self.answer(binding_request()[1]))
         self.assertEqual(self.endpoint.counters["stun_dropped"], 1)
 
     def test_rate_limited_per_source(self):
         answered = sum(self.answer(binding_request()[1]) is not None for _ in range(50))
         self.assertEqual(answered, 20)  # the burst
-        self.assertEqual(self.endpoint.counters["stun_rate_limited"], 30)
+        self.assertEqual(self.udp.stun_responder.counters["rate_limited"], 30)
         # another source has its own bucket (another port of the same IP does not)
         self.assertIsNone(self.answer(binding_request()[1], ("127.0.0.9", 5001)))
         self.assertIsNotNone(self.answer(binding_request()[1], ("127.0.0.8", 5000)))
@@ -295,39 +365,17 @@ class StunResponderTests(SynchronousTestCase):
         self.assertEqual(answered, 10)
 
     def test_rate_limited_in_total(self):
-        endpoint, transport = fake_endpoint(Clock(), stun_rate=((10.0, 20.0), (5.0, 8.0)))
+        udp, transport = fake_stack(Clock(), stun_rate=((10.0, 20.0), (5.0, 8.0)))
         for i in range(20):
-            endpoint.datagramReceived(binding_request()[1], (f"127.0.1.{i}", 5000))
+            udp.endpoint.datagramReceived(binding_request()[1], (f"127.0.1.{i}", 5000))
         self.assertEqual(len(transport.written), 8)
-        self.assertEqual(endpoint.counters["stun_rate_limited"], 12)
-
-
-class RateLimiterTests(SynchronousTestCase):
-    def test_buckets_refill_and_cap(self):
-        clock = Clock()
-        limiter = RateLimiter(clock, (2.0, 3.0), (100.0, 100.0))
-        self.assertEqual([limiter.allow("a") for _ in range(4)], [True, True, True, False])
-        clock.advance(0.5)
-        self.assertEqual([limiter.allow("a") for _ in range(2)], [True, False])
-        clock.advance(100)
-        self.assertEqual(sum(limiter.allow("a") for _ in range(10)), 3)  # never above the burst
-
-    def test_table_is_bounded(self):
-        limiter = RateLimiter(Clock(), (1.0, 1.0), (1000.0, 1000.0), max_keys=3)
-        for key in "abcd":
-            self.assertTrue(limiter.allow(key))
-        self.assertEqual(len(limiter._keys), 3)
-        self.assertTrue(limiter.allow("a"))  # forgotten, so a fresh bucket
-        self.assertFalse(limiter.allow("d"))
-
-    def test_bad_limits(self):
-        self.assertRaises(ValueError, RateLimiter, Clock(), (0.0, 1.0))
-        self.assertRaises(ValueError, RateLimiter, Clock(), (1.0, 0.5))
+        self.assertEqual(udp.stun_responder.counters["rate_limited"], 12)
 
 
 class SendTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.endpoint, self.transport = fake_endpoint()
+        self.udp, self.transport = fake_stack()
+        self.endpoint = self.udp.endpoint
 
     def test_send_counts(self):
         self.assertTrue(self.endpoint.send(b"\x90abc", PEER))
@@ -348,14 +396,14 @@ class SendTests(SynchronousTestCase):
 
     def test_stun_request_fails_at_once_when_it_cannot_go(self):
         self.transport.error = OSError(errno.ENETUNREACH, "Network is unreachable")
-        d = self.endpoint.stun_client.binding_request(Address("udp", *PEER))
+        d = self.udp.stun_client.binding_request(Address("udp", *PEER))
         self.assertIsInstance(self.failureResultOf(d, StunError).value, StunError)
         self.assertEqual(self.endpoint.send_errors, {"ENETUNREACH": 1})
 
     def test_answers_to_a_failing_send_do_not_raise(self):
         self.transport.error = OSError(errno.EPERM, "Operation not permitted")
         self.endpoint.datagramReceived(binding_request()[1], PEER)
-        self.assertEqual(self.endpoint.counters["stun_answered"], 0)
+        self.assertEqual(self.udp.stun_responder.counters["answered"], 0)
         self.assertEqual(self.endpoint.send_errors, {"EPERM": 1})
 
     def test_not_open(self):
@@ -366,48 +414,38 @@ class SendTests(SynchronousTestCase):
         self.assertEqual(endpoint.local_addresses(), [])
 
     def test_stop_protocol_cancels_outstanding(self):
-        d1 = self.endpoint.stun_client.binding_request(Address("udp", *PEER))
-        d2 = self.endpoint.echo.echo(Address("udp", *PEER), Identity.generate().peer_id)
+        d1 = self.udp.stun_client.binding_request(Address("udp", *PEER))
+        d2 = self.udp.echo.echo(Address("udp", *PEER), Identity.generate().peer_id)
         self.endpoint.doStop()
         self.failureResultOf(d1, CancelledError)
         self.failureResultOf(d2, CancelledError)
-        self.assertEqual(self.endpoint.echo.outstanding, 0)
+        self.assertEqual(self.udp.echo.outstanding, 0)
 
     def test_stats(self):
         self.endpoint.datagramReceived(b"\xffx", PEER)
-        stats = self.endpoint.stats()
+        stats = self.udp.stats()
         self.assertEqual(stats["local_address"], "udp:127.0.0.1:40000")
         self.assertEqual(stats["endpoint"]["unknown"], 1)
         self.assertIn("sent", stats["stun_client"])
         self.assertIn("requests_answered", stats["echo"])
 
 
-class AddressTests(SynchronousTestCase):
-    def test_sockaddr_to_address(self):
-        self.assertEqual(sockaddr_to_address(("127.0.0.1", 5)), Address("udp", "127.0.0.1", 5))
-        self.assertEqual(sockaddr_to_address(("::ffff:127.0.0.1", 5)), Address("udp", "127.0.0.1", 5))
-        self.assertEqual(sockaddr_to_address(("fe80::1%eth0", 5)), Address("udp", "fe80::1", 5))
-        self.assertIsNone(sockaddr_to_address(("nonsense", 5)))
-        self.assertIsNone(sockaddr_to_address(("127.0.0.1", 0)))
-        self.assertIsNone(sockaddr_to_address(None))
-
-
 class VirtualNetTests(SynchronousTestCase):
     def test_stun_between_endpoints(self):
         clock = Clock()
         net = VirtualNet(clock)
-        a = net_endpoint(net, "127.0.0.10", 4000, stun_responder=False)
-        b = net_endpoint(net, "127.0.0.20", 3478)
+        a = net_stack(net, "127.0.0.10", 4000, stun_responder=False)
+        b = net_stack(net, "127.0.0.20", 3478)
         net.nat[("127.0.0.10", 4000)] = ("127.0.0.100", 61000)
         d = a.stun_client.binding_request(Address("udp", "127.0.0.20", 3478))
         run_for(clock, 0.05)
         self.assertEqual(self.successResultOf(d).mapped_address, Address("udp", "127.0.0.100", 61000))
-        self.assertEqual(b.counters["stun_answered"], 1)
+        self.assertEqual(b.stun_responder.counters["answered"], 1)
         # a STUN request to a non-responder goes unanswered
         d = b.stun_client.binding_request(Address("udp", "127.0.0.100", 61000), rc=1, rm=1)
         run_for(clock, 5)
         self.failureResultOf(d, StunError)
-        self.assertEqual(a.counters["stun_dropped"], 1)
+        self.assertEqual(a.endpoint.counters["stun_dropped"], 1)
 
 
 # --- loopback ---------------------------------------------------------------------------
@@ -416,11 +454,11 @@ class VirtualNetTests(SynchronousTestCase):
 class LoopbackTests(TestCase):
     timeout = 20
 
-    def endpoint(self, **kw: Any) -> UdpEndpoint:
-        endpoint = UdpEndpoint(reactor, host=kw.pop("host", LOOPBACK), **kw)
-        endpoint.listen()
-        self.addCleanup(endpoint.stop)
-        return endpoint
+    def udp(self, **kw: Any) -> UdpStack:
+        udp = build_udp_stack(reactor, host=kw.pop("host", LOOPBACK), **kw)
+        udp.endpoint.listen()
+        self.addCleanup(udp.endpoint.stop)
+        return udp
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         deadline = reactor.seconds() + timeout
@@ -430,37 +468,37 @@ class LoopbackTests(TestCase):
             await deferLater(reactor, 0.01, lambda: None)
 
     async def test_stun_answered_by_the_other_endpoint(self):
-        a, b = self.endpoint(stun_responder=False), self.endpoint()
-        address = a.local_address()
+        a, b = self.udp(stun_responder=False), self.udp()
+        address = a.endpoint.local_address()
         self.assertEqual(address.host, LOOPBACK)
         self.assertNotEqual(address.port, 0)
-        self.assertEqual(a.local_addresses(), [address])
-        result = await a.stun_client.binding_request(b.local_address(), rto=0.1)
+        self.assertEqual(a.endpoint.local_addresses(), [address])
+        result = await a.stun_client.binding_request(b.endpoint.local_address(), rto=0.1)
         self.assertEqual(result.mapped_address, address)
-        self.assertEqual(result.source, b.local_address())
-        self.assertEqual(b.counters["stun_answered"], 1)
-        await self.wait_for(lambda: a.counters["stun_consumed"] == 1)
+        self.assertEqual(result.source, b.endpoint.local_address())
+        self.assertEqual(b.stun_responder.counters["answered"], 1)
+        await self.wait_for(lambda: a.endpoint.counters["stun_consumed"] == 1)
 
     async def test_demux_on_a_real_socket(self):
-        a, b = self.endpoint(), self.endpoint()
+        a, b = self.udp(), self.udp()
         quic = []
-        b.register(lambda d: d[0] >= 64, lambda d, addr: quic.append((d, addr)))
-        a.send(b"\xc0quic-ish", b.local_address().sockaddr())
-        a.send(b"\x20dtls-ish", b.local_address().sockaddr())
-        await self.wait_for(lambda: quic and b.counters["unknown"] == 1)
-        self.assertEqual(quic, [(b"\xc0quic-ish", a.local_address().sockaddr())])
+        b.endpoint.register(lambda d: d[0] >= 64, lambda d, addr: quic.append((d, addr)))
+        a.endpoint.send(b"\xc0quic-ish", b.endpoint.local_address().sockaddr())
+        a.endpoint.send(b"\x20dtls-ish", b.endpoint.local_address().sockaddr())
+        await self.wait_for(lambda: quic and b.endpoint.counters["unknown"] == 1)
+        self.assertEqual(quic, [(b"\xc0quic-ish", a.endpoint.local_address().sockaddr())])
 
     async def test_send_to_a_closed_port_does_not_raise(self):
-        a, b = self.endpoint(), self.endpoint()
-        closed = b.local_address()
-        await b.stop()
-        self.assertFalse(b.listening)
+        a, b = self.udp(), self.udp()
+        closed = b.endpoint.local_address()
+        await b.endpoint.stop()
+        self.assertFalse(b.endpoint.listening)
         for _ in range(3):
-            a.send(b"\x90nobody home", closed.sockaddr())
+            a.endpoint.send(b"\x90nobody home", closed.sockaddr())
             await deferLater(reactor, 0.02, lambda: None)
-        c = self.endpoint()
-        result = await a.stun_client.binding_request(c.local_address(), rto=0.1)
-        self.assertEqual(result.mapped_address, a.local_address())
+        c = self.udp()
+        result = await a.stun_client.binding_request(c.endpoint.local_address(), rto=0.1)
+        self.assertEqual(result.mapped_address, a.endpoint.local_address())
 
     async def test_service_binds_and_closes(self):
         endpoint = UdpEndpoint(reactor, host=LOOPBACK)

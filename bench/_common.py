@@ -21,9 +21,9 @@ LOOPBACK = "127.0.0.1"  # the network rule: benchmarks talk to loopback only
 BULK_SIZE = 64 * 1024
 RATE_SIZE = 100
 # The QUIC settings the aioquic baseline runs with: those of crust's Service
-# (crust.quic_driver.QuicOptions defaults; the runner checks them against what
+# (crust.transport.quic.driver.QuicOptions defaults; the runner checks them against what
 # the crust server reports and says so if they differ).  "crust-bbr" is
-# crust's congestion controller: importing crust.quic_congestion (below)
+# crust's congestion controller: importing crust.transport.quic.congestion (below)
 # registers it with aioquic, so the baseline runs it too (with aioquic's own
 # pacer: crust's driver also installs crust's, see doc/quic.md).
 QUIC_BASELINE = {
@@ -36,7 +36,7 @@ QUIC_BASELINE = {
 }
 
 try:
-    import crust.quic_congestion  # noqa: F401  (registers "crust-bbr" with aioquic; no reactor)
+    import crust.transport.quic.congestion  # noqa: F401  (registers "crust-bbr" with aioquic; no reactor)
 except ImportError:  # pragma: no cover - crust not on the path: the baseline then fails to start, loudly
     pass
 

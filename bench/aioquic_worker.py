@@ -111,7 +111,7 @@ def _mutual_tls() -> None:
     """
     aioquic's server asks for a client certificate only when a private flag
     of its TLS context is set (crust sets it the same way, in
-    C{crust.quic_tls.CrustQuicConnection}); C{serve()} builds its connections
+    C{crust.transport.quic.tls.CrustQuicConnection}); C{serve()} builds its connections
     from the module's C{QuicConnection}, so that name gets the subclass.
     """
     import aioquic.asyncio.server as server_module

@@ -13,7 +13,7 @@ Two public lab hosts, ``snd`` and ``rcv``. The lab's user-space forwarder
 drops ``--loss`` % of them, so the round trip is 2 x delay (20 ms per packet
 for the default 40 ms RTT). A UDP echo probe (``probe.py rtt``) measures the
 RTT first. Each run is one transfer with the agent
-``tests/natlab/agents/transfer.py`` (via ``tests.test_lab_quic.run_transfer``):
+``tests/lab/natlab/agents/transfer.py`` (via ``tests.lab.test_lab_quic.run_transfer``):
 ``--size`` MB (10^6 bytes) of seeded random data in 64 KiB messages of
 priority 2, paced by crust's backpressure (``queued_bytes`` /
 ``when_writable``), SHA-256 checked at both ends; goodput is the receiver's
@@ -167,7 +167,7 @@ def measure_rtt(lab, snd, rcv, count=40):
 
 
 def one_run(lab, snd, rcv, name, args, impairment, seed, sniff_sizes, label):
-    from tests.test_lab_quic import run_transfer
+    from tests.lab.test_lab_quic import run_transfer
 
     transport, extra, _ = TRANSPORTS[name]
     lab.impair(**dict(impairment, seed=seed))
@@ -365,8 +365,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.sniff:
         return sniff(args.sniff)
-    from tests.natlab.skip import skip_reason
-    from tests.natlab.topology import Lab
+    from tests.lab.natlab.skip import skip_reason
+    from tests.lab.natlab.topology import Lab
 
     reason = skip_reason(tun=True)
     if reason:

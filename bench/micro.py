@@ -6,7 +6,7 @@ same work done by Twisted's Int32StringReceiver (the baseline's framing).
 No TLS, no sockets, no reactor running: a connection is driven through a sink
 transport that only counts bytes, so only the Python work above the TLS layer
 is timed -- the part crust adds over the baseline, and the part a patch to
-crust/connection.py, crust/framing.py, crust/send_queue.py or
+crust/session/connection.py, crust/session/framing.py, crust/session/send_queue.py or
 crust/service.py changes.  Being CPU-bound and single-process, these figures
 are much steadier than the loopback ones of bench/run.py on a noisy machine
 (the best of several repeats is reported).
@@ -92,7 +92,7 @@ def crust_connection(max_queued: int):
     from twisted.internet.testing import MemoryReactorClock
 
     from crust import Config, CrustObserver, Identity, Service
-    from crust.handshake import HandshakeState
+    from crust.session.handshake import HandshakeState
     from crust.service import _ConnectionFactory
 
     config = Config(listen_host="127.0.0.1", max_queued_bytes=max_queued)

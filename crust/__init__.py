@@ -8,7 +8,7 @@ info, and the errors in L{crust.errors}.
 
 from crust._version import __version__
 
-# Imported on first use (PEP 562), so that `import crust.cli` stays light.
+# Imported on first use (PEP 562), so that `import crust.node.cli` stays light.
 _LAZY = {
     "Address": "crust.address",
     "Config": "crust.config",
@@ -17,7 +17,7 @@ _LAZY = {
     "Identity": "crust.identity",
     "PeerId": "crust.identity",
     "PrivConnectionInfo": "crust.connection_info",
-    "ProbeResult": "crust.dialer",
+    "ProbeResult": "crust.peering.dialer",
     "PubConnectionInfo": "crust.connection_info",
     "Role": "crust.roles",
     "Service": "crust.service",

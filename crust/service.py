@@ -14,10 +14,10 @@ Operations return Deferreds; unsolicited events reach the observers
 
 The service is a facade: it owns the node's lifetime, its listeners and its
 configuration, and wires the parts that do the work: the peer table
-(L{crust.peers}), the admission policy (L{crust.admission}), the dialer and
-its dial strategies (L{crust.dialer}), the connect attempts
-(L{crust.connector}), bootstrapping both ways (L{crust.bootstrapper},
-L{crust.bootstrap_responder}) and the observers (L{crust.observer}).
+(L{crust.peering.table}), the admission policy (L{crust.peering.admission}), the dialer and
+its dial strategies (L{crust.peering.dialer}), the connect attempts
+(L{crust.peering.connector}), bootstrapping both ways (L{crust.bootstrap.bootstrapper},
+L{crust.bootstrap.responder}) and the observers (L{crust.observer}).
 """
 
 from __future__ import annotations
@@ -31,26 +31,26 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from crust._reactor import maybe_global_reactor
-from crust._waiters import OneShot
+from crust._util.reactor import maybe_global_reactor
+from crust._util.waiters import OneShot
 from crust.address import Address
-from crust.admission import Admission
-from crust.bootstrap_cache import BootstrapCache
-from crust.bootstrap_responder import BootstrapResponder
-from crust.bootstrapper import Bootstrapper, CacheValidator
+from crust.peering.admission import Admission
+from crust.bootstrap.cache import BootstrapCache
+from crust.bootstrap.responder import BootstrapResponder
+from crust.bootstrap.bootstrapper import Bootstrapper, CacheValidator
 from crust.config import Config
-from crust.connection import PeerConnection
+from crust.session.connection import PeerConnection
 from crust.connection_info import PrivConnectionInfo, PubConnectionInfo
-from crust.connector import Connector
-from crust.dialer import Dialer, DirectStrategy, ProbeResult
+from crust.peering.connector import Connector
+from crust.peering.dialer import Dialer, DirectStrategy, ProbeResult
 from crust.errors import ConnectToSelf, CrustError, MessageTooLarge, PeerNotConnected, ServiceNotRunning
 from crust.identity import Identity, PeerId
-from crust.local_addresses import addresses_for_listener
+from crust._util.local_addresses import addresses_for_listener
 from crust.observer import Observers
-from crust.peers import PeerTable
+from crust.peering.table import PeerTable
 from crust.roles import Role
-from crust.tcp import TcpTransport
-from crust.tls import ConnectionCreator, make_context
+from crust.transport.tcp import TcpTransport
+from crust.transport.tls import ConnectionCreator, make_context
 from crust.wire import CertInfo, CloseReason, Hello, network_hash
 
 MAX_ADVERTISED = 16
@@ -120,8 +120,8 @@ class Service(MultiService):
         self.udp_stack: Any = None  # the endpoint with its STUN client, STUN responder and echo
         self.quic: Any = None
         if self.config.enable_udp:
-            from crust.quic import QUIC_FIRST_BYTE, QuicDispatcher, QuicOptions, is_quic
-            from crust.udp_stack import build_udp_stack
+            from crust.transport.quic.dispatcher import QUIC_FIRST_BYTE, QuicDispatcher, QuicOptions, is_quic
+            from crust.nat.udp_stack import build_udp_stack
 
             self.udp_stack = build_udp_stack(reactor, host=self.config.listen_host,
                                              port=self.config.udp_listen_port or 0, identity=identity)
@@ -291,7 +291,7 @@ class Service(MultiService):
             return
         if ipaddress.ip_address(self.config.listen_host).is_loopback:
             return
-        from crust.port_mapper import PortMapper
+        from crust.nat.portmap.mapper import PortMapper
 
         self.port_mapper = PortMapper(tcp_port=tcp_port, udp_port=udp_port, reactor=self.reactor)
         self.port_mapper.add_observer(self._mapping_changed)
@@ -370,11 +370,11 @@ class Service(MultiService):
         """
         Learn what we can about our network: local and external addresses per
         protocol, the NAT's mapping and filtering, port mapping, hairpinning;
-        fires with a L{crust.netcheck.NetcheckReport} (never fails for network
+        fires with a L{crust.nat.netcheck.NetcheckReport} (never fails for network
         reasons: what did not answer is in the report).  Echo sources: the
         configured STUN servers, the hard-coded contacts, a few cached peers.
         """
-        from crust.netcheck import run_netcheck
+        from crust.nat.netcheck import run_netcheck
 
         peers = list(self.config.hard_coded_contacts) + self.bootstrap_cached_peers()[:4] + list(extra_peers)
         udp = self.udp_stack
@@ -420,7 +420,7 @@ class Service(MultiService):
         hard-coded contacts (minus C{blacklist}: addresses or their text),
         concurrently with a cap, within C{bootstrap_timeout}.  Fires with the
         L{PeerId} of the first peer that grants the request; fails with
-        L{crust.bootstrap_plan.BootstrapFailed} listing every reason.
+        L{crust.bootstrap.plan.BootstrapFailed} listing every reason.
         C{role}: L{Role.NODE} claims to be reachable (the acceptor tests it),
         L{Role.CLIENT} only consumes.
         """
@@ -469,7 +469,7 @@ class Service(MultiService):
         C{service_discovery_listener_port}.  C{destinations} overrides where
         requests go (default: every interface's broadcast address).
         """
-        from crust.discovery import DiscoveryRequester, DiscoveryResponder, DiscoveryResponderService
+        from crust.bootstrap.discovery import DiscoveryRequester, DiscoveryResponder, DiscoveryResponderService
 
         config = self.config
         if ipaddress.ip_address(config.listen_host).is_loopback:

@@ -2,7 +2,7 @@
 Run the test suite with trial and end with a plain summary line.
 
     python -m tests                      # everything
-    python -m tests tests.test_framing   # some modules
+    python -m tests tests.session.test_framing   # some modules
 
 The last line reads ``N passed, N failed, N skipped``; the exit status is
 non-zero if anything failed or if no test ran at all.

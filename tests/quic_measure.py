@@ -72,7 +72,7 @@ def crust_side(role: str, total: int, chunk_size: int, datagram_size: int, profi
     from zope.interface import implementer
 
     from crust.identity import Identity
-    from crust.quic import QuicDispatcher, QuicOptions
+    from crust.transport.quic.dispatcher import QuicDispatcher, QuicOptions
 
     options = QuicOptions(max_datagram_size=datagram_size)
     chunk = _chunk(chunk_size)
@@ -206,10 +206,10 @@ def framed_side(role: str, total: int, chunk_size: int, datagram_size: int, port
     from twisted.internet import reactor
     from twisted.internet.protocol import DatagramProtocol
 
-    from crust.connection import PeerConnection
+    from crust.session.connection import PeerConnection
     from crust.errors import SendQueueFull
     from crust.identity import Identity
-    from crust.quic import QuicDispatcher, QuicOptions
+    from crust.transport.quic.dispatcher import QuicDispatcher, QuicOptions
     from crust.wire import Hello, network_hash
 
     chunk = _chunk(chunk_size)
@@ -331,8 +331,8 @@ def baseline_side(role: str, total: int, chunk_size: int, datagram_size: int, po
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from crust.identity import Identity
-    from crust.quic_tls import ALPN
-    from crust.tls import make_certificate
+    from crust.transport.quic.tls import ALPN
+    from crust.transport.tls import make_certificate
 
     chunk = _chunk(chunk_size)
 

@@ -1,4 +1,4 @@
-"""Tests for L{crust.ratelimit}: the token buckets, on a L{Clock}."""
+"""Tests for L{crust._util.ratelimit}: the token buckets, on a L{Clock}."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from crust.ratelimit import RateLimiter
+from crust._util.ratelimit import RateLimiter
 
 
 class RateLimiterTests(SynchronousTestCase):

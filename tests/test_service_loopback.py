@@ -10,7 +10,7 @@ from twisted.trial.unittest import TestCase
 from crust import Identity, PubConnectionInfo
 from crust.address import Address
 from crust.errors import ConnectFailed, ConnectToSelf, MessageTooLarge, PeerNotConnected
-from crust.tls import ConnectionCreator, make_context
+from crust.transport.tls import ConnectionCreator, make_context
 from crust.wire import DATA, CertInfo, Hello
 
 from tests.util import connect_pair, make_service, ordered_identities, sleep, wait_for

@@ -1,16 +1,16 @@
-"""Tests for L{crust.udp_stack}: what it registers on the endpoint, in which order, and its stats."""
+"""Tests for L{crust.nat.udp_stack}: what it registers on the endpoint, in which order, and its stats."""
 
 from __future__ import annotations
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from crust import stun
+from crust.nat import stun
 from crust.address import Address
 from crust.identity import Identity
-from crust.udp_endpoint import UdpEndpoint
-from crust.udp_stack import add_stun_client, build_udp_stack
-from tests.test_udp_endpoint import PEER, FakeDatagramTransport, VirtualNet, fake_stack, net_stack, run_for
+from crust.transport.udp import UdpEndpoint
+from crust.nat.udp_stack import add_stun_client, build_udp_stack
+from tests.transport.test_udp_endpoint import PEER, FakeDatagramTransport, VirtualNet, fake_stack, net_stack, run_for
 
 
 class UdpStackTests(SynchronousTestCase):

@@ -1,0 +1,1 @@
+"""Bootstrapping: candidates, the requester and the responder, the cache, LAN discovery."""

@@ -1,0 +1,316 @@
+"""
+Bootstrapping, as the requester, for a L{crust.Service}.
+
+L{Bootstrapper.bootstrap} gathers candidates (LAN discovery replies, then
+the bootstrap cache, then the hard-coded contacts, minus the blacklist), runs
+them through L{crust.bootstrap.plan.run_bootstrap} with a real
+C{try_candidate} (a connection with the C{bootstrap} intent, whose purpose is
+a L{BootstrapRequest}), and reports the outcome as events.  It also records
+every peer we reached by dialling it in the bootstrap cache.
+
+It keeps the cache honest too: L{CacheValidator} probes entries not seen for
+the cache timeout, so a bootstrap finds live peers first.
+
+(Granting other peers' requests is L{crust.bootstrap.responder}.)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Protocol, Union
+
+from twisted.application.service import Service as _TwistedService
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from crust.address import Address
+from crust.bootstrap.cache import BootstrapCache
+from crust.bootstrap.plan import Candidate, plan_candidates, run_bootstrap
+from crust.config import Config
+from crust.errors import ConnectFailed, HandshakeRefused
+from crust.identity import PeerId
+from crust.session.purpose import Purpose
+from crust.roles import Role
+from crust.wire import Intent
+
+if TYPE_CHECKING:
+    from crust.session.connection import PeerConnection
+    from crust.peering.dialer import Dialer
+    from crust.peering.table import PeerTable
+
+REACHABILITY_TIMEOUT = 3.0
+BOOTSTRAP_SETTLE = 1.0  # how long a peer's inbound bootstrap connection must last to count as ours
+
+
+class BootstrapRequest(Purpose):
+    """
+    The purpose of one connection that asks a peer to be our bootstrap peer:
+    C{result} fires with the peer's id once it granted (or once we turn out
+    to be connected to it anyway), or fails with the reason.
+    """
+
+    def __init__(self, bootstrapper: "Bootstrapper", role: Role,
+                 canceller: Optional[Callable[[Deferred], None]] = None) -> None:
+        self._bootstrapper = bootstrapper
+        self.role = str(role)
+        self.refusal: Optional[tuple[str, str]] = None
+        self.result: Deferred = Deferred(canceller)
+
+    def promoted(self, conn: "PeerConnection", peer_id: PeerId) -> None:
+        if not self.result.called:
+            self.result.callback(peer_id)
+
+    def refused(self, conn: "PeerConnection", reason: str, detail: str) -> None:
+        self.refusal = (reason, detail)
+
+    def lost(self, conn: "PeerConnection", reason: str) -> None:
+        result = self.result
+        if result.called:
+            return
+        active = self._bootstrapper.table.active.get(conn.peer_id) if conn.peer_id is not None else None
+        if active is None:
+            result.errback(Failure(self.error(conn, reason)))
+        elif active.is_bootstrap and not active.initiator:
+            # Connected only through the peer's own bootstrap request, which it
+            # still drops if its bootstrap won elsewhere: count it only if it is
+            # still the active connection a moment later.
+            def settle() -> None:
+                if result.called:
+                    return
+                if self._bootstrapper.table.active.get(conn.peer_id) is active:
+                    result.callback(conn.peer_id)
+                else:
+                    result.errback(Failure(self.error(
+                        conn, f"{reason}; the peer then dropped its own bootstrap connection")))
+
+            self._bootstrapper.call_later(BOOTSTRAP_SETTLE, settle)
+        else:
+            result.callback(conn.peer_id)  # we were connected to it already
+
+    def failed(self, failure: Failure) -> None:
+        """The connection could not even be made."""
+        if not self.result.called:
+            self.result.errback(failure)
+
+    def error(self, conn: "PeerConnection", reason: str) -> Exception:
+        """The exception this failed request reports for C{conn}."""
+        if self.refusal is not None:
+            return HandshakeRefused(*self.refusal)
+        return ConnectFailed(conn.peer_id, [f"{conn.peer_address}: {reason}"], "bootstrap attempt failed")
+
+
+class Bootstrapper:
+    """
+    @param ready: starts the node's listeners (once); fires when they listen.
+    @param discovery: returns the LAN discovery requester, if discovery is on.
+    @param transports: returns the transports we accept connections on.
+    @param emit: the observers' event fan-out.
+    """
+
+    log = Logger()
+
+    def __init__(self, *, peer_id: PeerId, clock: Any, config: Callable[[], Config], dialer: "Dialer",
+                 table: "PeerTable", emit: Callable[..., None], cache: Optional[BootstrapCache],
+                 ready: Callable[[], Deferred], discovery: Callable[[], Any],
+                 transports: Callable[[], Iterable[str]]) -> None:
+        self.peer_id = peer_id
+        self.clock = clock
+        self._config = config
+        self.dialer = dialer
+        self.table = table
+        self._emit = emit
+        self.cache = cache
+        self._ready = ready
+        self._discovery = discovery
+        self._transports = transports
+        self._timers: set[Any] = set()
+        self.bootstrapped_to: Optional[tuple[PeerId, Address]] = None
+        table.listen(self)
+
+    def call_later(self, delay: float, f: Callable[[], None]) -> None:
+        """A timer of ours: L{stop} cancels it."""
+        def run() -> None:
+            self._timers.discard(timer)
+            f()
+
+        timer = self.clock.callLater(delay, run)
+        self._timers.add(timer)
+
+    def stop(self) -> None:
+        """Cancel our timers (the node is stopping)."""
+        for timer in list(self._timers):
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+
+    # -- PeerListener: every peer we dialled and reached is directly reachable -----
+
+    def peer_promoted(self, conn: "PeerConnection", peer_id: PeerId) -> None:
+        if conn.initiator and conn.peer_address is not None and self.cache is not None:
+            self.cache.put(peer_id, conn.peer_address)
+
+    def connection_ended(self, conn: "PeerConnection", reason: str) -> None:
+        pass
+
+    # -- requesting -------------------------------------------------------------
+
+    def bootstrap(self, blacklist: Iterable[Union[Address, str]] = (), role: Role = Role.NODE) -> Deferred:
+        d = self._ready()
+        d.addCallback(lambda _: self._discover())
+        d.addCallback(self._run, blacklist, role)
+        return d
+
+    def _discover(self) -> Deferred:
+        requester = self._discovery()
+        if requester is None:
+            return succeed([])
+        d = requester.discover()
+
+        def failed(f: Failure) -> list:
+            self.log.warn("LAN discovery failed: {error}", error=str(f.value))
+            return []
+
+        return d.addErrback(failed)
+
+    def _run(self, lan: list, blacklist: Iterable[Union[Address, str]], role: Role) -> Deferred:
+        config = self._config()
+        cache = self.cache
+        cached: list[Any] = []
+        if cache is not None:
+            found = cache.candidates()
+            cached = list(found.fresh) + list(found.stale)
+        candidates = plan_candidates(
+            lan=[(p.peer_id, p.addresses) for p in lan],
+            cached=cached,
+            hard_coded=config.hard_coded_contacts,
+            blacklist=list(blacklist),
+            our_peer_id=self.peer_id,
+            transports=tuple(self._transports()),
+        )
+        self.log.info(
+            "bootstrapping as {role} from {count} candidate(s): {candidates}",
+            role=str(role), count=len(candidates), candidates=", ".join(map(str, candidates[:10])),
+        )
+        result = run_bootstrap(
+            candidates,
+            lambda c: self._try(c, role),
+            clock=self.clock,
+            timeout=config.bootstrap_timeout,
+            concurrency=config.bootstrap_concurrency,
+            cache=cache,
+            release=self._release,
+        )
+        result.addCallbacks(self._succeeded, self._failed)
+        return result
+
+    def _try(self, candidate: Candidate, role: Role) -> Deferred:
+        conn_box: list["PeerConnection"] = []
+
+        def cancel(d: Deferred) -> None:
+            if conn_box and conn_box[0].connected and not conn_box[0].is_active:
+                conn_box[0].close_duplicate()
+            elif not conn_box:
+                dial.cancel()
+
+        request = BootstrapRequest(self, role, cancel)
+        dial = self.dialer.dial(candidate.address, request, expected=candidate.peer_id, intent=Intent.BOOTSTRAP)
+        dial.addCallbacks(conn_box.append, request.failed)
+        return request.result
+
+    def _release(self, candidate: Candidate, peer_id: PeerId) -> None:
+        """A bootstrap connection that did not count: close it."""
+        self.table.disconnect(peer_id)
+
+    def _succeeded(self, result: Any) -> PeerId:
+        peer_id, address = result.peer_id, result.candidate.address
+        self.bootstrapped_to = (peer_id, address)
+        self.log.info("bootstrapped to {peer} at {address}", peer=str(peer_id), address=str(address))
+        self._emit("bootstrap_connect", peer_id, address)
+        return peer_id
+
+    def _failed(self, failure: Failure) -> Failure:
+        self.log.warn("bootstrap failed: {reason}", reason=str(failure.value))
+        self._emit("bootstrap_failed", failure.value)
+        return failure
+
+
+class ProbeSource(Protocol):
+    """What L{CacheValidator} needs of its node."""
+
+    clock: Any
+    bootstrap_cache: Optional[BootstrapCache]
+    running_for_peers: bool
+
+    def probe(self, address: Address, expected_peer: Optional[PeerId] = None) -> Deferred: ...
+
+
+class CacheValidator(_TwistedService):
+    """
+    Every cache timeout, probe the cached peers not seen for that long
+    (a few at a time) and record whether they answered.  A peer that is
+    briefly down only gains a failure count; the cache evicts it only when
+    it needs the room.
+    """
+
+    log = Logger()
+    CONCURRENCY = 8
+
+    def __init__(self, service: ProbeSource) -> None:
+        self.service = service
+        self._loop: Optional[LoopingCall] = None
+        self._running_round: Optional[Deferred] = None
+
+    def startService(self) -> None:
+        _TwistedService.startService(self)
+        cache = self.service.bootstrap_cache
+        if cache is None:
+            return
+        self._loop = LoopingCall(self.validate)
+        self._loop.clock = self.service.clock
+        self._loop.start(cache.timeout, now=False)
+
+    def stopService(self) -> Any:
+        _TwistedService.stopService(self)
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def validate(self) -> Deferred:
+        """Probe the stale entries once; fires when done."""
+        cache = self.service.bootstrap_cache
+        if cache is None or self._running_round is not None or not self.service.running_for_peers:
+            return succeed(None)
+        stale = list(cache.candidates().stale)
+        if not stale:
+            return succeed(None)
+        pending = list(stale)
+
+        def probe_next(_: Any = None) -> Optional[Deferred]:
+            if not pending:
+                return None
+            entry = pending.pop(0)
+            d = self.service.probe(entry.address, expected_peer=entry.peer_id)
+            d.addTimeout(REACHABILITY_TIMEOUT, self.service.clock)
+
+            def alive(_: Any) -> None:
+                cache.record_alive(entry.peer_id)
+
+            def dead(f: Failure) -> None:
+                self.log.info("cached peer {peer} at {address} did not answer: {reason}",
+                              peer=str(entry.peer_id), address=str(entry.address), reason=str(f.value))
+                cache.record_failure(entry.peer_id)
+
+            d.addCallbacks(alive, dead)
+            d.addCallback(probe_next)
+            return d
+
+        workers = [probe_next() for _ in range(min(self.CONCURRENCY, len(pending)))]
+        round_done = DeferredList([w for w in workers if w is not None], consumeErrors=True)
+        self._running_round = round_done
+
+        def finished(_: Any) -> None:
+            self._running_round = None
+
+        round_done.addCallback(finished)
+        return round_done

@@ -1,0 +1,1 @@
+"""NAT awareness: STUN, the address echo, classification, netcheck, port mapping."""

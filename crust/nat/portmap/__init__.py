@@ -1,0 +1,1 @@
+"""Port mapping: PCP, NAT-PMP and UPnP IGD."""

@@ -1,0 +1,607 @@
+"""
+The C{crust} command: drive a running node through its control socket.
+
+    crust info                      crust connect '<their connection info>'
+    crust peers                     crust send PEER_ID 'hello'   (or @file, @- for stdin)
+    crust connection-info           crust disconnect PEER_ID
+    crust watch                     crust --json <command>  (machine-readable output)
+
+Exit status: 0 ok; 1 the operation failed (reason on stderr); 2 usage
+error; 3 the node cannot be reached.
+
+This is a small blocking client of the newline-delimited JSON control
+protocol (L{crust.node.control}); it imports only the standard library (and
+L{crust.node.datadir}) so it starts quickly.  Subcommands live in a registry:
+L{register} adds one (C{bootstrap}, C{cache}, C{netcheck} will).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional, TextIO
+
+from crust.node.datadir import STATE_FILE, CONTROL_SOCKET, resolve_data_dir
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+DEFAULT_TIMEOUT = 10.0  # seconds to wait for an ordinary answer
+DEFAULT_CONNECT_TIMEOUT = 30.0
+MAX_RESPONSE_LINE = 64 * 1024 * 1024
+START_HINT = "is the node running? start it with: twistd -n crust node"
+
+_PEER_ID = re.compile(r"^[a-z2-7]{52}$", re.IGNORECASE)
+# error codes of the control protocol that mean "the arguments were wrong"
+_USAGE_CODES = ("bad-request",)
+
+
+class CliError(Exception):
+    """Ends the command: C{message} on stderr, exit status C{status}."""
+
+    def __init__(self, message: str, status: int = EXIT_FAILED, code: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+class NodeUnreachable(CliError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_UNREACHABLE, "unreachable")
+
+
+# -- the client --------------------------------------------------------------------------
+
+
+class NodeClient:
+    """A blocking client of one node's control socket."""
+
+    def __init__(self, path: str, timeout: Optional[float] = DEFAULT_TIMEOUT, hint: str = START_HINT) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.hint = hint
+        self._sock: Optional[socket.socket] = None
+        self._buffer = bytearray()
+        self._next_id = 1
+
+    def __enter__(self) -> "NodeClient":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            raise NodeUnreachable(f"cannot reach the node: no node is listening on {self.path}\n{self.hint}") from None
+        except PermissionError:
+            sock.close()
+            raise NodeUnreachable(f"cannot reach the node at {self.path}: permission denied "
+                                  f"(is it another user's node?)") from None
+        except socket.timeout:
+            sock.close()
+            raise NodeUnreachable(f"cannot reach the node at {self.path}: it does not accept connections") from None
+        except OSError as e:
+            sock.close()
+            raise NodeUnreachable(f"cannot reach the node at {self.path}: {e.strerror or e}\n{self.hint}") from None
+        self._sock = sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def send(self, cmd: str, **args: Any) -> int:
+        """Send a request; returns its id."""
+        assert self._sock is not None
+        rid = self._next_id
+        self._next_id += 1
+        line = json.dumps(dict(args, id=rid, cmd=cmd), separators=(",", ":")).encode("ascii") + b"\n"
+        try:
+            self._sock.sendall(line)
+        except OSError as e:
+            raise NodeUnreachable(f"lost the connection to the node: {e.strerror or e}") from None
+        return rid
+
+    def read(self, timeout: Any = "default") -> dict[str, Any]:
+        """The next line from the node, decoded."""
+        assert self._sock is not None
+        self._sock.settimeout(self.timeout if timeout == "default" else timeout)
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buffer[:end])
+                del self._buffer[: end + 1]
+                try:
+                    body = json.loads(line)
+                except ValueError:
+                    raise CliError("the node sent something that is not JSON") from None
+                if isinstance(body, dict):
+                    return body
+                continue
+            if len(self._buffer) > MAX_RESPONSE_LINE:
+                raise CliError("the node sent an over-long line")
+            try:
+                chunk = self._sock.recv(256 * 1024)
+            except socket.timeout:
+                raise
+            except OSError as e:
+                raise NodeUnreachable(f"lost the connection to the node: {e.strerror or e}") from None
+            if not chunk:
+                raise NodeUnreachable("the node closed the connection (did it stop?)")
+            self._buffer += chunk
+
+    def request(self, cmd: str, _wait: Optional[float] = None, **args: Any) -> Any:
+        """Send C{cmd} with C{args}; return its result (waiting C{_wait} s); an error response raises L{CliError}."""
+        rid = self.send(cmd, **args)
+        wait = self.timeout if _wait is None else _wait
+        deadline = time.monotonic() + wait if wait is not None else None
+        while True:
+            left = None if deadline is None else max(0.01, deadline - time.monotonic())
+            try:
+                body = self.read(left)
+            except socket.timeout:
+                raise CliError(f"the node did not answer {cmd!r} within {wait:g} s", EXIT_FAILED, "timeout") from None
+            if "event" in body and "ok" not in body:
+                continue
+            if body.get("id") not in (rid, None):
+                continue
+            if body.get("ok"):
+                return body.get("result")
+            code = str(body.get("code") or "failed")
+            status = EXIT_USAGE if code in _USAGE_CODES else EXIT_FAILED
+            if code == "unknown-command":
+                raise CliError(f"the node does not know {cmd!r} (is it an older version?): {body.get('error')}",
+                               status, code)
+            raise CliError(str(body.get("error") or "the request failed"), status, code)
+
+    def events(self, timeout: Optional[float] = None) -> Iterator[dict[str, Any]]:
+        """Yield event lines until the connection ends (or C{timeout}, then L{socket.timeout})."""
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise socket.timeout()
+            body = self.read(left)
+            if "event" in body and "ok" not in body:
+                yield body
+
+
+# -- context and output -----------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What a subcommand works with."""
+
+    args: argparse.Namespace
+    control_path: str
+    hint: str
+    json: bool
+    out: TextIO
+    err: TextIO
+
+    def client(self, timeout: Optional[float] = DEFAULT_TIMEOUT) -> NodeClient:
+        client = NodeClient(self.control_path, timeout, self.hint)
+        client.connect()
+        return client
+
+    def call(self, cmd: str, _wait: Optional[float] = None, **args: Any) -> Any:
+        """One request on a fresh connection; wait C{_wait} seconds for the answer."""
+        wait = DEFAULT_TIMEOUT if _wait is None else _wait
+        client = self.client(wait)
+        try:
+            return client.request(cmd, _wait=wait, **args)
+        finally:
+            client.close()
+
+    def emit(self, result: Any, text: Optional[str] = None) -> None:
+        """Print C{result} as one JSON line (C{--json}) or C{text}."""
+        if self.json or text is None:
+            self.out.write(json.dumps(result, separators=(",", ":")) + "\n")
+        else:
+            self.out.write(text if text.endswith("\n") else text + "\n")
+        self.out.flush()
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    help: str
+    run: Callable[[Context], int]
+    configure: Optional[Callable[[argparse.ArgumentParser], None]] = None
+    description: Optional[str] = None
+
+
+COMMANDS: dict[str, Subcommand] = {}
+
+
+def register(name: str, help: str, configure: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+             description: Optional[str] = None) -> Callable[[Callable[[Context], int]], Callable[[Context], int]]:
+    """Decorator adding a subcommand: C{run(context) -> exit status}; C{configure(parser)} adds its arguments."""
+
+    def decorate(run: Callable[[Context], int]) -> Callable[[Context], int]:
+        COMMANDS[name] = Subcommand(name, help, run, configure, description)
+        return run
+
+    return decorate
+
+
+def _safe(text: str) -> str:
+    """C{text} with control characters escaped (message text comes from other people)."""
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text)
+
+
+def _check_peer_id(text: str) -> str:
+    cleaned = text.strip()
+    if not _PEER_ID.match(cleaned):
+        raise CliError(f"not a peer id: {text!r} (expected 52 base32 characters, as `crust peers` shows)",
+                       EXIT_USAGE, "bad-request")
+    return cleaned.lower()
+
+
+def _read_argument(value: str, what: str) -> bytes:
+    """C{@file} -> the file's bytes, C{@-} -> standard input, C{@@x} -> C{"@x"}, otherwise the text."""
+    if value.startswith("@@"):
+        return value[1:].encode("utf-8", "surrogateescape")
+    if value.startswith("@"):
+        name = value[1:]
+        try:
+            if name == "-":
+                return sys.stdin.buffer.read()
+            with open(name, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise CliError(f"cannot read {what} from {name}: {e.strerror or e}", EXIT_USAGE, "bad-request") from None
+    return value.encode("utf-8", "surrogateescape")
+
+
+# -- subcommands -------------------------------------------------------------------------------
+
+
+@register("info", "show the node's peer id, addresses and state")
+def cmd_info(ctx: Context) -> int:
+    info = ctx.call("info")
+    lines = [
+        f"peer id:          {info.get('peer_id')}",
+        f"network:          {info.get('network_name') or '(default)'}",
+        f"listening on:     {' '.join(info.get('listen_addresses') or []) or '(not listening)'}",
+        f"external:         {' '.join(info.get('external_addresses') or []) or '(none known)'}",
+        f"connected peers:  {info.get('peers', 0)}",
+        "bootstrapped to:  " + (f"{info['bootstrapped_to']['peer_id']} at {info['bootstrapped_to']['address']}"
+                                if info.get("bootstrapped_to") else "(not bootstrapped)"),
+        f"accepts bootstrap: {'yes' if info.get('accept_bootstrap') else 'no'}; "
+        f"bootstrap cache: {info.get('bootstrap_cache_size', 0)} peer(s)",
+        f"data directory:   {info.get('data_dir')}",
+        f"control socket:   {info.get('control')}",
+        f"pid:              {info.get('pid')} (up {_duration(info.get('uptime') or 0)})",
+        f"version:          {info.get('version')}",
+        "connection info:  " + json.dumps(info.get("connection_info"), separators=(",", ":")),
+    ]
+    ctx.emit(info, "\n".join(lines))
+    return EXIT_OK
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+@register("peers", "list the connected peers")
+def cmd_peers(ctx: Context) -> int:
+    def line(p: dict) -> str:
+        direction = "outgoing" if p.get("initiator") else "incoming"
+        return (f"{p.get('peer_id')}  {p.get('address')}  {direction}"
+                f"  role={p.get('role')}  queued={p.get('queued_bytes')}")
+
+    return _list(ctx, ctx.call("peers"), "no connected peers", line)
+
+
+def _list(ctx: Context, result: dict, empty: str, line: Callable[[dict], str]) -> int:
+    """Print C{result["peers"]}: as JSON, as C{empty}, or a C{line} each."""
+    peers = result.get("peers") or []
+    if ctx.json:
+        ctx.emit(result)
+    elif not peers:
+        ctx.out.write(empty + "\n")
+    else:
+        for p in peers:
+            ctx.out.write(line(p) + "\n")
+    ctx.out.flush()
+    return EXIT_OK
+
+
+@register("connection-info", "print the node's public connection info (one JSON line to give a peer)")
+def cmd_connection_info(ctx: Context) -> int:
+    result = ctx.call("connection-info")
+    ctx.emit(result["connection_info"])
+    return EXIT_OK
+
+
+def _configure_connect(p: argparse.ArgumentParser) -> None:
+    p.add_argument("info", help="their connection info (the JSON line `crust connection-info` printed on "
+                                "their side), @file, or - for standard input")
+    p.add_argument("--timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT, metavar="SECONDS",
+                   help=f"give up after this long (default {DEFAULT_CONNECT_TIMEOUT:g})")
+
+
+def _configure_bootstrap(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--blacklist", action="append", default=[], metavar="ADDRESS",
+                   help="never try this address (tcp:ip:port, ip:port or ip); repeatable")
+    p.add_argument("--role", choices=("node", "client"), default=None,
+                   help="bootstrap as a reachable node (tested by the peer) or as a client (default: the node's role)")
+
+
+@register("bootstrap", "find the network: LAN discovery, cached peers, hard-coded contacts", _configure_bootstrap)
+def cmd_bootstrap(ctx: Context) -> int:
+    args: dict = {"blacklist": ctx.args.blacklist}
+    if ctx.args.role:
+        args["role"] = ctx.args.role
+    result = ctx.call("bootstrap", _wait=60, **args)
+    ctx.emit(result, f"bootstrapped to {result['peer_id']} at {result['address']}")
+    return EXIT_OK
+
+
+@register("cache", "list the bootstrap cache (most recently used first)")
+def cmd_cache(ctx: Context) -> int:
+    def line(p: dict) -> str:
+        state = "stale" if p.get("stale") else "fresh"
+        return f"{p['peer_id']}  {p['address']}  {state}  failures={p.get('failures', 0)}"
+
+    return _list(ctx, ctx.call("cache"), "the bootstrap cache is empty", line)
+
+
+@register("netcheck", "what the node learned about its network: addresses, NAT type, port mapping")
+def cmd_netcheck(ctx: Context) -> int:
+    result = ctx.call("netcheck", _wait=30.0)
+    ctx.emit(result["report"], result["text"])
+    return EXIT_OK
+
+
+@register("connect", "connect to a peer, given its connection info", _configure_connect)
+def cmd_connect(ctx: Context) -> int:
+    raw = ctx.args.info
+    data = _read_argument("@-" if raw == "-" else raw, "connection info")
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CliError("the connection info is not UTF-8 text", EXIT_USAGE, "bad-request") from None
+    if not text:
+        raise CliError("the connection info is empty", EXIT_USAGE, "bad-request")
+    timeout = ctx.args.timeout
+    if not 0 < timeout <= 3600:
+        raise CliError("--timeout must be more than 0 and at most 3600 seconds", EXIT_USAGE, "bad-request")
+    # the node gives up after `timeout`; we wait a little longer for its answer
+    result = ctx.call("connect", timeout + 5, info=text, timeout=timeout)
+    ctx.emit(result, result["peer_id"])
+    return EXIT_OK
+
+
+def _configure_send(p: argparse.ArgumentParser) -> None:
+    p.add_argument("peer_id", metavar="PEER_ID", help="the connected peer to send to")
+    p.add_argument("message", metavar="MESSAGE",
+                   help="the message text; @FILE sends a file's bytes, @- standard input, @@x the text @x")
+    p.add_argument("--priority", type=int, default=1, metavar="N",
+                   help="0-255, lower goes first; 0 and 1 are never dropped (default 1)")
+
+
+@register("send", "send a message to a connected peer", _configure_send)
+def cmd_send(ctx: Context) -> int:
+    peer_id = _check_peer_id(ctx.args.peer_id)
+    if not 0 <= ctx.args.priority <= 255:
+        raise CliError("--priority must be between 0 and 255", EXIT_USAGE, "bad-request")
+    data = _read_argument(ctx.args.message, "the message")
+    args: dict[str, Any] = {"peer_id": peer_id, "priority": ctx.args.priority}
+    try:
+        args["text"] = data.decode("utf-8")
+    except UnicodeDecodeError:
+        args["data_b64"] = base64.b64encode(data).decode("ascii")
+    result = ctx.call("send", **args)
+    ctx.emit(result, f"queued {result.get('size')} bytes for {result.get('peer_id')} (priority {result.get('priority')})")
+    return EXIT_OK
+
+
+def _configure_disconnect(p: argparse.ArgumentParser) -> None:
+    p.add_argument("peer_id", metavar="PEER_ID", help="the connected peer")
+
+
+@register("disconnect", "close the connection to a peer", _configure_disconnect)
+def cmd_disconnect(ctx: Context) -> int:
+    peer_id = _check_peer_id(ctx.args.peer_id)
+    result = ctx.call("disconnect", peer_id=peer_id)
+    ctx.emit(result, f"disconnected {result.get('peer_id')}")
+    return EXIT_OK
+
+
+EVENT_NAMES = (
+    "listener_started", "listener_failed", "connect_success", "connect_failure", "lost_peer",
+    "new_message", "message_dropped", "message_too_large", "bootstrap_connect", "bootstrap_accept",
+    "bootstrap_failed",
+)
+
+
+def _configure_watch(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--events", metavar="NAMES",
+                   help="comma-separated event names to show (default all): " + ", ".join(EVENT_NAMES))
+    p.add_argument("--count", type=int, metavar="N", help="exit after N events")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="exit with status 1 if the events have not all come within this time")
+
+
+def format_event(event: dict[str, Any]) -> str:
+    """One line for a person."""
+    name = event.get("event", "?")
+    stamp = time.strftime("%H:%M:%S", time.localtime(event["time"])) if isinstance(event.get("time"), (int, float)) else "--:--:--"
+    peer = event.get("peer_id")
+    if name == "new_message":
+        if "text" in event:
+            body = _safe(str(event["text"]))
+        else:
+            body = f"({event.get('size')} bytes, not text; --json shows them as base64)"
+        return f"{stamp} message from {peer}: {body}"
+    if name == "connect_success":
+        return f"{stamp} connected to {peer}"
+    if name == "connect_failure":
+        return f"{stamp} could not connect to {peer}: {_safe(str(event.get('reason')))}"
+    if name == "lost_peer":
+        return f"{stamp} lost {peer}: {_safe(str(event.get('reason')))}"
+    if name == "events_dropped":
+        return f"{stamp} ({event.get('count')} events dropped: {event.get('reason')})"
+    fields = " ".join(f"{k}={_safe(str(v))}" for k, v in event.items() if k not in ("event", "time", "id"))
+    return f"{stamp} {name} {fields}".rstrip()
+
+
+@register("watch", "print the node's events as they happen, until interrupted", _configure_watch)
+def cmd_watch(ctx: Context) -> int:
+    args = ctx.args
+    request: dict[str, Any] = {}
+    if args.events:
+        names = [n.strip() for n in args.events.split(",") if n.strip()]
+        unknown = [n for n in names if n not in EVENT_NAMES]
+        if unknown:
+            raise CliError(f"unknown event {unknown[0]!r}; events: {', '.join(EVENT_NAMES)}", EXIT_USAGE)
+        request["events"] = names
+    if args.count is not None and args.count < 1:
+        raise CliError("--count must be at least 1", EXIT_USAGE)
+    client = ctx.client(DEFAULT_TIMEOUT)
+    try:
+        result = client.request("watch", **request)
+        ctx.err.write(f"watching {', '.join(result.get('watching') or [])} (Ctrl-C to stop)\n")
+        ctx.err.flush()
+        seen = 0
+        try:
+            for event in client.events(args.timeout):
+                if ctx.json:
+                    ctx.out.write(json.dumps(event, separators=(",", ":")) + "\n")
+                else:
+                    ctx.out.write(format_event(event) + "\n")
+                ctx.out.flush()
+                if event.get("event") != "events_dropped":
+                    seen += 1
+                if args.count is not None and seen >= args.count:
+                    return EXIT_OK
+        except socket.timeout:
+            raise CliError(f"timed out after {args.timeout:g} s", EXIT_FAILED, "timeout") from None
+    finally:
+        client.close()
+    return EXIT_OK  # pragma: no cover - events() ends by raising
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def _common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--data-dir", "-d", metavar="DIR", default=default(None),
+                        help="the node's data directory (default: $CRUST_DATA_DIR, $XDG_DATA_HOME/crust "
+                             "or ~/.local/share/crust)")
+    parser.add_argument("--control", metavar="SOCKET", default=default(None),
+                        help="the node's control socket (unix:PATH or PATH; default: the one the node in "
+                             "the data directory uses)")
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="machine-readable output: one JSON object per line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crust",
+        description="Drive a running crust node (start one with: twistd -n crust node).",
+        epilog="exit status: 0 ok, 1 the operation failed, 2 usage error, 3 cannot reach the node",
+    )
+    from crust._version import __version__
+
+    parser.add_argument("--version", action="version", version=f"crust {__version__}")
+    _common_options(parser, defaults=True)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for sub in COMMANDS.values():
+        p = subparsers.add_parser(sub.name, help=sub.help, description=sub.description or sub.help)
+        _common_options(p, defaults=False)
+        if sub.configure is not None:
+            sub.configure(p)
+    return parser
+
+
+def control_socket_path(data_dir: Optional[str], control: Optional[str]) -> str:
+    """Where the CLI finds the node: C{--control}, else the node's C{node.json}, else C{control.sock}."""
+    if control:
+        text = control.strip()
+        if text.startswith("unix:"):
+            text = text[5:]
+            if text.startswith("address="):
+                text = text[8:]
+            text = text.replace("\\:", ":")
+        elif ":" in text.split("/")[0] and not text.startswith((".", "/", "~")):
+            raise CliError(f"--control must be a UNIX socket path (unix:PATH), not {control!r}", EXIT_USAGE)
+        return os.path.abspath(os.path.expanduser(text))
+    directory = resolve_data_dir(data_dir)
+    try:
+        with open(directory / STATE_FILE, "rb") as f:
+            state = json.loads(f.read(65536))
+        path = state.get("control") if isinstance(state, dict) else None
+        if isinstance(path, str) and path and os.path.exists(path):
+            return path
+    except (OSError, ValueError):
+        pass
+    return str(directory / CONTROL_SOCKET)
+
+
+def main(argv: Optional[list[str]] = None, out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
+    """Run the command line C{argv}; returns the exit status (the console script exits with it)."""
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: usage errors exit 2, --help/--version 0
+        return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
+    if not args.command:
+        parser.print_usage(err)
+        err.write("crust: error: a command is needed: " + ", ".join(COMMANDS) + "\n")
+        return EXIT_USAGE
+    want_json = bool(args.json)
+    try:
+        hint = START_HINT if args.data_dir is None else f"{START_HINT} --data-dir {args.data_dir}"
+        path = control_socket_path(args.data_dir, args.control)
+        ctx = Context(args, path, hint, want_json, out, err)
+        return COMMANDS[args.command].run(ctx)
+    except CliError as e:
+        if want_json:
+            out.write(json.dumps({"ok": False, "code": e.code or "failed", "error": e.message},
+                                 separators=(",", ":")) + "\n")
+            out.flush()
+        err.write(f"crust {args.command}: {e.message}\n")
+        return e.status
+    except KeyboardInterrupt:
+        return EXIT_OK if args.command == "watch" else 130
+    except BrokenPipeError:
+        try:
+            sys.stdout = open(os.devnull, "w")  # nothing more can be written; no noise at exit
+        except OSError:
+            pass
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Peers: the peer table, admission, the dialer and its strategies, connect attempts."""

@@ -1,0 +1,234 @@
+"""
+Racing the ways to reach a peer: L{ConnectAttempt}.
+
+An attempt runs the legs its dialer planned (L{Leg}: one per registered dial
+strategy that has something to try: direct TCP, direct QUIC, and so on),
+each after its own start delay, counted from the start of the earliest leg.
+A leg that waits starts at once when everything started before it has failed
+(Happy Eyeballs, RFC 8305: where TCP and QUIC both work, TCP, much the faster
+in Python, usually wins; where TCP is blocked, QUIC costs only its delay).
+Each try that connects runs the secure handshake.  The attempt succeeds as
+soon as the peer table has an active connection to the peer (from any try,
+ours or theirs) and fails once every try has failed, or at the deadline, with
+every reason.
+
+The attempt is the L{crust.session.purpose.Purpose} of the connections its tries
+make: the peer table reports their refusals and losses to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Optional, Sequence
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from crust.errors import ConnectFailed
+from crust.identity import PeerId
+from crust.session.purpose import Purpose
+
+if TYPE_CHECKING:
+    from crust.session.connection import PeerConnection
+
+#: C{dial(target, attempt)}: one try; fires with the L{PeerConnection} it made (handshake still running).
+Dial = Callable[[Any, "ConnectAttempt"], Deferred]
+
+
+@dataclass(frozen=True)
+class Leg:
+    """
+    One strategy's share of an attempt: what it tries (C{targets}, each
+    hashable and readable: an address, a punch plan...), after how long, and
+    how (C{dial}).
+    """
+
+    name: str
+    delay: float
+    targets: tuple[Hashable, ...]
+    dial: Dial
+
+
+class ConnectAttempt(Purpose):
+    """One L{crust.Service.connect} in progress (shared by repeated calls)."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        peer_id: PeerId,
+        legs: Sequence[Leg],
+        clock: Any,
+        timeout: float,
+        has_candidates: Callable[[PeerId], bool],
+        on_done: Callable[["ConnectAttempt"], None],
+    ) -> None:
+        self.peer_id = peer_id
+        self.legs = tuple(leg for leg in legs if leg.targets)
+        self.targets = tuple(t for leg in self.legs for t in leg.targets)
+        self._clock = clock
+        self._timeout = timeout
+        self._has_candidates = has_candidates
+        self._on_done = on_done
+        self._waiters: list[Deferred] = []
+        self._tries: dict[Hashable, Deferred] = {}
+        self._connections: dict["PeerConnection", Hashable] = {}
+        self.reasons: dict[Hashable, str] = {}
+        self.done = False
+        self.error: Optional[ConnectFailed] = None
+        self._timer: Any = None
+        self._held: list[tuple[Leg, Any]] = []  # legs waiting for their turn, with their timers
+        self._starting = False
+        self.started_at = clock.seconds()
+
+    def wait(self) -> Deferred:
+        d: Deferred = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def start(self) -> None:
+        self._timer = self._clock.callLater(self._timeout, self._timed_out)
+        if not self.legs:
+            self._check_done()
+            return
+        first = min(leg.delay for leg in self.legs)
+        for leg in sorted(self.legs, key=lambda leg: leg.delay):
+            wait = leg.delay - first
+            if wait <= 0:
+                self._start_leg(leg)
+            else:
+                entry = (leg, self._clock.callLater(wait, self._release, leg))
+                self._held.append(entry)
+
+    @property
+    def started(self) -> tuple[str, ...]:
+        """The names of the legs started so far."""
+        held = {leg.name for leg, _ in self._held}
+        return tuple(leg.name for leg in self.legs if leg.name not in held)
+
+    def _start_leg(self, leg: Leg) -> None:
+        self._starting = True  # a try failing at once must not end the attempt before the others start
+        try:
+            for target in leg.targets:
+                if self.done:
+                    return
+                d = leg.dial(target, self)
+                self._tries[target] = d
+                d.addCallbacks(self._dialled, self._dial_failed, callbackArgs=(target,), errbackArgs=(target,))
+        finally:
+            self._starting = False
+        self._check_done()
+
+    def _release(self, leg: Leg) -> None:
+        """Start a held leg (once): its delay is over, or everything before it failed."""
+        for entry in list(self._held):
+            if entry[0] is leg:
+                self._held.remove(entry)
+                if entry[1].active():
+                    entry[1].cancel()
+                if not self.done:
+                    self._start_leg(leg)
+                return
+
+    # -- reports from tries and connections ------------------------------------
+
+    def _dialled(self, conn: "PeerConnection", target: Hashable) -> None:
+        self._tries.pop(target, None)
+        if self.done:
+            if conn.connected and not conn.is_active:
+                conn.close_duplicate()
+            return
+        if conn.connected:
+            self._connections[conn] = target
+        self._check_done()
+
+    def _dial_failed(self, failure: Failure, target: Hashable) -> None:
+        self._tries.pop(target, None)
+        if not failure.check(CancelledError):
+            self.reasons[target] = f"{target}: {_failure_text(failure)}"
+        self._check_done()
+
+    def lost(self, conn: "PeerConnection", reason: str) -> None:
+        target = self._connections.pop(conn, None)
+        if target is None:
+            return
+        if not self.done:
+            self.reasons.setdefault(target, f"{target}: {reason}")
+            self._check_done()
+
+    def refused(self, conn: "PeerConnection", reason: str, detail: str) -> None:
+        """A handshake check failed on one of our connections (its loss follows)."""
+        target = self._connections.get(conn)
+        if target is not None:
+            text = f"{reason}: {detail}" if detail else reason
+            self.reasons.setdefault(target, f"{target}: {text}")
+
+    def owns(self, conn: "PeerConnection") -> bool:
+        return conn in self._connections
+
+    # -- outcome -----------------------------------------------------------------
+
+    def succeeded(self) -> None:
+        if self.done:
+            return
+        self._finish()
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(self.peer_id)
+
+    def fail(self, summary: str) -> None:
+        if self.done:
+            return
+        reasons = [self.reasons[t] for t in self.targets if t in self.reasons]
+        reasons += [r for t, r in self.reasons.items() if t not in self.targets]
+        error = self.error = ConnectFailed(self.peer_id, reasons, summary)
+        self._finish()
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(Failure(error))
+
+    def _finish(self) -> None:
+        """Stop the clock and abandon the tries that did not win."""
+        self.done = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        for _, timer in self._held:
+            if timer.active():
+                timer.cancel()
+        self._held = []
+        self._on_done(self)
+        for d in list(self._tries.values()):
+            d.cancel()
+        for conn in list(self._connections):
+            if not conn.is_active:
+                conn.close_duplicate()
+
+    def check_done(self) -> None:
+        """Fail if nothing is left to wait for (an incoming candidate of the peer may just have ended)."""
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if self.done or self._starting or self._tries or self._connections:
+            return
+        if self._held:
+            # everything started before failed: the next legs need not wait
+            first = self._held[0][0].delay
+            for leg in [leg for leg, _ in self._held if leg.delay == first]:
+                self._release(leg)
+            return
+        if self._has_candidates(self.peer_id):
+            return  # an incoming candidate may still become the connection
+        if not self.legs:
+            self.fail(f"could not connect to {self.peer_id}: its connection info has no address we can use")
+        else:
+            self.fail(f"could not connect to {self.peer_id}")
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self.fail(f"could not connect to {self.peer_id} within {self._timeout:g} s")
+
+
+def _failure_text(failure: Failure) -> str:
+    return (str(failure.value) or type(failure.value).__name__).strip()

@@ -1,0 +1,82 @@
+"""
+L{Connector}: the connect attempts of one node, one per peer at a time.
+
+It plans each attempt with the dialer's strategies, shares a running attempt
+with repeated calls, and listens to the peer table: any connection to the
+peer that becomes active (ours or the peer's own to us) ends the attempt in
+success, and an incoming candidate that ends may leave an attempt with
+nothing left to wait for.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from crust.config import Config
+from crust.peering.attempt import ConnectAttempt
+from crust.connection_info import PubConnectionInfo
+from crust.identity import PeerId
+
+if TYPE_CHECKING:
+    from crust.session.connection import PeerConnection
+    from crust.peering.dialer import Dialer
+    from crust.peering.table import PeerTable
+
+
+class Connector:
+    """
+    @param emit: the observers' event fan-out (C{connect_failure} is told there).
+    """
+
+    log = Logger()
+
+    def __init__(self, dialer: "Dialer", table: "PeerTable", clock: Any, config: Callable[[], Config],
+                 emit: Callable[..., None]) -> None:
+        self._dialer = dialer
+        self._table = table
+        self._clock = clock
+        self._config = config
+        self._emit = emit
+        self.attempts: dict[PeerId, ConnectAttempt] = {}
+        table.listen(self)
+
+    def connect(self, info: PubConnectionInfo) -> Deferred:
+        """Fires with the peer's id once a connection to it is active; fails with L{crust.errors.ConnectFailed}."""
+        peer_id = info.peer_id
+        attempt = self.attempts.get(peer_id)
+        if attempt is not None:
+            return attempt.wait()
+        attempt = ConnectAttempt(peer_id, self._dialer.plan(info), self._clock, self._config().connect_timeout,
+                                 self._table.has_candidates, self._attempt_done)
+        self.attempts[peer_id] = attempt
+        d = attempt.wait()
+        attempt.start()
+        return d
+
+    def stop(self, summary: str) -> None:
+        """Fail every attempt (the node is stopping)."""
+        for attempt in list(self.attempts.values()):
+            attempt.fail(summary)
+
+    def _attempt_done(self, attempt: ConnectAttempt) -> None:
+        if self.attempts.get(attempt.peer_id) is attempt:
+            del self.attempts[attempt.peer_id]
+        if attempt.error is not None:
+            self.log.warn("connect to {peer} failed: {reason}", peer=str(attempt.peer_id), reason=str(attempt.error))
+            self._emit("connect_failure", attempt.peer_id, attempt.error)
+
+    # -- PeerListener ------------------------------------------------------------------
+
+    def peer_promoted(self, conn: "PeerConnection", peer_id: PeerId) -> None:
+        attempt = self.attempts.get(peer_id)
+        if attempt is not None:
+            attempt.succeeded()
+
+    def connection_ended(self, conn: "PeerConnection", reason: str) -> None:
+        peer_id = conn.peer_id
+        attempt = self.attempts.get(peer_id) if peer_id is not None else None
+        if attempt is not None and not self._table.has_candidates(peer_id):
+            attempt.check_done()

@@ -1,0 +1,266 @@
+"""
+L{Dialer}: how a node makes connections, as two registries.
+
+  - B{Transports}, keyed by the transport of an address (C{tcp}, C{udp}):
+    each makes one connection to one address and runs a
+    L{crust.session.connection.PeerConnection} on it (L{crust.transport.tcp.TcpTransport},
+    L{crust.transport.quic.dispatcher.QuicDispatcher}).  Probes, bootstrap requests and
+    reachability tests dial single addresses through them.
+  - B{Dial strategies}, keyed by name, each with its own start delay: what a
+    connect attempt tries (L{DialStrategy}).  Direct TCP and direct QUIC
+    register here (L{DirectStrategy}); so do hole punching and relays, as
+    peers of the others.  L{Dialer.plan} turns a peer's connection info into
+    the legs of a L{crust.peering.attempt.ConnectAttempt}.
+
+Every connection is made by a L{ConnectionFactory} that hands it its
+L{crust.session.purpose.Purpose}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Optional, Protocol, Sequence
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+
+from crust.address import Address
+from crust.config import Config
+from crust.peering.attempt import ConnectAttempt, Leg
+from crust.session.connection import PeerConnection
+from crust.connection_info import PubConnectionInfo
+from crust.errors import ConnectFailed, CrustError
+from crust.identity import PeerId
+from crust.session.purpose import ACCEPTED, Purpose
+from crust.wire import Hello, Intent
+
+if TYPE_CHECKING:
+    from crust.peering.table import PeerTable
+
+
+class Transport(Protocol):
+    """Makes one connection to one address (registered with L{Dialer.add_transport})."""
+
+    name: str  # the transport of the addresses it dials: "tcp", "udp"
+
+    def available(self) -> bool: ...
+
+    def dial(self, address: Address, factory: "ConnectionFactory", expected: Optional[PeerId],
+             bind: Optional[tuple[str, int]] = None) -> Deferred:
+        """Connect, run C{factory}'s protocol; fires with the L{PeerConnection} (handshake running)."""
+
+
+class DialStrategy(Protocol):
+    """One way of reaching a peer in a connect attempt (registered with L{Dialer.register})."""
+
+    name: str
+
+    def delay(self) -> float:
+        """Seconds after the attempt's first leg before this one starts."""
+
+    def targets(self, info: PubConnectionInfo) -> Sequence[Hashable]:
+        """What this strategy would try for C{info}'s peer; nothing if it does not apply."""
+
+    def dial(self, target: Any, attempt: ConnectAttempt) -> Deferred:
+        """Try one target; fires with the L{PeerConnection} it made."""
+
+
+class ConnectionFactory(Factory):
+    """Builds L{PeerConnection}s for one purpose, in one direction."""
+
+    noisy = False
+
+    def __init__(self, table: "PeerTable", clock: Any, local_id: PeerId, network: str,
+                 config: Callable[[], Config], *, purpose: Purpose = ACCEPTED, initiator: bool,
+                 intent: Intent = Intent.CONNECT, expected_peer: Optional[PeerId] = None,
+                 transport_name: str = "tcp") -> None:
+        self.table = table
+        self.clock = clock
+        self.local_id = local_id
+        self.network = network
+        self.config = config
+        self.purpose = purpose
+        self.initiator = initiator
+        self.intent = intent
+        self.expected_peer = expected_peer
+        self.transport_name = transport_name
+
+    def buildProtocol(self, addr: Any) -> PeerConnection:
+        config = self.config()
+        conn = PeerConnection(
+            self.table,
+            self.clock,
+            local_id=self.local_id,
+            network=self.network,
+            intent=self.intent,
+            expected_peer=self.expected_peer,
+            initiator=self.initiator,
+            max_message_size=config.max_message_size,
+            max_queued_bytes=config.max_queued_bytes,
+            drop_after=config.drop_after,
+            heartbeat_interval=config.heartbeat_interval,
+            inactivity_timeout=config.inactivity_timeout,
+            handshake_timeout=config.handshake_timeout,
+            transport_name=self.transport_name,
+            purpose=self.purpose,
+        )
+        self.table.connection_made(conn)
+        return conn
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What a probe of an address learned."""
+
+    peer_id: PeerId
+    observed: Optional[Address]  # our address as the probed peer saw it
+    rtt: float
+    peer_hello: Hello
+
+
+class Probe(Purpose):
+    """
+    A connection opened only to run the handshake: C{result} fires with a
+    L{ProbeResult} (the peer's id and our address as it sees us), or fails
+    with L{ConnectFailed}.
+    """
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        self.result: Deferred = Deferred()
+        self._started_at = clock.seconds()
+
+    def attached(self, conn: PeerConnection) -> None:
+        self._started_at = self._clock.seconds()  # the round trip counts from the connection, not the dial
+
+    def probed(self, conn: PeerConnection, peer_id: PeerId, hello: Hello) -> None:
+        if not self.result.called:
+            rtt = self._clock.seconds() - self._started_at
+            self.result.callback(ProbeResult(peer_id, hello.observed, rtt, hello))
+
+    def lost(self, conn: PeerConnection, reason: str) -> None:
+        self.failed(Failure(ConnectFailed(conn.peer_id, [f"{conn.peer_address}: {reason}"], "probe failed")))
+
+    def failed(self, failure: Failure) -> None:
+        """The probe ended without its answer."""
+        if not self.result.called:
+            self.result.errback(failure)
+
+
+class Dialer:
+    """
+    The transports and dial strategies of one node (see the module docstring).
+
+    @param may_dial_address: the admission policy's check of an address
+        (its whitelist).
+    """
+
+    def __init__(self, table: "PeerTable", clock: Any, local_id: PeerId, network: str,
+                 config: Callable[[], Config], may_dial_address: Callable[[Address], bool]) -> None:
+        self.table = table
+        self.clock = clock
+        self.local_id = local_id
+        self.network = network
+        self.config = config
+        self._may_dial_address = may_dial_address
+        self._transports: dict[str, Transport] = {}
+        self._strategies: dict[str, DialStrategy] = {}
+
+    # -- registries ------------------------------------------------------------
+
+    def add_transport(self, transport: Transport) -> None:
+        if transport.name in self._transports:
+            raise ValueError(f"a {transport.name} transport is registered already")
+        self._transports[transport.name] = transport
+
+    def transport(self, name: str) -> Optional[Transport]:
+        return self._transports.get(name)
+
+    def register(self, strategy: DialStrategy) -> Callable[[], None]:
+        """Add a dial strategy; returns a function that removes it."""
+        if strategy.name in self._strategies:
+            raise ValueError(f"a dial strategy named {strategy.name!r} is registered already")
+        self._strategies[strategy.name] = strategy
+
+        def unregister() -> None:
+            if self._strategies.get(strategy.name) is strategy:
+                del self._strategies[strategy.name]
+
+        return unregister
+
+    @property
+    def strategies(self) -> list[DialStrategy]:
+        """The registered strategies, earliest start first."""
+        return sorted(self._strategies.values(), key=lambda s: s.delay())
+
+    # -- planning ---------------------------------------------------------------
+
+    def may_dial(self, address: Address) -> bool:
+        """Whether a transport of ours can dial C{address} and the whitelist lets us."""
+        transport = self._transports.get(address.transport)
+        return transport is not None and transport.available() and self._may_dial_address(address)
+
+    def plan(self, info: PubConnectionInfo) -> list[Leg]:
+        """The legs of a connect attempt to C{info}'s peer, one per strategy that applies."""
+        legs = []
+        for strategy in self.strategies:
+            targets = tuple(strategy.targets(info))
+            if targets:
+                legs.append(Leg(strategy.name, strategy.delay(), targets, strategy.dial))
+        return legs
+
+    # -- making connections ---------------------------------------------------------
+
+    def factory(self, purpose: Purpose = ACCEPTED, *, initiator: bool, intent: Intent = Intent.CONNECT,
+                expected: Optional[PeerId] = None, transport_name: str = "tcp") -> ConnectionFactory:
+        """A factory of connections for C{purpose} (accepted ones: C{initiator=False})."""
+        return ConnectionFactory(self.table, self.clock, self.local_id, self.network, self.config,
+                                 purpose=purpose, initiator=initiator, intent=intent,
+                                 expected_peer=expected, transport_name=transport_name)
+
+    def dial(self, address: Address, purpose: Purpose, *, expected: Optional[PeerId],
+             intent: Intent = Intent.CONNECT, bind: Optional[tuple[str, int]] = None) -> Deferred:
+        """Connect to one address for C{purpose}; fires with the L{PeerConnection}."""
+        transport = self._transports.get(address.transport)
+        if transport is None or not transport.available():
+            return fail(CrustError(f"{address}: this node has no {address.transport} transport"))
+        factory = self.factory(purpose, initiator=True, intent=intent, expected=expected,
+                               transport_name=address.transport)
+        return transport.dial(address, factory, expected, bind)
+
+    def probe(self, address: Address, expected_peer: Optional[PeerId] = None,
+              bind: Optional[tuple[str, int]] = None) -> Deferred:
+        """
+        Open a connection to C{address} only to run the handshake: fires with
+        a L{ProbeResult}.  Used for external address discovery, reachability
+        tests and liveness checks.
+        """
+        probe = Probe(self.clock)
+        self.dial(address, probe, expected=expected_peer, intent=Intent.PROBE, bind=bind).addErrback(probe.failed)
+        return probe.result
+
+
+class DirectStrategy:
+    """
+    Dial every address of one transport in the peer's connection info.
+
+    @param delay: returns this strategy's start delay (read at each attempt:
+        the configuration may change).
+    """
+
+    def __init__(self, dialer: Dialer, name: str, transport: str, delay: Callable[[], float] = lambda: 0.0) -> None:
+        self._dialer = dialer
+        self.name = name
+        self.transport = transport
+        self._delay = delay
+
+    def delay(self) -> float:
+        return self._delay()
+
+    def targets(self, info: PubConnectionInfo) -> list[Address]:
+        dialer = self._dialer
+        return [a for a in info.addresses if a.transport == self.transport and dialer.may_dial(a)]
+
+    def dial(self, target: Address, attempt: ConnectAttempt) -> Deferred:
+        return self._dialer.dial(target, attempt, expected=attempt.peer_id)

@@ -1,0 +1,243 @@
+"""
+The peer table: which connection is each peer's one active connection.
+
+L{PeerTable} is the L{crust.session.connection.ConnectionOwner} of every connection of
+a node.  It enforces one active connection per peer, tracks candidates still
+waiting for the chooser, routes messages to observers, and reports each
+connection's outcomes to the connection's purpose (L{crust.session.purpose}) and to
+the listeners registered with it (L{PeerListener}).  What it asks of the
+node is narrow: an admission policy, the HELLO to send, the observers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from crust.identity import PeerId
+from crust.session.send_queue import Dropped
+from crust.session.signalling import ControlFrames
+from crust.wire import CloseReason, Hello, RejectReason
+
+if TYPE_CHECKING:
+    from crust.session.connection import PeerConnection
+
+class AdmissionPolicy(Protocol):
+    def admit(self, conn: "PeerConnection", peer_id: PeerId) -> bool:
+        """May C{conn} to C{peer_id} become (or wait to become) an active connection?"""
+
+
+class PeerEvents(Protocol):
+    def emit(self, event: str, *args: Any) -> None: ...
+    def deliverer(self, peer_id: PeerId) -> Callable[[bytes], object]: ...
+
+
+class PeerListener(Protocol):
+    """Told of every connection's outcome, whatever its purpose (register with L{PeerTable.listen})."""
+
+    def peer_promoted(self, conn: "PeerConnection", peer_id: PeerId) -> None: ...
+    def connection_ended(self, conn: "PeerConnection", reason: str) -> None: ...
+
+
+#: C{admitter(conn, peer_id, hello)}: decide on a bootstrap request, answering with C{conn.admission_result}.
+BootstrapAdmitter = Callable[["PeerConnection", PeerId, Hello], None]
+
+
+class PeerTable:
+    """
+    @param admission: the whitelist policy (L{crust.peering.admission.Admission}).
+    @param events: the observers' fan-out (L{crust.observer.Observers}).
+    @param hello_for: builds the HELLO we send on a connection.
+    @ivar accepting: whether connections may become active (the node runs).
+    @ivar control_frames: the control frame types subsystems claimed.
+    """
+
+    log = Logger()
+
+    def __init__(self, admission: AdmissionPolicy, events: PeerEvents,
+                 hello_for: Callable[["PeerConnection"], Hello]) -> None:
+        self._admission = admission
+        self._events = events
+        self._hello_for = hello_for
+        self.accepting = False
+        self.control_frames = ControlFrames()
+        self._admitter: Optional[BootstrapAdmitter] = None
+        self._listeners: list[PeerListener] = []
+        self.active: dict[PeerId, "PeerConnection"] = {}
+        self.candidates: dict[PeerId, set["PeerConnection"]] = {}
+        self.connections: set["PeerConnection"] = set()
+        self.hellos: dict[PeerId, Hello] = {}
+        self._superseded: set["PeerConnection"] = set()
+        self._writable_waiters: dict[PeerId, list[Deferred]] = {}
+        self._lost_waiters: list[Deferred] = []
+
+    # -- registration ------------------------------------------------------------
+
+    def listen(self, listener: PeerListener) -> None:
+        """Tell C{listener} of every promotion and every ended connection."""
+        self._listeners.append(listener)
+
+    def set_bootstrap_admitter(self, admitter: Optional[BootstrapAdmitter]) -> None:
+        """Who decides on peers' bootstrap requests; without one, they are denied."""
+        self._admitter = admitter
+
+    # -- queries -------------------------------------------------------------
+
+    def has_candidates(self, peer_id: PeerId) -> bool:
+        return bool(self.candidates.get(peer_id))
+
+    def usable(self, peer_id: PeerId) -> Optional["PeerConnection"]:
+        """The active connection to C{peer_id}, unless there is none or it is closing."""
+        conn = self.active.get(peer_id)
+        return conn if conn is not None and not conn.closing else None
+
+    def wait_writable(self, peer_id: PeerId) -> Deferred:
+        d: Deferred = Deferred()
+        conn = self.active.get(peer_id)
+        if conn is None or conn.queued_bytes <= conn.max_queued_bytes // 2:
+            d.callback(peer_id)
+        else:
+            self._writable_waiters.setdefault(peer_id, []).append(d)
+        return d
+
+    def wait_all_closed(self) -> Deferred:
+        d: Deferred = Deferred()
+        if not self.connections:
+            d.callback(None)
+        else:
+            self._lost_waiters.append(d)
+        return d
+
+    def disconnect(self, peer_id: PeerId, reason: CloseReason = CloseReason.DISCONNECT,
+                   detail: str = "closed by the peer's user") -> bool:
+        """Close the active connection to C{peer_id}; True if there was one."""
+        conn = self.usable(peer_id)
+        if conn is None:
+            return False
+        conn.close(reason, detail)
+        return True
+
+    # -- ConnectionOwner --------------------------------------------------------
+
+    def connection_made(self, conn: "PeerConnection") -> None:
+        self.connections.add(conn)
+        conn.purpose.attached(conn)
+
+    def hello_for(self, conn: "PeerConnection") -> Hello:
+        return self._hello_for(conn)
+
+    def claim(self, conn: "PeerConnection", peer_id: PeerId) -> bool:
+        if not self.accepting:
+            return False
+        if peer_id in self.active:
+            return False
+        return self._admission.admit(conn, peer_id)
+
+    def candidate(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None:
+        if not self._admission.admit(conn, peer_id):
+            conn.close(CloseReason.NOT_WHITELISTED, "not allowed by this node's whitelist")
+            return
+        self.candidates.setdefault(peer_id, set()).add(conn)
+        self._remember(peer_id, hello, replace=False)
+
+    def promote(self, conn: "PeerConnection", peer_id: PeerId) -> None:
+        self._discard_candidate(conn, peer_id)
+        old = self.active.get(peer_id)
+        self.active[peer_id] = conn
+        if conn.handshake.peer_hello is not None:
+            self._remember(peer_id, conn.handshake.peer_hello)
+        conn.deliver = self._events.deliverer(peer_id)
+        if old is not None and old is not conn:
+            # the chooser chose anew: it no longer has the old connection
+            self._superseded.add(old)
+            old.close(CloseReason.DUPLICATE, "superseded by a newer connection")
+            self._events.emit("lost_peer", peer_id, "superseded by a newer connection")
+        # other candidates for this peer will never be chosen now
+        for other in list(self.candidates.get(peer_id, ())):
+            other.close_duplicate()
+        self.log.info(
+            "connected to {peer} via {transport} {address}",
+            peer=peer_id, transport=conn.transport_name, address=conn.peer_address,
+        )
+        if not conn.is_bootstrap:
+            self._events.emit("connect_success", peer_id)
+        for listener in list(self._listeners):
+            listener.peer_promoted(conn, peer_id)
+        conn.purpose.promoted(conn, peer_id)
+
+    def late_hello(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None:
+        if self.active.get(peer_id) is conn:
+            self._remember(peer_id, hello)
+
+    def probed(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None:
+        conn.purpose.probed(conn, peer_id, hello)
+        conn.close(CloseReason.PROBE_DONE)
+
+    def refused(self, conn: "PeerConnection", reason: str, detail: str) -> None:
+        text = f"{reason}: {detail}" if detail else reason
+        self.log.info("handshake with {address} refused: {reason}", address=str(conn.peer_address), reason=text)
+        conn.purpose.refused(conn, reason, detail)
+
+    def admit(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None:
+        if self._admitter is None:
+            conn.admission_result(False, RejectReason.BOOTSTRAP_DENIED, "this node does not accept bootstrap requests")
+            return
+        self._admitter(conn, peer_id, hello)
+
+    def lost(self, conn: "PeerConnection", reason: str) -> None:
+        self.connections.discard(conn)
+        superseded = conn in self._superseded
+        self._superseded.discard(conn)
+        peer_id = conn.peer_id
+        if peer_id is not None:
+            self._discard_candidate(conn, peer_id)
+            if self.active.get(peer_id) is conn:
+                del self.active[peer_id]
+                for d in self._writable_waiters.pop(peer_id, []):
+                    d.callback(peer_id)
+                if not superseded:
+                    self.log.info("lost peer {peer}: {reason}", peer=peer_id, reason=reason)
+                    self._events.emit("lost_peer", peer_id, reason)
+        conn.purpose.lost(conn, reason)
+        for listener in list(self._listeners):
+            listener.connection_ended(conn, reason)
+        if not self.connections:
+            waiters, self._lost_waiters = self._lost_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def dropped(self, conn: "PeerConnection", drops: list[Dropped], reason: str) -> None:
+        peer_id = conn.peer_id
+        for drop in drops:
+            self.log.warn(
+                "dropped {count} message(s), {size} bytes, of priority {priority} to {peer}: {reason}",
+                count=drop.count, size=drop.size, priority=drop.priority, peer=str(peer_id), reason=reason,
+            )
+            self._events.emit("message_dropped", peer_id, drop.priority, drop.count, drop.size, reason)
+
+    def writable(self, conn: "PeerConnection") -> None:
+        peer_id = conn.peer_id
+        if peer_id is not None and self.active.get(peer_id) is conn:
+            for d in self._writable_waiters.pop(peer_id, []):
+                d.callback(peer_id)
+
+    def control_received(self, conn: "PeerConnection", ftype: int, payload: bytes) -> bool:
+        return self.control_frames.dispatch(conn, ftype, payload)
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _remember(self, peer_id: PeerId, hello: Hello, replace: bool = True) -> None:
+        """Keep C{peer_id}'s HELLO (its role, its listeners)."""
+        if replace:
+            self.hellos[peer_id] = hello
+        else:
+            self.hellos.setdefault(peer_id, hello)
+
+    def _discard_candidate(self, conn: "PeerConnection", peer_id: PeerId) -> None:
+        waiting = self.candidates.get(peer_id)
+        if waiting is not None:
+            waiting.discard(conn)
+            if not waiting:
+                del self.candidates[peer_id]

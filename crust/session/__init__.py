@@ -1,0 +1,1 @@
+"""One secure connection: framing, send queues, the handshake, control frames."""

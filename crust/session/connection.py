@@ -1,0 +1,613 @@
+"""
+L{PeerConnection}: one secure connection to a peer, as a Twisted protocol.
+
+It runs inside Twisted's TLS wrapper (the transport it sees is the TLS
+layer) and joins the pure parts together: the L{Handshake} machine, the
+L{FrameDecoder}, the priority L{SendQueues} and the liveness timers.  The
+L{ConnectionOwner} (the service's peer table) decides what a connection means
+for the node; the connection only reports.
+
+Sending never piles unbounded data into the transport: the connection is a
+push producer registered with its transport, writes go straight through while
+the transport accepts them, and are queued by priority (bounded in bytes)
+while it is paused.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Protocol as TypingProtocol
+
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from crust.address import Address
+from crust.errors import InvalidPriority, MessageTooLarge, PeerNotConnected, ProtocolViolation, SendQueueFull
+from crust.session.framing import FrameDecoder, FrameTooLarge
+from crust.session.handshake import Handshake, HandshakeState
+from crust.identity import PeerId
+from crust.session.purpose import ACCEPTED, Purpose
+from crust.session.send_queue import Dropped, SendQueues
+from crust.transport.tls import cert_info, peer_id_from_certificate
+from crust.wire import (
+    CHOOSE_FRAME,
+    DATA,
+    GRANT_FRAME,
+    HEARTBEAT_FRAME,
+    CloseReason,
+    FrameType,
+    CertInfo,
+    Hello,
+    Intent,
+    RejectReason,
+    decode_reason,
+    encode_close,
+    encode_reject,
+    pack_header,
+)
+
+_CLOSE_GRACE = 5.0  # seconds a closing connection may take to flush before it is aborted
+# Twisted's TCP transports read up to, and pause their producer above,
+# bufferSize bytes (64 KiB): larger batches mean fewer wake-ups per megabyte.
+_SOCKET_IO_SIZE = 256 * 1024
+_DRAIN_BATCH = 64 * 1024  # bytes of queued frames joined into one transport write
+_LIVENESS_GRAIN = 4  # while sending, the liveness timer looks every interval/4
+
+
+class ConnectionOwner(TypingProtocol):
+    """What a L{PeerConnection} reports to, and asks of, its node."""
+
+    def hello_for(self, conn: "PeerConnection") -> Hello: ...
+    def claim(self, conn: "PeerConnection", peer_id: PeerId) -> bool: ...
+    def promote(self, conn: "PeerConnection", peer_id: PeerId) -> None: ...
+    def candidate(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None: ...
+    def admit(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None: ...
+    def probed(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None: ...
+    def late_hello(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None: ...
+    def refused(self, conn: "PeerConnection", reason: str, detail: str) -> None: ...
+    def lost(self, conn: "PeerConnection", reason: str) -> None: ...
+    def dropped(self, conn: "PeerConnection", drops: list[Dropped], reason: str) -> None: ...
+    def writable(self, conn: "PeerConnection") -> None: ...
+    def control_received(self, conn: "PeerConnection", ftype: int, payload: bytes) -> bool: ...
+
+
+@implementer(IHandshakeListener, IPushProducer)
+class PeerConnection(Protocol):
+    """One crust connection; see the module docstring."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        owner: ConnectionOwner,
+        clock: IReactorTime,
+        *,
+        local_id: PeerId,
+        network: str,
+        intent: Intent = Intent.CONNECT,
+        expected_peer: Optional[PeerId] = None,
+        initiator: bool,
+        max_message_size: int,
+        max_queued_bytes: int,
+        drop_after: float,
+        heartbeat_interval: float,
+        inactivity_timeout: float,
+        handshake_timeout: float,
+        transport_name: str = "tcp",
+        purpose: Purpose = ACCEPTED,
+    ) -> None:
+        self.owner = owner
+        self.purpose = purpose  # what this connection is for: the owner reports outcomes to it
+        self.clock = clock
+        self.initiator = initiator
+        self.transport_name = transport_name
+        self.handshake = Handshake(self, local_id, network, intent, expected_peer, initiator=initiator)
+        self.max_message_size = max_message_size
+        self.max_queued_bytes = max_queued_bytes
+        self.heartbeat_interval = heartbeat_interval
+        self.inactivity_timeout = inactivity_timeout
+        self.handshake_timeout = handshake_timeout
+        self.queues = SendQueues(drop_after)
+        self._decoder = FrameDecoder(max_message_size, self._data_before_active, self._control)
+        self._paused = False
+        self._timer = None
+        self._close_timer = None
+        self._tls_problem = ""
+        self._verified_peer: Optional[PeerId] = None
+        self._verified_info: Optional[CertInfo] = None
+        self.tls_verdict: Optional[bool] = None
+        self._close_reason: Optional[str] = None  # set when we decide to close
+        self._last_sent = 0.0
+        self._sent = False  # data went out since the liveness timer last looked
+        self._direct = False  # see _update_direct
+        self._usable = False  # active, connected, not closing (see _update_direct)
+        self._write: Callable[[bytes], object] = _discard
+        # QUIC carries priorities >= 2 on a second ("bulk") stream; TCP has none
+        self._bulk: Any = None
+        self._bulk_lane: Optional[_BulkLane] = None
+        self._bulk_decoder: Optional[FrameDecoder] = None
+        self._bulk_paused = False  # the bulk lane asked us to stop writing
+        self._direct_bulk = False
+        self._queue_bulk = False  # bulk sends go to bulk_queues without _send_checked (see _update_direct)
+        self._bulk_write: Callable[[bytes], object] = _discard
+        self.bulk_queues = SendQueues(drop_after)
+        self._last_received = 0.0
+        self.peer_address: Optional[Address] = None
+        self.local_address: Optional[Address] = None
+        self.deliver: Callable[[bytes], object] = _discard
+        self.messages_received = 0
+        self.connected = False
+
+    # -- identity -----------------------------------------------------------
+
+    @property
+    def peer_id(self) -> Optional[PeerId]:
+        return self.handshake.peer_id
+
+    @property
+    def state(self) -> HandshakeState:
+        return self.handshake.state
+
+    @property
+    def is_active(self) -> bool:
+        return self.handshake.state is HandshakeState.ACTIVE
+
+    @property
+    def is_bootstrap(self) -> bool:
+        """Whether this connection was opened to bootstrap (by either side)."""
+        return self.handshake.is_bootstrap
+
+    @property
+    def closing(self) -> bool:
+        """We decided to close: nothing more is sent or delivered."""
+        return self._close_reason is not None
+
+    def __repr__(self) -> str:
+        peer = self.peer_id.short() if self.peer_id else "?"
+        return f"<PeerConnection {self.transport_name} {peer} {self.peer_address} {self.state.value}>"
+
+    # -- Twisted protocol ----------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.connected = True
+        self.peer_address = Address.from_sockaddr(self.transport_name, self.transport.getPeer())
+        self.local_address = Address.from_sockaddr(self.transport_name, self.transport.getHost())
+        self.transport.registerProducer(self, True)
+        socket_transport = getattr(self.transport, "transport", None)  # TCP under the TLS layer
+        if socket_transport is not None and getattr(socket_transport, "bufferSize", 0) < _SOCKET_IO_SIZE:
+            socket_transport.bufferSize = _SOCKET_IO_SIZE
+        driver = getattr(self.transport, "driver", None)
+        if driver is not None:  # QUIC: a second lane for priorities >= 2
+            self._bulk = driver.bulk
+            self._bulk_lane = _BulkLane(self)
+            self._bulk_decoder = FrameDecoder(self.max_message_size, self._data_before_active, _bulk_control)
+            self._bulk.receiver = self._bulk_lane
+            self._bulk.registerProducer(self._bulk_lane, True)
+            self._bulk.pauseProducing()  # hold the peer's bulk bytes until CHOOSE: they may overtake it
+        now = self.clock.seconds()
+        self._last_received = self._last_sent = now
+        self._timer = self.clock.callLater(self.handshake_timeout, self._handshake_timed_out)
+
+    def tls_verify_peer(self, peer_id: Optional[PeerId], problem: str, info: Optional[CertInfo] = None) -> bool:
+        """Called by the TLS layer while the handshake runs."""
+        problem = problem or self.handshake.check_key(peer_id) or ""
+        if problem:
+            self._tls_problem = problem
+            self.tls_verdict = False
+            return False
+        self._verified_peer = peer_id
+        self._verified_info = info
+        self.tls_verdict = True
+        return True
+
+    def handshakeCompleted(self) -> None:
+        peer_id, info = self._verified_peer, self._verified_info  # what the verify callback saw
+        if peer_id is None:  # QUIC: the driver checked the certificate; read it here
+            driver = getattr(self.transport, "driver", None)
+            cert = getattr(driver, "peer_certificate", None)
+            if cert is None:
+                x509 = self.transport.getPeerCertificate()
+                cert = x509.to_cryptography() if x509 is not None else None
+            if cert is not None:
+                peer_id, info = peer_id_from_certificate(cert), cert_info(cert)
+        problem = self.handshake.check_key(peer_id)
+        if problem or peer_id is None:
+            self._tls_problem = problem or "no peer certificate"
+            self.transport.abortConnection()
+            return
+        self.handshake.tls_complete(peer_id, info)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._feed(self._decoder, data)
+
+    def _bulk_received(self, data: bytes) -> None:
+        self._feed(self._bulk_decoder, data)
+
+    def _feed(self, decoder: Optional[FrameDecoder], data: bytes) -> None:
+        if self._close_reason is not None or decoder is None:
+            return  # we are closing: nothing the peer says now changes that
+        self._last_received = self.clock.seconds()
+        try:
+            decoder.feed(data)
+        except FrameTooLarge as e:
+            self.log.warn("{conn}: {error}; closing", conn=repr(self), error=str(e))
+            self.close(CloseReason.OVERSIZE, str(e))
+        except ProtocolViolation as e:
+            self.log.warn("{conn}: protocol violation: {error}; closing", conn=repr(self), error=str(e))
+            if self.handshake.state is not HandshakeState.CLOSED:
+                self.handshake.closed()
+            self.close(CloseReason.PROTOCOL_ERROR, str(e))
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.connected = False
+        self._direct = self._direct_bulk = self._queue_bulk = self._usable = False
+        for timer in (self._timer, self._close_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._close_timer = None
+        was = self.handshake.state
+        self.handshake.closed()
+        if self._close_reason is not None:
+            text = self._close_reason
+        elif self._tls_problem:
+            text = self._tls_problem
+        elif was is HandshakeState.AWAIT_TLS:
+            text = f"TLS handshake failed: {_failure_text(reason)}"
+        else:
+            text = f"connection lost: {_failure_text(reason)}"
+        lost = self.queues.clear() + self.bulk_queues.clear()
+        if lost:
+            self.owner.dropped(self, lost, "connection closed")
+        self.owner.lost(self, text)
+
+    # -- IPushProducer -------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self._direct = False
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self.queues:
+            self._drain()
+        self._update_direct()
+
+    def stopProducing(self) -> None:
+        self._paused = True
+        self._direct = False
+
+    # -- sending ---------------------------------------------------------------
+
+    def send_message(self, data: bytes, priority: int) -> None:
+        """
+        Send one message.  Raises at once, queueing nothing, if it is over the
+        size limit, the priority is invalid, the connection is closing, or the
+        queue is at its bound.
+        """
+        if type(data) is not bytes:
+            data = bytes(data)
+        size = len(data)
+        if size <= self.max_message_size and type(priority) is int and 0 <= priority <= 255:
+            if priority >= 2 and self._bulk is not None:
+                if self._direct_bulk:
+                    self._bulk_write(pack_header(size + 1, DATA) + data)
+                    self._sent = True
+                    return
+                if self._queue_bulk:
+                    # the bulk lane is paused (or its queue not yet drained): queue, as
+                    # _send_checked would, without re-checking what we know
+                    queues = self.bulk_queues
+                    if queues.size + self.queues.size + size <= self.max_queued_bytes:
+                        queues.push(priority, pack_header(size + 1, DATA), data, self.clock.seconds())
+                        return
+            elif self._direct:
+                # the hot path: the transport takes data, nothing is queued
+                self._write(pack_header(size + 1, DATA) + data)
+                self._sent = True  # the liveness timer reads the clock, not every send
+                return
+            elif self._paused and self._usable:
+                # the transport is full: queue by priority (the checks of _send_checked hold)
+                queues = self.queues
+                if queues.size + self.bulk_queues.size + size <= self.max_queued_bytes:
+                    queues.push(priority, pack_header(size + 1, DATA), data, self.clock.seconds())
+                    return
+        self._send_checked(data, size, priority)
+
+    def _send_checked(self, data: bytes, size: int, priority: int) -> None:
+        """The slow path of L{send_message}: errors, queueing, state changes."""
+        if size > self.max_message_size:
+            raise MessageTooLarge(size, self.max_message_size)
+        if type(priority) is not int or not 0 <= priority <= 255:
+            raise InvalidPriority(f"priority must be an integer in 0..255, not {priority!r}")
+        if self._close_reason is not None or not self.connected or not self.is_active:
+            raise PeerNotConnected(f"the connection is not active ({self._close_reason or self.state.value})")
+        bulk = priority >= 2 and self._bulk is not None
+        queues = self.bulk_queues if bulk else self.queues
+        if (self._bulk_paused if bulk else self._paused) or queues.count:
+            now = self.clock.seconds()
+            if self.queued_bytes + size > self.max_queued_bytes:
+                self._expire(now)
+                if self.queued_bytes + size > self.max_queued_bytes:
+                    raise SendQueueFull(
+                        f"{self.queued_bytes} bytes already queued for this peer (bound {self.max_queued_bytes})"
+                    )
+            queues.push(priority, pack_header(size + 1, DATA), data, now)
+            return
+        (self._bulk.write if bulk else self.transport.write)(pack_header(size + 1, DATA) + data)
+        self._sent = True
+        self._update_direct()
+
+    def _update_direct(self) -> None:
+        """May sends go straight to the transport?  (Active, not paused, nothing queued, not closing.)"""
+        usable = self._usable = (self.connected and self._close_reason is None
+                                 and self.handshake.state is HandshakeState.ACTIVE)
+        self._direct = usable and not self._paused and not self.queues.count
+        if self._direct:
+            self._write = self.transport.write
+        if self._bulk is not None:
+            self._direct_bulk = usable and not self._bulk_paused and not self.bulk_queues.count
+            self._queue_bulk = usable and not self._direct_bulk
+            if self._direct_bulk:
+                self._bulk_write = self._bulk.write
+
+    def _write_control(self, frame: bytes) -> None:
+        """Control frames (priority 0) go ahead of queued data."""
+        if self.transport is None or not self.connected:
+            return
+        if self._paused and self.queues.count:
+            self.queues.push(0, frame, b"", self.clock.seconds())
+            return
+        self.transport.write(frame)
+        self._last_sent = self.clock.seconds()
+
+    def _drain(self) -> None:
+        now = self.clock.seconds()
+        self._expire(now)
+        had = self.queued_bytes
+        for queues, paused, write in (
+            (self.queues, lambda: self._paused, self.transport.write),
+            (self.bulk_queues, lambda: self._bulk_paused, self._bulk.write if self._bulk is not None else None),
+        ):
+            take = queues.take
+            while queues.count and not paused():
+                write(take(_DRAIN_BATCH))  # one transport write per ~64 KiB, not per message
+        if self.queued_bytes < had:
+            self._last_sent = now
+        if self.queued_bytes <= self.max_queued_bytes // 2:
+            self.owner.writable(self)
+
+    def _expire(self, now: float) -> None:
+        drops = self.queues.expire(now) + self.bulk_queues.expire(now)
+        if drops:
+            self.owner.dropped(self, drops, f"waited over {self.queues.drop_after:g} s (insufficient bandwidth)")
+
+    @property
+    def queued_bytes(self) -> int:
+        return self.queues.size + self.bulk_queues.size
+
+    @property
+    def is_paused(self) -> bool:
+        return self._paused
+
+    # -- closing -----------------------------------------------------------------
+
+    def close(self, reason: CloseReason, detail: str = "") -> None:
+        """Tell the peer why, then close cleanly (abort if it will not flush)."""
+        self._direct = self._direct_bulk = self._queue_bulk = self._usable = False
+        if self._close_reason is None:
+            self._close_reason = f"{reason.value}: {detail}" if detail else reason.value
+        if not self.connected:
+            return
+        if self.handshake.state is not HandshakeState.AWAIT_TLS:
+            self.transport.write(encode_close(reason, detail))
+        self._lose()
+
+    def close_duplicate(self) -> None:
+        """Close a candidate that lost the race to another connection."""
+        self.close(CloseReason.DUPLICATE, "another connection to this peer was chosen")
+
+    def _lose(self) -> None:
+        self._direct = self._direct_bulk = self._queue_bulk = self._usable = False
+        if self._close_timer is None and self.connected:
+            if self._bulk is not None:
+                self._bulk.unregisterProducer()
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+            self._close_timer = self.clock.callLater(_CLOSE_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        self._close_timer = None
+        if self.connected:
+            self.transport.abortConnection()
+
+    # -- HandshakeDelegate -----------------------------------------------------------
+
+    def send_hello(self) -> None:
+        self.transport.write(self.owner.hello_for(self).encode())
+
+    def send_choose(self) -> None:
+        self.transport.write(CHOOSE_FRAME)
+
+    def send_grant(self) -> None:
+        self.transport.write(GRANT_FRAME)
+
+    def admit(self, peer_id: PeerId, hello: Hello) -> None:
+        self.owner.admit(self, peer_id, hello)
+
+    def admission_result(self, granted: bool, reason: Optional[RejectReason] = None, detail: str = "") -> None:
+        """The node's decision on the peer's bootstrap request (after L{ConnectionOwner.admit})."""
+        self.handshake.admission_result(granted, reason, detail)
+
+    def reject(self, reason: RejectReason, detail: str) -> None:
+        self.log.info("{conn}: refusing: {reason}: {detail}", conn=repr(self), reason=reason.value, detail=detail)
+        self._close_reason = f"{reason.value}: {detail}"
+        self.transport.write(encode_reject(reason, detail))
+        self._lose()
+
+    def claim(self, peer_id: PeerId) -> bool:
+        return self.owner.claim(self, peer_id)
+
+    def promote(self, peer_id: PeerId) -> None:
+        self._cancel_timer()
+        self._schedule_liveness(self.clock.seconds())
+        self.owner.promote(self, peer_id)  # sets self.deliver
+        self._decoder.set_handlers(self.deliver, self._control)
+        if self._bulk is not None:
+            self._bulk_decoder.set_handlers(self.deliver, _bulk_control)
+            self._bulk.resumeProducing()  # deliver what the peer sent on the bulk lane meanwhile
+        self._update_direct()
+
+    def candidate(self, peer_id: PeerId, hello: Hello) -> None:
+        self.owner.candidate(self, peer_id, hello)
+
+    def probed(self, peer_id: PeerId, hello: Hello) -> None:
+        self._cancel_timer()
+        self.owner.probed(self, peer_id, hello)
+
+    def late_hello(self, peer_id: PeerId, hello: Hello) -> None:
+        self.owner.late_hello(self, peer_id, hello)
+
+    def refused(self, reason: str, detail: str) -> None:
+        self._close_reason = f"{reason}: {detail}" if detail else reason
+        self.owner.refused(self, reason, detail)
+        self._lose()
+
+    # -- frames --------------------------------------------------------------------
+
+    def _data_before_active(self, payload: bytes) -> None:
+        raise ProtocolViolation("DATA before the connection was chosen")
+
+    def _control(self, ftype: int, payload: bytes) -> None:
+        """A control frame: ours by the table below, else the owner's (L{crust.session.signalling})."""
+        handler = _CONTROL_HANDLERS.get(ftype)
+        if handler is not None:
+            handler(self, payload)
+        elif not self.owner.control_received(self, ftype, payload):
+            raise ProtocolViolation(f"unknown frame type {ftype}")
+
+    def _heartbeat_received(self, payload: bytes) -> None:
+        pass  # receiving it is the point: _feed dated it
+
+    def _hello_received(self, payload: bytes) -> None:
+        self.handshake.hello_received(Hello.decode(payload))
+
+    def _choose_received(self, payload: bytes) -> None:
+        self.handshake.choose_received()
+
+    def _grant_received(self, payload: bytes) -> None:
+        self.handshake.grant_received()
+
+    def _reject_received(self, payload: bytes) -> None:
+        reason, detail = decode_reason(payload, "REJECT")
+        self.handshake.reject_received(reason, detail)
+        if self._close_reason is None:  # refused after it was active (an early claim undone)
+            self._close_reason = f"refused by the peer: {reason}" + (f" ({detail})" if detail else "")
+        self._lose()
+
+    def _close_received(self, payload: bytes) -> None:
+        reason, detail = decode_reason(payload, "CLOSE")
+        if self._close_reason is None:
+            self._close_reason = f"peer closed: {reason}" + (f" ({detail})" if detail else "")
+        self.handshake.closed()
+        self._lose()
+
+    # -- timers ----------------------------------------------------------------------
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        if self.handshake.state is HandshakeState.AWAIT_CHOICE:
+            self.handshake.choice_timed_out()
+            return
+        if self.handshake.state in (HandshakeState.AWAIT_TLS, HandshakeState.AWAIT_HELLO,
+                                    HandshakeState.AWAIT_GRANT, HandshakeState.ADMITTING):
+            self._close_reason = f"timeout: handshake not complete after {self.handshake_timeout:g} s"
+            self.handshake.closed()
+            self._lose()
+
+    def _schedule_liveness(self, now: float, sending: bool = False) -> None:
+        due = min(self._last_sent + self.heartbeat_interval, self._last_received + self.inactivity_timeout)
+        if sending:
+            # sends do not read the clock: while they go on, look again soon to date the last one
+            due = min(due, now + self.heartbeat_interval / _LIVENESS_GRAIN)
+        self._timer = self.clock.callLater(max(0.0, due - now), self._liveness_tick)
+
+    def _liveness_tick(self) -> None:
+        self._timer = None
+        if not self.connected or self._close_reason is not None:
+            return
+        now = self.clock.seconds()
+        sending = self._sent
+        if sending:
+            # data went out since the last look: date it now, so a heartbeat
+            # follows the last send after between 1 and 1.25 intervals
+            self._sent = False
+            self._last_sent = now
+        if now - self._last_received >= self.inactivity_timeout:
+            self.close(CloseReason.TIMEOUT, f"nothing received for {self.inactivity_timeout:g} s")
+            return
+        if self.queues or self.bulk_queues:
+            self._expire(now)
+        if now - self._last_sent >= self.heartbeat_interval:
+            self._write_control(HEARTBEAT_FRAME)
+            self._last_sent = now
+        self._schedule_liveness(now, sending)
+
+
+def _discard(payload: bytes) -> None:
+    pass
+
+
+# The frames a connection handles itself, by type (the rest go to its owner).
+_CONTROL_HANDLERS: dict[int, Callable[[PeerConnection, bytes], None]] = {
+    FrameType.HEARTBEAT: PeerConnection._heartbeat_received,
+    FrameType.HELLO: PeerConnection._hello_received,
+    FrameType.CHOOSE: PeerConnection._choose_received,
+    FrameType.GRANT: PeerConnection._grant_received,
+    FrameType.REJECT: PeerConnection._reject_received,
+    FrameType.CLOSE: PeerConnection._close_received,
+}
+
+
+def _bulk_control(ftype: int, payload: bytes) -> None:
+    raise ProtocolViolation(f"control frame (type {ftype}) on the bulk stream")
+
+
+@implementer(IPushProducer)
+class _BulkLane:
+    """The bulk lane's producer and receiver, on behalf of its L{PeerConnection}."""
+
+    def __init__(self, conn: PeerConnection) -> None:
+        self.conn = conn
+
+    def pauseProducing(self) -> None:
+        conn = self.conn
+        conn._bulk_paused = True
+        if conn._direct_bulk:  # it was usable: sends now queue
+            conn._direct_bulk = False
+            conn._queue_bulk = True
+
+    def resumeProducing(self) -> None:
+        conn = self.conn
+        conn._bulk_paused = False
+        if conn.bulk_queues and conn.connected:
+            conn._drain()
+        conn._update_direct()
+
+    def stopProducing(self) -> None:
+        self.pauseProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.conn._bulk_received(data)
+
+
+def _failure_text(reason: Failure) -> str:
+    value = reason.value
+    text = str(value) or type(value).__name__
+    return text.strip()

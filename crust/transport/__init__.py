@@ -1,0 +1,1 @@
+"""Transports: TLS over TCP, the shared UDP socket, QUIC."""

@@ -1,0 +1,1 @@
+"""crust over QUIC: the dispatcher, the per-connection driver, TLS and congestion control."""

@@ -1,0 +1,821 @@
+"""
+L{QuicDriver}: one aioquic (sans-I/O) QUIC connection driven by Twisted, and
+its two L{QuicLane}s, the stream transports a crust connection runs on.
+
+Everything that reaches aioquic goes through the driver: datagrams in
+(L{QuicDriver.datagram_received}), datagrams out (the injected
+C{send_datagram(data, addr)}), time (the injected C{IReactorTime}: aioquic's
+single timer becomes one rescheduled C{callLater}), and events out (handshake,
+stream data, connection ids, termination).
+
+Sending is batched: a lane's C{write} only queues bytes and asks for one flush
+in the current reactor turn (C{callLater(0)}); the flush hands each lane's
+bytes to aioquic in one piece, builds every datagram aioquic may send now and
+re-arms the timer.  Received stream data is likewise collected and handed to
+the lane's receiver once per turn, in order.
+
+Lanes: each side sends on two unidirectional streams of its own, I{urgent}
+(crust's control frames and priorities 0-1) and I{bulk} (priorities >= 2), so
+a large low-priority transfer never stands in front of a priority-0 message;
+aioquic serves streams with data round-robin, packet by packet.  A client
+sends on streams 2 (urgent) and 6 (bulk), a server on 3 and 7; data on any
+other stream is a protocol error.
+
+Backpressure is per lane: its producer is paused when the bytes not yet sent
+on its stream (queued here, or buffered in aioquic beyond what flow and
+congestion control let out) exceed C{high_water}, and resumed after a flush
+leaves them at or below C{low_water}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Protocol as TypingProtocol
+
+from aioquic.quic import events
+from aioquic.quic.events import StreamDataReceived
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType
+from OpenSSL import crypto
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime, ITransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from crust.errors import ConfigError, HandshakeRefused
+from crust.identity import PeerId
+from crust.transport.quic.congestion import CONGESTION_CONTROLS
+from crust.transport.quic.tls import CrustQuicConnection, check_peer_certificate
+
+# Application error codes in CONNECTION_CLOSE (frame type 0x1d)
+CLOSED = 0  # a graceful close: every byte both ways was delivered
+ABORTED = 1  # one side gave up on the connection (abortConnection, timeouts)
+PROTOCOL_ERROR = 2  # the peer broke crust's use of QUIC (a stream crust does not use...)
+
+_APPLICATION_CODES = {CLOSED: "closed", ABORTED: "aborted", PROTOCOL_ERROR: "protocol error"}
+
+SendDatagram = Callable[[bytes, Any], Any]
+
+TIMER_GRANULARITY = 0.001  # seconds: the shortest sleep a reactor's poll() honours
+
+
+@dataclass(frozen=True)
+class QuicOptions:
+    """
+    Settings of crust's QUIC connections.
+
+    @ivar idle_timeout: seconds without receiving anything before QUIC gives
+        up on the peer.  Keep it above the crust connection's inactivity
+        timeout (120 s by default) so crust reports a lost peer with its own
+        reason; QUIC's is the backstop.
+    @ivar keepalive_interval: a PING goes out after this many seconds
+        without sending anything (NAT mappings commonly expire after 30 s of
+        silence); None disables keepalives.
+    @ivar handshake_timeout: seconds for the QUIC handshake (and identity
+        check) to complete.
+    @ivar close_timeout: seconds a graceful close may take (the peer
+        acknowledging our data and finishing its own) before it is aborted.
+    @ivar high_water: unsent bytes on a lane at which its producer is paused.
+    @ivar low_water: unsent bytes at or below which it is resumed.
+    @ivar max_receive_buffer: bytes held for a lane whose reading is paused
+        (or not yet attached) before the connection is aborted.
+    @ivar max_connections: connections a dispatcher holds at once (both
+        directions); further Initials are dropped and counted.
+    @ivar max_datagram_size: bytes per UDP datagram we send (1200..65527).
+    @ivar max_data: the connection flow-control window we grant at first
+        (aioquic raises it as data arrives).
+    @ivar max_stream_data: the same per stream.
+    @ivar congestion_control: C{"crust-bbr"} (crust's model-based controller,
+        L{crust.transport.quic.congestion}; random loss does not slow it down),
+        C{"reno"} or C{"cubic"} (aioquic's loss-based ones).
+    """
+
+    idle_timeout: float = 130.0
+    keepalive_interval: Optional[float] = 15.0
+    handshake_timeout: float = 10.0
+    close_timeout: float = 10.0
+    high_water: int = 1 << 20
+    low_water: int = 256 * 1024
+    max_receive_buffer: int = 16 << 20
+    max_connections: int = 256
+    max_datagram_size: int = 1200
+    max_data: int = 1 << 20
+    max_stream_data: int = 1 << 20
+    congestion_control: str = "crust-bbr"
+
+    def __post_init__(self) -> None:
+        def positive(name: str, value: Any) -> None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"QUIC option {name} must be a positive number, not {value!r}")
+
+        for name in ("idle_timeout", "handshake_timeout", "close_timeout", "high_water", "max_receive_buffer",
+                     "max_connections", "max_data", "max_stream_data"):
+            positive(name, getattr(self, name))
+        if self.keepalive_interval is not None:
+            positive("keepalive_interval", self.keepalive_interval)
+        if not isinstance(self.low_water, int) or not 0 <= self.low_water < self.high_water:
+            raise ConfigError(f"QUIC option low_water must be in 0..high_water-1, not {self.low_water!r}")
+        if not isinstance(self.max_datagram_size, int) or not 1200 <= self.max_datagram_size <= 65527:
+            raise ConfigError(f"QUIC option max_datagram_size must be in 1200..65527, not {self.max_datagram_size!r}")
+        if self.congestion_control not in CONGESTION_CONTROLS:
+            raise ConfigError("QUIC option congestion_control must be one of {}, not {!r}".format(
+                ", ".join(CONGESTION_CONTROLS), self.congestion_control))
+
+    def configuration_options(self) -> dict[str, Any]:
+        """The keyword arguments of L{crust.transport.quic.tls.make_configuration}."""
+        return dict(idle_timeout=self.idle_timeout, max_datagram_size=self.max_datagram_size,
+                    max_data=self.max_data, max_stream_data=self.max_stream_data,
+                    congestion_control=self.congestion_control)
+
+
+class _QuicEnded:
+    def __init__(self, message: str, *, error_code: Optional[int] = None, reason: str = "",
+                 by_peer: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error_code = error_code
+        self.reason = reason
+        self.by_peer = by_peer
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class QuicConnectionDone(_QuicEnded, ConnectionDone):
+    """The QUIC connection closed cleanly (every byte both ways delivered)."""
+
+
+class QuicConnectionLost(_QuicEnded, ConnectionLost):
+    """The QUIC connection ended otherwise; the message says why and who decided."""
+
+
+class DriverOwner(TypingProtocol):
+    """What a driver reports to its dispatcher."""
+
+    def cid_issued(self, driver: "QuicDriver", cid: bytes) -> None: ...
+    def cid_retired(self, driver: "QuicDriver", cid: bytes) -> None: ...
+    def driver_terminated(self, driver: "QuicDriver") -> None: ...
+
+
+@implementer(ITransport, IConsumer, IPushProducer)
+class QuicLane:
+    """
+    One direction pair of streams as a Twisted transport: C{write} sends on
+    our stream, the peer's stream's bytes go to C{receiver.dataReceived}.
+    Closing either lane closes the whole connection.  As a push producer it
+    pauses and resumes I{reading} (bytes are held, up to
+    C{max_receive_buffer}).
+    """
+
+    disconnecting = False
+
+    def __init__(self, driver: "QuicDriver", name: str, send_stream_id: int, receive_stream_id: int) -> None:
+        self.driver = driver
+        self.name = name
+        self.send_stream_id = send_stream_id
+        self.receive_stream_id = receive_stream_id
+        self.receiver: Any = None
+        self.producer: Any = None
+        self.producer_paused = False
+        self.reading_paused = False
+        self.fin_received = False
+        self.bytes_written = 0
+        self.bytes_received = 0
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._handed = 0  # bytes given to aioquic
+        self._stream: Any = None  # aioquic's QuicStream, once it exists
+        self._fin = False  # FIN wanted after the queued bytes
+        self._fin_handed = False
+        self._in: list[bytes] = []
+        self._in_size = 0
+
+    def __repr__(self) -> str:
+        return f"<QuicLane {self.name} out={self.send_stream_id} in={self.receive_stream_id} {self.driver!r}>"
+
+    # -- ITransport ------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self._fin or self.driver.ended or not data:
+            return
+        if type(data) is not bytes:
+            data = bytes(data)
+        self._out.append(data)
+        self._out_size += len(data)
+        self.bytes_written += len(data)
+        self.driver.schedule_flush()
+        if self.producer is not None and not self.producer_paused and self.unsent > self.driver.options.high_water:
+            self.producer_paused = True
+            self.producer.pauseProducing()
+
+    def writeSequence(self, data) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        self.driver.lose_connection()
+
+    def abortConnection(self) -> None:
+        self.driver.abort_connection("aborted by the application")
+
+    def getPeer(self):
+        return self.driver.peer_address()
+
+    def getHost(self):
+        return self.driver.host_address()
+
+    def getPeerCertificate(self) -> Optional[crypto.X509]:
+        """The peer's certificate (as pyOpenSSL's C{X509}, like Twisted's TLS transports)."""
+        cert = self.driver.peer_certificate
+        return crypto.X509.from_cryptography(cert) if cert is not None else None
+
+    # -- IConsumer ---------------------------------------------------------------
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        if self.producer is not None:
+            raise RuntimeError(f"{self!r} already has a producer")
+        if not streaming:
+            raise ValueError("QUIC lanes take push (streaming) producers only")
+        if self.driver.ended:
+            producer.stopProducing()
+            return
+        self.producer = producer
+        self.producer_paused = False
+        if self.unsent > self.driver.options.high_water:
+            self.producer_paused = True
+            producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+        self.producer_paused = False
+
+    # -- IPushProducer (reading) -----------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self.reading_paused = True
+
+    def resumeProducing(self) -> None:
+        self.reading_paused = False
+        if self._in:
+            self.driver.schedule_flush()
+
+    def stopProducing(self) -> None:
+        self.driver.lose_connection()
+
+    # -- accounting ----------------------------------------------------------------
+
+    @property
+    def unsent(self) -> int:
+        """Bytes written to this lane that have not been sent once yet."""
+        stream = self._stream
+        sent = stream.sender.highest_offset if stream is not None else 0
+        return self._out_size + self._handed - sent
+
+    @property
+    def buffered_in(self) -> int:
+        """Received bytes not yet handed to the receiver."""
+        return self._in_size
+
+    @property
+    def all_acknowledged(self) -> bool:
+        """Our FIN and every byte before it were acknowledged by the peer."""
+        return self._fin_handed and self._stream is not None and self._stream.sender.is_finished
+
+    # -- driver side -----------------------------------------------------------------
+
+    def _push(self, quic: CrustQuicConnection) -> None:
+        """Hand the queued bytes (and a wanted FIN) to aioquic."""
+        out = self._out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self._out = []
+            self._handed += self._out_size
+            self._out_size = 0
+            quic.send_stream_data(self.send_stream_id, data, end_stream=self._fin)
+            self._fin_handed = self._fin
+        elif self._fin and not self._fin_handed:
+            quic.send_stream_data(self.send_stream_id, b"", end_stream=True)
+            self._fin_handed = True
+
+    def _open(self, quic: CrustQuicConnection) -> None:
+        """Create our stream (nothing is sent): streams open in order, urgent first."""
+        quic.send_stream_data(self.send_stream_id, b"")
+        self._stream = quic._streams[self.send_stream_id]
+
+    def _deliver(self) -> None:
+        if not self._in or self.reading_paused or self.receiver is None:
+            return
+        data = self._in[0] if len(self._in) == 1 else b"".join(self._in)
+        self._in = []
+        self._in_size = 0
+        self.receiver.dataReceived(data)
+
+
+class QuicDriver:
+    """
+    Runs one L{CrustQuicConnection}; see the module docstring.
+
+    @ivar ready: fires with this driver once the handshake completed and the
+        peer's identity passed crust's checks, or fails (L{HandshakeRefused},
+        L{QuicConnectionLost}) if the connection ends first.  Cancelling it
+        aborts the connection.
+    @ivar peer_id: the peer's L{PeerId}, once known.
+    @ivar urgent: the L{QuicLane} for control frames and priorities 0-1.
+    @ivar bulk: the L{QuicLane} for priorities >= 2.
+    @ivar counters: datagrams and bytes both ways, send failures, keepalives.
+    """
+
+    log = Logger()
+
+    def __init__(self, quic: CrustQuicConnection, clock: IReactorTime, send_datagram: SendDatagram,
+                 options: QuicOptions, *, owner: Optional[DriverOwner] = None,
+                 expected_peer: Optional[PeerId] = None,
+                 host: Optional[Callable[[], Any]] = None) -> None:
+        self.quic = quic
+        self.clock = clock
+        self.options = options
+        self.is_client = quic.configuration.is_client
+        self.expected_peer = expected_peer
+        self.peer_id: Optional[PeerId] = None
+        self.peer_certificate: Any = None
+        self.established = False
+        self.ended = False  # the connection is over for its user (connectionLost decided)
+        self.terminated = False  # aioquic is done with it
+        self.protocol: Any = None
+        self.ready: Deferred = Deferred(self._cancel_ready)
+        ours, theirs = (2, 3) if self.is_client else (3, 2)
+        self.urgent = QuicLane(self, "urgent", ours, theirs)
+        self.bulk = QuicLane(self, "bulk", ours + 4, theirs + 4)
+        self._lanes = (self.urgent, self.bulk)
+        self._lane_by_stream = {theirs: self.urgent, theirs + 4: self.bulk}
+        self._send = send_datagram
+        self._owner = owner
+        self._host = host
+        self._flush_call: Any = None
+        self._timer: Any = None
+        self._timer_at: Optional[float] = None
+        self._last_fired_at: Optional[float] = None
+        self._keepalive: Any = None
+        self._close_timer: Any = None
+        self._closing = False  # graceful close under way
+        self._failure: Optional[Failure] = None  # why it ended, once decided
+        self._reported = False
+        self._aborted = False  # we dropped the connection: nothing more is delivered
+        self._ping_uid = 0
+        self._last_sent = self._last_received = clock.seconds()
+        self.counters = dict.fromkeys(
+            ("datagrams_sent", "bytes_sent", "datagrams_received", "bytes_received", "send_failures",
+             "keepalives", "keepalives_acked"), 0)
+        self._handshake_timer: Any = clock.callLater(options.handshake_timeout, self._handshake_timed_out)
+
+    def __repr__(self) -> str:
+        peer = self.peer_id.short() if self.peer_id else "?"
+        side = "client" if self.is_client else "server"
+        return f"<QuicDriver {side} {peer} {_text(self.quic.get_peer_address())}>"
+
+    # -- input -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Send what aioquic has to send now (the client's first flight)."""
+        self._flush()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        """One datagram for this connection (the dispatcher routed it by connection id)."""
+        if self.terminated:
+            return
+        counters = self.counters
+        counters["datagrams_received"] += 1
+        counters["bytes_received"] += len(data)
+        now = self._last_received = self.clock.seconds()
+        self.quic.receive_datagram(data, addr, now)
+        if self._flush_call is None:  # events are handled in the flush, once per turn
+            self._flush_call = self.clock.callLater(0, self._flush)
+
+    # -- application side ---------------------------------------------------------------
+
+    def attach(self, protocol, bulk_receiver: Any = None):
+        """
+        Give the connection to C{protocol}: it gets C{makeConnection(urgent)}
+        and, as the handshake is already complete, C{handshakeCompleted()}
+        (if it has one).  The bulk lane's bytes go to
+        C{bulk_receiver.dataReceived} (or to whatever C{protocol} sets as
+        C{transport.driver.bulk.receiver} in C{connectionMade}); without a
+        bulk receiver, bulk bytes from the peer are a protocol error.
+        Returns C{protocol}.
+        """
+        if self.protocol is not None:
+            raise RuntimeError(f"{self!r} already carries {self.protocol!r}")
+        self.protocol = protocol
+        self.urgent.receiver = protocol
+        self.bulk.receiver = bulk_receiver
+        protocol.makeConnection(self.urgent)
+        if self._reported:  # it ended before anyone was attached
+            self.clock.callLater(0, protocol.connectionLost, self._failure)
+            return protocol
+        handshake_completed = getattr(protocol, "handshakeCompleted", None)
+        if handshake_completed is not None and not self.ended:
+            handshake_completed()
+        if self.bulk.buffered_in and self.bulk.receiver is None:
+            self._protocol_error("the peer sent on the bulk stream, which this connection does not use")
+        self.schedule_flush()
+        return protocol
+
+    def lose_connection(self) -> None:
+        """
+        Close cleanly: send what is queued, FIN both streams, and close the
+        QUIC connection once the peer acknowledged everything and finished
+        its own streams.  The protocol's C{connectionLost} follows.
+        """
+        if self._closing or self.ended:
+            return
+        if not self.established:
+            self.abort_connection("closed before the handshake completed")
+            return
+        self._closing = True
+        for lane in self._lanes:
+            lane._fin = True
+            lane.disconnecting = True
+        self._close_timer = self.clock.callLater(self.options.close_timeout, self._close_timed_out)
+        self.schedule_flush()
+
+    def abort_connection(self, reason: str, error_code: int = ABORTED) -> None:
+        """Close at once, dropping unsent data; the peer is told C{reason}."""
+        if self.ended:
+            return
+        self._aborted = True
+        self._decide(QuicConnectionLost(f"aborted: {reason}", error_code=error_code, reason=reason))
+        self.quic.close(error_code=error_code, reason_phrase=reason)
+        self.schedule_flush()
+
+    def close_now(self, reason: str) -> None:
+        """
+        Abort, send the CONNECTION_CLOSE at once and forget the connection
+        (no closing period): for when the socket is about to close.
+        """
+        if self.terminated:
+            return
+        self.abort_connection(reason)
+        self._flush()
+        if not self.terminated:
+            self._terminated(None)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and state, for status displays."""
+        return {
+            "peer": str(self.peer_id) if self.peer_id else None,
+            "address": _text(self.quic.get_peer_address()),
+            "side": "client" if self.is_client else "server",
+            "established": self.established,
+            "ended": self.ended,
+            **self.counters,
+            **{f"{lane.name}_{key}": value for lane in self._lanes for key, value in (
+                ("written", lane.bytes_written), ("received", lane.bytes_received), ("unsent", lane.unsent))},
+        }
+
+    # -- addresses --------------------------------------------------------------------
+
+    def peer_address(self):
+        """The peer's current address (it follows migration), as C{IPv4Address("UDP", ...)}."""
+        return _udp_address(self.quic.get_peer_address())
+
+    def host_address(self):
+        if self._host is not None:
+            return self._host()
+        return IPv4Address("UDP", "0.0.0.0", 0)
+
+    # -- flushing and timers ---------------------------------------------------------------
+
+    def schedule_flush(self) -> None:
+        if self._flush_call is None and not self.terminated:
+            self._flush_call = self.clock.callLater(0, self._flush)
+
+    def _flush(self, now: Optional[float] = None) -> None:
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
+        if self.terminated:
+            return
+        self._process_events()
+        if self.terminated:
+            return
+        for lane in self._lanes:
+            if lane._in:
+                self._deliver(lane)
+        if self.terminated:  # a receiver closed everything (close_now)
+            return
+        if self.urgent.fin_received and not self._closing and not self.ended:
+            self.lose_connection()  # the peer is closing: like a FIN on TCP
+        quic = self.quic
+        if self.established and not self.ended:
+            for lane in self._lanes:
+                if lane._out or (lane._fin and not lane._fin_handed):
+                    lane._push(quic)
+        self._transmit(now)
+        if self._closing and not self.ended and self._all_done():
+            self._decide(QuicConnectionDone("closed cleanly"))
+            quic.close(error_code=CLOSED, reason_phrase="closed")
+            self._transmit(now)
+        if not self.ended and self._resume_producers() and not self.ended:
+            # a producer that ran dry wrote again: what congestion control allows goes now
+            for lane in self._lanes:
+                if lane._out:
+                    lane._push(quic)
+            self._transmit(now)
+        self._check_closed()
+        if self._failure is not None and not self._reported:
+            self._report()
+
+    def _resume_producers(self) -> bool:
+        """Resume the producers of lanes at or below the low-water mark; whether any wrote."""
+        low = self.options.low_water
+        wrote = False
+        for lane in self._lanes:
+            if lane.producer_paused and lane.producer is not None and lane.unsent <= low:
+                lane.producer_paused = False
+                lane.producer.resumeProducing()
+                wrote = wrote or bool(lane._out)
+        return wrote
+
+    def _transmit(self, now: Optional[float] = None) -> None:
+        if self.terminated:
+            return
+        if now is None:
+            now = self.clock.seconds()
+        send = self._send
+        counters = self.counters
+        datagrams = self.quic.datagrams_to_send(now)
+        for data, addr in datagrams:
+            if send(data, addr) is False:
+                counters["send_failures"] += 1
+            counters["bytes_sent"] += len(data)
+        if datagrams:
+            counters["datagrams_sent"] += len(datagrams)
+            self._last_sent = now
+        self._process_events()  # sending issues connection ids
+        if not self.terminated:
+            self._arm_timer(now, bool(datagrams))
+
+    def _arm_timer(self, now: float, sent: bool = False) -> None:
+        at = self.quic.get_timer()
+        if at == self._timer_at and (at is None or self._timer is not None):
+            return
+        self._timer_at = at
+        if at is None:
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+            return
+        delay = max(0.0, at - now)
+        if sent and delay < TIMER_GRANULARITY:
+            # Pacing asks for the next packet sooner than the reactor can sleep
+            # (epoll rounds up to 1 ms): go on in the next reactor turn instead,
+            # where the elapsed time lets the pacer release what it owes.
+            delay = 0.0
+        elif self._last_fired_at is not None and at <= self._last_fired_at:
+            delay = max(delay, TIMER_GRANULARITY)  # a deadline aioquic already had: never spin
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(delay)
+        else:
+            self._timer = self.clock.callLater(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        at = self._timer_at
+        self._timer = None
+        self._timer_at = None
+        if self.terminated:
+            return
+        now = self.clock.seconds()
+        self._last_fired_at = at
+        # A timer may fire up to TIMER_GRANULARITY early (see _arm_timer): let
+        # aioquic act on the deadline it asked for, but date what is sent by
+        # the real clock, or its RTT samples come out short.
+        self.quic.handle_timer(max(at, now) if at is not None else now)
+        self._flush(now)
+
+    def _start_keepalive(self) -> None:
+        interval = self.options.keepalive_interval
+        if interval is not None:
+            self._keepalive = self.clock.callLater(interval, self._keepalive_tick)
+
+    def _keepalive_tick(self) -> None:
+        self._keepalive = None
+        if self.ended or self.terminated:
+            return
+        interval = self.options.keepalive_interval
+        now = self.clock.seconds()
+        silent = now - self._last_sent
+        if silent >= interval * 0.999:
+            self._ping_uid += 1
+            self.counters["keepalives"] += 1
+            self.quic.send_ping(self._ping_uid)
+            self._flush(now)
+            if self.ended or self.terminated:
+                return
+            silent = 0.0
+        self._keepalive = self.clock.callLater(interval - silent, self._keepalive_tick)
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        if not self.established and not self.ended:
+            seconds = self.options.handshake_timeout
+            self.abort_connection(f"timeout: QUIC handshake not complete after {seconds:g} s")
+
+    def _close_timed_out(self) -> None:
+        self._close_timer = None
+        if not self.ended:
+            self.abort_connection(f"timeout: the close did not complete within {self.options.close_timeout:g} s")
+
+    # -- events --------------------------------------------------------------------------
+
+    def _process_events(self) -> None:
+        next_event = self.quic.next_event
+        lanes = self._lane_by_stream
+        limit = self.options.max_receive_buffer
+        event = next_event()
+        while event is not None:
+            kind = type(event)
+            if kind is StreamDataReceived:
+                lane = lanes.get(event.stream_id)
+                if lane is None:
+                    self._protocol_error(f"the peer sent on stream {event.stream_id}; crust uses only "
+                                         f"streams {sorted(lanes)} from this peer")
+                elif not self.ended:
+                    data = event.data
+                    if data:
+                        lane._in.append(data)
+                        lane._in_size += len(data)
+                        lane.bytes_received += len(data)
+                        if lane._in_size > limit:
+                            self._protocol_error(f"over {limit} bytes held for the {lane.name} lane, "
+                                                 "which is not reading")
+                    if event.end_stream:
+                        lane.fin_received = True
+            elif kind is events.HandshakeCompleted:
+                self._handshake_completed(event)
+            elif kind is events.ConnectionIdIssued:
+                if self._owner is not None:
+                    self._owner.cid_issued(self, event.connection_id)
+            elif kind is events.ConnectionIdRetired:
+                if self._owner is not None:
+                    self._owner.cid_retired(self, event.connection_id)
+            elif kind is events.PingAcknowledged:
+                self.counters["keepalives_acked"] += 1
+            elif kind is events.ConnectionTerminated:
+                self._terminated(event)
+            elif kind in (events.StreamReset, events.StopSendingReceived):
+                self._protocol_error(f"the peer reset stream {event.stream_id} (error {event.error_code})")
+            event = next_event()
+
+    def _handshake_completed(self, event: events.HandshakeCompleted) -> None:
+        if self.ended:
+            return
+        peer_id, problem = check_peer_certificate(self.quic, event.alpn_protocol, self.expected_peer)
+        if problem is not None:
+            error_code, reason, detail = problem
+            self.log.info("QUIC connection {driver} refused: {reason}: {detail}",
+                          driver=repr(self), reason=reason, detail=detail)
+            self._decide(HandshakeRefused(reason, detail))
+            self.quic.close(error_code=error_code, frame_type=QuicFrameType.CRYPTO,
+                            reason_phrase=f"{reason}: {detail}")
+            self.schedule_flush()
+            return
+        self.peer_id = peer_id
+        self.peer_certificate = self.quic.tls._peer_certificate
+        for lane in self._lanes:
+            lane._open(self.quic)
+        self.established = True
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+        self._start_keepalive()
+        self.log.info("QUIC connection to {peer} at {address} established ({side})",
+                      peer=str(peer_id), address=_text(self.quic.get_peer_address()),
+                      side="client" if self.is_client else "server")
+        if not self.ready.called:
+            self.ready.callback(self)
+
+    def _protocol_error(self, detail: str) -> None:
+        if self.ended:
+            return
+        self.log.warn("QUIC connection {driver}: {detail}; closing", driver=repr(self), detail=detail)
+        self.abort_connection(f"protocol error: {detail}", error_code=PROTOCOL_ERROR)
+
+    def _check_closed(self) -> None:
+        """Learn that the connection closed (by the peer, or by aioquic on an error) as soon as it does."""
+        event = self.quic.close_event
+        if event is not None and self._failure is None:
+            self._decide(_describe(event, self.quic.closed_by_peer))
+
+    def _terminated(self, event: Optional[events.ConnectionTerminated]) -> None:
+        self.terminated = True
+        if self._failure is None and event is not None:
+            if self.quic.close_event is None and event.reason_phrase == "Idle timeout":
+                silent = self.clock.seconds() - self._last_received
+                self._decide(QuicConnectionLost(
+                    f"QUIC idle timeout: nothing received from the peer for {silent:.0f} s",
+                    error_code=event.error_code, reason=event.reason_phrase))
+            else:
+                self._decide(_describe(event, self.quic.closed_by_peer))
+        for lane in self._lanes:
+            if lane._in:
+                self._deliver(lane)
+        if not self._reported:
+            self._report()
+        for name in ("_flush_call", "_timer", "_keepalive", "_handshake_timer", "_close_timer"):
+            call = getattr(self, name)
+            if call is not None and call.active():
+                call.cancel()
+            setattr(self, name, None)
+        self._timer_at = None
+        if self._owner is not None:
+            self._owner.driver_terminated(self)
+
+    # -- the end -------------------------------------------------------------------------
+
+    def _decide(self, error: Exception) -> None:
+        if self._failure is None:
+            self._failure = Failure(error)
+            self.ended = True
+
+    def _report(self) -> None:
+        self._reported = True
+        failure = self._failure
+        if not self.ready.called:
+            self.ready.errback(failure)
+        level = self.log.info if self.established else self.log.debug
+        level("QUIC connection {driver} ended: {reason}", driver=repr(self), reason=str(failure.value))
+        for lane in self._lanes:
+            producer, lane.producer = lane.producer, None
+            if producer is not None:
+                producer.stopProducing()
+        protocol = self.protocol
+        if protocol is not None:
+            try:
+                protocol.connectionLost(failure)
+            except Exception:
+                self.log.failure("connectionLost of {protocol!r} failed", protocol=protocol)
+
+    def _deliver(self, lane: QuicLane) -> None:
+        if self._aborted:
+            return
+        if lane.receiver is None and lane is self.bulk and self.protocol is not None:
+            self._protocol_error("the peer sent on the bulk stream, which this connection does not use")
+            return
+        try:
+            lane._deliver()
+        except Exception:
+            self.log.failure("{receiver!r} failed on data from {driver}", receiver=lane.receiver, driver=repr(self))
+            self.abort_connection("internal error")
+
+    def _all_done(self) -> bool:
+        return all(lane.all_acknowledged and lane.fin_received for lane in self._lanes)
+
+    def _cancel_ready(self, d: Deferred) -> None:
+        self.abort_connection("connect cancelled")
+
+
+def _describe(event: events.ConnectionTerminated, by_peer: bool) -> Exception:
+    code, reason = event.error_code, event.reason_phrase
+    if event.frame_type is None:  # application close
+        code_text = _APPLICATION_CODES.get(code, f"application error {code}")
+    elif code >= QuicErrorCode.CRYPTO_ERROR and code < QuicErrorCode.CRYPTO_ERROR + 256:
+        code_text = f"TLS alert {code - QuicErrorCode.CRYPTO_ERROR}"
+    else:
+        try:
+            code_text = QuicErrorCode(code).name
+        except ValueError:
+            code_text = f"transport error {code:#x}"
+    who = "the peer" if by_peer else "QUIC"
+    detail = f"{code_text}: {reason}" if reason and reason != code_text else code_text
+    if event.frame_type is None and code == CLOSED:
+        return QuicConnectionDone(f"{who} closed the connection cleanly", error_code=code, reason=reason, by_peer=by_peer)
+    return QuicConnectionLost(f"{who} closed the connection ({detail})", error_code=code, reason=reason, by_peer=by_peer)
+
+
+def _udp_address(addr: Any):
+    if not addr:
+        return None
+    host, port = addr[0], addr[1]
+    if ":" in host:
+        return IPv6Address("UDP", host, port)
+    return IPv4Address("UDP", host, port)
+
+
+def _text(addr: Any) -> str:
+    if not addr:
+        return "-"
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+__all__ = [
+    "ABORTED",
+    "CLOSED",
+    "PROTOCOL_ERROR",
+    "QuicConnectionDone",
+    "QuicConnectionLost",
+    "QuicDriver",
+    "QuicLane",
+    "QuicOptions",
+]

@@ -1,0 +1,446 @@
+"""
+Tests for the C{crust} command (L{crust.node.cli}): argument handling, output and
+exit codes against a scripted control server in a thread, and end to end:
+two real nodes (C{twistd -n crust node} subprocesses on 127.0.0.1) driven
+by C{python -m crust.node.cli} subprocesses.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import select
+import shutil
+import signal
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from crust.node import cli
+
+REPO = Path(__file__).resolve().parent.parent.parent
+TWISTD = [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"]
+PEER = "a" * 52
+OTHER = "b" * 52
+
+
+def temp_dir(case) -> Path:
+    path = tempfile.mkdtemp(prefix="crust-cli-")
+    case.addCleanup(shutil.rmtree, path, True)
+    return Path(path)
+
+
+class ScriptedNode:
+    """
+    A control server in a thread: C{answer(request) -> list of response
+    dicts} (or a callable doing its own writes).  Records the requests.
+    """
+
+    def __init__(self, path: str, answer: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> None:
+        self.requests: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                for line in self.rfile:
+                    request = json.loads(line)
+                    outer.requests.append(request)
+                    for response in answer(request):
+                        self.wfile.write(json.dumps(response).encode() + b"\n")
+                        self.wfile.flush()
+
+        self.server = socketserver.ThreadingUnixStreamServer(path, Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def ok(request: dict[str, Any], result: Any) -> dict[str, Any]:
+    return {"id": request.get("id"), "ok": True, "result": result}
+
+
+def error(request: dict[str, Any], code: str, text: str) -> dict[str, Any]:
+    return {"id": request.get("id"), "ok": False, "code": code, "error": text}
+
+
+class ScriptedTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = temp_dir(self)
+        self.path = str(self.dir / "control.sock")
+        self.answers: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {}
+
+        def answer(request: dict[str, Any]) -> list[dict[str, Any]]:
+            handler = self.answers.get(request["cmd"])
+            return handler(request) if handler else [error(request, "unknown-command", "no such command")]
+
+        self.node = ScriptedNode(self.path, answer)
+        self.addCleanup(self.node.close)
+
+    def run_cli(self, *args: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        status = cli.main(["--control", self.path, *args], out=out, err=err)
+        return status, out.getvalue(), err.getvalue()
+
+    def test_info_text_and_json(self) -> None:
+        info = {"peer_id": PEER, "listen_addresses": ["tcp:127.0.0.1:5"], "peers": 2, "uptime": 75,
+                "connection_info": {"crust": 1, "id": PEER, "addrs": ["tcp:127.0.0.1:5"]}}
+        self.answers["info"] = lambda r: [ok(r, info)]
+        status, out, err = self.run_cli("info")
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn(f"peer id:          {PEER}", out)
+        self.assertIn("connected peers:  2", out)
+        self.assertIn("up 1m15s", out)
+        status, out, _ = self.run_cli("info", "--json")  # --json after the command works too
+        self.assertEqual(json.loads(out), info)
+        self.assertEqual(self.node.requests[0], {"id": 1, "cmd": "info"})
+
+    def test_connection_info_is_one_json_line(self) -> None:
+        info = {"crust": 1, "id": PEER, "addrs": ["tcp:127.0.0.1:5"]}
+        self.answers["connection-info"] = lambda r: [ok(r, {"connection_info": info})]
+        for args in (["connection-info"], ["--json", "connection-info"]):
+            status, out, _ = self.run_cli(*args)
+            self.assertEqual(status, 0)
+            self.assertEqual(out, json.dumps(info, separators=(",", ":")) + "\n")
+
+    def test_peers(self) -> None:
+        self.answers["peers"] = lambda r: [ok(r, {"peers": []})]
+        self.assertEqual(self.run_cli("peers")[1], "no connected peers\n")
+        peer = {"peer_id": PEER, "transport": "tcp", "address": "tcp:127.0.0.1:5", "initiator": False,
+                "role": "node", "queued_bytes": 0}
+        self.answers["peers"] = lambda r: [ok(r, {"peers": [peer]})]
+        status, out, _ = self.run_cli("peers")
+        self.assertIn(PEER, out)
+        self.assertIn("incoming", out)
+        self.assertEqual(json.loads(self.run_cli("--json", "peers")[1]), {"peers": [peer]})
+
+    def test_connect(self) -> None:
+        self.answers["connect"] = lambda r: [ok(r, {"peer_id": PEER})]
+        info = json.dumps({"crust": 1, "id": PEER, "addrs": []})
+        status, out, err = self.run_cli("connect", info, "--timeout", "3")
+        self.assertEqual((status, out, err), (0, PEER + "\n", ""))
+        self.assertEqual(self.node.requests[-1], {"id": 1, "cmd": "connect", "info": info, "timeout": 3.0})
+
+    def test_connect_from_file(self) -> None:
+        self.answers["connect"] = lambda r: [ok(r, {"peer_id": PEER})]
+        (self.dir / "info.json").write_text("  {\"crust\":1}\n")
+        self.assertEqual(self.run_cli("connect", f"@{self.dir / 'info.json'}")[0], 0)
+        self.assertEqual(self.node.requests[-1]["info"], '{"crust":1}')
+
+    def test_connect_failure_exit_1_with_reason(self) -> None:
+        self.answers["connect"] = lambda r: [error(r, "connect-failed", "could not connect: tcp:1.2.3.4:5: refused")]
+        status, out, err = self.run_cli("connect", "{}")
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn("refused", err)
+        status, out, err = self.run_cli("--json", "connect", "{}")
+        self.assertEqual(json.loads(out), {"ok": False, "code": "connect-failed",
+                                           "error": "could not connect: tcp:1.2.3.4:5: refused"})
+
+    def test_bad_request_is_a_usage_error(self) -> None:
+        self.answers["connect"] = lambda r: [error(r, "bad-request", "bad connection info: not JSON")]
+        status, _, err = self.run_cli("connect", "nonsense")
+        self.assertEqual(status, 2)
+        self.assertIn("bad connection info", err)
+
+    def test_send_text_file_and_priority(self) -> None:
+        self.answers["send"] = lambda r: [ok(r, {"peer_id": r["peer_id"], "size": 5, "priority": r["priority"]})]
+        status, out, _ = self.run_cli("send", PEER.upper(), "héllo", "--priority", "3")
+        self.assertEqual(status, 0)
+        self.assertIn("queued 5 bytes", out)
+        self.assertEqual(self.node.requests[-1], {"id": 1, "cmd": "send", "peer_id": PEER, "priority": 3,
+                                                  "text": "héllo"})
+        (self.dir / "blob").write_bytes(b"\xff\x00\x01")
+        self.run_cli("send", PEER, f"@{self.dir / 'blob'}")
+        self.assertEqual(self.node.requests[-1]["data_b64"], "/wAB")
+        self.assertEqual(self.node.requests[-1]["priority"], 1)
+        self.run_cli("send", PEER, "@@literal")
+        self.assertEqual(self.node.requests[-1]["text"], "@literal")
+
+    def test_send_usage_errors_never_reach_the_node(self) -> None:
+        for args in (["send", "not-a-peer", "x"], ["send", PEER, "x", "--priority", "300"],
+                     ["send", PEER, "@/nonexistent/file"], ["send", PEER], ["send", PEER, "x", "--priority", "hi"]):
+            status, _, err = self.run_cli(*args)
+            self.assertEqual(status, 2, args)
+        self.assertEqual(self.node.requests, [])
+
+    def test_send_not_connected(self) -> None:
+        self.answers["send"] = lambda r: [error(r, "not-connected", f"not connected to {OTHER}")]
+        status, _, err = self.run_cli("send", OTHER, "hi")
+        self.assertEqual(status, 1)
+        self.assertIn("crust send: not connected to", err)
+
+    def test_disconnect(self) -> None:
+        self.answers["disconnect"] = lambda r: [ok(r, {"peer_id": r["peer_id"], "disconnected": True})]
+        self.assertEqual(self.run_cli("disconnect", PEER)[:2], (0, f"disconnected {PEER}\n"))
+
+    def test_watch(self) -> None:
+        def watch(r: dict[str, Any]) -> list[dict[str, Any]]:
+            return [
+                ok(r, {"watching": r.get("events", ["all"])}),
+                {"event": "connect_success", "id": r["id"], "time": 0, "peer_id": PEER},
+                {"event": "events_dropped", "id": r["id"], "count": 3, "reason": "slow"},
+                {"event": "new_message", "id": r["id"], "time": 0, "peer_id": PEER, "size": 8,
+                 "text": "hi\x1b[2Jyo"},
+                {"event": "new_message", "id": r["id"], "time": 0, "peer_id": PEER, "size": 1, "data_b64": "/w=="},
+            ]
+
+        self.answers["watch"] = watch
+        status, out, err = self.run_cli("watch", "--count", "3")
+        self.assertEqual(status, 0)
+        self.assertIn("watching", err)
+        lines = out.splitlines()
+        self.assertEqual(len(lines), 4)  # the dropped-events notice does not count
+        self.assertIn(f"connected to {PEER}", lines[0])
+        self.assertIn("3 events dropped", lines[1])
+        self.assertIn("message from", lines[2])
+        self.assertNotIn("\x1b", out)  # a peer's text cannot drive the terminal
+        self.assertIn("\\x1b[2J", lines[2])
+        self.assertIn("not text", lines[3])
+        status, out, _ = self.run_cli("watch", "--json", "--count", "1", "--events", "new_message,lost_peer")
+        self.assertEqual(json.loads(out.splitlines()[0])["event"], "connect_success")
+        self.assertEqual(self.node.requests[-1]["events"], ["new_message", "lost_peer"])
+
+    def test_watch_timeout_and_node_stopping(self) -> None:
+        self.answers["watch"] = lambda r: [ok(r, {"watching": []})]
+        status, _, err = self.run_cli("watch", "--timeout", "0.2")
+        self.assertEqual(status, 1)
+        self.assertIn("timed out", err)
+        self.assertEqual(self.run_cli("watch", "--events", "nope")[0], 2)
+
+    def test_unknown_command_at_the_node(self) -> None:
+        status, _, err = self.run_cli("peers")
+        self.assertEqual(status, 1)
+        self.assertIn("older version", err)
+
+    def test_slow_node_times_out(self) -> None:
+        self.answers["info"] = lambda r: []
+        self.patch(cli, "DEFAULT_TIMEOUT", 0.2)
+        status, _, err = self.run_cli("info")
+        self.assertEqual(status, 1)
+        self.assertIn("did not answer", err)
+
+
+class CommandLineTests(SynchronousTestCase):
+    def run_cli(self, *args: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stderr", err)  # argparse writes there
+        status = cli.main(list(args), out=out, err=err)
+        return status, out.getvalue(), err.getvalue()
+
+    def test_usage_errors_exit_2(self) -> None:
+        for args in ([], ["frobnicate"], ["send"], ["connect"], ["info", "--bogus"], ["watch", "--count", "0"],
+                     ["--control", "tcp:1234", "info"]):
+            self.assertEqual(self.run_cli(*args)[0], 2, args)
+
+    def test_unreachable_exit_3_with_hint(self) -> None:
+        d = temp_dir(self)
+        status, out, err = self.run_cli("--data-dir", str(d), "info")
+        self.assertEqual((status, out), (3, ""))
+        self.assertIn("is the node running? start it with: twistd -n crust node", err)
+        self.assertIn(f"--data-dir {d}", err)
+        status, out, err = self.run_cli("--data-dir", str(d), "--json", "peers")
+        self.assertEqual(status, 3)
+        self.assertEqual(json.loads(out)["code"], "unreachable")
+
+    def test_registry(self) -> None:
+        for name in ("info", "peers", "connection-info", "connect", "send", "disconnect", "watch"):
+            self.assertIn(name, cli.COMMANDS)
+        ran: list[Any] = []
+
+        @cli.register("netcheck", "check the network", lambda p: p.add_argument("--fast", action="store_true"))
+        def netcheck(ctx: cli.Context) -> int:
+            ran.append(ctx.args.fast)
+            return 0
+
+        self.addCleanup(cli.COMMANDS.pop, "netcheck")
+        self.assertEqual(self.run_cli("netcheck", "--fast")[0], 0)
+        self.assertEqual(ran, [True])
+
+    def test_control_socket_path(self) -> None:
+        d = temp_dir(self)
+        self.assertEqual(cli.control_socket_path(str(d), None), str(d / "control.sock"))
+        self.assertEqual(cli.control_socket_path(None, "unix:/run/c.sock"), "/run/c.sock")
+        self.assertEqual(cli.control_socket_path(None, "/run/c.sock"), "/run/c.sock")
+        # a node started with --control elsewhere says so in node.json
+        elsewhere = d / "elsewhere.sock"
+        elsewhere.write_text("")
+        (d / "node.json").write_text(json.dumps({"control": str(elsewhere)}))
+        self.assertEqual(cli.control_socket_path(str(d), None), str(elsewhere))
+
+    def test_event_names_match_the_library(self) -> None:
+        from crust.observer import EVENT_NAMES
+
+        self.assertEqual(cli.EVENT_NAMES, EVENT_NAMES)  # kept here so the command imports no Twisted
+
+    def test_data_dir_default_matches_the_node(self) -> None:
+        from crust.node.datadir import default_data_dir
+
+        self.assertEqual(cli.control_socket_path(None, None), str(default_data_dir() / "control.sock"))
+
+    def test_quick_to_import(self) -> None:
+        # the command itself imports nothing heavy (no Twisted, no crypto)
+        import ast
+
+        tree = ast.parse((REPO / "crust" / "node" / "cli.py").read_text())
+        imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        self.assertIn("crust.node.datadir", imported)
+        self.assertEqual({m for m in imported if m.startswith(("twisted", "nacl", "OpenSSL", "crust.service"))},
+                         set())
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+
+def env_with_repo() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.pop("CRUST_DATA_DIR", None)
+    return env
+
+
+class RealNodesTests(SynchronousTestCase):
+    """Two nodes as subprocesses on 127.0.0.1, driven by the crust command."""
+
+    def setUp(self) -> None:
+        if not hasattr(select, "select") or sys.platform == "win32":
+            raise SkipTest("needs POSIX: UNIX sockets and twistd")
+        self.root = temp_dir(self)
+        self.env = env_with_repo()
+
+    def start_node(self, name: str, *twistd_options: str, node_options: tuple[str, ...] = ()) -> tuple[subprocess.Popen, Path]:
+        data_dir = self.root / name
+        log = open(self.root / f"{name}.log", "wb")
+        self.addCleanup(log.close)
+        proc = subprocess.Popen(
+            TWISTD + ["-n", "--pidfile=", *twistd_options, "crust", "node", "--data-dir", str(data_dir),
+                      "--listen-host", "127.0.0.1", "--network", "cli-test", *node_options],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=str(self.root))
+        self.addCleanup(self.stop, proc)
+        return proc, data_dir
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def wait_ready(self, proc: subprocess.Popen, data_dir: Path, name: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                self.fail(f"node {name} exited with {proc.returncode}:\n{self.log(name)}")
+            if (data_dir / "node.json").exists() and (data_dir / "control.sock").exists():
+                return
+            time.sleep(0.05)
+        self.fail(f"node {name} not ready within {timeout} s:\n{self.log(name)}")
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")
+
+    def crust(self, data_dir: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "crust.node.cli", "--data-dir", str(data_dir), *args],
+                              capture_output=True, text=True, env=self.env, timeout=timeout, cwd=str(self.root))
+
+    def ok(self, data_dir: Path, *args: str) -> str:
+        result = self.crust(data_dir, *args)
+        self.assertEqual(result.returncode, 0, f"crust {' '.join(args)}: {result.stderr}")
+        return result.stdout
+
+    def test_two_nodes(self) -> None:
+        proc_a, a = self.start_node("a", node_options=("--log-json", str(self.root / "a.json")))
+        proc_b, b = self.start_node("b", "--logger=crust.node.tap.jsonLogObserver")
+        self.wait_ready(proc_a, a, "a")
+        self.wait_ready(proc_b, b, "b")
+
+        info_a = json.loads(self.ok(a, "--json", "info"))
+        info_b = json.loads(self.ok(b, "--json", "info"))
+        self.assertEqual(info_a["network_name"], "cli-test")
+        for info in (info_a, info_b):  # the network rule: loopback only
+            self.assertTrue(info["connection_info"]["addrs"])
+            self.assertTrue(all(addr.startswith(("tcp:127.0.0.1:", "udp:127.0.0.1:"))
+                            for addr in info["connection_info"]["addrs"]))
+        self.assertIn(f"peer id:          {info_a['peer_id']}", self.ok(a, "info"))
+
+        # B's connection info: one JSON line, the same as info shows
+        text_b = self.ok(b, "connection-info")
+        self.assertEqual(text_b.count("\n"), 1)
+        self.assertEqual(json.loads(text_b), info_b["connection_info"])
+
+        # B watches for messages
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "crust.node.cli", "--data-dir", str(b), "watch", "--json", "--count", "1",
+             "--events", "new_message", "--timeout", "25"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, cwd=str(self.root))
+        self.addCleanup(self.stop, watch)
+        ready, _, _ = select.select([watch.stderr], [], [], 20)
+        self.assertTrue(ready, "crust watch did not start")
+        self.assertIn(b"watching new_message", watch.stderr.readline())
+
+        # A connects to B with the pasted info
+        connected = self.crust(a, "connect", text_b.strip(), "--timeout", "15")
+        self.assertEqual((connected.returncode, connected.stdout.strip()), (0, info_b["peer_id"]), connected.stderr)
+
+        peers_a = json.loads(self.ok(a, "--json", "peers"))["peers"]
+        self.assertEqual([p["peer_id"] for p in peers_a], [info_b["peer_id"]])
+        self.assertIn(info_a["peer_id"], self.ok(b, "peers"))
+
+        sent = self.ok(a, "send", info_b["peer_id"], "hello from a", "--priority", "2")
+        self.assertIn("queued 12 bytes", sent)
+        out, err = watch.communicate(timeout=25)
+        self.assertEqual(watch.returncode, 0, err)
+        event = json.loads(out.decode().splitlines()[0])
+        self.assertEqual((event["event"], event["peer_id"], event["text"]),
+                         ("new_message", info_a["peer_id"], "hello from a"))
+
+        self.assertIn("disconnected", self.ok(a, "disconnect", info_b["peer_id"]))
+        deadline = time.monotonic() + 10
+        while json.loads(self.ok(a, "--json", "peers"))["peers"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(json.loads(self.ok(a, "--json", "peers"))["peers"], [])
+        failed = self.crust(a, "send", info_b["peer_id"], "anyone?")
+        self.assertEqual(failed.returncode, 1)
+        self.assertIn("not connected", failed.stderr)
+
+        # the logs: B's stdout is JSON lines, A wrote a JSON file besides its text log
+        events_b = [json.loads(line) for line in self.log("b").splitlines() if line.startswith("{")]
+        ready_b = [e for e in events_b if e.get("node_event") == "ready"]
+        self.assertEqual([e["peer_id"] for e in ready_b], [info_b["peer_id"]])
+        self.assertIn(info_a["peer_id"], self.log("a"))  # the text log names the node
+        events_a = [json.loads(line) for line in (self.root / "a.json").read_text().splitlines()]
+        self.assertIn(info_a["peer_id"], [e.get("peer_id") for e in events_a])
+
+        # stopping (twistd ends itself with the signal it got), the socket is gone, and the CLI says so
+        self.stop(proc_a)
+        self.assertIn(proc_a.returncode, (0, -signal.SIGTERM), self.log("a"))
+        self.assertIn("Server Shut Down", self.log("a"))
+        self.assertFalse((a / "control.sock").exists())
+        gone = self.crust(a, "info")
+        self.assertEqual(gone.returncode, 3)
+        self.assertIn("is the node running?", gone.stderr)
+
+    def test_second_node_on_a_data_dir_is_refused(self) -> None:
+        proc, d = self.start_node("a")
+        self.wait_ready(proc, d, "a")
+        second = subprocess.run(
+            TWISTD + ["-n", "--pidfile=", "crust", "node", "--data-dir", str(d), "--listen-host", "127.0.0.1"],
+            capture_output=True, text=True, env=self.env, timeout=30, cwd=str(self.root))
+        self.assertNotEqual(second.returncode, 0)
+        self.assertIn("another node is running with this data dir", second.stderr)
+        self.assertNotIn("Traceback", second.stderr)
+        self.assertEqual(proc.poll(), None)  # the first one is unharmed
+        self.assertIn("peer id:", self.ok(d, "info"))

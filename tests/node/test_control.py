@@ -1,0 +1,576 @@
+"""
+Tests for L{crust.node.control}: the control protocol over a StringTransport
+(requests, garbage, oversize, limits, watching), event encoding, endpoint
+parsing, and the Twisted client against a real server on a UNIX socket.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import stat
+import tempfile
+from typing import Any, Optional
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from crust.address import Address
+from crust.connection_info import PubConnectionInfo
+from crust.node.control import (
+    DEFAULT_MAX_REQUEST,
+    MAX_IN_FLIGHT,
+    ControlError,
+    ControlFactory,
+    ControlServer,
+    ControlTimeout,
+    EventHub,
+    clear_stale_socket,
+    connect_control,
+    event_to_json,
+    node_commands,
+    parse_control_endpoint,
+)
+from crust.node.datadir import NodeAlreadyRunning
+from crust.errors import (
+    ConnectFailed,
+    CrustError,
+    InvalidPriority,
+    MessageTooLarge,
+    PeerNotConnected,
+    SendQueueFull,
+)
+from crust.identity import Identity, PeerId
+from crust.observer import EVENT_NAMES
+from crust.roles import Role
+
+ME = Identity.from_seed(b"\x01" * 32).peer_id
+PEER = Identity.from_seed(b"\x02" * 32).peer_id
+OTHER = Identity.from_seed(b"\x03" * 32).peer_id
+THEIR_INFO = PubConnectionInfo(PEER, (Address("tcp", "127.0.0.1", 4242),))
+
+
+class FakeService:
+    """The parts of L{crust.Service} the control commands use."""
+
+    def __init__(self) -> None:
+        self.active: dict[PeerId, dict[str, Any]] = {}
+        self.sent: list[tuple[PeerId, bytes, int]] = []
+        self.disconnected: list[PeerId] = []
+        self.send_error: Optional[Exception] = None
+
+    def connected_peers(self) -> list[PeerId]:
+        return list(self.active)
+
+    def peer_details(self, peer_id: PeerId) -> Optional[dict[str, Any]]:
+        d = self.active.get(peer_id)
+        return None if d is None else dict(d, peer_id=str(peer_id))
+
+    def send(self, peer_id: PeerId, data: bytes, priority: int) -> None:
+        if self.send_error is not None:
+            raise self.send_error
+        if peer_id not in self.active:
+            raise PeerNotConnected(f"not connected to {peer_id}")
+        if not 0 <= priority <= 255:
+            raise InvalidPriority("bad priority")
+        self.sent.append((peer_id, data, priority))
+
+    def queued_bytes(self, peer_id: PeerId) -> int:
+        return sum(len(d) for (p, d, _) in self.sent if p == peer_id)
+
+    def disconnect(self, peer_id: PeerId) -> bool:
+        if peer_id in self.active:
+            del self.active[peer_id]
+            self.disconnected.append(peer_id)
+            return True
+        return False
+
+
+class FakeNode:
+    """The parts of L{crust.node.node.Node} the control commands use."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.service = FakeService()
+        self.events = EventHub(self.clock)
+        self.connects: list[tuple[PubConnectionInfo, Optional[float]]] = []
+        self.connect_result: Any = None  # None: a Deferred that never fires
+        self.pending: list[Deferred] = []
+
+    def describe(self) -> Deferred:
+        return succeed({"peer_id": str(ME), "peers": len(self.service.active)})
+
+    def connection_info(self) -> Deferred:
+        return succeed(PubConnectionInfo(ME, (Address("tcp", "127.0.0.1", 5000),)))
+
+    def connect(self, info: PubConnectionInfo, timeout: Optional[float]) -> Deferred:
+        self.connects.append((info, timeout))
+        if isinstance(self.connect_result, Exception):
+            return fail(self.connect_result)
+        if self.connect_result is not None:
+            return succeed(self.connect_result)
+        d: Deferred = Deferred()
+        self.pending.append(d)
+        return d
+
+
+class ProtocolTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.node = FakeNode()
+        self.factory = ControlFactory(self.node, max_request=4096)
+        self.proto, self.transport = self.connect()
+
+    def connect(self):
+        proto = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def lines(self, transport: Optional[StringTransport] = None) -> list[dict[str, Any]]:
+        t = transport or self.transport
+        data = t.value()
+        t.clear()
+        self.assertTrue(data == b"" or data.endswith(b"\n"), data)
+        return [json.loads(line) for line in data.splitlines()]
+
+    def ask(self, body: Any, raw: bool = False) -> list[dict[str, Any]]:
+        data = body if raw else json.dumps(body).encode() + b"\n"
+        self.proto.dataReceived(data)
+        return self.lines()
+
+    def one(self, body: Any, raw: bool = False) -> dict[str, Any]:
+        found = self.ask(body, raw)
+        self.assertEqual(len(found), 1, found)
+        return found[0]
+
+    def assertError(self, response: dict[str, Any], code: str, *fragments: str) -> None:
+        self.assertIs(response["ok"], False, response)
+        self.assertEqual(response["code"], code, response)
+        for fragment in fragments:
+            self.assertIn(fragment, response["error"])
+
+    # -- ordinary requests ------------------------------------------------------------
+
+    def test_ping_echoes_id(self) -> None:
+        self.assertEqual(self.one({"id": 7, "cmd": "ping"}),
+                         {"id": 7, "ok": True, "result": {"pong": True, "protocol": 1}})
+        self.assertEqual(self.one({"id": "abc", "cmd": "ping"})["id"], "abc")
+        self.assertIsNone(self.one({"cmd": "ping"})["id"])
+
+    def test_registers_as_streaming_producer(self) -> None:
+        self.assertIs(self.transport.producer, self.proto)
+        self.assertTrue(self.transport.streaming)
+
+    def test_help_lists_commands(self) -> None:
+        result = self.one({"id": 1, "cmd": "help"})["result"]
+        for name in ("info", "peers", "connection-info", "connect", "send", "disconnect", "watch", "unwatch"):
+            self.assertIn(name, result["commands"])
+
+    def test_info(self) -> None:
+        self.assertEqual(self.one({"id": 1, "cmd": "info"})["result"], {"peer_id": str(ME), "peers": 0})
+
+    def test_unknown_argument(self) -> None:
+        self.assertError(self.one({"id": 1, "cmd": "info", "verbose": True}), "bad-request", "'verbose'")
+
+    def test_peers(self) -> None:
+        self.node.service.active[PEER] = {"address": "tcp:127.0.0.1:4242", "initiator": True}
+        result = self.one({"id": 1, "cmd": "peers"})["result"]
+        self.assertEqual(result, {"peers": [{"peer_id": str(PEER), "address": "tcp:127.0.0.1:4242",
+                                             "initiator": True}]})
+
+    def test_connection_info(self) -> None:
+        result = self.one({"id": 1, "cmd": "connection-info"})["result"]
+        self.assertEqual(result["connection_info"], {"crust": 1, "id": str(ME), "addrs": ["tcp:127.0.0.1:5000"]})
+        # it is the very text connect accepts
+        self.assertEqual(PubConnectionInfo.from_dict(result["connection_info"]).peer_id, ME)
+
+    def test_connect_with_object_or_text(self) -> None:
+        self.node.connect_result = PEER
+        info = json.loads(THEIR_INFO.to_json())
+        self.assertEqual(self.one({"id": 1, "cmd": "connect", "info": info})["result"], {"peer_id": str(PEER)})
+        self.assertEqual(self.one({"id": 2, "cmd": "connect", "info": THEIR_INFO.to_json(), "timeout": 5})["result"],
+                         {"peer_id": str(PEER)})
+        self.assertEqual([(i.peer_id, t) for (i, t) in self.node.connects], [(PEER, None), (PEER, 5.0)])
+
+    def test_connect_answers_when_done(self) -> None:
+        self.assertEqual(self.ask({"id": 1, "cmd": "connect", "info": THEIR_INFO.to_json()}), [])
+        self.assertEqual(self.one({"id": 2, "cmd": "ping"})["id"], 2)  # not blocked behind it
+        self.node.pending[0].callback(PEER)
+        self.assertEqual(self.lines(), [{"id": 1, "ok": True, "result": {"peer_id": str(PEER)}}])
+
+    def test_connect_bad_info(self) -> None:
+        self.assertError(self.one({"id": 1, "cmd": "connect", "info": "not json"}), "bad-request",
+                         "bad connection info")
+        self.assertError(self.one({"id": 1, "cmd": "connect", "info": {"crust": 1, "id": "x"}}), "bad-request",
+                         "bad connection info")
+        self.assertError(self.one({"id": 1, "cmd": "connect", "info": 5}), "bad-request")
+        self.assertError(self.one({"id": 1, "cmd": "connect"}), "bad-request", "'info'")
+        self.assertError(self.one({"id": 1, "cmd": "connect", "info": THEIR_INFO.to_json(), "timeout": -1}),
+                         "bad-request", "timeout")
+        self.assertEqual(self.node.connects, [])
+
+    def test_connect_failed(self) -> None:
+        self.node.connect_result = ConnectFailed(PEER, ["tcp:127.0.0.1:4242: refused"], "could not connect")
+        self.assertError(self.one({"id": 1, "cmd": "connect", "info": THEIR_INFO.to_json()}), "connect-failed",
+                         "refused")
+
+    def test_connect_timeout(self) -> None:
+        self.node.connect_result = ControlTimeout("not connected within 1 s")
+        self.assertError(self.one({"id": 1, "cmd": "connect", "info": THEIR_INFO.to_json()}), "timeout")
+
+    def test_send_text(self) -> None:
+        self.node.service.active[PEER] = {}
+        result = self.one({"id": 1, "cmd": "send", "peer_id": str(PEER), "text": "héllo"})["result"]
+        self.assertEqual(result, {"peer_id": str(PEER), "size": 6, "priority": 1, "queued_bytes": 6})
+        self.assertEqual(self.node.service.sent, [(PEER, "héllo".encode(), 1)])
+
+    def test_send_base64_with_priority(self) -> None:
+        self.node.service.active[PEER] = {}
+        data = bytes(range(256))
+        body = {"id": 1, "cmd": "send", "peer_id": str(PEER).upper(), "data_b64": base64.b64encode(data).decode(),
+                "priority": 3}
+        self.assertTrue(self.one(body)["ok"])
+        self.assertEqual(self.node.service.sent, [(PEER, data, 3)])
+
+    def test_send_bad_arguments(self) -> None:
+        self.node.service.active[PEER] = {}
+        p = str(PEER)
+        cases = [
+            ({"peer_id": p}, "exactly one"),
+            ({"peer_id": p, "text": "a", "data_b64": "YQ=="}, "exactly one"),
+            ({"peer_id": p, "data_b64": "!!!"}, "base64"),
+            ({"peer_id": "nope", "text": "a"}, "bad peer_id"),
+            ({"peer_id": 5, "text": "a"}, "must be a string"),
+            ({"text": "a"}, "'peer_id'"),
+            ({"peer_id": p, "text": "a", "priority": 256}, "between 0 and 255"),
+            ({"peer_id": p, "text": "a", "priority": "high"}, "integer"),
+            ({"peer_id": p, "text": "a", "priority": True}, "integer"),
+            ({"peer_id": p, "text": 7}, "must be a string"),
+        ]
+        for args, fragment in cases:
+            self.assertError(self.one(dict(args, id=1, cmd="send")), "bad-request", fragment)
+        self.assertEqual(self.node.service.sent, [])
+
+    def test_send_failures_map_to_codes(self) -> None:
+        self.assertError(self.one({"id": 1, "cmd": "send", "peer_id": str(OTHER), "text": "x"}),
+                         "not-connected", str(OTHER))
+        self.node.service.active[PEER] = {}
+        for error, code in [(MessageTooLarge(10, 5), "message-too-large"), (SendQueueFull("full"), "queue-full"),
+                            (CrustError("odd"), "failed")]:
+            self.node.service.send_error = error
+            self.assertError(self.one({"id": 1, "cmd": "send", "peer_id": str(PEER), "text": "x"}), code)
+
+    def test_disconnect(self) -> None:
+        self.node.service.active[PEER] = {}
+        self.assertEqual(self.one({"id": 1, "cmd": "disconnect", "peer_id": str(PEER)})["result"],
+                         {"peer_id": str(PEER), "disconnected": True})
+        self.assertError(self.one({"id": 2, "cmd": "disconnect", "peer_id": str(PEER)}), "not-connected")
+        self.assertEqual(self.node.service.disconnected, [PEER])
+
+    # -- watching ---------------------------------------------------------------------------
+
+    def test_watch_streams_events(self) -> None:
+        self.assertEqual(self.one({"id": 9, "cmd": "watch"})["result"], {"watching": list(EVENT_NAMES)})
+        self.node.events.connect_success(PEER)
+        self.node.events.new_message(PEER, b"hi")
+        self.node.events.new_message(PEER, b"\xff\x00")
+        t = self.node.clock.seconds()
+        self.assertEqual(self.lines(), [
+            {"event": "connect_success", "id": 9, "time": t, "peer_id": str(PEER)},
+            {"event": "new_message", "id": 9, "time": t, "peer_id": str(PEER), "size": 2, "text": "hi"},
+            {"event": "new_message", "id": 9, "time": t, "peer_id": str(PEER), "size": 2, "data_b64": "/wA="},
+        ])
+
+    def test_watch_filter_and_unwatch(self) -> None:
+        self.assertEqual(self.one({"id": 1, "cmd": "watch", "events": ["lost_peer"]})["result"],
+                         {"watching": ["lost_peer"]})
+        self.node.events.new_message(PEER, b"hi")
+        self.node.events.lost_peer(PEER, "gone")
+        self.assertEqual([e["event"] for e in self.lines()], ["lost_peer"])
+        self.assertEqual(self.one({"id": 2, "cmd": "unwatch"})["result"], {"watching": []})
+        self.assertEqual(self.node.events.subscriber_count, 0)
+        self.node.events.lost_peer(PEER, "gone")
+        self.assertEqual(self.lines(), [])
+
+    def test_watch_bad_events(self) -> None:
+        self.assertError(self.one({"id": 1, "cmd": "watch", "events": ["nope"]}), "bad-request", "unknown event")
+        self.assertError(self.one({"id": 1, "cmd": "watch", "events": "new_message"}), "bad-request")
+        self.assertEqual(self.node.events.subscriber_count, 0)
+
+    def test_watch_ends_with_connection(self) -> None:
+        self.one({"id": 1, "cmd": "watch"})
+        self.assertEqual(self.node.events.subscriber_count, 1)
+        self.proto.connectionLost(None)
+        self.assertEqual(self.node.events.subscriber_count, 0)
+        self.node.events.lost_peer(PEER, "gone")  # nothing written, nothing raised
+        self.assertEqual(self.transport.value(), b"")
+
+    def test_slow_reader_loses_events_not_memory(self) -> None:
+        self.one({"id": 1, "cmd": "watch"})
+        self.proto.pauseProducing()  # the transport's buffer is full
+        self.assertEqual(self.transport.producerState, "paused")  # we stop reading requests too
+        for _ in range(5):
+            self.node.events.new_message(PEER, b"x" * 100)
+        self.assertEqual(self.transport.value(), b"")
+        self.proto.resumeProducing()
+        self.assertEqual(self.transport.producerState, "producing")
+        [notice] = self.lines()
+        self.assertEqual((notice["event"], notice["count"], notice["id"]), ("events_dropped", 5, 1))
+        self.node.events.new_message(PEER, b"y")
+        self.assertEqual([e["event"] for e in self.lines()], ["new_message"])
+
+    def test_subscriber_error_does_not_stop_others(self) -> None:
+        self.one({"id": 1, "cmd": "watch"})
+
+        def broken(event: dict[str, Any]) -> None:
+            raise RuntimeError("boom")
+
+        self.node.events._subscribers.insert(0, broken)
+        self.node.events.lost_peer(PEER, "gone")
+        self.assertEqual([e["event"] for e in self.lines()], ["lost_peer"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    # -- framing and garbage ---------------------------------------------------------------
+
+    def test_pipelined_and_split_requests(self) -> None:
+        data = b'{"id":1,"cmd":"ping"}\n{"id":2,"cmd":"ping"}\r\n\n   \n{"id":3,"cmd":"ping"}\n'
+        for i in range(len(data)):
+            self.proto.dataReceived(data[i:i + 1])
+        self.assertEqual([r["id"] for r in self.lines()], [1, 2, 3])
+
+    def test_garbage_gets_errors_and_the_connection_lives(self) -> None:
+        garbage = [
+            (b"hello\n", "not JSON"),
+            (b"\xff\xfe\n", "not UTF-8"),
+            (b"[1,2]\n", "JSON object"),
+            (b'"info"\n', "JSON object"),
+            (b'{"id":1}\n', '"cmd"'),
+            (b'{"id":1,"cmd":5}\n', '"cmd"'),
+            (b'{"id":[1],"cmd":"ping"}\n', '"id"'),
+            (b'{"id":true,"cmd":"ping"}\n', '"id"'),
+            (b'{"id":1,"cmd":"ping","x":NaN}\n', "not JSON"),
+            (b"[" * 3000 + b"\n", "JSON"),
+            (b'{"id":"' + b"x" * 300 + b'","cmd":"ping"}\n', "256"),
+        ]
+        for line, fragment in garbage:
+            response = self.one(line, raw=True)
+            self.assertEqual(response["ok"], False, line[:40])
+            self.assertEqual(response["code"], "bad-request", line[:40])
+            self.assertIn(fragment, response["error"], line[:40])
+        self.assertFalse(self.transport.disconnecting)
+        self.assertTrue(self.one({"id": 1, "cmd": "ping"})["ok"])
+
+    def test_unknown_command(self) -> None:
+        response = self.one({"id": 4, "cmd": "launch-missiles"})
+        self.assertError(response, "unknown-command", "launch-missiles", "info")
+        self.assertEqual(response["id"], 4)
+
+    def test_oversize_line_closes_the_connection(self) -> None:
+        self.proto.dataReceived(b'{"id":1,"cmd":"ping","pad":"' + b"x" * 5000 + b'"}\n')
+        [response] = self.lines()
+        self.assertError(response, "too-large", "4096")
+        self.assertTrue(self.transport.disconnecting)
+        self.proto.dataReceived(b'{"id":2,"cmd":"ping"}\n')  # ignored once closing
+        self.assertEqual(self.transport.value(), b"")
+
+    def test_oversize_without_newline(self) -> None:
+        for _ in range(5):
+            self.proto.dataReceived(b"x" * 1000)
+        [response] = self.lines()
+        self.assertError(response, "too-large")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_a_line_at_the_limit_is_fine(self) -> None:
+        pad = 4096 - len(b'{"id":1,"cmd":"ping","pad":""}')
+        line = b'{"id":1,"cmd":"ping","pad":"' + b"x" * pad + b'"}'
+        self.assertEqual(len(line), 4096)
+        self.assertError(self.one(line + b"\n", raw=True), "bad-request", "'pad'")
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_default_limit(self) -> None:
+        self.assertEqual(ControlFactory(self.node).max_request, DEFAULT_MAX_REQUEST)
+
+    def test_in_flight_bound(self) -> None:
+        info = THEIR_INFO.to_json()
+        for i in range(MAX_IN_FLIGHT):
+            self.assertEqual(self.ask({"id": i, "cmd": "connect", "info": info}), [])
+        self.assertError(self.one({"id": "extra", "cmd": "connect", "info": info}), "busy")
+        self.node.pending[0].callback(PEER)
+        self.lines()
+        self.assertEqual(self.ask({"id": "again", "cmd": "connect", "info": info}), [])
+
+    def test_connection_bound(self) -> None:
+        self.factory.max_connections = 2
+        self.connect()
+        proto3, transport3 = self.connect()
+        [response] = self.lines(transport3)
+        self.assertError(response, "busy", "too many control connections")
+        self.assertTrue(transport3.disconnecting)
+        proto3.connectionLost(None)
+        self.assertEqual(len(self.factory.connections), 2)
+
+    def test_result_after_the_client_left_is_dropped(self) -> None:
+        self.ask({"id": 1, "cmd": "connect", "info": THEIR_INFO.to_json()})
+        self.proto.connectionLost(None)
+        self.node.pending[0].callback(PEER)  # no write to a closed transport, no error
+        self.assertEqual(self.transport.value(), b"")
+
+    def test_handler_bug_is_an_internal_error(self) -> None:
+        def broken(proto: Any, request: Any) -> None:
+            raise ZeroDivisionError("oops")
+
+        self.factory.commands.register("broken", broken)
+        self.assertError(self.one({"id": 1, "cmd": "broken"}), "internal", "ZeroDivisionError")
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertTrue(self.one({"id": 2, "cmd": "ping"})["ok"])
+
+    def test_registry_is_extensible(self) -> None:
+        self.factory.commands.register("frobnicate", lambda proto, req: {"contacts": 0}, "frobnicate now")
+        self.assertEqual(self.one({"id": 1, "cmd": "frobnicate"})["result"], {"contacts": 0})
+        self.assertNotIn("frobnicate", node_commands().names())  # each registry is its own
+
+
+class EventEncodingTests(SynchronousTestCase):
+    def test_every_event_has_fields(self) -> None:
+        for name in EVENT_NAMES:
+            self.assertIn(name, json.dumps(event_to_json(name, ())))
+
+    def test_shapes(self) -> None:
+        failure = ConnectFailed(PEER, ["tcp:1.2.3.4:5: refused", "tcp:1.2.3.4:6: timeout"], "could not connect")
+        self.assertEqual(event_to_json("connect_failure", (PEER, failure)), {
+            "event": "connect_failure", "peer_id": str(PEER), "reason": str(failure),
+            "reasons": ["tcp:1.2.3.4:5: refused", "tcp:1.2.3.4:6: timeout"]})
+        self.assertEqual(event_to_json("listener_started", (Address("tcp", "0.0.0.0", 5483),), 5.0),
+                         {"event": "listener_started", "time": 5.0, "address": "tcp:0.0.0.0:5483"})
+        self.assertEqual(event_to_json("bootstrap_accept", (PEER, Role.CLIENT)),
+                         {"event": "bootstrap_accept", "peer_id": str(PEER), "role": "client"})
+        self.assertEqual(event_to_json("message_dropped", (PEER, 3, 2, 100, "too old")),
+                         {"event": "message_dropped", "peer_id": str(PEER), "priority": 3, "count": 2,
+                          "size": 100, "reason": "too old"})
+        self.assertEqual(event_to_json("bootstrap_failed", (ValueError(),)),
+                         {"event": "bootstrap_failed", "reason": "ValueError"})
+
+    def test_hub_does_no_work_without_subscribers(self) -> None:
+        hub = EventHub(Clock())
+        hub.new_message(PEER, object())  # would not encode; never tried
+        seen: list[dict[str, Any]] = []
+        unsubscribe = hub.subscribe(seen.append)
+        hub.lost_peer(PEER, "bye")
+        unsubscribe()
+        unsubscribe()
+        hub.lost_peer(PEER, "bye")
+        self.assertEqual(seen, [{"event": "lost_peer", "time": 0.0, "peer_id": str(PEER), "reason": "bye"}])
+
+
+class EndpointTests(SynchronousTestCase):
+    def test_accepted(self) -> None:
+        self.assertEqual(parse_control_endpoint("unix:/run/x.sock"), "/run/x.sock")
+        self.assertEqual(parse_control_endpoint("unix:address=/run/x.sock:mode=600"), "/run/x.sock")
+        self.assertEqual(parse_control_endpoint("unix:/run/a\\:b.sock:lockfile=1"), "/run/a:b.sock")
+        self.assertEqual(parse_control_endpoint("/tmp/c.sock"), "/tmp/c.sock")
+        self.assertEqual(parse_control_endpoint("unix:rel.sock"), os.path.abspath("rel.sock"))
+        self.assertIsNone(parse_control_endpoint("none"))
+
+    def test_refused(self) -> None:
+        for bad in ["tcp:1234", "tcp:1234:interface=127.0.0.1", "ssl:443", "unix:", "unix:/a:colour=red",
+                    "unix:/a:/b", "foo"]:
+            self.assertRaises(ValueError, parse_control_endpoint, bad)
+        e = self.assertRaises(ValueError, parse_control_endpoint, "tcp:1234")
+        self.assertIn("UNIX socket", str(e))
+
+
+class SocketFileTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="crust-ctl-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.path = os.path.join(self.dir, "c.sock")
+
+    def test_missing_is_fine(self) -> None:
+        self.assertFalse(clear_stale_socket(self.path))
+
+    def test_stale_socket_is_removed(self) -> None:
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(self.path)
+        s.close()  # the file stays, nobody listens
+        self.assertTrue(clear_stale_socket(self.path))
+        self.assertFalse(os.path.exists(self.path))
+
+    def test_live_socket_is_an_error(self) -> None:
+        s = socket.socket(socket.AF_UNIX)
+        self.addCleanup(s.close)
+        s.bind(self.path)
+        s.listen(1)
+        e = self.assertRaises(NodeAlreadyRunning, clear_stale_socket, self.path)
+        self.assertIn("another node", str(e))
+        self.assertTrue(os.path.exists(self.path))
+
+    def test_not_a_socket_is_an_error(self) -> None:
+        with open(self.path, "w") as f:
+            f.write("precious")
+        e = self.assertRaises(CrustError, clear_stale_socket, self.path)
+        self.assertIn("not a socket", str(e))
+        with open(self.path) as f:
+            self.assertEqual(f.read(), "precious")
+
+
+class ClientServerTests(TestCase):
+    """The Twisted client against a real L{ControlServer} on a UNIX socket."""
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="crust-ctl-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.path = os.path.join(self.dir, "control.sock")
+        self.node = FakeNode()
+        self.server = ControlServer(self.node, self.path, reactor)
+        self.server.startService()
+        self.addCleanup(self.server.stopService)
+
+    def test_socket_mode(self) -> None:
+        self.assertTrue(stat.S_ISSOCK(os.stat(self.path).st_mode))
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
+
+    def test_second_server_refused(self) -> None:
+        other = ControlServer(self.node, self.path, reactor)
+        self.assertRaises(NodeAlreadyRunning, other.listen)
+
+    @inlineCallbacks
+    def test_requests_errors_and_events(self):
+        client = yield connect_control(reactor, self.path)
+        self.addCleanup(client.transport.loseConnection)
+        info = yield client.request("info")
+        self.assertEqual(info["peer_id"], str(ME))
+        error = yield self.assertFailure(client.request("send", peer_id=str(PEER), text="x"), ControlError)
+        self.assertEqual(error.code, "not-connected")
+        events: list[dict[str, Any]] = []
+        got: Deferred = Deferred()
+
+        def on_event(event: dict[str, Any]) -> None:
+            events.append(event)
+            got.callback(None)
+
+        client.on_event = on_event
+        watching = yield client.request("watch", events=["new_message"])
+        self.assertEqual(watching, {"watching": ["new_message"]})
+        self.node.events.new_message(PEER, b"over the socket")
+        yield got
+        self.assertEqual(events[0]["text"], "over the socket")
+        client.send_raw(b"garbage\n")
+        pong = yield client.request("ping")
+        self.assertTrue(pong["pong"])
+        self.assertEqual(client.errors[0]["code"], "bad-request")
+
+    @inlineCallbacks
+    def test_stop_closes_watchers_and_removes_socket(self):
+        client = yield connect_control(reactor, self.path)
+        yield client.request("watch")
+        yield self.server.stopService()
+        yield client.closed
+        self.assertFalse(os.path.exists(self.path))
+        self.assertEqual(self.node.events.subscriber_count, 0)

@@ -1,0 +1,249 @@
+"""PeerConnection with a StringTransport and a Clock: framing, liveness, queues."""
+
+import json
+import struct
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.internet.error import ConnectionDone
+from twisted.trial.unittest import SynchronousTestCase
+
+from crust.session.connection import PeerConnection
+from crust.errors import InvalidPriority, MessageTooLarge, SendQueueFull
+from crust.identity import PeerId
+from crust.session.send_queue import Dropped
+from crust.wire import DATA, FrameType, Hello, frame, network_hash
+
+NET = network_hash(None)
+HIGH = PeerId(b"\x09" * 32)
+LOW = PeerId(b"\x01" * 32)
+
+
+class FakeOwner:
+    def __init__(self):
+        self.calls = []
+        self.messages = []
+
+    def hello_for(self, conn):
+        return Hello(network=NET)
+
+    def claim(self, conn, peer_id):
+        self.calls.append(("claim", peer_id))
+        return True
+
+    def promote(self, conn, peer_id):
+        self.calls.append(("promote", peer_id))
+        conn.deliver = self.messages.append
+
+    def __getattr__(self, name):
+        return lambda conn, *args: self.calls.append((name,) + args)
+
+    def control_received(self, conn, ftype, payload):
+        return False
+
+    def named(self, name):
+        return [c[1:] for c in self.calls if c[0] == name]
+
+
+def parse_frames(data):
+    out, off = [], 0
+    while off < len(data):
+        (length,) = struct.unpack_from("!I", data, off)
+        out.append((data[off + 4], data[off + 5 : off + 4 + length]))
+        off += 4 + length
+    return out
+
+
+class ConnectionTests(SynchronousTestCase):
+    def make(self, local=HIGH, peer=LOW, **kw):
+        self.clock = Clock()
+        self.owner = FakeOwner()
+        settings = dict(max_message_size=1000, max_queued_bytes=3000, drop_after=60.0,
+                        heartbeat_interval=20.0, inactivity_timeout=120.0, handshake_timeout=10.0)
+        settings.update(kw)
+        conn = PeerConnection(self.owner, self.clock, local_id=local, network=NET, initiator=True, **settings)
+        self.transport = StringTransport()
+        conn.makeConnection(self.transport)
+        conn.handshake.tls_complete(peer)
+        conn.dataReceived(Hello(network=NET).encode())
+        self.conn = conn
+        return conn
+
+    def written(self):
+        data = self.transport.value()
+        self.transport.clear()
+        return parse_frames(data)
+
+    def lose(self):
+        self.conn.connectionLost(Failure(ConnectionDone()))
+
+    def test_chooser_becomes_active(self):
+        self.make()
+        frames = self.written()
+        self.assertEqual([f[0] for f in frames], [FrameType.HELLO, FrameType.CHOOSE])
+        self.assertEqual(self.owner.named("promote"), [(LOW,)])
+        self.assertTrue(self.conn.is_active)
+
+    def test_messages_delivered_in_order_byte_by_byte(self):
+        self.make()
+        stream = b"".join(frame(DATA, b"m%d" % i) for i in range(50))
+        for i in range(len(stream)):
+            self.conn.dataReceived(stream[i : i + 1])
+        self.assertEqual(self.owner.messages, [b"m%d" % i for i in range(50)])
+
+    def test_send_writes_a_data_frame(self):
+        self.make()
+        self.written()
+        self.conn.send_message(b"hi", 3)
+        self.assertEqual(self.written(), [(DATA, b"hi")])
+
+    def test_send_checks(self):
+        self.make()
+        self.written()
+        e = self.assertRaises(MessageTooLarge, self.conn.send_message, b"x" * 1001, 1)
+        self.assertEqual((e.size, e.limit), (1001, 1000))
+        self.assertRaises(InvalidPriority, self.conn.send_message, b"x", 256)
+        self.assertRaises(InvalidPriority, self.conn.send_message, b"x", -1)
+        self.assertRaises(InvalidPriority, self.conn.send_message, b"x", "1")
+        self.assertEqual(self.written(), [])
+
+    def test_heartbeat_after_idle_sending(self):
+        self.make()
+        self.written()
+        self.clock.advance(19)
+        self.conn.dataReceived(frame(FrameType.HEARTBEAT))  # receiving does not count as sending
+        self.assertEqual(self.written(), [])
+        self.clock.advance(1)
+        self.assertEqual(self.written(), [(FrameType.HEARTBEAT, b"")])
+        self.conn.send_message(b"x", 1)
+        self.written()
+        self.clock.advance(19.5)
+        self.assertEqual(self.written(), [])
+
+    def test_heartbeat_follows_the_last_of_many_sends_within_a_quarter_interval(self):
+        self.make()
+        for _ in range(30):  # a send every second for 30 s (sends do not read the clock)
+            self.conn.send_message(b"x", 1)
+            self.conn.dataReceived(frame(FrameType.HEARTBEAT))
+            self.clock.advance(1)
+        last_send = self.clock.seconds() - 1
+        self.written()
+        while not [f for f in self.written() if f[0] == FrameType.HEARTBEAT]:
+            self.clock.advance(0.25)
+            self.conn.dataReceived(frame(FrameType.HEARTBEAT))
+        gap = self.clock.seconds() - last_send
+        self.assertTrue(20 <= gap <= 25.25, gap)
+
+    def test_lost_after_inactivity(self):
+        self.make()
+        self.clock.advance(100)
+        self.conn.dataReceived(frame(FrameType.HEARTBEAT))
+        self.clock.advance(119)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertIn((FrameType.CLOSE, ), [f[:1] for f in self.written()])
+        self.lose()
+        (reason,) = self.owner.named("lost")[0]
+        self.assertIn("nothing received for 120 s", reason)
+
+    def test_backpressure_queues_and_drains_by_priority(self):
+        self.make()
+        self.written()
+        self.conn.pauseProducing()
+        self.conn.send_message(b"low", 9)
+        self.conn.send_message(b"urgent", 0)
+        self.conn.send_message(b"mid", 4)
+        self.assertEqual(self.written(), [])
+        self.assertEqual(self.conn.queued_bytes, 12)
+        self.conn.resumeProducing()
+        self.assertEqual(self.written(), [(DATA, b"urgent"), (DATA, b"mid"), (DATA, b"low")])
+        self.assertEqual(self.conn.queued_bytes, 0)
+        self.assertTrue(self.owner.named("writable"))
+
+    def test_queue_bound(self):
+        self.make()
+        self.conn.pauseProducing()
+        for _ in range(3):
+            self.conn.send_message(b"x" * 1000, 1)
+        e = self.assertRaises(SendQueueFull, self.conn.send_message, b"y", 1)
+        self.assertIn("3000 bytes already queued", str(e))
+
+    def test_stale_queue_dropped_and_reported(self):
+        self.make()
+        self.conn.pauseProducing()
+        self.conn.send_message(b"keep", 1)
+        self.conn.send_message(b"stale", 5)
+        self.clock.advance(30)
+        self.conn.dataReceived(frame(FrameType.HEARTBEAT))
+        self.clock.advance(35)
+        drops = self.owner.named("dropped")
+        self.assertEqual(drops[0][0], [Dropped(5, 1, 5)])
+        self.assertIn("60 s", drops[0][1])
+        self.written()
+        self.conn.resumeProducing()
+        self.assertEqual([f for f in self.written() if f[0] == DATA], [(DATA, b"keep")])
+
+    def test_queued_messages_reported_when_connection_ends(self):
+        self.make()
+        self.conn.pauseProducing()
+        self.conn.send_message(b"abc", 1)
+        self.lose()
+        self.assertEqual(self.owner.named("dropped"), [([Dropped(1, 1, 3)], "connection closed")])
+
+    def test_oversize_frame_from_peer_closes_with_reason(self):
+        self.make()
+        self.written()
+        self.conn.dataReceived(struct.pack("!IB", 5000, DATA))
+        frames = self.written()
+        self.assertEqual(frames[0][0], FrameType.CLOSE)
+        self.assertEqual(json.loads(frames[0][1])["reason"], "oversize")
+        self.assertTrue(self.transport.disconnecting)
+        self.lose()
+        self.assertIn("oversize", self.owner.named("lost")[0][0])
+
+    def test_garbage_closes(self):
+        self.make()
+        self.conn.dataReceived(b"\x00\x00\x00\x00garbage")
+        self.assertTrue(self.transport.disconnecting)
+        self.lose()
+        self.assertIn("protocol-error", self.owner.named("lost")[0][0])
+
+    def test_data_before_choose_is_a_violation(self):
+        self.make(local=LOW, peer=HIGH)  # we are not the chooser: wait for CHOOSE
+        self.assertFalse(self.conn.is_active)
+        self.conn.dataReceived(frame(DATA, b"early"))
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.owner.messages, [])
+
+    def test_candidate_times_out_without_choose(self):
+        self.make(local=LOW, peer=HIGH)
+        self.clock.advance(10)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_handshake_timeout(self):
+        self.clock = Clock()
+        owner = FakeOwner()
+        conn = PeerConnection(owner, self.clock, local_id=HIGH, network=NET, initiator=False,
+                              max_message_size=10, max_queued_bytes=10, drop_after=60, heartbeat_interval=20,
+                              inactivity_timeout=120, handshake_timeout=10)
+        t = StringTransport()
+        conn.makeConnection(t)
+        self.clock.advance(10)
+        self.assertTrue(t.disconnecting)
+        conn.connectionLost(Failure(ConnectionDone()))
+        self.assertIn("handshake not complete", owner.named("lost")[0][0])
+
+    def test_stalled_peer_is_aborted_after_close(self):
+        from crust.wire import CloseReason
+
+        self.make()
+        aborted = []
+        self.transport.abortConnection = lambda: aborted.append(True)
+        self.conn.close(CloseReason.DISCONNECT)
+        self.assertTrue(self.transport.disconnecting)
+        self.clock.advance(4.9)
+        self.assertEqual(aborted, [])
+        self.clock.advance(0.1)
+        self.assertEqual(aborted, [True])

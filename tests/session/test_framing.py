@@ -1,0 +1,74 @@
+import os
+import struct
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from crust.errors import ProtocolViolation
+from crust.session.framing import FrameDecoder, FrameTooLarge
+from crust.wire import DATA, FrameType, frame
+
+
+class Collector:
+    def __init__(self, limit=1000):
+        self.frames = []
+        self.decoder = FrameDecoder(limit, self.data, self.control)
+
+    def data(self, payload):
+        self.frames.append((DATA, payload))
+
+    def control(self, ftype, payload):
+        self.frames.append((ftype, payload))
+
+
+class FrameDecoderTests(SynchronousTestCase):
+    def test_byte_by_byte(self):
+        c = Collector()
+        stream = frame(DATA, b"hello") + frame(FrameType.HEARTBEAT) + frame(DATA, b"") + frame(DATA, b"x" * 999)
+        for i in range(len(stream)):
+            c.decoder.feed(stream[i : i + 1])
+        self.assertEqual(c.frames, [(DATA, b"hello"), (FrameType.HEARTBEAT, b""), (DATA, b""), (DATA, b"x" * 999)])
+        self.assertEqual(c.decoder.buffered, 0)
+
+    def test_many_in_one_chunk(self):
+        c = Collector()
+        c.decoder.feed(b"".join(frame(DATA, b"%d" % i) for i in range(500)))
+        self.assertEqual([p for _, p in c.frames], [b"%d" % i for i in range(500)])
+
+    def test_oversize_rejected_from_header_alone(self):
+        c = Collector(limit=1000)
+        header = struct.pack("!IB", 1002, DATA)
+        e = self.assertRaises(FrameTooLarge, c.decoder.feed, header)
+        self.assertEqual(e.size, 1001)
+        self.assertIn("over the limit of 1000", str(e))
+
+    def test_exactly_the_limit_is_fine(self):
+        c = Collector(limit=1000)
+        c.decoder.feed(frame(DATA, b"y" * 1000))
+        self.assertEqual(len(c.frames[0][1]), 1000)
+
+    def test_zero_length_frame_is_a_violation(self):
+        c = Collector()
+        self.assertRaises(ProtocolViolation, c.decoder.feed, b"\x00\x00\x00\x00\x04")
+
+    def test_garbage(self):
+        c = Collector(limit=1000)
+        self.assertRaises(ProtocolViolation, c.decoder.feed, b"GET / HTTP/1.1\r\n\r\n")
+
+    def test_large_frame_in_small_chunks(self):
+        c = Collector(limit=4 * 1024 * 1024)
+        payload = os.urandom(3 * 1024 * 1024)
+        stream = frame(DATA, payload) + frame(DATA, b"after")
+        for i in range(0, len(stream), 1000):
+            c.decoder.feed(stream[i : i + 1000])
+        self.assertEqual(c.frames, [(DATA, payload), (DATA, b"after")])
+
+    def test_handler_swap_takes_effect_mid_chunk(self):
+        got = []
+        decoder = FrameDecoder(100, lambda p: got.append(("first", p)), None)
+
+        def control(ftype, payload):
+            decoder.set_handlers(lambda p: got.append(("second", p)), control)
+
+        decoder.set_handlers(lambda p: got.append(("first", p)), control)
+        decoder.feed(frame(DATA, b"a") + frame(FrameType.CHOOSE) + frame(DATA, b"b"))
+        self.assertEqual(got, [("first", b"a"), ("second", b"b")])

@@ -1,0 +1,46 @@
+"""Certificates bound to identities, and the node facts they carry."""
+
+from cryptography import x509
+from twisted.trial.unittest import SynchronousTestCase
+
+from crust.identity import Identity
+from crust.transport.tls import CERT_INFO_OID, _der_octets, _der_octets_content, cert_info, make_certificate, peer_id_from_certificate
+from crust.errors import ProtocolViolation
+from crust.wire import CertInfo, network_hash
+
+
+class CertificateTests(SynchronousTestCase):
+    def test_certificate_proves_the_peer_id_and_carries_the_info(self):
+        identity = Identity.generate()
+        info = CertInfo(network=network_hash("demo"), role="client")
+        cert = make_certificate(identity, info)
+        self.assertEqual(peer_id_from_certificate(cert), identity.peer_id)
+        self.assertEqual(cert_info(cert), info)
+        ext = cert.extensions.get_extension_for_oid(CERT_INFO_OID)
+        self.assertFalse(ext.critical)  # other TLS stacks may ignore it
+
+    def test_without_info(self):
+        self.assertIsNone(cert_info(make_certificate(Identity.generate())))
+
+    def test_garbage_info_is_ignored(self):
+        """An unreadable extension only means no early claim: the HELLO decides."""
+        identity = Identity.generate()
+        for payload in (b"\x04\x03abc", b"\x05\x00", _der_octets(b'{"proto": "crust"}'), _der_octets(b"\xff" * 300)):
+            cert = self._with_extension(identity, payload)
+            self.assertIsNone(cert_info(cert), payload)
+
+    def _with_extension(self, identity, payload):
+        cert = make_certificate(identity)
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        builder = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(cert.issuer)
+                   .public_key(cert.public_key()).serial_number(1)
+                   .not_valid_before(cert.not_valid_before_utc).not_valid_after(cert.not_valid_after_utc)
+                   .add_extension(x509.UnrecognizedExtension(CERT_INFO_OID, payload), critical=False))
+        return builder.sign(Ed25519PrivateKey.from_private_bytes(identity.seed), None)
+
+    def test_der_octets_round_trip(self):
+        for n in (0, 1, 127, 128, 255, 256, 5000):
+            payload = bytes(range(256)) * (n // 256) + bytes(n % 256)
+            self.assertEqual(_der_octets_content(_der_octets(payload)), payload)
+        for bad in (b"", b"\x04", b"\x04\x05abc", b"\x04\x83\x00\x00\x01x", b"\x0c\x01a"):
+            self.assertRaises(ProtocolViolation, _der_octets_content, bad)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from crust.address import Address
 from crust.errors import InvalidConnectionInfo
@@ -104,7 +104,7 @@ class NatBehaviour:
     mapping: MappingKind = MappingKind.UNKNOWN
     filtering: FilteringKind = FilteringKind.UNKNOWN
     ports: PortAllocation = PortAllocation.UNKNOWN
-    delta: Optional[int] = None
+    delta: int | None = None
     public: bool = False
 
 

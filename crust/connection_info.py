@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from crust.address import Address
 from crust.candidates import (
@@ -62,7 +62,7 @@ class PubConnectionInfo:
     addresses: tuple[Address, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
     candidates: tuple[Candidate, ...] = ()
-    nat: Optional[NatInfo] = None
+    nat: NatInfo | None = None
 
     def __post_init__(self) -> None:
         addresses = tuple(self.addresses)

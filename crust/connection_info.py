@@ -106,6 +106,8 @@ class PubConnectionInfo:
             body = json.loads(text)
         except ValueError as e:
             raise InvalidConnectionInfo(f"connection info is not JSON: {e}") from None
+        except RecursionError:
+            raise InvalidConnectionInfo("connection info is not JSON: nested too deeply") from None
         return cls.from_dict(body)
 
     @classmethod

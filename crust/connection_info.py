@@ -3,11 +3,14 @@ Connection info: what one peer hands the other, out of band, to connect.
 
 The public part is one JSON line::
 
-    {"crust": 1, "id": "<peer id>", "addrs": ["tcp:203.0.113.5:4242", ...]}
+    {"crust": 1, "id": "<peer id>", "addrs": ["tcp:203.0.113.5:4242", ...],
+     "cands": [["tcp:10.0.0.2:4242", "host", "local"], ...], "nat": {"udp": {"map": "eim"}}}
 
-Unknown keys are ignored (later versions add hole-punching data), so older
-nodes can read newer info.  The private part keeps what must not be shared
-(sockets bound for hole punching, in later transports).
+C{addrs} lists every address (older readers dial them all); C{cands} says
+how each was learned and C{nat} what we know of our NAT, for hole punching
+(both optional: see L{crust.candidates}).  Unknown keys are ignored and kept,
+so older nodes can read newer info.  The private part keeps what must not be
+shared (sockets bound for hole punching, in later transports).
 """
 
 from __future__ import annotations
@@ -17,21 +20,60 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crust.address import Address
+from crust.candidates import (
+    Candidate,
+    CandidateKind,
+    NatInfo,
+    candidates_from_json,
+    candidates_to_json,
+    nat_info_from_json,
+    nat_info_to_json,
+)
 from crust.errors import InvalidConnectionInfo
 from crust.identity import PeerId
 
 INFO_VERSION = 1
 MAX_INFO_TEXT = 64 * 1024
 MAX_ADDRESSES = 64
+MAX_CANDIDATES = 64
+_KNOWN_KEYS = ("crust", "id", "addrs", "cands", "nat")
+
+
+def _host_candidates(addresses: tuple[Address, ...]) -> tuple[Candidate, ...]:
+    return tuple(Candidate(a, CandidateKind.HOST) for a in addresses)
 
 
 @dataclass(frozen=True)
 class PubConnectionInfo:
-    """The shareable part: a peer id and every candidate address."""
+    """
+    The shareable part: a peer id, every candidate address, and what we know
+    for hole punching.
+
+    @ivar addresses: every address to dial; after construction it also holds
+        the address of each candidate (appended, order kept).
+    @ivar candidates: the addresses with how they were learned.  When none
+        are given (or none of a kind this version knows), each address is a
+        C{host} candidate of unknown source, as in info from older versions.
+    @ivar nat: our NAT's behaviour, or C{None} when not said.
+    @ivar extra: keys this version does not know, kept as they were.
+    """
 
     peer_id: PeerId
     addresses: tuple[Address, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    candidates: tuple[Candidate, ...] = ()
+    nat: NatInfo | None = None
+
+    def __post_init__(self) -> None:
+        addresses = tuple(self.addresses)
+        candidates = tuple(self.candidates)
+        if candidates:
+            missing = tuple(dict.fromkeys(c.address for c in candidates if c.address not in addresses))
+            addresses += missing
+        else:
+            candidates = _host_candidates(addresses)
+        object.__setattr__(self, "addresses", addresses)
+        object.__setattr__(self, "candidates", candidates)
 
     def to_json(self) -> str:
         body: dict[str, Any] = {
@@ -39,7 +81,11 @@ class PubConnectionInfo:
             "id": str(self.peer_id),
             "addrs": [str(a) for a in self.addresses],
         }
-        body.update(self.extra)
+        if self.candidates != _host_candidates(self.addresses):
+            body["cands"] = candidates_to_json(self.candidates)
+        if self.nat is not None:
+            body["nat"] = nat_info_to_json(self.nat)
+        body.update((k, v) for k, v in self.extra.items() if k not in _KNOWN_KEYS)
         return json.dumps(body, separators=(",", ":"))
 
     @classmethod
@@ -60,6 +106,8 @@ class PubConnectionInfo:
             body = json.loads(text)
         except ValueError as e:
             raise InvalidConnectionInfo(f"connection info is not JSON: {e}") from None
+        except RecursionError:
+            raise InvalidConnectionInfo("connection info is not JSON: nested too deeply") from None
         return cls.from_dict(body)
 
     @classmethod
@@ -86,8 +134,23 @@ class PubConnectionInfo:
                 parsed.append(Address.parse(a))
             except ValueError as e:
                 raise InvalidConnectionInfo(f'bad address in "addrs": {e}') from None
-        extra = {k: v for k, v in body.items() if k not in ("crust", "id", "addrs")}
-        return cls(peer_id, tuple(dict.fromkeys(parsed)), extra)
+        candidates: tuple[Candidate, ...] = ()
+        if "cands" in body:
+            candidates = candidates_from_json(body["cands"], MAX_CANDIDATES)
+            every = dict.fromkeys(parsed + [c.address for c in candidates])
+            if len(every) > MAX_ADDRESSES:
+                raise InvalidConnectionInfo(
+                    f'"addrs" and "cands" together have {len(every)} addresses, at most {MAX_ADDRESSES}'
+                )
+        nat = None
+        if body.get("nat") is not None:
+            nat = nat_info_from_json(body["nat"])
+        extra = {k: v for k, v in body.items() if k not in _KNOWN_KEYS}
+        return cls(peer_id, tuple(dict.fromkeys(parsed)), extra, candidates, nat)
+
+    def candidates_for(self, transport: str) -> tuple[Candidate, ...]:
+        """The candidates of one transport (C{"tcp"} or C{"udp"}), in order."""
+        return tuple(c for c in self.candidates if c.address.transport == transport)
 
     def tcp_addresses(self) -> tuple[Address, ...]:
         return tuple(a for a in self.addresses if a.transport == "tcp")

@@ -1,0 +1,1 @@
+"""Hole punching: candidates, checks, the rendezvous and the punchers."""

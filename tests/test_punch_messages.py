@@ -196,6 +196,31 @@ class FrameTests(SynchronousTestCase):
         payload = json.dumps({"to": str(T), "reason": "disabled", "detail": detail}).encode()
         self.assertEqual(m.decode_error(payload).detail, detail)
 
+    def test_many_containers(self) -> None:
+        """A frame holds one object: more arrays or objects are refused before parsing."""
+        for payload in (b"[]" * 8000, b'{"q": 1, "peer": "x", "z": [' + b"[]," * 5000 + b"[]]}", b"{}" * 2):
+            with self.assertRaises(ProtocolViolation) as cm:
+                m.decode_query(payload)
+            self.assertIn("arrays and objects", str(cm.exception))
+
+    @settings(max_examples=500)
+    @given(st.recursive(st.none() | st.integers() | st.text(alphabet='[]{}"\\ab', max_size=12),
+                        lambda children: st.lists(children, max_size=3)
+                        | st.dictionaries(st.text(alphabet='[]{}"\\a', max_size=4), children, max_size=3),
+                        max_leaves=30),
+           st.integers(1, 8))
+    def test_nesting_scan(self, value: Any, limit: int) -> None:
+        """The bracket scan agrees with the real nesting depth, whatever the strings hold."""
+        def depth(v: Any) -> int:
+            if isinstance(v, list):
+                return 1 + max((depth(c) for c in v), default=0)
+            if isinstance(v, dict):
+                return 1 + max((depth(c) for c in v.values()), default=0)
+            return 0
+
+        problem = m._nesting_problem(json.dumps(value), limit, 10**6)
+        self.assertEqual(problem is None, depth(value) <= limit, problem)
+
     @settings(max_examples=300)
     @given(st.sampled_from(JSON_DECODERS), st.binary(max_size=200))
     def test_random_bytes(self, decoder: Any, payload: bytes) -> None:
@@ -350,7 +375,7 @@ class EnvelopeTests(SynchronousTestCase):
         for mtype, body in (("connect", {"tcp": True, "udp": True}), ("reply", {"info": {}, "tcp": 1, "udp": True}),
                             ("result", {"reason": "x"}), ("result", {"ok": True, "reason": 3}),
                             ("sync", []), ("sync", {"x": {1, 2}}), ("sync", {"x": float("nan")}),
-                            ("sync", {"x": [[[[[[[[1]]]]]]]]}), ("nonsense", {})):
+                            ("sync", {"x": [[[[[[[[1]]]]]]]]}), ("sync", {"x": [[]] * 300}), ("nonsense", {})):
             self.assertRaises(ValueError, seal, ALICE, T, NET, mtype, ATTEMPT, body, NOW)
         self.assertRaises(ValueError, seal, ALICE, T, NET, "sync", bytes(7), {}, NOW)
         self.assertRaises(ValueError, seal, ALICE, T, NET, "sync", ATTEMPT, {}, float("inf"))
@@ -368,7 +393,9 @@ class EnvelopeTests(SynchronousTestCase):
         for doc in [*docs, missing]:
             inner = canonical(doc)
             self.assertEqual(self.reason(open_t, craft(inner)), "malformed", inner[:100])
-        for inner in (b'{"ts": NaN}', b"\xff", b"[" * 7000, b'{"body":' * 1000, canonical(inner_doc())[:-1],
+        many = canonical(inner_doc(t="sync", body={"x": [[]] * 300}))
+        for inner in (b'{"ts": NaN}', b"\xff", b"[" * 7000, b'{"body":' * 1000, canonical(inner_doc())[:-1], many,
+                      b"{" * 9 + b"]" * 3000, b"[]" * 3000,
                       canonical(inner_doc()).replace(b'"ts":', b'"ts":1e999,"x":')):
             self.assertEqual(self.reason(open_t, craft(inner)), "malformed", inner[:100])
         infinite = canonical(inner_doc()).replace(str(NOW).encode(), b"1e999")

@@ -33,8 +33,9 @@ addressed to or from someone else, of another network, stale (more than
 L{MAX_AGE} seconds off), replayed, or not of the fixed shape.
 
 JSON from the network is read by one reader that refuses a payload over its
-cap before parsing it and nesting deeper than the shape needs (scanning the
-brackets first), so that no input makes the parser recurse deeply.
+cap before parsing it, and nesting deeper (or more arrays and objects) than
+the shape needs, found by scanning the brackets outside strings first: no
+input makes the parser recurse deeply, and the scan costs little.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ MAX_DETAIL = 512
 MAX_FRAME_KEYS = 16
 #: How deep an envelope's JSON may nest (the inner object is depth 1).
 MAX_ENVELOPE_DEPTH = 8
+#: How many arrays and objects an envelope's JSON may hold (the inner object included).
+MAX_ENVELOPE_CONTAINERS = 256
 
 ENVELOPE_VERSION = 1
 CONTEXT = b"crust-rendezvous-v1\x00"
@@ -94,38 +97,36 @@ class _Refused(ValueError):
     """JSON refused by L{_read_json}, with the reason."""
 
 
-_BRACKETS_AND_STRINGS = re.compile(r'["\\\[\]{}]')
+_STRING = re.compile(r'"(?:[^"\\]+|\\[\s\S]?)*(?:"|\Z)')  # always matches: linear, even unterminated
+_BRACKET = re.compile(r"[\[\]{}]")
 
 
-def _depth_at_most(text: str, limit: int) -> bool:
+def _nesting_problem(text: str, max_depth: int, max_containers: int) -> str | None:
     """
-    Whether JSON C{text} nests no deeper than C{limit} (brackets inside
-    strings do not count).  Linear in the length of C{text}.
+    Why JSON C{text} nests too much (deeper than C{max_depth}, or more than
+    C{max_containers} arrays and objects), or None.  Brackets inside strings
+    do not count.  Linear in the length of C{text}; the loop in Python runs
+    at most C{2 * max_containers} times.
     """
-    if text.count("[") + text.count("{") <= limit:
-        return True
+    if text.count("[") + text.count("{") <= max_depth:
+        return None
+    bare = _STRING.sub('""', text)
+    containers = bare.count("[") + bare.count("{")
+    if containers <= max_depth:
+        return None
+    if containers > max_containers:
+        return f"more than {max_containers} arrays and objects"
+    if bare.count("]") + bare.count("}") != containers:
+        return "unbalanced brackets"
     depth = 0
-    in_string = False
-    escaped = -1  # the position of a character escaped by a backslash
-    for m in _BRACKETS_AND_STRINGS.finditer(text):
-        pos = m.start()
-        if pos == escaped:
-            continue
-        ch = text[pos]
-        if in_string:
-            if ch == "\\":
-                escaped = pos + 1
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch == "[" or ch == "{":
+    for m in _BRACKET.finditer(bare):
+        if m.group() in "[{":
             depth += 1
-            if depth > limit:
-                return False
-        elif ch == "]" or ch == "}":
+            if depth > max_depth:
+                return f"nested deeper than {max_depth}"
+        else:
             depth -= 1
-    return True
+    return None
 
 
 def _refuse_constant(name: str) -> NoReturn:
@@ -142,9 +143,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
 
 
-def _read_json(data: bytes, max_size: int, max_depth: int) -> dict[str, Any]:
+def _read_json(data: bytes, max_size: int, max_depth: int, max_containers: int) -> dict[str, Any]:
     """
-    A JSON object of at most C{max_size} bytes and C{max_depth} levels.
+    A JSON object of at most C{max_size} bytes, C{max_depth} levels and
+    C{max_containers} arrays and objects.
 
     @raise _Refused: with the reason.
     """
@@ -156,8 +158,9 @@ def _read_json(data: bytes, max_size: int, max_depth: int) -> dict[str, Any]:
         text = bytes(data).decode("utf-8")
     except UnicodeDecodeError:
         raise _Refused("not UTF-8") from None
-    if not _depth_at_most(text, max_depth):
-        raise _Refused(f"nested deeper than {max_depth}")
+    problem = _nesting_problem(text, max_depth, max_containers)
+    if problem is not None:
+        raise _Refused(problem)
     try:
         value = _DECODER.decode(text)
     except _Refused:
@@ -302,7 +305,7 @@ def encode_error(to: PeerId, reason: str, detail: str = "") -> bytes:
 
 def _read_frame(payload: bytes, name: str) -> dict[str, Any]:
     try:
-        body = _read_json(payload, MAX_FRAME_PAYLOAD, 1)
+        body = _read_json(payload, MAX_FRAME_PAYLOAD, 1, 1)
     except _Refused as e:
         raise ProtocolViolation(f"rendezvous {name}: {e}") from None
     if len(body) > MAX_FRAME_KEYS:
@@ -549,8 +552,9 @@ def seal(identity: Identity, to_peer: PeerId, network: str, mtype: EnvelopeType 
         raise ValueError(f"the body is not JSON: {e}") from None
     if len(encoded_body) > MAX_BODY:
         raise EnvelopeError(REASON_TOO_LARGE, f"body of {len(encoded_body)} bytes is over {MAX_BODY}")
-    if not _depth_at_most(encoded_body.decode("utf-8"), MAX_ENVELOPE_DEPTH - 1):
-        raise ValueError(f"the body nests deeper than {MAX_ENVELOPE_DEPTH - 1}")
+    problem = _nesting_problem(encoded_body.decode("utf-8"), MAX_ENVELOPE_DEPTH - 1, MAX_ENVELOPE_CONTAINERS - 1)
+    if problem is not None:
+        raise ValueError(f"the body is {problem}")
     inner = _canonical({
         "v": ENVELOPE_VERSION, "t": mtype.value, "from": str(identity.peer_id), "to": _peer(to_peer),
         "net": network, "attempt": attempt.hex(), "ts": float(now), "body": body,
@@ -599,7 +603,7 @@ def open_envelope(identity: Identity, from_peer: PeerId, network: str, blob: byt
     except CryptoError:
         raise EnvelopeError(REASON_BAD_SIGNATURE, f"not signed by {from_peer.short()}") from None
     try:
-        doc = _read_json(inner, MAX_BLOB, MAX_ENVELOPE_DEPTH)
+        doc = _read_json(inner, MAX_BLOB, MAX_ENVELOPE_DEPTH, MAX_ENVELOPE_CONTAINERS)
     except _Refused as e:
         raise EnvelopeError(REASON_MALFORMED, str(e)) from None
     envelope = _parse_inner(doc)

@@ -37,7 +37,7 @@ from nacl.bindings import crypto_box_beforenm
 from crust.address import Address
 from crust.errors import CrustError
 from crust.identity import Identity, PeerId
-from crust.udp_echo import curve_public_key, curve_secret_key
+from crust.nat.echo import curve_public_key, curve_secret_key
 
 CHECK = 6
 ACK = 7

@@ -68,8 +68,10 @@ class BootstrapRequest(Purpose):
         result = self.result
         if result.called:
             return
-        active = self._bootstrapper.table.active.get(conn.peer_id) if conn.peer_id is not None else None
-        if active is None:
+        peer_id = conn.peer_id
+        table = self._bootstrapper.table
+        active = table.active.get(peer_id) if peer_id is not None else None
+        if peer_id is None or active is None:
             result.errback(Failure(self.error(conn, reason)))
         elif active.is_bootstrap and not active.initiator:
             # Connected only through the peer's own bootstrap request, which it
@@ -78,15 +80,15 @@ class BootstrapRequest(Purpose):
             def settle() -> None:
                 if result.called:
                     return
-                if self._bootstrapper.table.active.get(conn.peer_id) is active:
-                    result.callback(conn.peer_id)
+                if table.active.get(peer_id) is active:
+                    result.callback(peer_id)
                 else:
                     result.errback(Failure(self.error(
                         conn, f"{reason}; the peer then dropped its own bootstrap connection")))
 
             self._bootstrapper.call_later(BOOTSTRAP_SETTLE, settle)
         else:
-            result.callback(conn.peer_id)  # we were connected to it already
+            result.callback(peer_id)  # we were connected to it already
 
     def failed(self, failure: Failure) -> None:
         """The connection could not even be made."""

@@ -98,7 +98,7 @@ class BootstrapResponder:
             return
         outcomes: dict[Address, str] = {}
         probes = []
-        decided = []
+        decided: list[bool] = []
 
         def reached(result: Any, address: Address) -> None:
             outcomes[address] = "reached"

@@ -77,6 +77,8 @@ class Connector:
 
     def connection_ended(self, conn: "PeerConnection", reason: str) -> None:
         peer_id = conn.peer_id
-        attempt = self.attempts.get(peer_id) if peer_id is not None else None
+        if peer_id is None:
+            return
+        attempt = self.attempts.get(peer_id)
         if attempt is not None and not self._table.has_candidates(peer_id):
             attempt.check_done()

@@ -114,7 +114,7 @@ class TcpTransport:
         seconds = self._timeout() if timeout is None else timeout
         endpoint = endpoint_type(self.reactor, address.host, address.port,
                                  timeout=max(1, int(seconds)), bindAddress=binding)
-        return endpoint.connect(tls).addCallback(lambda tls_protocol: tls_protocol.wrappedProtocol)
+        return endpoint.connect(tls).addCallback(_wrapped)
 
     def listen(self, host: str, port: int, factory: Factory, backlog: int = 128) -> Deferred:
         """
@@ -133,6 +133,11 @@ class TcpTransport:
         except CannotListenError as e:
             return fail(e)
         return succeed(self.listening_port)
+
+
+def _wrapped(tls_protocol: Any) -> Any:
+    """The protocol inside Twisted's TLS protocol."""
+    return tls_protocol.wrappedProtocol
 
 
 def _port_taken(host: str, port: int) -> Optional[OSError]:

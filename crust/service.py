@@ -29,10 +29,8 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from crust._util.reactor import maybe_global_reactor
-from crust._util.waiters import OneShot
 from crust.address import Address
 from crust.peering.admission import Admission
 from crust.bootstrap.cache import BootstrapCache
@@ -42,10 +40,11 @@ from crust.config import Config
 from crust.session.connection import PeerConnection
 from crust.connection_info import PrivConnectionInfo, PubConnectionInfo
 from crust.peering.connector import Connector
+from crust.peering.listeners import Listeners
 from crust.peering.dialer import Dialer, DirectStrategy, ProbeResult
 from crust.errors import ConnectToSelf, CrustError, MessageTooLarge, PeerNotConnected, ServiceNotRunning
 from crust.identity import Identity, PeerId
-from crust._util.local_addresses import addresses_for_listener
+from crust.nat.addresses import OurAddresses
 from crust.observer import Observers
 from crust.peering.table import PeerTable
 from crust.roles import Role
@@ -53,9 +52,7 @@ from crust.transport.tcp import TcpTransport
 from crust.transport.tls import ConnectionCreator, make_context
 from crust.wire import CertInfo, CloseReason, Hello, network_hash
 
-MAX_ADVERTISED = 16
-
-__all__ = ["MAX_ADVERTISED", "ProbeResult", "Service"]
+__all__ = ["ProbeResult", "Service"]
 
 
 class Service(MultiService):
@@ -95,11 +92,7 @@ class Service(MultiService):
                                 lambda: self.config.enable_tcp)
         self.dialer.add_transport(self.tcp)
         self.dialer.register(DirectStrategy(self.dialer, "tcp", "tcp"))
-        self._listening: Optional[OneShot] = None
-        self._ports: list[Any] = []
-        self.listen_addresses: list[Address] = []
-        self.external_addresses: list[Address] = []  # learned from peers, STUN or port mapping
-        self._candidates: Optional[tuple[Any, list[Address]]] = None  # (inputs, result) of candidate_addresses
+        self.addresses = OurAddresses(lambda: self.accepting_transports)
         self.data_dir = data_dir
         self.bootstrap_cache: Optional[BootstrapCache] = None
         if data_dir is not None or self.config.bootstrap_cache.file is not None:
@@ -127,7 +120,7 @@ class Service(MultiService):
                                              port=self.config.udp_listen_port or 0, identity=identity)
             self.udp_endpoint = self.udp_stack.endpoint
             self.quic = QuicDispatcher(
-                identity, self.udp_endpoint.send, clock=self.clock, accepted=self._quic_accepted,
+                identity, self.udp_endpoint.send, clock=self.clock, accepted=lambda driver: self.listeners.quic_accepted(driver),
                 host=lambda: self.udp_endpoint.transport.getHost(),
                 options=QuicOptions(idle_timeout=self.config.inactivity_timeout + 10), cert_info=self.cert_info,
             )
@@ -136,6 +129,10 @@ class Service(MultiService):
             self.dialer.add_transport(self.quic)
             self.dialer.register(DirectStrategy(self.dialer, "quic", "udp", lambda: self.config.quic_dial_delay))
             self.accepting_transports.add("udp")
+        self.listeners = Listeners(
+            peer_id=self.peer_id, config=lambda: self.config, dialer=self.dialer, tcp=self.tcp,
+            udp_endpoint=self.udp_endpoint, quic=self.quic, addresses=self.addresses, emit=self.observers.emit,
+            running=lambda: self.running_for_peers, listening=self._start_port_mapping)
         self.discovery_requester: Any = None
         self.discovery_responder: Any = None
         self._discovery_service: Any = None
@@ -175,12 +172,7 @@ class Service(MultiService):
             d.cancel()
         self.bootstrapper.stop()
         self.connector.stop("the service is stopping")
-        for port in self._ports:
-            port.stopListening()
-        self._ports = []
-        self.tcp.listening_port = None
-        self._listening = None
-        self.listen_addresses = []
+        self.listeners.stop()
         for conn in list(self.peers.connections):
             conn.close(CloseReason.SHUTDOWN, "the node is stopping")
         d = self.peers.wait_all_closed()  # each sent CLOSE, then closed (aborted if it stalls)
@@ -203,87 +195,21 @@ class Service(MultiService):
         if self.port_mapper is not None:
             self.port_mapper.disownServiceParent()
             self.port_mapper = None
-        self.external_addresses = []
+        self.addresses.clear()
         return result
 
     # -- listening ----------------------------------------------------------------------
 
     def start_listening(self) -> Deferred:
         """
-        Start the TCP listener (once); fires with our listening addresses.
-        The port is random unless configured.
+        Start the listeners (once); fires with our listening addresses.
+        The ports are random unless configured.
         """
-        if self._listening is None:
-            self._listening = OneShot()
-            d = self._listen_tcp()
-            d.addCallback(lambda tcp: self._listen_udp().addCallback(lambda _: list(self.listen_addresses)))
-            d.addCallback(self._listening_done)
-            d.addBoth(self._listening.fire)
-        return self._listening.wait()
+        return self.listeners.start()
 
-    def _listening_done(self, addresses: list[Address]) -> list[Address]:
-        tcp = [a for a in addresses if a.transport == "tcp"]
-        tcp_port = tcp[0].port if tcp else None
-        udp_port = None
-        if self.udp_endpoint is not None and self.udp_endpoint.listening:
-            udp_port = self.udp_endpoint.local_address().port
-        self._start_port_mapping(tcp_port=tcp_port, udp_port=udp_port)
-        return addresses
-
-    def _listen_udp(self) -> Deferred:
-        """The UDP socket (STUN, the encrypted address echo; QUIC in a later version)."""
-        if self.udp_endpoint is None:
-            return succeed(None)
-        from twisted.internet.error import CannotListenError
-
-        try:
-            address = self.udp_endpoint.listen()
-        except CannotListenError as e:
-            reason = f"cannot listen on udp {self.config.listen_host}:{self.config.udp_listen_port or 0}: {e.socketError}"
-            self.log.error("{reason}", reason=reason)
-            self._emit("listener_failed", "udp", reason)
-            return fail(CrustError(reason))
-        self.log.info("udp socket on {address}", address=str(address))
-        if self.quic is not None:
-            self.quic.closed = False  # (again, after a restart)
-            self.listen_addresses += self.udp_endpoint.local_addresses()
-            self._emit("listener_started", address)
-        return succeed(address)
-
-    def _listen_tcp(self) -> Deferred:
-        config = self.config
-        if not config.enable_tcp:
-            return succeed([])
-        host = config.listen_host
-        port = config.listen_port or 0
-
-        def listening(listening_port: Any) -> list[Address]:
-            self._ports.append(listening_port)
-            bound = listening_port.getHost().port
-            self.listen_addresses = [Address("tcp", h, bound) for h in addresses_for_listener(host)]
-            self.log.info(
-                "listening on tcp port {port} as {peer_id}; addresses: {addresses}",
-                port=bound, peer_id=str(self.peer_id), addresses=" ".join(map(str, self.listen_addresses)),
-            )
-            self._emit("listener_started", Address("tcp", host, bound))
-            return list(self.listen_addresses)
-
-        def failed(failure: Failure) -> Failure:
-            reason = str(failure.value)
-            self.log.error("could not listen on tcp {host}:{port}: {reason}", host=host, port=port, reason=reason)
-            self._emit("listener_failed", "tcp", reason)
-            return failure
-
-        factory = self.dialer.factory(initiator=False, transport_name="tcp")
-        return self.tcp.listen(host, port, factory).addCallbacks(listening, failed)
-
-    def _quic_accepted(self, driver: Any) -> None:
-        """A peer opened a QUIC connection to us: run crust's handshake on it."""
-        if not self.running_for_peers:
-            driver.close_now("the node is not accepting connections")
-            return
-        factory = self.dialer.factory(initiator=False, transport_name="udp")
-        driver.attach(factory.buildProtocol(driver.peer_address()))
+    @property
+    def _ports(self) -> list[Any]:
+        return self.listeners.ports
 
     def _start_port_mapping(self, tcp_port: Optional[int] = None, udp_port: Optional[int] = None) -> None:
         """Ask the router (PCP, NAT-PMP, UPnP IGD) to forward our ports; not for loopback listeners."""
@@ -294,40 +220,40 @@ class Service(MultiService):
         from crust.nat.portmap.mapper import PortMapper
 
         self.port_mapper = PortMapper(tcp_port=tcp_port, udp_port=udp_port, reactor=self.reactor)
-        self.port_mapper.add_observer(self._mapping_changed)
+        self.port_mapper.add_observer(self.addresses.mapping_changed)
         self.port_mapper.setServiceParent(self)
-
-    def _mapping_changed(self, what: str, mapping: Any) -> None:
-        external = mapping.external
-        if what == "added" and external not in self.external_addresses:
-            self.log.info("port mapping: {internal} is reachable at {external} via {method}",
-                          internal=mapping.internal_port, external=str(external), method=mapping.method)
-            self.external_addresses.append(external)
-        elif what == "removed" and external in self.external_addresses:
-            self.external_addresses.remove(external)
 
     # -- connection info -------------------------------------------------------------------
 
+    @property
+    def listen_addresses(self) -> list[Address]:
+        """Our listeners' own addresses (every interface's when bound to all)."""
+        return self.addresses.listen
+
+    @listen_addresses.setter
+    def listen_addresses(self, addresses: list[Address]) -> None:
+        self.addresses.listen = list(addresses)
+
+    @property
+    def external_addresses(self) -> list[Address]:
+        """The addresses others see us at: port mappings, then what peers and STUN saw."""
+        return list(self.addresses.mapped) + self.addresses.reflexive()
+
     def candidate_addresses(self) -> list[Address]:
-        """Every address a peer may reach us at: learned external ones, then local, loopback last."""
-        key = (tuple(self.external_addresses), tuple(self.listen_addresses), self.config.force_acceptor_port_in_ext_ep,
-               self.config.listen_port, frozenset(self.accepting_transports))
-        if self._candidates is not None and self._candidates[0] == key:
-            return list(self._candidates[1])
-        found: list[Address] = [a for a in self.external_addresses if a.transport in self.accepting_transports]
-        if self.config.force_acceptor_port_in_ext_ep and self.config.listen_port:
-            found += [Address("tcp", a.host, self.config.listen_port) for a in self.external_addresses]
-        local = sorted(self.listen_addresses, key=lambda a: a.is_loopback)
-        found += local
-        result = list(dict.fromkeys(found))[: 4 * MAX_ADVERTISED]
-        self._candidates = (key, result)
-        return list(result)
+        """Every address a peer may reach us at: external ones, then local, loopback last."""
+        return self.addresses.addresses(self._forced_tcp_port())
+
+    def _forced_tcp_port(self) -> Optional[int]:
+        config = self.config
+        return config.listen_port if config.force_acceptor_port_in_ext_ep and config.listen_port else None
 
     def prepare_connection_info(self) -> Deferred:
         """Fires with our L{PrivConnectionInfo}; share C{.public.to_json()}."""
 
         def build(_):
-            return PrivConnectionInfo(PubConnectionInfo(self.peer_id, tuple(self.candidate_addresses())))
+            candidates = self.addresses.candidates(self._forced_tcp_port())
+            return PrivConnectionInfo(PubConnectionInfo(self.peer_id, tuple(c.address for c in candidates),
+                                                        candidates=tuple(candidates), nat=self.addresses.nat))
 
         return self.start_listening().addCallback(build)
 
@@ -566,7 +492,5 @@ class Service(MultiService):
     # -- what we tell peers ----------------------------------------------------------------------
 
     def _hello_for(self, conn: PeerConnection) -> Hello:
-        candidates = self.candidate_addresses()
-        listeners = [a for a in candidates if not a.is_loopback] or candidates
         return Hello(network=self.network, intent=conn.handshake.intent, role=conn.purpose.role or self.role,
-                     observed=conn.peer_address, listeners=tuple(listeners[:MAX_ADVERTISED]))
+                     observed=conn.peer_address, listeners=tuple(self.addresses.listeners(self._forced_tcp_port())))

@@ -45,6 +45,7 @@ from crust.peering.dialer import Dialer, DirectStrategy, ProbeResult
 from crust.errors import ConnectToSelf, CrustError, MessageTooLarge, PeerNotConnected, ServiceNotRunning
 from crust.identity import Identity, PeerId
 from crust.nat.addresses import OurAddresses
+from crust.nat.reflexive import ReflexiveDiscovery
 from crust.observer import Observers
 from crust.peering.table import PeerTable
 from crust.roles import Role
@@ -111,14 +112,17 @@ class Service(MultiService):
         self.port_mapper: Any = None
         self.udp_endpoint: Any = None
         self.udp_stack: Any = None  # the endpoint with its STUN client, STUN responder and echo
+        self.echo_socket: Any = None
         self.quic: Any = None
         if self.config.enable_udp:
             from crust.transport.quic.dispatcher import QUIC_FIRST_BYTE, QuicDispatcher, QuicOptions, is_quic
-            from crust.nat.udp_stack import build_udp_stack
+            from crust.nat.udp_stack import build_echo_socket, build_udp_stack
 
             self.udp_stack = build_udp_stack(reactor, host=self.config.listen_host,
                                              port=self.config.udp_listen_port or 0, identity=identity)
             self.udp_endpoint = self.udp_stack.endpoint
+            # a second, answering-only socket: bound while we accept bootstrap requests (HELLO echo_alt)
+            self.echo_socket = build_echo_socket(reactor, host=self.config.listen_host, identity=identity)
             self.quic = QuicDispatcher(
                 identity, self.udp_endpoint.send, clock=self.clock, accepted=lambda driver: self.listeners.quic_accepted(driver),
                 host=lambda: self.udp_endpoint.transport.getHost(),
@@ -131,8 +135,14 @@ class Service(MultiService):
             self.accepting_transports.add("udp")
         self.listeners = Listeners(
             peer_id=self.peer_id, config=lambda: self.config, dialer=self.dialer, tcp=self.tcp,
-            udp_endpoint=self.udp_endpoint, quic=self.quic, addresses=self.addresses, emit=self.observers.emit,
+            udp_endpoint=self.udp_endpoint, quic=self.quic, echo_socket=self.echo_socket,
+            addresses=self.addresses, emit=self.observers.emit,
             running=lambda: self.running_for_peers, listening=self._start_port_mapping)
+        self.reflexive = ReflexiveDiscovery(
+            self.clock, self.addresses, self.udp_stack.echo if self.udp_stack is not None else None,
+            (lambda address, peer: self.dialer.probe(address, peer, from_listener=True)) if self.config.enable_tcp
+            else None, self.listeners.local_ports)
+        self.peers.listen(self.reflexive)
         self.discovery_requester: Any = None
         self.discovery_responder: Any = None
         self._discovery_service: Any = None
@@ -173,6 +183,7 @@ class Service(MultiService):
         self.bootstrapper.stop()
         self.connector.stop("the service is stopping")
         self.listeners.stop()
+        self.reflexive.stop()
         for conn in list(self.peers.connections):
             conn.close(CloseReason.SHUTDOWN, "the node is stopping")
         d = self.peers.wait_all_closed()  # each sent CLOSE, then closed (aborted if it stalls)
@@ -493,4 +504,5 @@ class Service(MultiService):
 
     def _hello_for(self, conn: PeerConnection) -> Hello:
         return Hello(network=self.network, intent=conn.handshake.intent, role=conn.purpose.role or self.role,
-                     observed=conn.peer_address, listeners=tuple(self.addresses.listeners(self._forced_tcp_port())))
+                     observed=conn.peer_address, listeners=tuple(self.addresses.listeners(self._forced_tcp_port())),
+                     echo_alt=self.listeners.echo_port())

@@ -126,6 +126,7 @@ class Hello:
     role: str = "node"
     observed: Optional[Address] = None  # the address we see the peer's connection come from
     listeners: tuple[Address, ...] = ()  # our listening addresses, for reachability tests
+    echo_alt: Optional[int] = None  # a second UDP port of ours that answers address echoes (doc/protocol.md)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def encode(self) -> bytes:
@@ -141,6 +142,8 @@ class Hello:
             body["observed"] = str(self.observed)
         if self.listeners:
             body["listeners"] = [str(a) for a in self.listeners]
+        if self.echo_alt is not None:
+            body["echo_alt"] = self.echo_alt
         body.update(self.extra)
         return frame(FrameType.HELLO, _encode_json(body))
 
@@ -179,7 +182,10 @@ class Hello:
                 listeners.append(Address.parse(a))
             except ValueError:
                 raise ProtocolViolation("HELLO has a bad listener address") from None
-        known = {"proto", "version", "min_version", "network", "intent", "role", "observed", "listeners"}
+        echo_alt = body.get("echo_alt")
+        if echo_alt is not None and (type(echo_alt) is not int or not 0 < echo_alt < 65536):
+            raise ProtocolViolation("HELLO has a bad echo_alt port")
+        known = {"proto", "version", "min_version", "network", "intent", "role", "observed", "listeners", "echo_alt"}
         extra = {k: v for k, v in body.items() if k not in known}
         return cls(
             network=network,
@@ -189,6 +195,7 @@ class Hello:
             role=role,
             observed=observed,
             listeners=tuple(listeners),
+            echo_alt=echo_alt,
             extra=extra,
         )
 

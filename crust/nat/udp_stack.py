@@ -86,4 +86,23 @@ def build_udp_stack(reactor: Any = None, *, host: str = "0.0.0.0", port: int = 0
     return UdpStack(endpoint, client, responder, echo)
 
 
-__all__ = ["UdpStack", "add_stun_client", "build_udp_stack"]
+@dataclass(frozen=True)
+class EchoSocket:
+    """
+    A second UDP socket that only answers: the address echo and STUN
+    Binding, so that peers asking both it and the main socket learn how their
+    NAT maps (HELLO C{echo_alt}, L{crust.nat.reflexive}).
+    """
+
+    endpoint: UdpEndpoint
+    stun_responder: StunResponder
+    echo: UdpEcho
+
+
+def build_echo_socket(reactor: Any = None, *, host: str = "0.0.0.0", port: int = 0, identity: Any) -> EchoSocket:
+    """An answering-only UDP socket (not yet bound) for C{identity}."""
+    endpoint = UdpEndpoint(reactor, host=host, port=port, socket_buffer=0)
+    return EchoSocket(endpoint, StunResponder(endpoint), UdpEcho(endpoint, identity))
+
+
+__all__ = ["EchoSocket", "UdpStack", "add_stun_client", "build_echo_socket", "build_udp_stack"]

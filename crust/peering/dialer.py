@@ -47,8 +47,12 @@ class Transport(Protocol):
     def available(self) -> bool: ...
 
     def dial(self, address: Address, factory: "ConnectionFactory", expected: Optional[PeerId],
-             bind: Optional[tuple[str, int]] = None) -> Deferred:
-        """Connect, run C{factory}'s protocol; fires with the L{PeerConnection} (handshake running)."""
+             bind: Optional[tuple[str, int]] = None, *, from_listener: bool = False) -> Deferred:
+        """
+        Connect, run C{factory}'s protocol; fires with the L{PeerConnection}
+        (handshake running).  C{from_listener}: leave from the address we
+        listen on (what peers see of our listener).
+        """
 
 
 class DialStrategy(Protocol):
@@ -220,24 +224,28 @@ class Dialer:
                                  expected_peer=expected, transport_name=transport_name)
 
     def dial(self, address: Address, purpose: Purpose, *, expected: Optional[PeerId],
-             intent: Intent = Intent.CONNECT, bind: Optional[tuple[str, int]] = None) -> Deferred:
+             intent: Intent = Intent.CONNECT, bind: Optional[tuple[str, int]] = None,
+             from_listener: bool = False) -> Deferred:
         """Connect to one address for C{purpose}; fires with the L{PeerConnection}."""
         transport = self._transports.get(address.transport)
         if transport is None or not transport.available():
             return fail(CrustError(f"{address}: this node has no {address.transport} transport"))
         factory = self.factory(purpose, initiator=True, intent=intent, expected=expected,
                                transport_name=address.transport)
+        if from_listener:
+            return transport.dial(address, factory, expected, bind, from_listener=True)
         return transport.dial(address, factory, expected, bind)
 
     def probe(self, address: Address, expected_peer: Optional[PeerId] = None,
-              bind: Optional[tuple[str, int]] = None) -> Deferred:
+              bind: Optional[tuple[str, int]] = None, from_listener: bool = False) -> Deferred:
         """
         Open a connection to C{address} only to run the handshake: fires with
         a L{ProbeResult}.  Used for external address discovery, reachability
         tests and liveness checks.
         """
         probe = Probe(self.clock)
-        self.dial(address, probe, expected=expected_peer, intent=Intent.PROBE, bind=bind).addErrback(probe.failed)
+        self.dial(address, probe, expected=expected_peer, intent=Intent.PROBE, bind=bind,
+                  from_listener=from_listener).addErrback(probe.failed)
         return probe.result
 
 

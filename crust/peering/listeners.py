@@ -32,6 +32,8 @@ class Listeners:
     """
     @param udp_endpoint: the node's UDP socket (not yet bound), or None.
     @param quic: the QUIC dispatcher on that socket, or None.
+    @param echo_socket: an answering-only UDP socket (L{crust.nat.udp_stack.EchoSocket}),
+        bound while the node accepts bootstrap requests.
     @param running: returns whether the node accepts connections.
     @param listening: called with (TCP port, UDP port) once listening (port mapping starts there).
     @ivar ports: the listening TCP ports.
@@ -41,6 +43,7 @@ class Listeners:
 
     def __init__(self, *, peer_id: PeerId, config: Callable[[], Config], dialer: Dialer, tcp: TcpTransport,
                  udp_endpoint: Any, quic: Any, addresses: OurAddresses, emit: Callable[..., None],
+                 echo_socket: Any = None,
                  running: Callable[[], bool], listening: Callable[[Optional[int], Optional[int]], None]) -> None:
         self._peer_id = peer_id
         self._config = config
@@ -48,6 +51,7 @@ class Listeners:
         self._tcp = tcp
         self._udp = udp_endpoint
         self._quic = quic
+        self._echo_socket = echo_socket
         self._addresses = addresses
         self._emit = emit
         self._running = running
@@ -65,7 +69,22 @@ class Listeners:
             d.addBoth(self._started.fire)
         return self._started.wait()
 
+    def local_ports(self) -> tuple[Optional[int], Optional[int]]:
+        """Our (TCP listening port, UDP port), each None when not listening."""
+        tcp = self._tcp.listener_binding()
+        udp = self._udp.local_address() if self._udp is not None and self._udp.listening else None
+        return (tcp[1] if tcp else None), (udp.port if udp is not None else None)
+
+    def echo_port(self) -> Optional[int]:
+        """The port of our answering-only UDP socket, while it is bound."""
+        socket = self._echo_socket
+        if socket is None or not socket.endpoint.listening:
+            return None
+        return socket.endpoint.local_address().port
+
     def stop(self) -> None:
+        if self._echo_socket is not None and self._echo_socket.endpoint.listening:
+            self._echo_socket.endpoint.stop()
         for port in self.ports:
             port.stopListening()
         self.ports = []
@@ -102,6 +121,13 @@ class Listeners:
             self._emit("listener_failed", "udp", reason)
             return fail(CrustError(reason))
         self.log.info("udp socket on {address}", address=str(address))
+        if self._echo_socket is not None and config.accept_bootstrap and not self._echo_socket.endpoint.listening:
+            try:
+                alt = self._echo_socket.endpoint.listen()
+            except CannotListenError as e:
+                self.log.warn("no second UDP echo socket: {error}", error=str(e.socketError))
+            else:
+                self.log.info("address echo also answers on {address}", address=str(alt))
         if self._quic is not None:
             self._quic.closed = False  # (again, after a restart)
             self._addresses.listen += self._udp.local_addresses()

@@ -218,11 +218,13 @@ class QuicDispatcher:
     def available(self) -> bool:
         return True
 
-    def dial(self, address: Any, factory: Any, expected: Optional[PeerId] = None, bind: Any = None) -> Deferred:
+    def dial(self, address: Any, factory: Any, expected: Optional[PeerId] = None, bind: Any = None,
+             from_listener: bool = True) -> Deferred:
         """
         Connect to C{address} (an L{crust.address.Address}) and attach the
-        protocol C{factory} builds; fires with that protocol.  (C{bind} is
-        not used: every QUIC connection leaves from the node's one socket.)
+        protocol C{factory} builds; fires with that protocol.  (C{bind} and
+        C{from_listener} change nothing: every QUIC connection leaves from the
+        node's one socket, the one it listens on.)
         """
         return self.connect(address.sockaddr(), expected).addCallback(
             lambda driver: driver.attach(factory.buildProtocol(address)))

@@ -16,13 +16,31 @@ Commands on stdin, one JSON object a line (``"cmd"`` names it):
 
     {"cmd": "info"}                            -> {"event": "info", ...} as "ready"
     {"cmd": "connect", "info": "<JSON>"}       -> "connected" or "connect_error"
+    {"cmd": "connect", "peer": ID}             -> the same, connecting by peer id
+    {"cmd": "disconnect", "peer": ID}          -> {"event": "disconnected", "peer", "had"}
+    {"cmd": "wait_gone", "peer": ID, "timeout": S}   -> {"event": "gone", "peer", "gone", "seconds"}
     {"cmd": "send", "peer": ID, "data": TEXT, "priority": 1}   -> "sent" / "send_error"
-    {"cmd": "bootstrap"}                       -> "bootstrapped" or "bootstrap_error"
+    {"cmd": "bootstrap", "role": "node"|"client"}    -> "bootstrapped" or "bootstrap_error"
     {"cmd": "netcheck"}                        -> "netcheck" (the report, its text, seconds)
     {"cmd": "has_peers_on_lan"}                -> {"event": "has_peers_on_lan", "result"}
     {"cmd": "discover", "window": S}           -> {"event": "discovered", "peers": [...]}
     {"cmd": "peers"}                           -> {"event": "peers", "peers": [peer_details...]}
     {"cmd": "stop"}                            -> "stopped" (after stopService), then exit
+
+``connect`` with ``"info"`` calls ``service.connect(our_info, info)`` (the
+two-argument form); with ``"peer"`` it calls ``service.connect(PeerId)``
+(one argument: connect by peer id through a common peer). Both report
+``seconds`` (from the command to the result); ``connected`` also has
+``transport``, ``path`` (``peer_details(peer).get("path")``, None where the
+library has none) and ``details`` (all of ``peer_details``);
+``connect_error`` has ``error``, ``error_type``, ``reasons``
+(``ConnectFailed.reasons``, None for other errors) and, when the library's
+``Service.connect`` cannot take the call at all, ``api_missing`` naming the
+missing API. ``disconnected`` says whether there was a connection
+(``had``); ``wait_gone`` waits (bounded) until the peer has no connection
+at all, closing ones included. ``bootstrap`` (optional ``role``, default the
+library's) reports ``seconds`` and ``role``; ``bootstrap_error`` also
+``error_type``.
 
 Every ``ICrustObserver`` event is printed as it happens (``new_message``
 with the data as text); with ``--echo`` each message is answered with
@@ -30,14 +48,16 @@ with the data as text); with ``--echo`` each message is answered with
 """
 
 import argparse
+import inspect
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _agent import emit, run  # noqa: E402
-from twisted.internet import defer, reactor, stdio  # noqa: E402
+from twisted.internet import defer, reactor, stdio, task  # noqa: E402
 from twisted.protocols.basic import LineReceiver  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
@@ -77,6 +97,17 @@ class Printer:
         emit("new_message", peer=str(peer_id), data=text(data))
         if self.echo and not data.startswith(b"echo:"):
             self.service.send(peer_id, b"echo:" + data, 1)
+
+
+def connect_api_missing(service, target):
+    """The API named if ``service.connect(target)`` (one argument) cannot be called."""
+    try:
+        inspect.signature(service.connect).bind(target)
+    except TypeError:
+        return "Service.connect(target) with one argument (connect by peer id)"
+    except ValueError:  # no signature to inspect: just try it
+        return None
+    return None
 
 
 def describe(service):
@@ -131,13 +162,44 @@ class Commands(LineReceiver):
 
     @defer.inlineCallbacks
     def do_connect(self, command):
-        ours = yield self.service.prepare_connection_info()
+        start = time.monotonic()
         try:
-            peer = yield self.service.connect(ours, command["info"])
+            if "peer" in command:
+                peer = PeerId.from_text(command["peer"])
+                missing = connect_api_missing(self.service, peer)
+                if missing:
+                    emit("connect_error", error="the library has no " + missing, error_type="TypeError",
+                         reasons=None, api_missing=missing, seconds=round(time.monotonic() - start, 4))
+                    return
+                peer = yield self.service.connect(peer)
+            else:
+                ours = yield self.service.prepare_connection_info()
+                peer = yield self.service.connect(ours, command["info"])
         except Exception as e:
-            emit("connect_error", error=text(e))
+            reasons = getattr(e, "reasons", None)
+            emit("connect_error", error=text(e), error_type=type(e).__name__,
+                 reasons=[text(r) for r in reasons] if reasons is not None else None,
+                 seconds=round(time.monotonic() - start, 4))
         else:
-            emit("connected", peer=str(peer), address=text(self.service.peer_address(peer)))
+            seconds = round(time.monotonic() - start, 4)
+            details = self.service.peer_details(peer) or {}
+            emit("connected", peer=str(peer), address=text(self.service.peer_address(peer)),
+                 transport=details.get("transport"), path=details.get("path"), details=details,
+                 seconds=seconds)
+
+    def do_disconnect(self, command):
+        peer = PeerId.from_text(command["peer"])
+        emit("disconnected", peer=str(peer), had=bool(self.service.disconnect(peer)))
+
+    @defer.inlineCallbacks
+    def do_wait_gone(self, command):
+        peer = PeerId.from_text(command["peer"])
+        start = time.monotonic()
+        deadline = start + float(command.get("timeout", 10.0))
+        while self.service.peer_details(peer) is not None and time.monotonic() < deadline:
+            yield task.deferLater(reactor, 0.02, lambda: None)
+        emit("gone", peer=str(peer), gone=self.service.peer_details(peer) is None,
+             seconds=round(time.monotonic() - start, 4))
 
     def do_send(self, command):
         peer = PeerId.from_text(command["peer"])
@@ -150,14 +212,21 @@ class Commands(LineReceiver):
 
     @defer.inlineCallbacks
     def do_bootstrap(self, command):
+        start = time.monotonic()
+        role = command.get("role")
         try:
-            peer = yield self.service.bootstrap()
+            if role is None:
+                peer = yield self.service.bootstrap()
+            else:
+                peer = yield self.service.bootstrap(role=role)
         except Exception as e:
-            emit("bootstrap_error", error=text(e))
+            emit("bootstrap_error", error=text(e), error_type=type(e).__name__, role=role,
+                 seconds=round(time.monotonic() - start, 4))
         else:
             to = self.service.bootstrapped_to
             emit("bootstrapped", peer=str(peer), address=text(to[1]) if to else None,
-                 connected=[str(p) for p in self.service.connected_peers()])
+                 connected=[str(p) for p in self.service.connected_peers()], role=role,
+                 seconds=round(time.monotonic() - start, 4))
 
     @defer.inlineCallbacks
     def do_has_peers_on_lan(self, command):

@@ -351,7 +351,7 @@ class Service(MultiService):
 
     # -- bootstrap ---------------------------------------------------------------------------
 
-    def bootstrap(self, blacklist: Iterable[Any] = (), role: Union[Role, str] = Role.NODE) -> Deferred:
+    def bootstrap(self, blacklist: Iterable[Any] = (), role: Union[Role, str, None] = None) -> Deferred:
         """
         Find the network: try LAN discovery replies, cached peers and the
         hard-coded contacts (minus C{blacklist}: addresses or their text),
@@ -359,7 +359,10 @@ class Service(MultiService):
         L{PeerId} of the first peer that grants the request; fails with
         L{crust.bootstrap.plan.BootstrapFailed} listing every reason.
         C{role}: L{Role.NODE} claims to be reachable (the acceptor tests it),
-        L{Role.CLIENT} only consumes.
+        L{Role.CLIENT} only consumes; None (the default) claims to be a node
+        and, when no peer can reach us back, joins as a client
+        (C{bootstrapper.held_role} and C{bootstrapper.role_reason} say which
+        and why).
         """
         if not self.running_for_peers:
             return fail(ServiceNotRunning("the service is not running"))

@@ -26,13 +26,13 @@ from twisted.python.failure import Failure
 
 from crust.address import Address
 from crust.bootstrap.cache import BootstrapCache
-from crust.bootstrap.plan import Candidate, plan_candidates, run_bootstrap
+from crust.bootstrap.plan import BootstrapFailed, Candidate, plan_candidates, run_bootstrap
 from crust.config import Config
 from crust.errors import ConnectFailed, HandshakeRefused
 from crust.identity import PeerId
 from crust.session.purpose import Purpose
 from crust.roles import Role
-from crust.wire import Intent
+from crust.wire import Intent, RejectReason
 
 if TYPE_CHECKING:
     from crust.session.connection import PeerConnection
@@ -128,6 +128,9 @@ class Bootstrapper:
         self._transports = transports
         self._timers: set[Any] = set()
         self.bootstrapped_to: Optional[tuple[PeerId, Address]] = None
+        self.held_role: Optional[Role] = None  # the role we hold on the network, once bootstrapped
+        self.role_reason = "not bootstrapped yet"
+        self._client_reason = ""
         table.listen(self)
 
     def call_later(self, delay: float, f: Callable[[], None]) -> None:
@@ -157,11 +160,41 @@ class Bootstrapper:
 
     # -- requesting -------------------------------------------------------------
 
-    def bootstrap(self, blacklist: Iterable[Union[Address, str]] = (), role: Role = Role.NODE) -> Deferred:
+    def bootstrap(self, blacklist: Iterable[Union[Address, str]] = (), role: Optional[Role] = Role.NODE) -> Deferred:
+        """
+        Bootstrap as C{role}; with C{role} None, as a node if a peer can
+        reach us back, else as a client (the role and why: L{held_role},
+        L{role_reason}).
+        """
         d = self._ready()
         d.addCallback(lambda _: self._discover())
-        d.addCallback(self._run, blacklist, role)
+
+        def run(lan: list) -> Deferred:
+            attempt = self._run(lan, blacklist, role or Role.NODE)
+            if role is None:
+                attempt.addErrback(self._as_client, lan, blacklist)
+            return attempt
+
+        d.addCallback(run)
+        d.addCallbacks(self._succeeded, self._failed)
         return d
+
+    def _as_client(self, failure: Failure, lan: list, blacklist: Iterable[Union[Address, str]]) -> Any:
+        """A peer could not reach us back: we cannot be a node, but we can join as a client."""
+        failure.trap(BootstrapFailed)
+        error = failure.value
+        if not error.external_reachability:
+            return failure
+        refusals = [reason for _, reason in error.failures if RejectReason.FAILED_REACHABILITY.value in reason]
+        why = refusals[0] if refusals else str(error)
+        self.log.info("no peer can reach us back ({why}): joining as a client", why=why)
+        d = self._run(lan, blacklist, Role.CLIENT)
+
+        def joined(result: Any) -> Any:
+            self._client_reason = f"joined as a client: {why}"
+            return result
+
+        return d.addCallback(joined)
 
     def _discover(self) -> Deferred:
         requester = self._discovery()
@@ -203,7 +236,7 @@ class Bootstrapper:
             cache=cache,
             release=self._release,
         )
-        result.addCallbacks(self._succeeded, self._failed)
+        result.addCallback(lambda found: (found, role))
         return result
 
     def _try(self, candidate: Candidate, role: Role) -> Deferred:
@@ -224,10 +257,17 @@ class Bootstrapper:
         """A bootstrap connection that did not count: close it."""
         self.table.disconnect(peer_id)
 
-    def _succeeded(self, result: Any) -> PeerId:
+    def _succeeded(self, outcome: tuple[Any, Role]) -> PeerId:
+        result, role = outcome
         peer_id, address = result.peer_id, result.candidate.address
         self.bootstrapped_to = (peer_id, address)
-        self.log.info("bootstrapped to {peer} at {address}", peer=str(peer_id), address=str(address))
+        self.held_role = role
+        if role is Role.CLIENT and self._client_reason:
+            self.role_reason, self._client_reason = self._client_reason, ""
+        else:
+            self.role_reason = f"bootstrapped to {peer_id.short()} as a {role}"
+        self.log.info("bootstrapped to {peer} at {address} as a {role}", peer=str(peer_id), address=str(address),
+                      role=str(role))
         self._emit("bootstrap_connect", peer_id, address)
         return peer_id
 

@@ -283,6 +283,8 @@ def cmd_info(ctx: Context) -> int:
         f"network:          {info.get('network_name') or '(default)'}",
         f"listening on:     {' '.join(info.get('listen_addresses') or []) or '(not listening)'}",
         f"external:         {' '.join(info.get('external_addresses') or []) or '(none known)'}",
+        f"role:             {info.get('role')} ({info.get('role_reason') or 'not bootstrapped yet'})",
+        f"our NAT:          {info.get('nat') or 'unknown'}",
         f"connected peers:  {info.get('peers', 0)}",
         "bootstrapped to:  " + (f"{info['bootstrapped_to']['peer_id']} at {info['bootstrapped_to']['address']}"
                                 if info.get("bootstrapped_to") else "(not bootstrapped)"),

@@ -28,6 +28,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from crust.nat.reflexive import describe as describe_nat
 from crust._util.reactor import maybe_global_reactor
 from crust._version import __version__
 from crust.config import Config
@@ -233,9 +234,14 @@ class Node(MultiService):
         d.addErrback(lambda f: self.log.warn("bootstrap at start failed: {reason}", reason=f.getErrorMessage()))
 
     def bootstrap(self, blacklist: Any = (), role: Optional[str] = None) -> Deferred:
-        """Bootstrap the node's service; fires with the peer id."""
+        """
+        Bootstrap the node's service; fires with the peer id.  Without a
+        C{role}, a node that no peer can reach back joins as a client.
+        """
         assert self.service is not None
-        return self.service.bootstrap(blacklist, role or self.role)
+        if role is None and self.role != "node":
+            role = self.role
+        return self.service.bootstrap(blacklist, role)
 
     def _watch_config(self) -> None:
         """Re-read the config file when it changes, and on SIGHUP."""
@@ -391,7 +397,9 @@ class Node(MultiService):
                 "peer_id": str(self.peer_id),
                 "version": __version__,
                 "network_name": config.network_name,
-                "role": self.role,
+                "role": str(svc.bootstrapper.held_role or self.role),
+                "role_reason": svc.bootstrapper.role_reason,
+                "nat": describe_nat(svc.addresses.nat),
                 "listen_addresses": [str(a) for a in svc.listen_addresses],
                 "external_addresses": [str(a) for a in svc.external_addresses],
                 "connection_info": json.loads(info.to_json()),

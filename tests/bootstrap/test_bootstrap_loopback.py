@@ -149,6 +149,35 @@ class BootstrapTests(TestCase):
         self.assertEqual(peer, seed.peer_id)
 
     @defer.inlineCallbacks
+    def test_unreachable_node_joins_as_a_client_by_default(self):
+        seed = yield self.seed()
+        node = make_service(self, hard_coded_contacts=(contact(seed),))
+        yield node.start_listening()
+        claimed = list(node.listen_addresses)
+        for port in node._ports:
+            yield port.stopListening()
+        yield node.udp_endpoint.stop()
+        node.listen_addresses = claimed  # it still claims the listeners it closed
+        peer = yield node.bootstrap()
+        self.assertEqual(peer, seed.peer_id)
+        self.assertEqual(node.bootstrapper.held_role, Role.CLIENT)
+        self.assertIn("joined as a client", node.bootstrapper.role_reason)
+        self.assertIn("failed-external-reachability", node.bootstrapper.role_reason)
+        self.assertTrue(node.is_connected(seed.peer_id))  # it keeps the connection
+        self.assertEqual(len(node.events.named("bootstrap_connect")), 1)
+        self.assertEqual(node.events.named("bootstrap_failed"), [])
+        yield wait_for(lambda: seed.events.named("bootstrap_accept"))
+        self.assertEqual(seed.events.named("bootstrap_accept"), [(node.peer_id, Role.CLIENT)])
+
+    @defer.inlineCallbacks
+    def test_reachable_node_holds_the_node_role(self):
+        seed = yield self.seed()
+        node = make_service(self, hard_coded_contacts=(contact(seed),))
+        yield node.bootstrap()
+        self.assertEqual(node.bootstrapper.held_role, Role.NODE)
+        self.assertIn("as a node", node.bootstrapper.role_reason)
+
+    @defer.inlineCallbacks
     def test_reachability_test_can_be_turned_off(self):
         seed = yield self.seed(external_reachability_test=False)
         node = make_service(self, hard_coded_contacts=(contact(seed),))

@@ -610,7 +610,8 @@ class PunchNodeCliTests(LabTestCase):
                 problems.append("{}{} behind a {} NAT did not bootstrap within {} s of start (the ready node "
                                 "should join as a client when the seed's reachability test fails): {}".format(
                                     ISSUE, name, host.nat.kind, BOOTSTRAP_BOUND,
-                                    refusals[-1][-400:] if refusals else "no refusal logged"))
+                                    refusals[-1].split("bootstrap at start failed: ", 1)[-1][:300] if refusals
+                                    else "no refusal logged"))
                 # so that the rest can still be checked: as a client, the way the ready node would
                 client = self.crust(host, data_dir, "bootstrap", "--role", "client", timeout=30)
                 self.assertEqual(client.returncode, 0, "{} cannot bootstrap even as a client: {}".format(

@@ -18,8 +18,8 @@ make: the peer table reports their refusals and losses to it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Optional, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 
 from crust.errors import ConnectFailed
 from crust.identity import PeerId
+from crust.session.connection import PathInfo
 from crust.session.purpose import Purpose
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ class Leg:
     delay: float
     targets: tuple[Hashable, ...]
     dial: Dial
+    path_kind: str = "direct"  # what a connection this leg makes is (L{crust.session.connection.PathInfo})
+    kinds: Mapping[Hashable, str] = field(default_factory=dict)  # targets whose connections are another kind
 
 
 class ConnectAttempt(Purpose):
@@ -67,6 +70,7 @@ class ConnectAttempt(Purpose):
         self.peer_id = peer_id
         self.legs = tuple(leg for leg in legs if leg.targets)
         self.targets = tuple(t for leg in self.legs for t in leg.targets)
+        self._leg_of: dict[Hashable, Leg] = {t: leg for leg in self.legs for t in leg.targets}
         self._clock = clock
         self._timeout = timeout
         self._has_candidates = has_candidates
@@ -107,6 +111,29 @@ class ConnectAttempt(Purpose):
         held = {leg.name for leg, _ in self._held}
         return tuple(leg.name for leg in self.legs if leg.name not in held)
 
+    def extend(self, legs: Sequence[Leg]) -> None:
+        """
+        More legs, learned while the attempt runs (the peer's candidates from
+        a rendezvous): each starts after its own delay from now; targets
+        already tried are not tried again.
+        """
+        if self.done:
+            return
+        for leg in legs:
+            targets = tuple(t for t in leg.targets if t not in self._leg_of)
+            if not targets:
+                continue
+            leg = Leg(leg.name, leg.delay, targets, leg.dial, leg.path_kind, leg.kinds)
+            self.legs += (leg,)
+            self.targets += targets
+            for target in targets:
+                self._leg_of[target] = leg
+            if leg.delay <= 0:
+                self._start_leg(leg)
+            else:
+                self._held.append((leg, self._clock.callLater(leg.delay, self._release, leg)))
+                self._held.sort(key=lambda entry: entry[1].getTime())
+
     def _start_leg(self, leg: Leg) -> None:
         self._starting = True  # a try failing at once must not end the attempt before the others start
         try:
@@ -133,8 +160,11 @@ class ConnectAttempt(Purpose):
 
     # -- reports from tries and connections ------------------------------------
 
-    def _dialled(self, conn: "PeerConnection", target: Hashable) -> None:
+    def _dialled(self, conn: Optional["PeerConnection"], target: Hashable) -> None:
         self._tries.pop(target, None)
+        if conn is None:  # a try that made no connection of its own (it extended the attempt)
+            self._check_done()
+            return
         if self.done:
             if conn.connected and not conn.is_active:
                 conn.close_duplicate()
@@ -148,6 +178,13 @@ class ConnectAttempt(Purpose):
         if not failure.check(CancelledError):
             self.reasons[target] = f"{target}: {_failure_text(failure)}"
         self._check_done()
+
+    def promoted(self, conn: "PeerConnection", peer_id: PeerId) -> None:
+        target = self._connections.get(conn)
+        leg = self._leg_of.get(target) if target is not None else None
+        if leg is not None:
+            conn.path = PathInfo(leg.kinds.get(target, leg.path_kind), leg.name,
+                                 self._clock.seconds() - self.started_at)
 
     def lost(self, conn: "PeerConnection", reason: str) -> None:
         target = self._connections.pop(conn, None)
@@ -214,8 +251,8 @@ class ConnectAttempt(Purpose):
             return
         if self._held:
             # everything started before failed: the next legs need not wait
-            first = self._held[0][0].delay
-            for leg in [leg for leg, _ in self._held if leg.delay == first]:
+            first = min(timer.getTime() for _, timer in self._held)
+            for leg in [leg for leg, timer in self._held if timer.getTime() <= first + 1e-9]:
                 self._release(leg)
             return
         if self._has_candidates(self.peer_id):

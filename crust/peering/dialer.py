@@ -19,13 +19,14 @@ L{crust.session.purpose.Purpose}.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Optional, Protocol, Sequence
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from crust.address import Address
+from crust.candidates import CandidateKind
 from crust.config import Config
 from crust.peering.attempt import ConnectAttempt, Leg
 from crust.session.connection import PeerConnection
@@ -59,12 +60,17 @@ class DialStrategy(Protocol):
     """One way of reaching a peer in a connect attempt (registered with L{Dialer.register})."""
 
     name: str
+    path_kind: str  # what its connections are (L{crust.session.connection.PathInfo.kind})
 
-    def delay(self) -> float:
-        """Seconds after the attempt's first leg before this one starts."""
+    def delay(self, hints: Mapping[str, Any]) -> float:
+        """Seconds after the attempt's first leg (or, for legs added later, from then) before this one starts."""
 
-    def targets(self, info: PubConnectionInfo) -> Sequence[Hashable]:
-        """What this strategy would try for C{info}'s peer; nothing if it does not apply."""
+    def targets(self, info: PubConnectionInfo, hints: Mapping[str, Any]) -> Sequence[Hashable]:
+        """
+        What this strategy would try for C{info}'s peer; nothing if it does
+        not apply.  C{hints} carry what other strategies learned (a punch
+        plan from the rendezvous: C{hints["punch"]}).
+        """
 
     def dial(self, target: Any, attempt: ConnectAttempt) -> Deferred:
         """Try one target; fires with the L{PeerConnection} it made."""
@@ -195,8 +201,8 @@ class Dialer:
 
     @property
     def strategies(self) -> list[DialStrategy]:
-        """The registered strategies, earliest start first."""
-        return sorted(self._strategies.values(), key=lambda s: s.delay())
+        """The registered strategies."""
+        return list(self._strategies.values())
 
     # -- planning ---------------------------------------------------------------
 
@@ -205,14 +211,17 @@ class Dialer:
         transport = self._transports.get(address.transport)
         return transport is not None and transport.available() and self._may_dial_address(address)
 
-    def plan(self, info: PubConnectionInfo) -> list[Leg]:
-        """The legs of a connect attempt to C{info}'s peer, one per strategy that applies."""
+    def plan(self, info: PubConnectionInfo, hints: Optional[Mapping[str, Any]] = None) -> list[Leg]:
+        """The legs of a connect attempt to C{info}'s peer, one per strategy that applies, earliest first."""
+        hints = hints or {}
         legs = []
         for strategy in self.strategies:
-            targets = tuple(strategy.targets(info))
+            targets = tuple(strategy.targets(info, hints))
             if targets:
-                legs.append(Leg(strategy.name, strategy.delay(), targets, strategy.dial))
-        return legs
+                kinds = getattr(strategy, "kinds", None)
+                legs.append(Leg(strategy.name, strategy.delay(hints), targets, strategy.dial, strategy.path_kind,
+                                kinds(info, targets) if kinds is not None else {}))
+        return sorted(legs, key=lambda leg: leg.delay)
 
     # -- making connections ---------------------------------------------------------
 
@@ -257,18 +266,25 @@ class DirectStrategy:
         the configuration may change).
     """
 
+    path_kind = "direct"
+
     def __init__(self, dialer: Dialer, name: str, transport: str, delay: Callable[[], float] = lambda: 0.0) -> None:
         self._dialer = dialer
         self.name = name
         self.transport = transport
         self._delay = delay
 
-    def delay(self) -> float:
+    def delay(self, hints: Mapping[str, Any]) -> float:
         return self._delay()
 
-    def targets(self, info: PubConnectionInfo) -> list[Address]:
+    def targets(self, info: PubConnectionInfo, hints: Mapping[str, Any]) -> list[Address]:
         dialer = self._dialer
         return [a for a in info.addresses if a.transport == self.transport and dialer.may_dial(a)]
+
+    def kinds(self, info: PubConnectionInfo, targets: Sequence[Hashable]) -> dict[Hashable, str]:
+        """Connections to the peer's port-mapped addresses are C{mapped}."""
+        mapped = {c.address for c in info.candidates if c.kind is CandidateKind.MAPPED}
+        return {t: "mapped" for t in targets if t in mapped}
 
     def dial(self, target: Address, attempt: ConnectAttempt) -> Deferred:
         return self._dialer.dial(target, attempt, expected=attempt.peer_id)

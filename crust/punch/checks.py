@@ -34,13 +34,14 @@ from dataclasses import dataclass
 
 from nacl.bindings import crypto_box_beforenm
 
+from crust.transport.udp_messages import MESSAGE_TYPES
 from crust.address import Address
 from crust.errors import CrustError
 from crust.identity import Identity, PeerId
 from crust.nat.echo import curve_public_key, curve_secret_key
 
-CHECK = 6
-ACK = 7
+CHECK = MESSAGE_TYPES.claim(6, "hole punching check")
+ACK = MESSAGE_TYPES.claim(7, "hole punching check answer")
 MAGIC = b"cp"
 VERSION = 1
 

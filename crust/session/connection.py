@@ -15,6 +15,7 @@ while it is paused.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
@@ -71,6 +72,28 @@ class ConnectionOwner(TypingProtocol):
     def dropped(self, conn: "PeerConnection", drops: list[Dropped], reason: str) -> None: ...
     def writable(self, conn: "PeerConnection") -> None: ...
     def control_received(self, conn: "PeerConnection", ftype: int, payload: bytes) -> bool: ...
+
+
+@dataclass(frozen=True)
+class PathInfo:
+    """
+    How a connection was made.
+
+    @ivar kind: C{direct}, C{mapped} (to a port-mapped address), C{punched-tcp},
+        C{punched-udp} (hole punching), C{relayed}; C{incoming} for a
+        connection the peer opened to us that no punch of ours explains.
+    @ivar strategy: the dial strategy that made it (C{tcp}, C{quic}, C{tcp-punch}...), or "".
+    @ivar elapsed: seconds from the connect call to the connection being
+        active, or None for connections nobody of ours waited on.
+    """
+
+    kind: str
+    strategy: str = ""
+    elapsed: Optional[float] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "strategy": self.strategy,
+                "elapsed": round(self.elapsed, 3) if self.elapsed is not None else None}
 
 
 @implementer(IHandshakeListener, IPushProducer)
@@ -139,6 +162,7 @@ class PeerConnection(Protocol):
         self.deliver: Callable[[bytes], object] = _discard
         self.messages_received = 0
         self.connected = False
+        self.path: Optional[PathInfo] = None  # how this connection was made (set when it is promoted)
 
     # -- identity -----------------------------------------------------------
 
@@ -351,6 +375,16 @@ class PeerConnection(Protocol):
             self._queue_bulk = usable and not self._direct_bulk
             if self._direct_bulk:
                 self._bulk_write = self._bulk.write
+
+    def send_control(self, frame: bytes) -> bool:
+        """
+        Send a control frame (a subsystem's, L{crust.session.signalling}) ahead
+        of queued data; False if the connection is not active or is closing.
+        """
+        if not self.is_active or self._close_reason is not None or not self.connected:
+            return False
+        self._write_control(frame)
+        return True
 
     def _write_control(self, frame: bytes) -> None:
         """Control frames (priority 0) go ahead of queued data."""

@@ -74,6 +74,7 @@ class Config:
     # NAT traversal
     stun_servers: tuple[Address, ...] = ()
     enable_port_mapping: bool = True
+    serve_rendezvous: bool = False  # forward hole-punching exchanges between two peers connected to us
 
     def replace(self, **changes) -> "Config":
         return replace(self, **changes)

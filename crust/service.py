@@ -42,11 +42,12 @@ from crust.connection_info import PrivConnectionInfo, PubConnectionInfo
 from crust.peering.connector import Connector
 from crust.peering.listeners import Listeners
 from crust.peering.dialer import Dialer, DirectStrategy, ProbeResult
-from crust.errors import ConnectToSelf, CrustError, MessageTooLarge, PeerNotConnected, ServiceNotRunning
+from crust.errors import ConnectToSelf, CrustError, InvalidConnectionInfo, MessageTooLarge, PeerNotConnected, ServiceNotRunning
 from crust.identity import Identity, PeerId
 from crust.nat.addresses import OurAddresses
 from crust.nat.reflexive import ReflexiveDiscovery
 from crust.observer import Observers
+from crust.punch.wiring import install as install_punching
 from crust.peering.table import PeerTable
 from crust.roles import Role
 from crust.transport.tcp import TcpTransport
@@ -143,6 +144,11 @@ class Service(MultiService):
             (lambda address, peer: self.dialer.probe(address, peer, from_listener=True)) if self.config.enable_tcp
             else None, self.listeners.local_ports)
         self.peers.listen(self.reflexive)
+        self.punch = install_punching(
+            identity=identity, network=self.network, reactor=reactor, config=lambda: self.config, table=self.peers,
+            dialer=self.dialer, addresses=self.addresses, tcp=self.tcp if self.config.enable_tcp else None,
+            udp_endpoint=self.udp_endpoint, quic_for_socket=self._quic_for_socket if self.quic else None,
+            our_info=self._public_info)
         self.discovery_requester: Any = None
         self.discovery_responder: Any = None
         self._discovery_service: Any = None
@@ -184,6 +190,7 @@ class Service(MultiService):
         self.connector.stop("the service is stopping")
         self.listeners.stop()
         self.reflexive.stop()
+        self.punch.stop()
         for conn in list(self.peers.connections):
             conn.close(CloseReason.SHUTDOWN, "the node is stopping")
         d = self.peers.wait_all_closed()  # each sent CLOSE, then closed (aborted if it stalls)
@@ -258,33 +265,56 @@ class Service(MultiService):
         config = self.config
         return config.listen_port if config.force_acceptor_port_in_ext_ep and config.listen_port else None
 
+    def _public_info(self) -> PubConnectionInfo:
+        candidates = self.addresses.candidates(self._forced_tcp_port())
+        return PubConnectionInfo(self.peer_id, tuple(c.address for c in candidates), candidates=tuple(candidates),
+                                 nat=self.addresses.nat)
+
     def prepare_connection_info(self) -> Deferred:
         """Fires with our L{PrivConnectionInfo}; share C{.public.to_json()}."""
 
         def build(_):
-            candidates = self.addresses.candidates(self._forced_tcp_port())
-            return PrivConnectionInfo(PubConnectionInfo(self.peer_id, tuple(c.address for c in candidates),
-                                                        candidates=tuple(candidates), nat=self.addresses.nat))
+            return PrivConnectionInfo(self._public_info())
 
         return self.start_listening().addCallback(build)
 
     # -- connecting ---------------------------------------------------------------------------
 
-    def connect(self, our_info: Optional[PrivConnectionInfo],
-                their_info: Union[PubConnectionInfo, str]) -> Deferred:
+    def connect(self, target: Union[PeerId, PubConnectionInfo, PrivConnectionInfo, str, bytes, None],
+                their_info: Union[PubConnectionInfo, str, bytes, None] = None) -> Deferred:
         """
-        Connect to the peer C{their_info} describes (a L{PubConnectionInfo} or
-        its JSON text).  Every way the dialer's strategies know is tried (all
-        TCP addresses at once, QUIC a moment later); the first to complete
-        the secure handshake wins.  Fires with the L{PeerId}; fails with
-        L{crust.errors.ConnectFailed} (listing every address's reason),
-        L{ConnectToSelf} or L{ServiceNotRunning}.
+        Connect to a peer: C{connect(peer_id)} through a peer we are both
+        connected to (hole punching), or C{connect(info)} with its connection
+        info (a L{PubConnectionInfo}, its JSON text, or a peer id's text).
+        The older form C{connect(our_info, their_info)} means C{connect(their_info)}.
+
+        Every way the dialer's strategies know is tried at once or after its
+        delay: direct TCP, direct QUIC a moment later, and through a common
+        peer (or, with no common peer, when both users paste each other's
+        info at about the same time) TCP and UDP hole punching; the first to
+        complete the secure handshake wins.  Fires with the L{PeerId}; fails
+        with L{crust.errors.ConnectFailed} (listing every strategy's and
+        address's reason), L{ConnectToSelf} or L{ServiceNotRunning}.
         """
+        if their_info is not None:
+            target = their_info
         try:
-            if isinstance(their_info, (str, bytes)):
-                their_info = PubConnectionInfo.from_json(their_info)
-        except CrustError as e:
-            return fail(e)
+            if isinstance(target, PeerId):
+                their_info = PubConnectionInfo(target)
+            elif isinstance(target, PrivConnectionInfo):
+                their_info = target.public
+            elif isinstance(target, (str, bytes)):
+                text = target.decode("utf-8", "replace") if isinstance(target, bytes) else target
+                if text.strip().startswith("{"):
+                    their_info = PubConnectionInfo.from_json(text)
+                else:
+                    their_info = PubConnectionInfo(PeerId.from_text(text.strip()))
+            elif isinstance(target, PubConnectionInfo):
+                their_info = target
+            else:
+                raise InvalidConnectionInfo(f"cannot connect to {target!r}: give a peer id or connection info")
+        except (CrustError, ValueError) as e:
+            return fail(e if isinstance(e, CrustError) else InvalidConnectionInfo(str(e)))
         peer_id = their_info.peer_id
         if peer_id == self.peer_id:
             return fail(ConnectToSelf("refusing to connect to ourselves"))
@@ -293,6 +323,18 @@ class Service(MultiService):
         if peer_id in self.peers.active:
             return succeed(peer_id)
         return self.connector.connect(their_info)
+
+    def _quic_for_socket(self, socket: Any) -> Any:
+        """A QUIC dispatcher on an extra UDP socket (birthday probing); the socket closes with its last connection."""
+        from crust.transport.quic.dispatcher import QUIC_FIRST_BYTE, QuicDispatcher, is_quic
+
+        dispatcher = QuicDispatcher(self.identity, socket.send, clock=self.clock,
+                                    accepted=lambda driver: self.listeners.quic_accepted(driver),
+                                    host=lambda: socket.transport.getHost(), options=self.quic.options,
+                                    cert_info=self.cert_info)
+        socket.register(is_quic, dispatcher.datagram_received, "quic", first_byte_at_least=QUIC_FIRST_BYTE)
+        dispatcher.on_empty = socket.stop
+        return dispatcher
 
     def probe(self, address: Address, expected_peer: Optional[PeerId] = None,
               bind: Optional[tuple[str, int]] = None) -> Deferred:

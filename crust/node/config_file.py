@@ -283,6 +283,7 @@ _FIELDS: dict[str, _Validator] = {
     "whitelisted_node_ips": _optional(_list_of(_network_entry)),
     "whitelisted_client_ips": _optional(_list_of(_network_entry)),
     "accept_bootstrap": _boolean,
+    "serve_rendezvous": _boolean,
     "external_reachability_test": _boolean,
     "bootstrap_timeout": _duration,
     "bootstrap_concurrency": _integer(1, 1024),

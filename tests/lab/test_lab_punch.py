@@ -265,6 +265,18 @@ class PunchLab:
             node.fallback = node.agent.event(("bootstrapped", "bootstrap_error"), timeout, marks[node.name])
         return everyone
 
+    def describe(self):
+        """Who is where: one line per host (the lab's own map is in its logdir's processes)."""
+        lines = ["seed    public           {} (logs: {})".format(self.seed_host.ip, self.lab.logdir)]
+        for kind in KINDS:
+            for host, ip in self.hosts[kind]:
+                where = "" if host.nat is None else "behind {}{}".format(
+                    host.nat.name, " behind {}".format(host.nat.behind.name) if host.nat.behind else "")
+                lines.append("{:<7} {:<16} {:<12} seen as {:<14} {}".format(host.name, kind, host.ip, ip, where))
+        if self.lab.impairment is not None:
+            lines.append("internet router: " + self.lab.impairment.describe().split(" on links")[0])
+        return "\n".join(lines)
+
     def bootstrap_table(self):
         header = ("node", "kind", "as node (default)", "s", "as client", "s", "ready->bootstrapped s")
         rows = []
@@ -272,7 +284,8 @@ class PunchLab:
             for n in self.nodes[kind]:
                 first = n.bootstrap
                 rows.append((n.name, kind,
-                             "ok" if first["event"] == "bootstrapped" else "refused: " + short_reason(first),
+                             "ok" if first["event"] == "bootstrapped" else "FAIL " + (
+                                 "reachability" if "reachability" in text_of(first) else short_reason(first)),
                              "{:.2f}".format(first.get("seconds", 0)),
                              ("-" if n.fallback is None else
                               "ok" if n.fallback["event"] == "bootstrapped" else "FAIL " + short_reason(n.fallback)),
@@ -391,10 +404,14 @@ def summary(results):
     lines = ["connected {}/{} pairs (required: {}/{}); time to connect over connected pairs: {}".format(
         count, len(results), sum(r["ok"] for r in required), len(required),
         "median {:.2f} s, max {:.2f} s".format(median, worst) if count else "none")]
+    failures = {}
     for r in results:
         if not r["ok"]:
-            lines.append("  {} x {}: {}{}".format(r["a"], r["b"], "B side: " if r["failed_side"] == "b" else "",
-                                                 (text_of(r) or "")[:300]))
+            text = ("B side: " if r["failed_side"] == "b" else "") + (text_of(r) or "")[:300]
+            failures.setdefault(text, []).append("{} x {}".format(r["a"], r["b"]))
+    for text, names in failures.items():
+        lines.append("  {}: {}".format("all {} failures".format(len(names)) if len(names) == len(results) - count
+                                       and len(names) > 3 else ", ".join(names), text))
     return "\n".join(lines)
 
 
@@ -467,7 +484,7 @@ class PunchMatrixTests(LabTestCase):
         built = time.monotonic() - started
         everyone = lab.start()
         up = time.monotonic() - started
-        print("\n== hole punching matrix, {} ==\n{}".format(title, lab.lab.describe()))
+        print("\n== hole punching matrix, {} ==\n{}".format(title, lab.describe()))
         print("\nbootstrap (seed {}, reachability test on):\n{}".format(lab.seed_host.ip, lab.bootstrap_table()))
         # The harness: every node is bootstrapped in time, one way or the other.
         late = ["{} ({}): {}".format(n.name, n.kind, text_of(n.fallback or n.bootstrap))

@@ -120,6 +120,7 @@ class QuicDispatcher:
              "closed"),
             0,
         )
+        self.on_empty: Optional[Callable[[], None]] = None  # called when the last connection ends
         self.closed = False  # close_all() was called: no new connections
 
     @property
@@ -292,6 +293,8 @@ class QuicDispatcher:
         for cid in self._cids.pop(driver, ()):
             if self._by_cid.get(cid) is driver:
                 del self._by_cid[cid]
+        if not self._cids and self.on_empty is not None:
+            self.on_empty()
 
     def stats(self) -> dict[str, Any]:
         return {"connections": len(self._cids), "connection_ids": len(self._by_cid), **self.counters}

@@ -354,7 +354,8 @@ class UdpEcho:
         request.deferred = Deferred(lambda d: self._abandon(request))
         self._pending[request_id] = request
         self.counters["echo_started"] += 1
-        self.log.debug("UDP echo request to {peer} at {destination}", peer=peer_id.short(), destination=str(destination))
+        self.log.debug("UDP echo request to {peer} at {destination}",
+                       peer=peer_id.short(), destination=str(destination))
         if not self._transmit(request):
             self._finish(request, EchoError(f"cannot send the UDP echo request to {destination}"))
             self.counters["echo_failed"] += 1

@@ -395,14 +395,16 @@ class StunClient:
             if error is None:
                 self._finish(tid, StunBadResponse(f"STUN server {server} sent an error response without ERROR-CODE"))
             else:
-                log.info("STUN server {server} answered {code} {reason}", server=str(server), code=error.code, reason=error.reason)
+                log.info("STUN server {server} answered {code} {reason}",
+                         server=str(server), code=error.code, reason=error.reason)
                 self._finish(tid, StunErrorResponse(server, error.code, error.reason))
             return
         self.counters["responses"] += 1
         unknown = message.unknown_comprehension_required()
         if unknown:
             names = ", ".join(stun.attribute_name(t) for t in unknown)
-            self._finish(tid, StunBadResponse(f"STUN server {server} sent unknown comprehension-required attributes: {names}"))
+            self._finish(tid, StunBadResponse(
+                f"STUN server {server} sent unknown comprehension-required attributes: {names}"))
             return
         mapped = message.mapped_address
         if mapped is None:
@@ -419,7 +421,8 @@ class StunClient:
             software=message.software,
         )
         log.debug(
-            "STUN server {server} sees us at {mapped} (rtt {rtt:.3f} s)", server=str(server), mapped=str(mapped), rtt=result.rtt
+            "STUN server {server} sees us at {mapped} (rtt {rtt:.3f} s)",
+            server=str(server), mapped=str(mapped), rtt=result.rtt,
         )
         self._finish(tid, result)
 
@@ -471,7 +474,9 @@ class StunProtocol(DatagramProtocol):
         host = self.transport.getHost()
         return Address("udp", host.host, host.port)
 
-    def binding_request(self, server: Address, change_ip: bool = False, change_port: bool = False, **kw: Any) -> "Deferred[BindingResult]":
+    def binding_request(
+        self, server: Address, change_ip: bool = False, change_port: bool = False, **kw: Any
+    ) -> "Deferred[BindingResult]":
         return self.client.binding_request(server, change_ip, change_port, **kw)
 
 

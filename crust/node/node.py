@@ -401,7 +401,9 @@ class Node(MultiService):
                 "accept_bootstrap": svc.config.accept_bootstrap,
                 "bootstrap_cache_size": len(svc.bootstrap_cached_peers()),
                 "data_dir": str(self.data_dir.path),
-                "config_file": str(self.config_file or self.data_dir.config_path) if self._given_config is None else None,
+                "config_file": (
+                    str(self.config_file or self.data_dir.config_path) if self._given_config is None else None
+                ),
                 "control": self.control_path,
                 "pid": os.getpid(),
                 "uptime": round(now - self.started_at, 3) if self.started_at is not None else 0.0,

@@ -94,7 +94,9 @@ def make_certificate(identity: Identity, info: Optional[CertInfo] = None) -> x50
         .not_valid_after(datetime.datetime(9999, 12, 31, tzinfo=datetime.timezone.utc))
     )
     if info is not None:
-        builder = builder.add_extension(x509.UnrecognizedExtension(CERT_INFO_OID, _der_octets(info.encode())), critical=False)
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(CERT_INFO_OID, _der_octets(info.encode())), critical=False
+        )
     return builder.sign(key, None)
 
 

@@ -130,7 +130,8 @@ class UdpEndpoint(DatagramProtocol):
         self._sendto: Any = None
         self.counters = dict.fromkeys(
             ("received", "received_bytes", "sent", "sent_bytes", "send_failures", "empty",
-             "stun", "stun_consumed", "stun_dropped", "crust", "crust_unknown_type", "registry", "unknown", "handler_errors"),
+             "stun", "stun_consumed", "stun_dropped", "crust", "crust_unknown_type", "registry", "unknown",
+             "handler_errors"),
             0,
         )
         self.send_errors: dict[str, int] = {}
@@ -387,7 +388,8 @@ class UdpEndpoint(DatagramProtocol):
             handler(data, addr)
         except Exception:
             self.counters["handler_errors"] += 1
-            self.log.failure("UDP handler {handler!r} failed on a datagram from {addr}", handler=handler, addr=_text(addr))
+            self.log.failure("UDP handler {handler!r} failed on a datagram from {addr}",
+                             handler=handler, addr=_text(addr))
 
     def _stun_received(self, data: bytes, addr: Any) -> None:
         counters = self.counters

@@ -789,8 +789,10 @@ def _describe(event: events.ConnectionTerminated, by_peer: bool) -> Exception:
     who = "the peer" if by_peer else "QUIC"
     detail = f"{code_text}: {reason}" if reason and reason != code_text else code_text
     if event.frame_type is None and code == CLOSED:
-        return QuicConnectionDone(f"{who} closed the connection cleanly", error_code=code, reason=reason, by_peer=by_peer)
-    return QuicConnectionLost(f"{who} closed the connection ({detail})", error_code=code, reason=reason, by_peer=by_peer)
+        return QuicConnectionDone(f"{who} closed the connection cleanly",
+                                  error_code=code, reason=reason, by_peer=by_peer)
+    return QuicConnectionLost(f"{who} closed the connection ({detail})",
+                              error_code=code, reason=reason, by_peer=by_peer)
 
 
 def _udp_address(addr: Any):

@@ -39,13 +39,14 @@ from OpenSSL import crypto
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime, ITransport
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from crust.errors import ConfigError, HandshakeRefused
 from crust.identity import PeerId
+from crust.transport.interfaces import ISecureTransport
 from crust.transport.quic.congestion import CONGESTION_CONTROLS
 from crust.transport.quic.tls import CrustQuicConnection, check_peer_certificate
 
@@ -159,7 +160,7 @@ class DriverOwner(TypingProtocol):
     def driver_terminated(self, driver: "QuicDriver") -> None: ...
 
 
-@implementer(ITransport, IConsumer, IPushProducer)
+@implementer(ISecureTransport, IPushProducer)
 class QuicLane:
     """
     One direction pair of streams as a Twisted transport: C{write} sends on

@@ -107,8 +107,10 @@ def cert_info(cert: x509.Certificate) -> Optional[CertInfo]:
     """
     try:
         ext = cert.extensions.get_extension_for_oid(CERT_INFO_OID)
+        if not isinstance(ext.value, x509.UnrecognizedExtension):  # what cryptography makes of an OID it does not know
+            return None
         return CertInfo.decode(_der_octets_content(ext.value.value))
-    except (x509.ExtensionNotFound, ProtocolViolation, ValueError, AttributeError):
+    except (x509.ExtensionNotFound, ProtocolViolation, ValueError):
         return None
 
 

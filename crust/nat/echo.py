@@ -296,9 +296,8 @@ class UdpEcho:
         counters["requests_received"] += 1
         problem = check_header(data, ECHO_REQUEST, REQUEST_SIZE)
         source = Address.from_sockaddr("udp", addr)
-        if problem is None and source is None:
-            problem = "requests_malformed"
-        if problem is not None:
+        if problem is not None or source is None:
+            problem = problem or "requests_malformed"
             counters[problem] += 1
             self.log.debug("dropping UDP echo request from {addr}: {problem}", addr=_text(addr), problem=problem)
             return
@@ -411,9 +410,8 @@ class UdpEcho:
         counters["responses_received"] += 1
         problem = check_header(data, ECHO_RESPONSE, RESPONSE_SIZE)
         source = Address.from_sockaddr("udp", addr)
-        if problem is None and source is None:
-            problem = "responses_malformed"
-        if problem is not None:
+        if problem is not None or source is None:
+            problem = problem or "responses_malformed"
             counters[problem] += 1
             self.log.debug("dropping UDP echo answer from {addr}: {problem}", addr=_text(addr), problem=problem)
             return

@@ -114,7 +114,7 @@ class _Transaction:
         self.deferred: Deferred[Any] = Deferred(self._cancel)
         self.retransmit: Optional[IDelayedCall] = None
         self.deadline: Optional[IDelayedCall] = None
-        self.on_cancel: Callable[["_Transaction"], None] = lambda tx: None
+        self.on_cancel: Callable[["_Transaction"], object] = lambda tx: None
 
     def stop_timers(self) -> None:
         for call in (self.retransmit, self.deadline):
@@ -454,9 +454,9 @@ class StunProtocol(DatagramProtocol):
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
-            reactor = global_reactor  # type: ignore[assignment]
+            reactor = global_reactor
         self._other_datagram = other_datagram
-        self.client = StunClient(self._write, reactor, **client_options)  # type: ignore[arg-type]
+        self.client = StunClient(self._write, reactor, **client_options)
 
     def _write(self, data: bytes, addr: "tuple[str, int]") -> None:
         if self.transport is None:
@@ -471,7 +471,9 @@ class StunProtocol(DatagramProtocol):
         self.client.cancel_all()
 
     def local_address(self) -> Address:
-        host = self.transport.getHost()
+        transport = self.transport
+        assert transport is not None, "the STUN socket is not open"
+        host = transport.getHost()
         return Address("udp", host.host, host.port)
 
     def binding_request(

@@ -260,7 +260,7 @@ def machine():
     model = ""
     try:
         with open("/proc/cpuinfo") as f:
-            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
     except OSError:
         pass
     versions = {}
@@ -379,7 +379,10 @@ def main(argv=None) -> int:
     if unknown:
         print("unknown transports: " + ", ".join(unknown), file=sys.stderr)
         return 2
-    log = (lambda *a: print(*a, file=sys.stderr, flush=True))
+
+    def log(*a):
+        print(*a, file=sys.stderr, flush=True)
+
     impairment = dict(delay_ms=args.delay_ms, loss_pct=args.loss, reorder_pct=args.reorder,
                       duplicate_pct=args.duplicate)
     report = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

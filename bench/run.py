@@ -335,7 +335,8 @@ class Runner:
         o = self.opts
         figures: dict[str, dict[str, float]] = {}
         keys = {
-            "bulk": {"bulk_mib_s": "mib_s", "bulk_cpu_ms_per_mib": "cpu_ms_per_mib", "bulk_lost_percent": "lost_percent"},
+            "bulk": {"bulk_mib_s": "mib_s", "bulk_cpu_ms_per_mib": "cpu_ms_per_mib",
+                     "bulk_lost_percent": "lost_percent"},
             "rate": {"rate_msg_s": "msg_s", "rate_mib_s": "mib_s", "rate_cpu_ms_per_mib": "cpu_ms_per_mib",
                      "rate_lost_percent": "lost_percent"},
             "setup": {"setup_median_ms": "median_ms", "setup_p99_ms": "p99_ms",
@@ -537,7 +538,8 @@ def render(summary: dict[str, Any]) -> str:
             if name == "quic":
                 q = s["quic_baseline"]
                 lines.append(f"QUIC: datagrams of {q['max_datagram_size']} bytes, {q['congestion_control']}, "
-                             f"initial windows {q['max_data'] // 1024} KiB, crust messages at priority {s['quic_priority']}"
+                             f"initial windows {q['max_data'] // 1024} KiB, "
+                             f"crust messages at priority {s['quic_priority']}"
                              f"{' (the bulk lane)' if s['quic_priority'] >= 2 else ' (the urgent lane)'}; "
                              "aioquic has no message rate (a raw stream)")
                 bufs = s.get("quic_so_rcvbuf", {})

@@ -31,7 +31,7 @@ class Address:
         object.__setattr__(self, "host", canonical_ip(self.host))
 
     @classmethod
-    def parse(cls, text: str, default_transport: str | None = None) -> "Address":
+    def parse(cls, text: object, default_transport: str | None = None) -> "Address":
         """
         Parse C{"tcp:1.2.3.4:5"} (or C{"1.2.3.4:5"} when C{default_transport}
         is given).

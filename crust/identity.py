@@ -42,7 +42,7 @@ class PeerId(bytes):
         return super().__new__(cls, raw)
 
     @classmethod
-    def from_text(cls, text: str) -> "PeerId":
+    def from_text(cls, text: object) -> "PeerId":
         """
         Parse the canonical text form (case-insensitive).
 

@@ -19,7 +19,7 @@ import hashlib
 import json
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, TypeGuard
 
 from crust.address import Address
 from crust.errors import ProtocolViolation
@@ -115,12 +115,17 @@ def _encode_json(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode("utf-8")
 
 
+def _is_version(v: object) -> TypeGuard[int]:
+    """A protocol version number: an int (not a bool), not negative."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 @dataclass(frozen=True)
 class Hello:
     """The first frame each side sends once the TLS handshake is done."""
 
     network: str
-    intent: Intent = Intent.CONNECT
+    intent: Optional[Intent] = Intent.CONNECT  # None in a peer's HELLO: an intent we do not know
     version: int = PROTOCOL_VERSION
     min_version: int = MIN_PROTOCOL_VERSION
     role: str = "node"
@@ -130,6 +135,7 @@ class Hello:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def encode(self) -> bytes:
+        assert self.intent is not None, "a HELLO we send has an intent"
         body: dict[str, Any] = {
             "proto": PROTOCOL_NAME,
             "version": self.version,
@@ -154,16 +160,17 @@ class Hello:
             raise ProtocolViolation("HELLO is not a crust hello")
         version = body.get("version")
         min_version = body.get("min_version", version)
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (version, min_version)):
+        if not (_is_version(version) and _is_version(min_version)):
             raise ProtocolViolation("HELLO has no valid version numbers")
         network = body.get("network")
         if not isinstance(network, str) or len(network) > 128:
             raise ProtocolViolation("HELLO has no valid network hash")
+        intent: Optional[Intent]
         try:
             intent = Intent(body.get("intent", "connect"))
         except ValueError:
             # an intent we do not know: keep it visible, the acceptor refuses it
-            intent = None  # type: ignore[assignment]
+            intent = None
         role = body.get("role", "node")
         if not isinstance(role, str) or len(role) > 32:
             raise ProtocolViolation("HELLO has a bad role")
@@ -226,7 +233,7 @@ class CertInfo:
         if body.get("proto") != PROTOCOL_NAME:
             raise ProtocolViolation("certificate info is not crust's")
         version, min_version = body.get("version"), body.get("min_version")
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (version, min_version)):
+        if not (_is_version(version) and _is_version(min_version)):
             raise ProtocolViolation("certificate info has no valid version numbers")
         network, role = body.get("network"), body.get("role", "node")
         if not isinstance(network, str) or len(network) > 128:

@@ -440,7 +440,8 @@ def main(argv: list[str]) -> None:
                     check=True, capture_output=True, text=True).stdout
                 words = out.split()
                 rates.append((float(words[1]), float(words[8].rstrip(",")), float(words[10])))
-            print(f"{kind}: MB/s " + " ".join(f"{r[0]:.1f}" for r in rates) + f" (best {max(r[0] for r in rates):.1f}); "
+            print(f"{kind}: MB/s " + " ".join(f"{r[0]:.1f}" for r in rates)
+                  + f" (best {max(r[0] for r in rates):.1f}); "
                   f"MB per CPU second, best: sender {max(r[1] for r in rates):.1f}, "
                   f"receiver {max(r[2] for r in rates):.1f}")
         return

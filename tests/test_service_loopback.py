@@ -77,7 +77,8 @@ class ConnectTests(TestCase):
         a, b = make_service(self, listen_host="::1"), make_service(self, listen_host="::1")
         ib = yield b.prepare_connection_info()
         self.assertEqual([str(x) for x in ib.public.addresses],
-                         [f"tcp:[::1]:{b.listen_addresses[0].port}", f"udp:[::1]:{b.udp_endpoint.local_address().port}"])
+                         [f"tcp:[::1]:{b.listen_addresses[0].port}",
+                          f"udp:[::1]:{b.udp_endpoint.local_address().port}"])
         yield connect_pair(self, a, b)
         self.assertEqual(b.peer_address(a.peer_id).host, "::1")
 
@@ -136,9 +137,11 @@ class ConnectTests(TestCase):
             a = make_service(self, high if connector_chooses else low)
             b = make_service(self, low if connector_chooses else high, start=False, enable_udp=False)
             # b speaks only version 9, in its HELLO and in its certificate
-            b._creator = ConnectionCreator(make_context(b.identity, CertInfo(network=b.network, version=9, min_version=9)))
+            b._creator = ConnectionCreator(
+                make_context(b.identity, CertInfo(network=b.network, version=9, min_version=9)))
             original = b._hello_for
-            b._hello_for = lambda conn, original=original: Hello(**{**original(conn).__dict__, "version": 9, "min_version": 9})
+            b._hello_for = lambda conn, original=original: Hello(
+                **{**original(conn).__dict__, "version": 9, "min_version": 9})
             b.startService()
             ia = yield a.prepare_connection_info()
             ib = yield b.prepare_connection_info()

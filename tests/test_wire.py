@@ -4,7 +4,16 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from crust.address import Address
 from crust.errors import ProtocolViolation
-from crust.wire import CertInfo, Hello, Intent, decode_reason, encode_reject, RejectReason, negotiate_version, network_hash
+from crust.wire import (
+    CertInfo,
+    Hello,
+    Intent,
+    RejectReason,
+    decode_reason,
+    encode_reject,
+    negotiate_version,
+    network_hash,
+)
 
 
 class HelloTests(SynchronousTestCase):

@@ -30,7 +30,9 @@ class RateLimiter:
                  total: tuple[float, float] = (200.0, 400.0), max_keys: int = 4096) -> None:
         for rate, burst in (per_key, total):
             if not rate > 0 or not burst >= 1:
-                raise ValueError(f"a rate limit needs a positive rate and a burst of at least 1, not {rate!r}, {burst!r}")
+                raise ValueError(
+                    f"a rate limit needs a positive rate and a burst of at least 1, not {rate!r}, {burst!r}"
+                )
         if max_keys < 1:
             raise ValueError(f"a rate limiter needs room for at least one key, not {max_keys!r}")
         self._clock = clock

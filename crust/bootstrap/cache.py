@@ -198,7 +198,8 @@ class BootstrapCache(service.Service):
 
     def candidates(self) -> CacheCandidates:
         """The fresh entries, and the stale ones that need re-validation."""
-        fresh, stale = [], []
+        fresh: list[CacheEntry] = []
+        stale: list[CacheEntry] = []
         for entry in self._entries.values():
             (stale if self.is_stale(entry) else fresh).append(entry)
         stale.sort(key=lambda e: e.failures)  # stable: MRU order within a failure count

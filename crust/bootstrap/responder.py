@@ -104,7 +104,8 @@ class BootstrapResponder:
             outcomes[address] = "reached"
             if not decided:
                 decided.append(True)
-                self.log.info("reachability test of {peer} passed at {address}", peer=str(peer_id), address=str(address))
+                self.log.info("reachability test of {peer} passed at {address}",
+                              peer=str(peer_id), address=str(address))
                 conn.admission_result(True)
 
         def missed(f: Failure, address: Address) -> None:

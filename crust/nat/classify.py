@@ -555,7 +555,8 @@ class _Classifier:
                 destination, change_ip, change_port, **self.schedule
             )
         except StunTimeout as e:
-            probe = Probe(outcome=TIMEOUT, duration=self.reactor.seconds() - t0, transmissions=e.transmissions, error=str(e), **base)
+            probe = Probe(outcome=TIMEOUT, duration=self.reactor.seconds() - t0, transmissions=e.transmissions,
+                          error=str(e), **base)
         except StunError as e:
             probe = Probe(outcome=ERROR, duration=self.reactor.seconds() - t0, error=str(e), **base)
         else:
@@ -570,7 +571,8 @@ class _Classifier:
                 transmissions=result.transmissions,
                 **base,
             )
-        log.debug("NAT probe {test} to {destination}: {outcome}", test=test, destination=str(destination), outcome=probe.outcome)
+        log.debug("NAT probe {test} to {destination}: {outcome}",
+                  test=test, destination=str(destination), outcome=probe.outcome)
         self.probes.append(probe)
         return probe
 
@@ -586,7 +588,8 @@ class _Classifier:
         except StunTimeout as e:
             probe = Probe(ECHO, destination, TIMEOUT, t0 - self.start, self.reactor.seconds() - t0, error=str(e))
         except Exception as e:
-            probe = Probe(ECHO, destination, ERROR, t0 - self.start, self.reactor.seconds() - t0, error=f"{type(e).__name__}: {e}")
+            probe = Probe(ECHO, destination, ERROR, t0 - self.start, self.reactor.seconds() - t0,
+                          error=f"{type(e).__name__}: {e}")
         else:
             probe = Probe(ECHO, destination, OK, t0 - self.start, self.reactor.seconds() - t0, mapped=mapped)
         self.probes.append(probe)

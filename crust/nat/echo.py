@@ -296,9 +296,8 @@ class UdpEcho:
         counters["requests_received"] += 1
         problem = check_header(data, ECHO_REQUEST, REQUEST_SIZE)
         source = Address.from_sockaddr("udp", addr)
-        if problem is None and source is None:
-            problem = "requests_malformed"
-        if problem is not None:
+        if problem is not None or source is None:
+            problem = problem or "requests_malformed"
             counters[problem] += 1
             self.log.debug("dropping UDP echo request from {addr}: {problem}", addr=_text(addr), problem=problem)
             return
@@ -354,7 +353,8 @@ class UdpEcho:
         request.deferred = Deferred(lambda d: self._abandon(request))
         self._pending[request_id] = request
         self.counters["echo_started"] += 1
-        self.log.debug("UDP echo request to {peer} at {destination}", peer=peer_id.short(), destination=str(destination))
+        self.log.debug("UDP echo request to {peer} at {destination}",
+                       peer=peer_id.short(), destination=str(destination))
         if not self._transmit(request):
             self._finish(request, EchoError(f"cannot send the UDP echo request to {destination}"))
             self.counters["echo_failed"] += 1
@@ -410,9 +410,8 @@ class UdpEcho:
         counters["responses_received"] += 1
         problem = check_header(data, ECHO_RESPONSE, RESPONSE_SIZE)
         source = Address.from_sockaddr("udp", addr)
-        if problem is None and source is None:
-            problem = "responses_malformed"
-        if problem is not None:
+        if problem is not None or source is None:
+            problem = problem or "responses_malformed"
             counters[problem] += 1
             self.log.debug("dropping UDP echo answer from {addr}: {problem}", addr=_text(addr), problem=problem)
             return

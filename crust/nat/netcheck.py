@@ -30,7 +30,15 @@ from twisted.logger import Logger
 from crust._util.reactor import maybe_global_reactor
 from crust.address import Address
 from crust.identity import PeerId
-from crust.nat.classify import ECHO, FILTER_CHANGE_IP_PORT, FILTER_CHANGE_PORT, HAIRPIN, MAPPING, NatReport, classify_nat
+from crust.nat.classify import (
+    ECHO,
+    FILTER_CHANGE_IP_PORT,
+    FILTER_CHANGE_PORT,
+    HAIRPIN,
+    MAPPING,
+    NatReport,
+    classify_nat,
+)
 
 log = Logger()
 

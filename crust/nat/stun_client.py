@@ -114,7 +114,7 @@ class _Transaction:
         self.deferred: Deferred[Any] = Deferred(self._cancel)
         self.retransmit: Optional[IDelayedCall] = None
         self.deadline: Optional[IDelayedCall] = None
-        self.on_cancel: Callable[["_Transaction"], None] = lambda tx: None
+        self.on_cancel: Callable[["_Transaction"], object] = lambda tx: None
 
     def stop_timers(self) -> None:
         for call in (self.retransmit, self.deadline):
@@ -395,14 +395,16 @@ class StunClient:
             if error is None:
                 self._finish(tid, StunBadResponse(f"STUN server {server} sent an error response without ERROR-CODE"))
             else:
-                log.info("STUN server {server} answered {code} {reason}", server=str(server), code=error.code, reason=error.reason)
+                log.info("STUN server {server} answered {code} {reason}",
+                         server=str(server), code=error.code, reason=error.reason)
                 self._finish(tid, StunErrorResponse(server, error.code, error.reason))
             return
         self.counters["responses"] += 1
         unknown = message.unknown_comprehension_required()
         if unknown:
             names = ", ".join(stun.attribute_name(t) for t in unknown)
-            self._finish(tid, StunBadResponse(f"STUN server {server} sent unknown comprehension-required attributes: {names}"))
+            self._finish(tid, StunBadResponse(
+                f"STUN server {server} sent unknown comprehension-required attributes: {names}"))
             return
         mapped = message.mapped_address
         if mapped is None:
@@ -419,7 +421,8 @@ class StunClient:
             software=message.software,
         )
         log.debug(
-            "STUN server {server} sees us at {mapped} (rtt {rtt:.3f} s)", server=str(server), mapped=str(mapped), rtt=result.rtt
+            "STUN server {server} sees us at {mapped} (rtt {rtt:.3f} s)",
+            server=str(server), mapped=str(mapped), rtt=result.rtt,
         )
         self._finish(tid, result)
 
@@ -451,9 +454,9 @@ class StunProtocol(DatagramProtocol):
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
-            reactor = global_reactor  # type: ignore[assignment]
+            reactor = global_reactor
         self._other_datagram = other_datagram
-        self.client = StunClient(self._write, reactor, **client_options)  # type: ignore[arg-type]
+        self.client = StunClient(self._write, reactor, **client_options)
 
     def _write(self, data: bytes, addr: "tuple[str, int]") -> None:
         if self.transport is None:
@@ -468,10 +471,14 @@ class StunProtocol(DatagramProtocol):
         self.client.cancel_all()
 
     def local_address(self) -> Address:
-        host = self.transport.getHost()
+        transport = self.transport
+        assert transport is not None, "the STUN socket is not open"
+        host = transport.getHost()
         return Address("udp", host.host, host.port)
 
-    def binding_request(self, server: Address, change_ip: bool = False, change_port: bool = False, **kw: Any) -> "Deferred[BindingResult]":
+    def binding_request(
+        self, server: Address, change_ip: bool = False, change_port: bool = False, **kw: Any
+    ) -> "Deferred[BindingResult]":
         return self.client.binding_request(server, change_ip, change_port, **kw)
 
 

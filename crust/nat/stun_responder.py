@@ -93,8 +93,10 @@ class StunResponder:
             response = stun.make_binding_success(request, source)
         out = stun.encode(response, fingerprint=stun.FINGERPRINT in request.types())
         if len(out) > len(data) + STUN_RESPONSE_OVERHEAD:  # cannot happen; never amplify if it does
-            self.log.warn("not answering STUN from {addr}: the answer would be {size} bytes for a {request}-byte request",
-                          addr=str(source), size=len(out), request=len(data))
+            self.log.warn(
+                "not answering STUN from {addr}: the answer would be {size} bytes for a {request}-byte request",
+                addr=str(source), size=len(out), request=len(data),
+            )
             return False
         if self.endpoint.send(out, addr):
             self.counters["errors_sent" if unknown else "answered"] += 1

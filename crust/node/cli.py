@@ -419,7 +419,8 @@ def cmd_send(ctx: Context) -> int:
     except UnicodeDecodeError:
         args["data_b64"] = base64.b64encode(data).decode("ascii")
     result = ctx.call("send", **args)
-    ctx.emit(result, f"queued {result.get('size')} bytes for {result.get('peer_id')} (priority {result.get('priority')})")
+    ctx.emit(result, f"queued {result.get('size')} bytes for {result.get('peer_id')} "
+                     f"(priority {result.get('priority')})")
     return EXIT_OK
 
 
@@ -453,7 +454,10 @@ def _configure_watch(p: argparse.ArgumentParser) -> None:
 def format_event(event: dict[str, Any]) -> str:
     """One line for a person."""
     name = event.get("event", "?")
-    stamp = time.strftime("%H:%M:%S", time.localtime(event["time"])) if isinstance(event.get("time"), (int, float)) else "--:--:--"
+    if isinstance(event.get("time"), (int, float)):
+        stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
+    else:
+        stamp = "--:--:--"
     peer = event.get("peer_id")
     if name == "new_message":
         if "text" in event:

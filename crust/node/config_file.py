@@ -25,7 +25,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 from twisted.application import service
 from twisted.internet.task import LoopingCall
@@ -220,7 +220,7 @@ def _list_of(item: _Validator, max_items: int = MAX_LIST) -> _Validator:
     return check
 
 
-def _object(fields: dict[str, tuple[_Validator, Any]], path: str, value: Any, source: str,
+def _object(fields: Mapping[str, tuple[_Validator, Any]], path: str, value: Any, source: str,
             required: Iterable[str] = ()) -> dict[str, Any]:
     """Validate a JSON object against C{fields}: name -> (validator, default)."""
     if not isinstance(value, dict):
@@ -636,7 +636,7 @@ def _unmap(ip: IPAddress) -> IPAddress:
     return ip
 
 
-_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 def _canonical_network(net: IPNetwork) -> IPNetwork:

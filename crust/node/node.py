@@ -220,12 +220,13 @@ class Node(MultiService):
 
     def _bootstrap_on_start(self) -> None:
         self._start_bootstrap = None
-        svc = self.service
+        svc, config = self.service, self.config
         if svc is None or not svc.running_for_peers:
             return
-        if self.config.hard_coded_contacts or svc.bootstrap_cached_peers():
+        assert config is not None  # prepared with the service
+        if config.hard_coded_contacts or svc.bootstrap_cached_peers():
             d = self.bootstrap()
-        elif not ipaddress.ip_address(self.config.listen_host).is_loopback:
+        elif not ipaddress.ip_address(config.listen_host).is_loopback:
             # no contacts: bootstrap off the LAN if anyone answers there
             d = svc.has_peers_on_lan()
             d.addCallback(lambda found: self.bootstrap() if found else None)
@@ -306,7 +307,7 @@ class Node(MultiService):
         self._start_bootstrap = None
         d = succeed(None)
         if self.running:
-            d = MultiService.stopService(self)  # type: ignore[assignment]
+            d = MultiService.stopService(self)
         elif self.service is not None or self.control is not None:
             # prepared but never started: close what prepare() opened
             d = self._stop_unstarted()
@@ -409,7 +410,9 @@ class Node(MultiService):
                 "accept_bootstrap": svc.config.accept_bootstrap,
                 "bootstrap_cache_size": len(svc.bootstrap_cached_peers()),
                 "data_dir": str(self.data_dir.path),
-                "config_file": str(self.config_file or self.data_dir.config_path) if self._given_config is None else None,
+                "config_file": (
+                    str(self.config_file or self.data_dir.config_path) if self._given_config is None else None
+                ),
                 "control": self.control_path,
                 "pid": os.getpid(),
                 "uptime": round(now - self.started_at, 3) if self.started_at is not None else 0.0,

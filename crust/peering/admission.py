@@ -56,7 +56,8 @@ class Admission:
         """May C{conn} to C{peer_id} become (or wait to become) an active connection?"""
         if self.ip_allowed(conn, self.peer_role(conn)):
             return True
-        self.log.info("refusing {peer} from {address}: not whitelisted", peer=str(peer_id), address=str(conn.peer_address))
+        self.log.info("refusing {peer} from {address}: not whitelisted",
+                      peer=str(peer_id), address=str(conn.peer_address))
         return False
 
     def may_dial(self, address: Address) -> bool:

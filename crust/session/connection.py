@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol as TypingProtocol
 
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -31,6 +31,7 @@ from crust.session.handshake import Handshake, HandshakeState
 from crust.identity import PeerId
 from crust.session.purpose import ACCEPTED, Purpose
 from crust.session.send_queue import Dropped, SendQueues
+from crust.transport.interfaces import ISecureTransport
 from crust.transport.tls import cert_info, peer_id_from_certificate
 from crust.wire import (
     CHOOSE_FRAME,
@@ -101,6 +102,8 @@ class PeerConnection(Protocol):
     """One crust connection; see the module docstring."""
 
     log = Logger()
+    transport: Optional[ISecureTransport]
+    connected: bool
 
     def __init__(
         self,
@@ -135,8 +138,8 @@ class PeerConnection(Protocol):
         self.queues = SendQueues(drop_after)
         self._decoder = FrameDecoder(max_message_size, self._data_before_active, self._control)
         self._paused = False
-        self._timer = None
-        self._close_timer = None
+        self._timer: Optional[IDelayedCall] = None
+        self._close_timer: Optional[IDelayedCall] = None
         self._tls_problem = ""
         self._verified_peer: Optional[PeerId] = None
         self._verified_info: Optional[CertInfo] = None
@@ -195,14 +198,16 @@ class PeerConnection(Protocol):
     # -- Twisted protocol ----------------------------------------------------
 
     def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
         self.connected = True
-        self.peer_address = Address.from_sockaddr(self.transport_name, self.transport.getPeer())
-        self.local_address = Address.from_sockaddr(self.transport_name, self.transport.getHost())
-        self.transport.registerProducer(self, True)
-        socket_transport = getattr(self.transport, "transport", None)  # TCP under the TLS layer
+        self.peer_address = Address.from_sockaddr(self.transport_name, transport.getPeer())
+        self.local_address = Address.from_sockaddr(self.transport_name, transport.getHost())
+        transport.registerProducer(self, True)
+        socket_transport = getattr(transport, "transport", None)  # TCP under the TLS layer
         if socket_transport is not None and getattr(socket_transport, "bufferSize", 0) < _SOCKET_IO_SIZE:
             socket_transport.bufferSize = _SOCKET_IO_SIZE
-        driver = getattr(self.transport, "driver", None)
+        driver = getattr(transport, "driver", None)
         if driver is not None:  # QUIC: a second lane for priorities >= 2
             self._bulk = driver.bulk
             self._bulk_lane = _BulkLane(self)
@@ -227,19 +232,21 @@ class PeerConnection(Protocol):
         return True
 
     def handshakeCompleted(self) -> None:
+        transport = self.transport
+        assert transport is not None
         peer_id, info = self._verified_peer, self._verified_info  # what the verify callback saw
         if peer_id is None:  # QUIC: the driver checked the certificate; read it here
-            driver = getattr(self.transport, "driver", None)
+            driver = getattr(transport, "driver", None)
             cert = getattr(driver, "peer_certificate", None)
             if cert is None:
-                x509 = self.transport.getPeerCertificate()
+                x509 = transport.getPeerCertificate()
                 cert = x509.to_cryptography() if x509 is not None else None
             if cert is not None:
                 peer_id, info = peer_id_from_certificate(cert), cert_info(cert)
         problem = self.handshake.check_key(peer_id)
         if problem or peer_id is None:
             self._tls_problem = problem or "no peer certificate"
-            self.transport.abortConnection()
+            transport.abortConnection()
             return
         self.handshake.tls_complete(peer_id, info)
 
@@ -264,7 +271,7 @@ class PeerConnection(Protocol):
                 self.handshake.closed()
             self.close(CloseReason.PROTOCOL_ERROR, str(e))
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
         self._direct = self._direct_bulk = self._queue_bulk = self._usable = False
         for timer in (self._timer, self._close_timer):
@@ -359,7 +366,9 @@ class PeerConnection(Protocol):
                     )
             queues.push(priority, pack_header(size + 1, DATA), data, now)
             return
-        (self._bulk.write if bulk else self.transport.write)(pack_header(size + 1, DATA) + data)
+        transport = self.transport
+        assert transport is not None  # connected
+        (self._bulk.write if bulk else transport.write)(pack_header(size + 1, DATA) + data)
         self._sent = True
         self._update_direct()
 
@@ -369,7 +378,9 @@ class PeerConnection(Protocol):
                                  and self.handshake.state is HandshakeState.ACTIVE)
         self._direct = usable and not self._paused and not self.queues.count
         if self._direct:
-            self._write = self.transport.write
+            transport = self.transport
+            assert transport is not None  # connected
+            self._write = transport.write
         if self._bulk is not None:
             self._direct_bulk = usable and not self._bulk_paused and not self.bulk_queues.count
             self._queue_bulk = usable and not self._direct_bulk
@@ -397,13 +408,17 @@ class PeerConnection(Protocol):
         self._last_sent = self.clock.seconds()
 
     def _drain(self) -> None:
+        transport = self.transport
+        assert transport is not None  # connected: the transport resumed us
         now = self.clock.seconds()
         self._expire(now)
         had = self.queued_bytes
-        for queues, paused, write in (
-            (self.queues, lambda: self._paused, self.transport.write),
-            (self.bulk_queues, lambda: self._bulk_paused, self._bulk.write if self._bulk is not None else None),
-        ):
+        lanes: list[tuple[SendQueues, Callable[[], bool], Callable[[bytes], object]]] = [
+            (self.queues, lambda: self._paused, transport.write)
+        ]
+        if self._bulk is not None:  # without it, nothing is queued for bulk
+            lanes.append((self.bulk_queues, lambda: self._bulk_paused, self._bulk.write))
+        for queues, paused, write in lanes:
             take = queues.take
             while queues.count and not paused():
                 write(take(_DRAIN_BATCH))  # one transport write per ~64 KiB, not per message
@@ -435,7 +450,9 @@ class PeerConnection(Protocol):
         if not self.connected:
             return
         if self.handshake.state is not HandshakeState.AWAIT_TLS:
-            self.transport.write(encode_close(reason, detail))
+            transport = self.transport
+            assert transport is not None  # connected
+            transport.write(encode_close(reason, detail))
         self._lose()
 
     def close_duplicate(self) -> None:
@@ -445,27 +462,37 @@ class PeerConnection(Protocol):
     def _lose(self) -> None:
         self._direct = self._direct_bulk = self._queue_bulk = self._usable = False
         if self._close_timer is None and self.connected:
+            transport = self.transport
+            assert transport is not None
             if self._bulk is not None:
                 self._bulk.unregisterProducer()
-            self.transport.unregisterProducer()
-            self.transport.loseConnection()
+            transport.unregisterProducer()
+            transport.loseConnection()
             self._close_timer = self.clock.callLater(_CLOSE_GRACE, self._abort)
 
     def _abort(self) -> None:
         self._close_timer = None
         if self.connected:
-            self.transport.abortConnection()
+            transport = self.transport
+            assert transport is not None
+            transport.abortConnection()
+
+    def _send_frame(self, frame: bytes) -> None:
+        """Write a handshake frame (the handshake runs only while connected)."""
+        transport = self.transport
+        assert transport is not None
+        transport.write(frame)
 
     # -- HandshakeDelegate -----------------------------------------------------------
 
     def send_hello(self) -> None:
-        self.transport.write(self.owner.hello_for(self).encode())
+        self._send_frame(self.owner.hello_for(self).encode())
 
     def send_choose(self) -> None:
-        self.transport.write(CHOOSE_FRAME)
+        self._send_frame(CHOOSE_FRAME)
 
     def send_grant(self) -> None:
-        self.transport.write(GRANT_FRAME)
+        self._send_frame(GRANT_FRAME)
 
     def admit(self, peer_id: PeerId, hello: Hello) -> None:
         self.owner.admit(self, peer_id, hello)
@@ -477,7 +504,7 @@ class PeerConnection(Protocol):
     def reject(self, reason: RejectReason, detail: str) -> None:
         self.log.info("{conn}: refusing: {reason}: {detail}", conn=repr(self), reason=reason.value, detail=detail)
         self._close_reason = f"{reason.value}: {detail}"
-        self.transport.write(encode_reject(reason, detail))
+        self._send_frame(encode_reject(reason, detail))
         self._lose()
 
     def claim(self, peer_id: PeerId) -> bool:
@@ -489,7 +516,9 @@ class PeerConnection(Protocol):
         self.owner.promote(self, peer_id)  # sets self.deliver
         self._decoder.set_handlers(self.deliver, self._control)
         if self._bulk is not None:
-            self._bulk_decoder.set_handlers(self.deliver, _bulk_control)
+            bulk_decoder = self._bulk_decoder
+            assert bulk_decoder is not None  # made with the bulk lane
+            bulk_decoder.set_handlers(self.deliver, _bulk_control)
             self._bulk.resumeProducing()  # deliver what the peer sent on the bulk lane meanwhile
         self._update_direct()
 

@@ -94,7 +94,9 @@ def make_certificate(identity: Identity, info: Optional[CertInfo] = None) -> x50
         .not_valid_after(datetime.datetime(9999, 12, 31, tzinfo=datetime.timezone.utc))
     )
     if info is not None:
-        builder = builder.add_extension(x509.UnrecognizedExtension(CERT_INFO_OID, _der_octets(info.encode())), critical=False)
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(CERT_INFO_OID, _der_octets(info.encode())), critical=False
+        )
     return builder.sign(key, None)
 
 
@@ -105,8 +107,10 @@ def cert_info(cert: x509.Certificate) -> Optional[CertInfo]:
     """
     try:
         ext = cert.extensions.get_extension_for_oid(CERT_INFO_OID)
+        if not isinstance(ext.value, x509.UnrecognizedExtension):  # what cryptography makes of an OID it does not know
+            return None
         return CertInfo.decode(_der_octets_content(ext.value.value))
-    except (x509.ExtensionNotFound, ProtocolViolation, ValueError, AttributeError):
+    except (x509.ExtensionNotFound, ProtocolViolation, ValueError):
         return None
 
 

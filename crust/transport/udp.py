@@ -21,7 +21,7 @@ from __future__ import annotations
 import errno
 import socket
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -124,13 +124,14 @@ class UdpEndpoint(DatagramProtocol):
         self._registry: list[tuple[Classifier, Handler, str]] = []
         self._bounds: dict[Any, Optional[int]] = {}
         self._fast_first = 256  # datagrams whose first byte is at least this go to _fast_handler
-        self._fast_handler: Optional[Handler] = None
+        self._fast_handler: Handler = _no_handler
         self._listening_port: Any = None
         self._checked_addr: Any = None  # the last address Twisted's write() accepted (see send)
         self._sendto: Any = None
         self.counters = dict.fromkeys(
             ("received", "received_bytes", "sent", "sent_bytes", "send_failures", "empty",
-             "stun", "stun_consumed", "stun_dropped", "crust", "crust_unknown_type", "registry", "unknown", "handler_errors"),
+             "stun", "stun_consumed", "stun_dropped", "crust", "crust_unknown_type", "registry", "unknown",
+             "handler_errors"),
             0,
         )
         self.send_errors: dict[str, int] = {}
@@ -147,9 +148,10 @@ class UdpEndpoint(DatagramProtocol):
             self._listening_port = self.reactor.listenUDP(
                 self.port, self, interface=self.host, maxPacketSize=self.max_packet_size
             )
-            bound = self.local_address()
-            self.log.info("UDP endpoint listening on {address}", address=str(bound))
-        return self.local_address()
+            self.log.info("UDP endpoint listening on {address}", address=str(self.local_address()))
+        bound = self.local_address()
+        assert bound is not None  # listening: the port made us its protocol
+        return bound
 
     def stop(self) -> Deferred:
         """Close the socket (see L{call_when_closed})."""
@@ -253,16 +255,17 @@ class UdpEndpoint(DatagramProtocol):
         L{crust.nat.stun_client.StunClient}, which fails a request at once when
         its first datagram cannot be sent.
         """
-        if self.transport is None:
+        transport = self.transport
+        if transport is None:
             self._send_failed(addr, "ENOTCONN", "the UDP endpoint is not open")
         try:
-            self.transport.write(datagram, tuple(addr))
+            transport.write(datagram, (*addr,))  # a tuple, as sendto wants, whatever sequence we were given
         except Exception as e:  # OSError, MessageLengthError, InvalidAddressError...
             self._send_failed(addr, _reason(e), str(e) or _reason(e))
         self.counters["sent"] += 1
         self.counters["sent_bytes"] += len(datagram)
 
-    def _send_failed(self, addr: Any, reason: str, detail: str) -> None:
+    def _send_failed(self, addr: Any, reason: str, detail: str) -> NoReturn:
         self.counters["send_failures"] += 1
         self.send_errors[reason] = self.send_errors.get(reason, 0) + 1
         self.log.info("UDP send to {addr} failed: {reason}", addr=_text(addr), reason=detail)
@@ -332,7 +335,7 @@ class UdpEndpoint(DatagramProtocol):
     def _update_fast(self) -> None:
         bound = self._bounds.get(self._registry[0]) if self._registry else None
         if bound is None:
-            self._fast_first, self._fast_handler = 256, None  # no first byte reaches 256
+            self._fast_first, self._fast_handler = 256, _no_handler  # no first byte reaches 256
         else:
             self._fast_first, self._fast_handler = max(bound, CRUST_LAST + 1), self._registry[0][1]
 
@@ -387,7 +390,8 @@ class UdpEndpoint(DatagramProtocol):
             handler(data, addr)
         except Exception:
             self.counters["handler_errors"] += 1
-            self.log.failure("UDP handler {handler!r} failed on a datagram from {addr}", handler=handler, addr=_text(addr))
+            self.log.failure("UDP handler {handler!r} failed on a datagram from {addr}",
+                             handler=handler, addr=_text(addr))
 
     def _stun_received(self, data: bytes, addr: Any) -> None:
         counters = self.counters
@@ -442,6 +446,10 @@ class UdpEndpointService(Service):
     def stopService(self) -> Deferred:
         Service.stopService(self)
         return self.endpoint.stop()
+
+
+def _no_handler(data: bytes, addr: Any) -> None:
+    """The fast handler when there is none: never called (no first byte reaches 256)."""
 
 
 def _text(addr: Any) -> str:

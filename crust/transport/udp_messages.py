@@ -101,7 +101,9 @@ class MessageTypes:
             raise ValueError("a crust message type needs a name")
         owner = self._names.get(message_type)
         if owner is not None:
-            raise ValueError(f"crust message type {message_type} is already claimed by {owner!r}, not free for {name!r}")
+            raise ValueError(
+                f"crust message type {message_type} is already claimed by {owner!r}, not free for {name!r}"
+            )
         self._names[message_type] = name
         return message_type
 

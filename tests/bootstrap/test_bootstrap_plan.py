@@ -229,7 +229,8 @@ class StateMachineTests(unittest.TestCase):
         self.assertEqual(m.state, State.FAILED)
 
     def test_reachability_reason_forms(self) -> None:
-        for r in ("failed external reachability", "failed_external_reachability", DenyReason.FAILED_EXTERNAL_REACHABILITY,
+        for r in ("failed external reachability", "failed_external_reachability",
+                  DenyReason.FAILED_EXTERNAL_REACHABILITY,
                   HandshakeRefused("failed external reachability", "no listener reachable")):
             self.assertTrue(is_reachability_denial(r), r)
         self.assertFalse(is_reachability_denial("invalid network name"))

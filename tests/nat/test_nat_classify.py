@@ -197,7 +197,8 @@ class ClassifyTests(SynchronousTestCase):
         self.assertIsNone(classify(base + [Probe(HAIRPIN, mapped, ERROR)], 5000, LOCAL_HOSTS).hairpinning)
 
     def test_unstable_mapping_noted(self):
-        probes = [ok_probe(MAPPING, PRIMARY, udp("203.0.113.1", 5000)), ok_probe(MAPPING, PRIMARY, udp("203.0.113.1", 6000))]
+        probes = [ok_probe(MAPPING, PRIMARY, udp("203.0.113.1", 5000)),
+                  ok_probe(MAPPING, PRIMARY, udp("203.0.113.1", 6000))]
         self.assertIn("different mapped addresses over time", " ".join(classify(probes, 5000, LOCAL_HOSTS).notes))
 
     def test_nat_type_names(self):
@@ -219,7 +220,8 @@ class ClassifyTests(SynchronousTestCase):
     def test_json_roundtrip(self):
         mapped = udp("203.0.113.1", 5000)
         probes = [
-            ok_probe(MAPPING, PRIMARY, mapped, rtt=0.01, transmissions=1, started=0.0, duration=0.01, other_address=ALT),
+            ok_probe(MAPPING, PRIMARY, mapped, rtt=0.01, transmissions=1, started=0.0, duration=0.01,
+                     other_address=ALT),
             Probe(FILTER_CHANGE_IP_PORT, PRIMARY, TIMEOUT, started=0.01, duration=5.5, error="timeout"),
             Probe(HAIRPIN, mapped, OK, started=6.0, duration=0.02),
         ]
@@ -279,7 +281,8 @@ class SimStunServer:
         self.requests.append((dst, request))
         change = request.get(stun.CHANGE_REQUEST)
         if change is not None and not self.rfc5780:
-            error = stun.make_binding_error(request, 420, "Unknown Attribute", unknown_attributes=(stun.CHANGE_REQUEST,))
+            error = stun.make_binding_error(request, 420, "Unknown Attribute",
+                                            unknown_attributes=(stun.CHANGE_REQUEST,))
             self.net.send(dst, src, stun.encode(error))
             return
         ip, port = dst
@@ -384,7 +387,8 @@ class DriverTests(SynchronousTestCase):
     def behind_nat(self, mapping, filtering, **kw):
         holder = []
         nat = SimNat(
-            self.net, PUBLIC_IP, LOCAL, lambda data, src: holder[0].datagram_received(data, src), mapping, filtering, **kw
+            self.net, PUBLIC_IP, LOCAL, lambda data, src: holder[0].datagram_received(data, src),
+            mapping, filtering, **kw
         )
         client = StunClient(lambda data, addr: nat.outbound(data, addr), self.clock)
         holder.append(client)
@@ -450,7 +454,8 @@ class DriverTests(SynchronousTestCase):
         self.assertEqual(report.nat_type, "full cone")
 
     def test_hairpin_skipped(self):
-        report = self.drive(self.behind_nat(Mapping.ENDPOINT_INDEPENDENT, Filtering.ENDPOINT_INDEPENDENT), hairpin=False)
+        report = self.drive(self.behind_nat(Mapping.ENDPOINT_INDEPENDENT, Filtering.ENDPOINT_INDEPENDENT),
+                            hairpin=False)
         self.assertIsNone(report.hairpinning)
         self.assertNotIn(HAIRPIN, [p.test for p in report.probes])
 
@@ -460,7 +465,8 @@ class DriverTests(SynchronousTestCase):
         self.net.attach(public[0], lambda data, src, dst: client.datagram_received(data, src))
         report = self.drive(client, local_hosts={public[0]})
         self.assertFalse(report.behind_nat)
-        self.assertEqual((report.mapping, report.filtering), (Mapping.ENDPOINT_INDEPENDENT, Filtering.ENDPOINT_INDEPENDENT))
+        self.assertEqual((report.mapping, report.filtering),
+                         (Mapping.ENDPOINT_INDEPENDENT, Filtering.ENDPOINT_INDEPENDENT))
         self.assertEqual(report.nat_type, "open internet")
         self.assertTrue(report.hairpinning)
 
@@ -681,7 +687,8 @@ class CoturnLoopbackTests(TestCase):
         for p in report.probes:
             by_test.setdefault(p.test, []).append(p)
         self.assertEqual(len(by_test[MAPPING]), 3)  # test I, other IP, other IP and port
-        self.assertEqual({p.destination for p in by_test[MAPPING]}, {self.primary, udp("127.0.0.2", self.primary.port), udp("127.0.0.2", self.alt_port)})
+        self.assertEqual({p.destination for p in by_test[MAPPING]},
+                         {self.primary, udp("127.0.0.2", self.primary.port), udp("127.0.0.2", self.alt_port)})
         self.assertTrue(all(p.ok for p in report.probes), report.to_json())
         self.assertLess(report.duration, 10)
         json.loads(report.to_json())

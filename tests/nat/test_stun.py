@@ -286,7 +286,8 @@ class StrictParsingTests(SynchronousTestCase):
         self.assertParseError(_message(_attr(stun.XOR_MAPPED_ADDRESS, b"\x00\x03\x00\x01" + bytes(4))), "family")
 
     def test_address_lengths(self):
-        self.assertParseError(_message(_attr(stun.MAPPED_ADDRESS, b"\x00\x01\x00\x01" + bytes(16))), "IPv4 address is 16")
+        self.assertParseError(_message(_attr(stun.MAPPED_ADDRESS, b"\x00\x01\x00\x01" + bytes(16))),
+                              "IPv4 address is 16")
         self.assertParseError(_message(_attr(stun.MAPPED_ADDRESS, b"\x00\x02\x00\x01" + bytes(4))), "IPv6 address is 4")
         self.assertParseError(_message(_attr(stun.OTHER_ADDRESS, b"\x00")), "too short")
 
@@ -410,13 +411,16 @@ class FuzzTests(SynchronousTestCase):
             st.one_of(
                 st.builds(
                     lambda t, h, p: stun.Attribute(t, Address("udp", h, p)),
-                    st.sampled_from([stun.MAPPED_ADDRESS, stun.XOR_MAPPED_ADDRESS, stun.OTHER_ADDRESS, stun.RESPONSE_ORIGIN]),
+                    st.sampled_from([stun.MAPPED_ADDRESS, stun.XOR_MAPPED_ADDRESS, stun.OTHER_ADDRESS,
+                                     stun.RESPONSE_ORIGIN]),
                     st.one_of(st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str)),
                     st.integers(1, 65535),
                 ),
                 st.builds(lambda s: stun.Attribute(stun.SOFTWARE, s), st.text(max_size=40)),
-                st.builds(lambda a, b: stun.Attribute(stun.CHANGE_REQUEST, stun.ChangeRequest(a, b)), st.booleans(), st.booleans()),
-                st.builds(lambda c, r: stun.Attribute(stun.ERROR_CODE, stun.ErrorCode(c, r)), st.integers(300, 699), st.text(max_size=20)),
+                st.builds(lambda a, b: stun.Attribute(stun.CHANGE_REQUEST, stun.ChangeRequest(a, b)),
+                          st.booleans(), st.booleans()),
+                st.builds(lambda c, r: stun.Attribute(stun.ERROR_CODE, stun.ErrorCode(c, r)),
+                          st.integers(300, 699), st.text(max_size=20)),
                 st.builds(lambda v: stun.Attribute(0x8055, v), st.binary(max_size=30)),
             ),
             max_size=6,
@@ -433,5 +437,6 @@ class FuzzTests(SynchronousTestCase):
             self.assertTrue(back.verify_integrity(key))
         trailer = [a.type for a in back.attributes[len(expected):]]
         self.assertEqual(back.attributes[: len(expected)], tuple(expected))
-        self.assertEqual(trailer, ([stun.MESSAGE_INTEGRITY] if key is not None else []) + ([stun.FINGERPRINT] if fingerprint else []))
+        self.assertEqual(trailer, ([stun.MESSAGE_INTEGRITY] if key is not None else [])
+                         + ([stun.FINGERPRINT] if fingerprint else []))
         self.assertEqual(stun.is_stun(data), method < 0x100)  # RFC 7983: first byte 0..3

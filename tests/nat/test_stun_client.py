@@ -247,7 +247,8 @@ class ResponseTests(ClientTestMixin, SynchronousTestCase):
         d = self.client.binding_request(SERVER)
         req = self.sender.request()
         resp = stun.make_binding_success(req, MAPPED)
-        resp = stun.StunMessage(resp.message_class, resp.method, resp.transaction_id, resp.attributes + (stun.Attribute(0x7ABC, b"?"),))
+        resp = stun.StunMessage(resp.message_class, resp.method, resp.transaction_id,
+                                resp.attributes + (stun.Attribute(0x7ABC, b"?"),))
         self.assertTrue(self.client.datagram_received(stun.encode(resp), SERVER.sockaddr()))
         self.assertIn("0x7abc", str(self.failureResultOf(d, StunBadResponse).value))
 

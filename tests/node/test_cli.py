@@ -319,7 +319,9 @@ class RealNodesTests(SynchronousTestCase):
         self.root = temp_dir(self)
         self.env = env_with_repo()
 
-    def start_node(self, name: str, *twistd_options: str, node_options: tuple[str, ...] = ()) -> tuple[subprocess.Popen, Path]:
+    def start_node(
+        self, name: str, *twistd_options: str, node_options: tuple[str, ...] = ()
+    ) -> tuple[subprocess.Popen, Path]:
         data_dir = self.root / name
         log = open(self.root / f"{name}.log", "wb")
         self.addCleanup(log.close)

@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
 
 from crust.address import Address
 from crust.connection_info import PubConnectionInfo
@@ -47,6 +48,7 @@ from crust.errors import (
     SendQueueFull,
 )
 from crust.identity import Identity, PeerId
+from crust.interfaces import ICrustObserver
 from crust.observer import EVENT_NAMES
 from crust.roles import Role
 
@@ -467,6 +469,16 @@ class EventEncodingTests(SynchronousTestCase):
         unsubscribe()
         hub.lost_peer(PEER, "bye")
         self.assertEqual(seen, [{"event": "lost_peer", "time": 0.0, "peer_id": str(PEER), "reason": "bye"}])
+
+    def test_hub_publishes_every_event(self) -> None:
+        hub = EventHub(Clock())
+        verifyObject(ICrustObserver, hub)
+        seen: list[dict[str, Any]] = []
+        hub.subscribe(seen.append)
+        for name in EVENT_NAMES:
+            args = (b"x",) * len(ICrustObserver[name].positional)
+            getattr(hub, name)(*args)
+        self.assertEqual([event["event"] for event in seen], list(EVENT_NAMES))
 
 
 class EndpointTests(SynchronousTestCase):

@@ -61,7 +61,8 @@ json_values = st.recursive(
 )
 small_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10),
                           lambda children: st.lists(children, max_size=3)
-                          | st.dictionaries(st.sampled_from(["ok", "info", "tcp", "udp", "reason"]), children, max_size=3),
+                          | st.dictionaries(st.sampled_from(["ok", "info", "tcp", "udp", "reason"]), children,
+                                            max_size=3),
                           max_leaves=6)
 field_values = st.one_of(json_values, st.just(str(T)), st.just("QQ=="), st.integers(0, 2**32 - 1),
                          st.sampled_from(["not-connected", "disabled"]))
@@ -111,7 +112,8 @@ class FrameTests(SynchronousTestCase):
             (m.encode_answer(0, T, False, True), RdvAnswer(0, T, False, True)),
             (m.encode_forward(T, blob), RdvForward(T, blob)),
             (m.encode_deliver(A, b"x"), RdvDeliver(A, b"x")),
-            (m.encode_error(T, m.ERROR_RATE_LIMITED, "slow down [3/s]"), RdvError(T, "rate-limited", "slow down [3/s]")),
+            (m.encode_error(T, m.ERROR_RATE_LIMITED, "slow down [3/s]"),
+             RdvError(T, "rate-limited", "slow down [3/s]")),
             (m.encode_error(T, m.ERROR_NOT_CONNECTED), RdvError(T, "not-connected", "")),
         ]
         for data, expected in cases:

@@ -265,7 +265,8 @@ class IdentityTests(QuicTestCase):
         self.assertEqual(cert.public_key().public_bytes_raw(), self.b.peer_id.raw)
         self.assertEqual(client.quic.tls.alpn_negotiated, ALPN)
         stats = client.stats()
-        self.assertEqual((stats["peer"], stats["side"], stats["address"]), (str(self.b.peer_id), "client", "10.0.0.2:4002"))
+        self.assertEqual((stats["peer"], stats["side"], stats["address"]),
+                         (str(self.b.peer_id), "client", "10.0.0.2:4002"))
         self.assertGreater(stats["datagrams_received"], 0)
         self.assertEqual(self.b.dispatcher.counters["accepted"], 1)
 

@@ -102,7 +102,7 @@ class TcpTransportTests(TestCase):
         b.set_accept_hook(lambda addr: RecorderFactory("b-claimed", events, self.protocols))
         target = Address("tcp", "127.0.0.1", pb.getHost().port)
         # a connects as TLS *server*; b's listener accepts, and its hook makes b the client
-        proto = yield a.dial(target, RecorderFactory("a-out", events, self.protocols), from_listener=True, tls_client=False)
+        yield a.dial(target, RecorderFactory("a-out", events, self.protocols), from_listener=True, tls_client=False)
         for _ in range(300):
             if ("a-out", "tls") in events and ("b-claimed", "tls") in events:
                 break

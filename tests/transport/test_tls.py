@@ -4,7 +4,14 @@ from cryptography import x509
 from twisted.trial.unittest import SynchronousTestCase
 
 from crust.identity import Identity
-from crust.transport.tls import CERT_INFO_OID, _der_octets, _der_octets_content, cert_info, make_certificate, peer_id_from_certificate
+from crust.transport.tls import (
+    CERT_INFO_OID,
+    _der_octets,
+    _der_octets_content,
+    cert_info,
+    make_certificate,
+    peer_id_from_certificate,
+)
 from crust.errors import ProtocolViolation
 from crust.wire import CertInfo, network_hash
 

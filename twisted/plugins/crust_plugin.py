@@ -1,3 +1,5 @@
 from twisted.application.service import ServiceMaker
 
-crust = ServiceMaker("crust", "crust.node.tap", "A crust peer node: encrypted P2P connections with NAT traversal", "crust")
+crust = ServiceMaker(
+    "crust", "crust.node.tap", "A crust peer node: encrypted P2P connections with NAT traversal", "crust"
+)

@@ -32,7 +32,13 @@ from zope.interface import Attribute, Interface, implementer
 from crust._util.reactor import maybe_global_reactor
 from crust.address import Address
 from crust.nat.portmap.gateway import MappingRefused, NoService, PortMappingError, default_gateway_v4
-from crust.nat.portmap.natpmp import DEFAULT_INITIAL_TIMEOUT, DEFAULT_LIFETIME, DEFAULT_MAX_TRIES, SERVER_PORT, NATPMPClient
+from crust.nat.portmap.natpmp import (
+    DEFAULT_INITIAL_TIMEOUT,
+    DEFAULT_LIFETIME,
+    DEFAULT_MAX_TRIES,
+    SERVER_PORT,
+    NATPMPClient,
+)
 from crust.nat.portmap.pcp import PCPClient
 from crust.nat.portmap.upnp_igd import DEFAULT_SEARCH_TIMEOUT, DEFAULT_TIMEOUT, SSDP_ADDRESS, IGDClient
 

@@ -24,14 +24,14 @@ import socket
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence, cast
 from urllib.parse import urljoin, urlsplit
 from xml.parsers import expat
 from xml.sax.saxutils import escape
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import DatagramProtocol, Protocol
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.protocol import DatagramProtocol, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, ResponseDone
@@ -254,9 +254,12 @@ class SSDPSearch(DatagramProtocol):
         self._timers.append(self._reactor.callLater(self.timeout, self._finish))
 
     def _send_all(self) -> None:
+        transport = self.transport
+        if transport is None:  # the search's socket is closed
+            return
         for target in self.targets:
             try:
-                self.transport.write(build_msearch(target, self.address, self.mx), self.address)
+                transport.write(build_msearch(target, self.address, self.mx), self.address)
             except Exception as e:
                 self.log.info("SSDP: sending M-SEARCH to {address} failed: {error}",
                               address=f"{self.address[0]}:{self.address[1]}", error=e)
@@ -453,9 +456,11 @@ class BoundedBodyReader(Protocol):
 
     def _abort(self) -> None:
         if self.transport is not None:
-            self.transport.stopProducing()
+            # Twisted hands a response body's protocol a producer as its transport
+            # (twisted.web's TransportProxyProducer), not the ITransport it declares
+            cast(IPushProducer, self.transport).stopProducing()
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.finished.called or self._cancelled:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
@@ -681,10 +686,12 @@ class IGDClient:
     def delete_port_mapping(self, transport: str, external_port: int) -> Deferred:
         """Delete a mapping; a missing one (714) counts as deleted."""
 
-        def missing(failure: Failure) -> None:
+        def missing(failure: Failure) -> Optional[Failure]:
             failure.trap(UPnPError)
-            if failure.value.code != NO_SUCH_ENTRY:
-                return failure  # type: ignore[return-value]
+            error = failure.value
+            assert isinstance(error, UPnPError)  # trapped
+            if error.code != NO_SUCH_ENTRY:
+                return failure
             return None
 
         args = [("NewRemoteHost", ""), ("NewExternalPort", external_port), ("NewProtocol", transport.upper())]

@@ -49,13 +49,17 @@ class ControlClient(Protocol):
         """Fires with the C{result}; fails with L{ControlError} (its C{code} and message)."""
         rid = self._next_id
         self._next_id += 1
+        transport = self.transport
+        assert transport is not None, "not connected"
         d: Deferred = Deferred()
         self._pending[rid] = d
-        self.transport.write(_encode(dict(args, id=rid, cmd=cmd)))
+        transport.write(_encode(dict(args, id=rid, cmd=cmd)))
         return d
 
     def send_raw(self, data: bytes) -> None:
-        self.transport.write(data)
+        transport = self.transport
+        assert transport is not None, "not connected"
+        transport.write(data)
 
     def dataReceived(self, data: bytes) -> None:
         self._buffer += data
@@ -63,7 +67,9 @@ class ControlClient(Protocol):
             end = self._buffer.find(b"\n")
             if end < 0:
                 if len(self._buffer) > self.max_line:
-                    self.transport.loseConnection()
+                    transport = self.transport
+                    assert transport is not None  # it delivered the data
+                    transport.loseConnection()
                 return
             line = bytes(self._buffer[:end])
             del self._buffer[: end + 1]

@@ -38,8 +38,8 @@ from enum import Enum
 from typing import Any, Callable, Iterable, Optional
 
 from twisted.internet.defer import maybeDeferred
-from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -180,18 +180,40 @@ class EventHub:
             except Exception:
                 self.log.failure("event subscriber {callback!r} failed on {event}", callback=callback, event=name)
 
+    # -- ICrustObserver: every event is published ------------------------------------
 
-def _hub_method(name: str) -> Callable[..., None]:
-    def method(self: EventHub, *args: Any) -> None:
-        self.publish(name, *args)
+    def listener_started(self, address: Any) -> None:
+        self.publish("listener_started", address)
 
-    method.__name__ = name
-    return method
+    def listener_failed(self, transport: str, reason: str) -> None:
+        self.publish("listener_failed", transport, reason)
 
+    def connect_success(self, peer_id: Any) -> None:
+        self.publish("connect_success", peer_id)
 
-for _name in EVENT_NAMES:
-    setattr(EventHub, _name, _hub_method(_name))
-del _name
+    def connect_failure(self, peer_id: Any, reason: Any) -> None:
+        self.publish("connect_failure", peer_id, reason)
+
+    def lost_peer(self, peer_id: Any, reason: str) -> None:
+        self.publish("lost_peer", peer_id, reason)
+
+    def new_message(self, peer_id: Any, data: bytes) -> None:
+        self.publish("new_message", peer_id, data)
+
+    def message_dropped(self, peer_id: Any, priority: int, count: int, size: int, reason: str) -> None:
+        self.publish("message_dropped", peer_id, priority, count, size, reason)
+
+    def message_too_large(self, peer_id: Any, size: int, limit: int) -> None:
+        self.publish("message_too_large", peer_id, size, limit)
+
+    def bootstrap_connect(self, peer_id: Any, address: Any) -> None:
+        self.publish("bootstrap_connect", peer_id, address)
+
+    def bootstrap_accept(self, peer_id: Any, role: Any) -> None:
+        self.publish("bootstrap_accept", peer_id, role)
+
+    def bootstrap_failed(self, reason: Any) -> None:
+        self.publish("bootstrap_failed", reason)
 
 
 # -- requests ------------------------------------------------------------------------
@@ -329,6 +351,13 @@ def _encode(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode("ascii") + b"\n"
 
 
+class IStreamTransport(ITransport, IConsumer, IPushProducer):
+    """
+    A stream socket's transport as Twisted makes it (a UNIX socket's here):
+    it takes a push producer for what we write, and is one for what we read.
+    """
+
+
 @implementer(IPushProducer)
 class ControlProtocol(Protocol):
     """
@@ -340,6 +369,7 @@ class ControlProtocol(Protocol):
     """
 
     log = Logger()
+    transport: Optional[IStreamTransport]
 
     def __init__(self, factory: Any) -> None:
         self.factory = factory
@@ -363,9 +393,11 @@ class ControlProtocol(Protocol):
             self._send_error(None, BUSY, f"too many control connections (at most {self.factory.max_connections})")
             self._close()
             return
-        self.transport.registerProducer(self, True)
+        transport = self.transport
+        assert transport is not None
+        transport.registerProducer(self, True)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._gone = True
         self.factory.connections.discard(self)
         self._stop_watch()
@@ -374,19 +406,25 @@ class ControlProtocol(Protocol):
     def _close(self) -> None:
         self._closing = True
         self._stop_watch()
-        self.transport.loseConnection()
+        transport = self.transport
+        assert transport is not None
+        transport.loseConnection()
 
     # -- IPushProducer: our writes back up, so stop reading and shed events ---------
 
     def pauseProducing(self) -> None:
         self._paused = True
-        self.transport.pauseProducing()
+        transport = self.transport
+        assert transport is not None  # it is the transport that pauses us
+        transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         self._paused = False
         if self._gone or self._closing:
             return
-        self.transport.resumeProducing()
+        transport = self.transport
+        assert transport is not None  # it is the transport that resumes us
+        transport.resumeProducing()
         if self.dropped_events and self._watch_events is not None:
             count, self.dropped_events = self.dropped_events, 0
             self._write({"event": "events_dropped", "id": self._watch_id, "count": count,
@@ -496,7 +534,9 @@ class ControlProtocol(Protocol):
             self.log.failure("unencodable control response")
             data = _encode({"id": body.get("id"), "ok": False, "code": INTERNAL,
                             "error": "internal error: the result could not be encoded"})
-        self.transport.write(data)
+        transport = self.transport
+        assert transport is not None  # not gone
+        transport.write(data)
 
     # -- watching ---------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from crust.errors import CrustError
 class ControlFactory(Factory):
     """Builds L{ControlProtocol}s for C{node} answering C{commands}."""
 
-    protocol = ControlProtocol  # type: ignore[assignment]
+    protocol = ControlProtocol
     noisy = False
 
     def __init__(self, node: Any, commands: Optional[CommandRegistry] = None,
@@ -187,7 +187,9 @@ class ControlServer(service.Service):
         service.Service.stopService(self)
         for proto in list(self.factory.connections):
             proto._stop_watch()
-            proto.transport.loseConnection()
+            transport = proto.transport
+            assert transport is not None  # it joined the connections when it connected
+            transport.loseConnection()
         port, self.port = self.port, None
         if port is None:
             return succeed(None)

@@ -125,7 +125,7 @@ class CrustBbr(QuicCongestionControl):
     # -- what aioquic reads ---------------------------------------------------
 
     @property
-    def congestion_window(self) -> int:  # type: ignore[override]
+    def congestion_window(self) -> int:
         if self._acked:
             self._finish_ack()
         return self._cwnd
@@ -158,13 +158,18 @@ class CrustBbr(QuicCongestionControl):
             self._finish_ack()
         inflight = self.bytes_in_flight
         if inflight == 0:
-            self._first_sent_time = self._delivered_time = packet.sent_time
+            sent_time = packet.sent_time
+            assert sent_time is not None  # aioquic dates a packet before it reports it sent
+            self._first_sent_time = self._delivered_time = sent_time
             if self._app_limited:
                 self._idle_restart = True
         if inflight + packet.sent_bytes < self._app_limited_below:
             # less in flight than a sender with data would keep: the application is the limit
             self._app_limited = (self._delivered + inflight) or 1
-        packet.crust_bbr = (self._delivered, self._delivered_time, self._first_sent_time, self._app_limited != 0)
+        # the delivery state at send time rides on aioquic's packet (read back in on_packet_acked)
+        packet.crust_bbr = (  # type: ignore[attr-defined]
+            self._delivered, self._delivered_time, self._first_sent_time, self._app_limited != 0
+        )
         inflight += packet.sent_bytes
         self.bytes_in_flight = inflight
         if inflight > self._lw_max_inflight:
@@ -184,9 +189,11 @@ class CrustBbr(QuicCongestionControl):
             # the most recently sent packet acknowledged so far defines the sample
             self._rs_prior_delivered = state[0]
             self._rs_prior_time = state[1]
-            self._rs_send_elapsed = packet.sent_time - state[2]
+            sent_time = packet.sent_time
+            assert sent_time is not None  # it was sent
+            self._rs_send_elapsed = sent_time - state[2]
             self._rs_app_limited = state[3]
-            self._first_sent_time = packet.sent_time
+            self._first_sent_time = sent_time
 
     def on_rtt_measurement(self, *, now: float, rtt: float) -> None:
         if rtt > 0:  # aioquic passes the raw sample; a send time ahead of the clock makes it <= 0
@@ -475,7 +482,8 @@ class CrustPacer(QuicPacketPacer):
         if self.bucket_time > self.bucket_max:
             self.bucket_time = self.bucket_max
 
-    def next_send_time(self, now: float) -> Optional[float]:
+    # aioquic's own returns None too when nothing waits; its annotation says float
+    def next_send_time(self, now: float) -> Optional[float]:  # type: ignore[override]
         if self.packet_time is not None:
             self.update_bucket(now=now)
             if self.bucket_time < 0:

@@ -248,9 +248,11 @@ class QuicDispatcher:
         return driver
 
     def _accept(self, driver: QuicDriver) -> None:
+        accepted = self._accepted
+        assert accepted is not None  # a server connection is made only when there is someone to accept it
         self.counters["accepted"] += 1
         try:
-            self._accepted(driver)
+            accepted(driver)
         except Exception:
             self.log.failure("accepting the QUIC connection from {peer} failed", peer=str(driver.peer_id))
             driver.abort_connection("internal error")

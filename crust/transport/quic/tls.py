@@ -113,8 +113,8 @@ def check_aioquic() -> None:
     if not isinstance(loss, QuicPacketRecovery):
         missing.append("aioquic.quic.connection.QuicConnection._loss")
     else:
-        for name, kind in (("_cc", object), ("_pacer", QuicPacketPacer)):
-            if not isinstance(getattr(loss, name, None), kind):
+        for name, expected in (("_cc", object), ("_pacer", QuicPacketPacer)):
+            if not isinstance(getattr(loss, name, None), expected):
                 missing.append(f"aioquic.quic.recovery.QuicPacketRecovery.{name}")
         for name in ("bucket_max", "bucket_time", "packet_time", "update_bucket"):
             if not hasattr(getattr(loss, "_pacer", None), name):

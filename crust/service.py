@@ -42,7 +42,14 @@ from crust.connection_info import PrivConnectionInfo, PubConnectionInfo
 from crust.peering.connector import Connector
 from crust.peering.listeners import Listeners
 from crust.peering.dialer import Dialer, DirectStrategy, ProbeResult
-from crust.errors import ConnectToSelf, CrustError, InvalidConnectionInfo, MessageTooLarge, PeerNotConnected, ServiceNotRunning
+from crust.errors import (
+    ConnectToSelf,
+    CrustError,
+    InvalidConnectionInfo,
+    MessageTooLarge,
+    PeerNotConnected,
+    ServiceNotRunning,
+)
 from crust.identity import Identity, PeerId
 from crust.nat.addresses import OurAddresses
 from crust.nat.reflexive import ReflexiveDiscovery
@@ -108,8 +115,6 @@ class Service(MultiService):
             self.peers, self.dialer, self.admission, self.clock, lambda: self.config,
             lambda: self.running_for_peers, self.observers.emit)
         CacheValidator(self).setServiceParent(self)
-        # told of promotions after the bootstrap parts (the cache is up to date when connect() fires)
-        self.connector = Connector(self.dialer, self.peers, self.clock, lambda: self.config, self.observers.emit)
         self.port_mapper: Any = None
         self.udp_endpoint: Any = None
         self.udp_stack: Any = None  # the endpoint with its STUN client, STUN responder and echo
@@ -125,7 +130,8 @@ class Service(MultiService):
             # a second, answering-only socket: bound while we accept bootstrap requests (HELLO echo_alt)
             self.echo_socket = build_echo_socket(reactor, host=self.config.listen_host, identity=identity)
             self.quic = QuicDispatcher(
-                identity, self.udp_endpoint.send, clock=self.clock, accepted=lambda driver: self.listeners.quic_accepted(driver),
+                identity, self.udp_endpoint.send, clock=self.clock,
+                accepted=lambda driver: self.listeners.quic_accepted(driver),
                 host=lambda: self.udp_endpoint.transport.getHost(),
                 options=QuicOptions(idle_timeout=self.config.inactivity_timeout + 10), cert_info=self.cert_info,
             )
@@ -149,6 +155,8 @@ class Service(MultiService):
             dialer=self.dialer, addresses=self.addresses, tcp=self.tcp if self.config.enable_tcp else None,
             udp_endpoint=self.udp_endpoint, quic_for_socket=self._quic_for_socket if self.quic else None,
             our_info=self._public_info)
+        # told of promotions last: the cache and the connection's path are up to date when connect() fires
+        self.connector = Connector(self.dialer, self.peers, self.clock, lambda: self.config, self.observers.emit)
         self.discovery_requester: Any = None
         self.discovery_responder: Any = None
         self._discovery_service: Any = None
@@ -534,6 +542,8 @@ class Service(MultiService):
         conn = self.peers.active.get(peer_id)
         if conn is None:
             return None
+        hello = conn.handshake.peer_hello
+        observed = hello.observed if hello is not None else None
         return {
             "peer_id": str(peer_id),
             "transport": conn.transport_name,
@@ -542,7 +552,8 @@ class Service(MultiService):
             "role": self.peer_role(peer_id),
             "initiator": conn.initiator,
             "queued_bytes": conn.queued_bytes,
-            "observed_us_as": str(conn.handshake.peer_hello.observed) if conn.handshake.peer_hello and conn.handshake.peer_hello.observed else None,
+            "observed_us_as": str(observed) if observed else None,
+            "path": conn.path.to_dict() if conn.path is not None else None,
         }
 
     # -- what we tell peers ----------------------------------------------------------------------

@@ -183,6 +183,7 @@ class Bootstrapper:
         """A peer could not reach us back: we cannot be a node, but we can join as a client."""
         failure.trap(BootstrapFailed)
         error = failure.value
+        assert isinstance(error, BootstrapFailed)
         if not error.external_reachability:
             return failure
         refusals = [reason for _, reason in error.failures if RejectReason.FAILED_REACHABILITY.value in reason]

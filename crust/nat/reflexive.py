@@ -110,8 +110,7 @@ class ReflexiveDiscovery:
         if self._probe is not None:
             for destination in tcp:
                 d = self._probe(destination, peer_id)
-                d.addCallback(lambda result, destination=destination: self._observed(
-                    result.observed, destination, "hello") if result.observed is not None else None)
+                d.addCallback(self._probed, destination)
                 asks.append(d)
         if not asks:
             return None
@@ -126,6 +125,10 @@ class ReflexiveDiscovery:
         self._asked.clear()
         for kept in self._observations.values():
             kept.clear()
+
+    def _probed(self, result: Any, destination: Address) -> None:
+        if result.observed is not None:
+            self._observed(result.observed, destination, "hello")
 
     def _observed(self, observed: Address, destination: Address, source: str) -> None:
         if observed.transport != destination.transport:

@@ -48,11 +48,13 @@ _USAGE_CODES = ("bad-request",)
 class CliError(Exception):
     """Ends the command: C{message} on stderr, exit status C{status}."""
 
-    def __init__(self, message: str, status: int = EXIT_FAILED, code: Optional[str] = None) -> None:
+    def __init__(self, message: str, status: int = EXIT_FAILED, code: Optional[str] = None,
+                 reasons: Optional[list[str]] = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.code = code
+        self.reasons = reasons or []
 
 
 class NodeUnreachable(CliError):
@@ -168,7 +170,9 @@ class NodeClient:
             if code == "unknown-command":
                 raise CliError(f"the node does not know {cmd!r} (is it an older version?): {body.get('error')}",
                                status, code)
-            raise CliError(str(body.get("error") or "the request failed"), status, code)
+            reasons = body.get("reasons")
+            reasons = [str(r) for r in reasons] if isinstance(reasons, list) else None
+            raise CliError(str(body.get("error") or "the request failed"), status, code, reasons)
 
     def events(self, timeout: Optional[float] = None) -> Iterator[dict[str, Any]]:
         """Yield event lines until the connection ends (or C{timeout}, then L{socket.timeout})."""
@@ -341,8 +345,10 @@ def cmd_connection_info(ctx: Context) -> int:
 
 
 def _configure_connect(p: argparse.ArgumentParser) -> None:
-    p.add_argument("info", help="their connection info (the JSON line `crust connection-info` printed on "
-                                "their side), @file, or - for standard input")
+    p.add_argument("info", metavar="PEER_ID|INFO",
+                   help="their peer id (connects through a peer you are both connected to, punching through "
+                        "NATs), or their connection info (the JSON line `crust connection-info` printed on their "
+                        "side), @file, or - for standard input")
     p.add_argument("--timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT, metavar="SECONDS",
                    help=f"give up after this long (default {DEFAULT_CONNECT_TIMEOUT:g})")
 
@@ -394,8 +400,16 @@ def cmd_connect(ctx: Context) -> int:
     if not 0 < timeout <= 3600:
         raise CliError("--timeout must be more than 0 and at most 3600 seconds", EXIT_USAGE, "bad-request")
     # the node gives up after `timeout`; we wait a little longer for its answer
-    result = ctx.call("connect", timeout + 5, info=text, timeout=timeout)
-    ctx.emit(result, result["peer_id"])
+    if _PEER_ID.match(text):
+        result = ctx.call("connect", timeout + 5, peer_id=text.lower(), timeout=timeout)
+    else:
+        result = ctx.call("connect", timeout + 5, info=text, timeout=timeout)
+    ctx.emit(result, result["peer_id"])  # the peer id alone on stdout: scripts read it
+    path = result.get("path") or {}
+    if not ctx.json and path.get("kind"):
+        took = f" in {path['elapsed']:.2f} s" if isinstance(path.get("elapsed"), (int, float)) else ""
+        where = f" {result['address']}" if result.get("address") else ""
+        ctx.err.write(f"connected {path['kind']}{where}{took}\n")
     return EXIT_OK
 
 
@@ -594,10 +608,16 @@ def main(argv: Optional[list[str]] = None, out: Optional[TextIO] = None, err: Op
         return COMMANDS[args.command].run(ctx)
     except CliError as e:
         if want_json:
-            out.write(json.dumps({"ok": False, "code": e.code or "failed", "error": e.message},
-                                 separators=(",", ":")) + "\n")
+            body: dict[str, Any] = {"ok": False, "code": e.code or "failed", "error": e.message}
+            if e.reasons:
+                body["reasons"] = e.reasons
+            out.write(json.dumps(body, separators=(",", ":")) + "\n")
             out.flush()
-        err.write(f"crust {args.command}: {e.message}\n")
+        if e.reasons:
+            err.write(f"crust {args.command}: {e.message.split(': ', 1)[0]}:\n"
+                      + "".join(f"  {_safe(r)}\n" for r in e.reasons))
+        else:
+            err.write(f"crust {args.command}: {e.message}\n")
         return e.status
     except KeyboardInterrupt:
         return EXIT_OK if args.command == "watch" else 130

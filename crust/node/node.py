@@ -367,25 +367,21 @@ class Node(MultiService):
 
         return self.service.prepare_connection_info().addCallback(keep)
 
-    def connect(self, their_info: PubConnectionInfo, timeout: Optional[float] = None) -> Deferred:
+    def connect(self, target: Union[PubConnectionInfo, PeerId], timeout: Optional[float] = None) -> Deferred:
         """
-        Connect to the peer C{their_info} names, pairing it with the
-        connection info we handed out last; fires with its L{PeerId}.
-        With C{timeout}, fails with L{ControlTimeout} after that many seconds
-        (the attempt itself runs on, to the configured connect_timeout).
+        Connect to the peer C{target} names (its connection info, or its
+        L{PeerId}: then through a peer we are both connected to); fires with
+        its L{PeerId}.  With C{timeout}, fails with L{ControlTimeout} after
+        that many seconds (the attempt itself runs on, to the configured
+        connect_timeout).
         """
         assert self.service is not None
-        svc = self.service
-
-        def go(_: Any) -> Deferred:
-            return svc.connect(self._our_info, their_info)
-
-        d = succeed(None) if self._our_info is not None else self.connection_info()
-        d.addCallback(go)
+        d = self.service.connect(target)
         if timeout is None:
             return d
+        peer = target if isinstance(target, PeerId) else target.peer_id
         return _with_timeout(d, timeout, self.reactor,
-                             lambda: ControlTimeout(f"not connected to {their_info.peer_id} within {timeout:g} s"))
+                             lambda: ControlTimeout(f"not connected to {peer} within {timeout:g} s"))
 
     def describe(self) -> Deferred:
         """Fires with the C{info} command's result."""

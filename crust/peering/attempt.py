@@ -83,7 +83,9 @@ class ConnectAttempt(Purpose):
         self.error: Optional[ConnectFailed] = None
         self._timer: Any = None
         self._held: list[tuple[Leg, Any]] = []  # legs waiting for their turn, with their timers
-        self._starting = False
+        self._starting = 0
+        self._promoted: Optional["PeerConnection"] = None
+        self._promoted_at = 0.0
         self.started_at = clock.seconds()
 
     def wait(self) -> Deferred:
@@ -97,13 +99,14 @@ class ConnectAttempt(Purpose):
             self._check_done()
             return
         first = min(leg.delay for leg in self.legs)
-        for leg in sorted(self.legs, key=lambda leg: leg.delay):
+        legs = sorted(self.legs, key=lambda leg: leg.delay)
+        for leg in legs:  # hold the later legs first: an early leg that ends at once must find them
             wait = leg.delay - first
-            if wait <= 0:
+            if wait > 0:
+                self._held.append((leg, self._clock.callLater(wait, self._release, leg)))
+        for leg in legs:
+            if leg.delay - first <= 0:
                 self._start_leg(leg)
-            else:
-                entry = (leg, self._clock.callLater(wait, self._release, leg))
-                self._held.append(entry)
 
     @property
     def started(self) -> tuple[str, ...]:
@@ -135,7 +138,7 @@ class ConnectAttempt(Purpose):
                 self._held.sort(key=lambda entry: entry[1].getTime())
 
     def _start_leg(self, leg: Leg) -> None:
-        self._starting = True  # a try failing at once must not end the attempt before the others start
+        self._starting += 1  # a try failing at once must not end the attempt before the others start
         try:
             for target in leg.targets:
                 if self.done:
@@ -144,7 +147,7 @@ class ConnectAttempt(Purpose):
                 self._tries[target] = d
                 d.addCallbacks(self._dialled, self._dial_failed, callbackArgs=(target,), errbackArgs=(target,))
         finally:
-            self._starting = False
+            self._starting -= 1
         self._check_done()
 
     def _release(self, leg: Leg) -> None:
@@ -165,6 +168,8 @@ class ConnectAttempt(Purpose):
         if conn is None:  # a try that made no connection of its own (it extended the attempt)
             self._check_done()
             return
+        if conn is not None and conn is self._promoted and conn.path is None:
+            self._set_path(conn, target)  # (QUIC: the connection was promoted before its dial fired)
         if self.done:
             if conn.connected and not conn.is_active:
                 conn.close_duplicate()
@@ -180,11 +185,18 @@ class ConnectAttempt(Purpose):
         self._check_done()
 
     def promoted(self, conn: "PeerConnection", peer_id: PeerId) -> None:
+        if self._promoted is conn:
+            return  # told already (the connector tells us before the attempt's waiters hear of success)
+        self._promoted = conn
+        self._promoted_at = self._clock.seconds()
         target = self._connections.get(conn)
-        leg = self._leg_of.get(target) if target is not None else None
+        if target is not None:
+            self._set_path(conn, target)
+
+    def _set_path(self, conn: "PeerConnection", target: Hashable) -> None:
+        leg = self._leg_of.get(target)
         if leg is not None:
-            conn.path = PathInfo(leg.kinds.get(target, leg.path_kind), leg.name,
-                                 self._clock.seconds() - self.started_at)
+            conn.path = PathInfo(leg.kinds.get(target, leg.path_kind), leg.name, self._promoted_at - self.started_at)
 
     def lost(self, conn: "PeerConnection", reason: str) -> None:
         target = self._connections.pop(conn, None)

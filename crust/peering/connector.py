@@ -10,6 +10,7 @@ nothing left to wait for.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -17,6 +18,7 @@ from twisted.logger import Logger
 
 from crust.config import Config
 from crust.peering.attempt import ConnectAttempt
+from crust.session.connection import PathInfo
 from crust.connection_info import PubConnectionInfo
 from crust.identity import PeerId
 
@@ -73,7 +75,16 @@ class Connector:
     def peer_promoted(self, conn: "PeerConnection", peer_id: PeerId) -> None:
         attempt = self.attempts.get(peer_id)
         if attempt is not None:
+            elapsed = self._clock.seconds() - attempt.started_at
+            if conn.purpose is attempt:
+                attempt.promoted(conn, peer_id)  # its path is known before anyone hears of the success
+            elif conn.path is None:
+                conn.path = PathInfo("incoming", "", elapsed)
+            elif conn.path.elapsed is None:
+                conn.path = replace(conn.path, elapsed=elapsed)  # how another listener saw it made
             attempt.succeeded()
+        elif conn.path is None and not conn.initiator:
+            conn.path = PathInfo("incoming", "")
 
     def connection_ended(self, conn: "PeerConnection", reason: str) -> None:
         peer_id = conn.peer_id

@@ -158,7 +158,8 @@ class PunchManager:
         except EnvelopeError as e:
             self.counters["dropped"] += 1
             if self._logs.allow(from_peer):
-                self.log.warn("dropping a rendezvous envelope claimed to come from {peer} via {via}: {reason} ({detail})",
+                self.log.warn("dropping a rendezvous envelope claimed to come from {peer} via {via}: "
+                              "{reason} ({detail})",
                               peer=str(from_peer), via=str(via), reason=e.reason, detail=e.detail)
             return
         handler = {EnvelopeType.CONNECT: self._connect_received, EnvelopeType.REPLY: self._reply_received,

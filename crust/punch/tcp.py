@@ -42,7 +42,8 @@ MAX_TARGETS = 8  # TCP candidates of the peer punched at once
 
 #: C{dial(address, purpose, peer, tls_client)}: a TCP connection from our listening port; fires with the connection.
 TcpDial = Callable[[Address, Purpose, PeerId, bool], Deferred]
-#: C{factory(purpose, peer, tls_client)}: the connection factory for a connection our listener accepted from a punching peer.
+#: C{factory(purpose, peer)}: the connection factory for a connection our listener accepted from a punching
+#: peer, which we run as TLS client.
 AcceptFactory = Callable[[Purpose, PeerId], Any]
 
 

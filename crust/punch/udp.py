@@ -92,8 +92,8 @@ class UdpPuncher:
         self._rng = rng or random.SystemRandom()
         self._runs: dict[bytes, _Run] = {}
         self._shared: dict[PeerId, bytes] = {}
-        self.counters = dict.fromkeys(("checks_sent", "checks_received", "acks_sent", "acks_received", "unknown_attempt",
-                                       "bad_mac", "malformed", "budget_refused"), 0)
+        self.counters = dict.fromkeys(("checks_sent", "checks_received", "acks_sent", "acks_received",
+                                       "unknown_attempt", "bad_mac", "malformed", "budget_refused"), 0)
         endpoint.set_crust_handler(checks.CHECK, lambda data, addr: self.datagram_received(data, addr, None))
         endpoint.set_crust_handler(checks.ACK, lambda data, addr: self.datagram_received(data, addr, None))
 
@@ -388,7 +388,8 @@ class _Run:
         if self.confirmed:
             heard = f"pairs confirmed ({', '.join(map(str, self.confirmed[:3]))}) but no QUIC connection came of them"
         elif self.heard:
-            heard = f"the peer's checks reached us (from {', '.join(map(str, list(self.heard)[:3]))}), ours never got an answer"
+            sources = ", ".join(map(str, list(self.heard)[:3]))
+            heard = f"the peer's checks reached us (from {sources}), ours never got an answer"
         else:
             heard = "no check from the peer got through and none of ours was answered"
         budget = " (send budget exhausted)" if self.budget.exhausted else ""

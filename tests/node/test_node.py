@@ -303,7 +303,10 @@ class RunningNodeTests(TestCase):
 
         b_info = (yield cb.request("connection-info"))["connection_info"]
         connected = yield ca.request("connect", info=b_info, timeout=10)
-        self.assertEqual(connected, {"peer_id": str(b.peer_id)})
+        self.assertEqual(connected["peer_id"], str(b.peer_id))
+        self.assertEqual(connected["path"]["kind"], "direct")  # how the connection was made, and in how long
+        self.assertEqual(connected["path"]["strategy"], connected["transport"])
+        self.assertLess(connected["path"]["elapsed"], 10)
         peers = (yield ca.request("peers"))["peers"]
         self.assertEqual([p["peer_id"] for p in peers], [str(b.peer_id)])
 

@@ -67,19 +67,36 @@ def _cmd_connection_info(proto: ControlProtocol, req: Request) -> Deferred:
 
 
 def _cmd_connect(proto: ControlProtocol, req: Request) -> Deferred:
-    req.allow("info", "timeout")
+    req.allow("info", "peer_id", "timeout")
     raw = req._get("info", _MISSING)
-    try:
-        if isinstance(raw, dict):
-            info = PubConnectionInfo.from_dict(raw)
-        elif isinstance(raw, str):
-            info = PubConnectionInfo.from_json(raw)
-        else:
-            raise RequestError(BAD_REQUEST, "'info' must be connection info (a JSON object, or its text)")
-    except InvalidConnectionInfo as e:
-        raise RequestError(BAD_REQUEST, f"bad connection info: {e}") from None
+    target: Any
+    if req.args.get("peer_id") is not None:
+        if raw is not _MISSING:
+            raise RequestError(BAD_REQUEST, "'connect' takes 'info' or 'peer_id', not both")
+        target = req.peer_id()
+    else:
+        try:
+            if isinstance(raw, dict):
+                target = PubConnectionInfo.from_dict(raw)
+            elif isinstance(raw, str):
+                target = PubConnectionInfo.from_json(raw)
+            else:
+                raise RequestError(BAD_REQUEST, "'connect' needs 'info' (connection info: a JSON object, or its "
+                                                "text) or 'peer_id' (to connect through a common peer)")
+        except InvalidConnectionInfo as e:
+            raise RequestError(BAD_REQUEST, f"bad connection info: {e}") from None
     timeout = req.number("timeout", None, 0, MAX_CONNECT_TIMEOUT)
-    return proto.node.connect(info, timeout).addCallback(lambda peer_id: {"peer_id": str(peer_id)})
+    node = proto.node
+
+    def connected(peer_id: Any) -> dict[str, Any]:
+        details = node.service.peer_details(peer_id) if node.service is not None else None
+        result: dict[str, Any] = {"peer_id": str(peer_id)}
+        if details is not None:
+            result.update(transport=details.get("transport"), address=details.get("address"),
+                          path=details.get("path"))
+        return result
+
+    return node.connect(target, timeout).addCallback(connected)
 
 
 def _cmd_send(proto: ControlProtocol, req: Request) -> dict[str, Any]:
@@ -174,7 +191,8 @@ STANDARD_COMMANDS = (
     Command("info", _cmd_info, "peer id, addresses, connection info, state"),
     Command("peers", _cmd_peers, "the connected peers and their details"),
     Command("connection-info", _cmd_connection_info, "our public connection info, to hand to a peer"),
-    Command("connect", _cmd_connect, "connect to a peer: info (connection info), timeout (s)"),
+    Command("connect", _cmd_connect, "connect to a peer: info (connection info) or peer_id (through a common "
+                                     "peer), timeout (s)"),
     Command("send", _cmd_send, "send a message: peer_id, text or data_b64, priority (default 1)"),
     Command("disconnect", _cmd_disconnect, "close the connection to peer_id"),
     Command("watch", _cmd_watch, "stream events on this connection: events (names; default all)"),

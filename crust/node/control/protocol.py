@@ -518,12 +518,16 @@ class ControlProtocol(Protocol):
         code, text = _error_for(failure)
         if code == INTERNAL:
             self.log.failure("control command {cmd} failed", failure, cmd=request.cmd)
-        self._send_error(request.id, code, text)
+        reasons = getattr(failure.value, "reasons", None) if isinstance(failure.value, ConnectFailed) else None
+        self._send_error(request.id, code, text, reasons=list(reasons) if reasons else None)
 
     # -- output ------------------------------------------------------------------------
 
-    def _send_error(self, rid: Any, code: str, text: str) -> None:
-        self._write({"id": rid, "ok": False, "code": code, "error": text})
+    def _send_error(self, rid: Any, code: str, text: str, reasons: Optional[list[str]] = None) -> None:
+        body: dict[str, Any] = {"id": rid, "ok": False, "code": code, "error": text}
+        if reasons:
+            body["reasons"] = reasons  # one line per strategy and address tried
+        self._write(body)
 
     def _write(self, body: dict[str, Any]) -> None:
         if self._gone:

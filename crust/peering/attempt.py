@@ -189,13 +189,27 @@ class ConnectAttempt(Purpose):
             return  # told already (the connector tells us before the attempt's waiters hear of success)
         self._promoted = conn
         self._promoted_at = self._clock.seconds()
+        if conn.path is not None:
+            return  # someone who knows better said how it was made (a punch that opened the way)
         target = self._connections.get(conn)
+        if target is None:
+            target = self._guess_target(conn)
         if target is not None:
             self._set_path(conn, target)
 
+    def _guess_target(self, conn: "PeerConnection") -> Optional[Hashable]:
+        """Which of our tries made C{conn} (QUIC promotes a connection before its dial reports it)."""
+        if conn.peer_address in self._leg_of:
+            return conn.peer_address
+        wanted = f"punched-{conn.transport_name}"
+        for leg in self.legs:
+            if leg.path_kind == wanted and leg.targets:
+                return leg.targets[0]
+        return None
+
     def _set_path(self, conn: "PeerConnection", target: Hashable) -> None:
         leg = self._leg_of.get(target)
-        if leg is not None:
+        if leg is not None and conn.path is None:
             conn.path = PathInfo(leg.kinds.get(target, leg.path_kind), leg.name, self._promoted_at - self.started_at)
 
     def lost(self, conn: "PeerConnection", reason: str) -> None:

@@ -78,8 +78,8 @@ class Connector:
             elapsed = self._clock.seconds() - attempt.started_at
             if conn.purpose is attempt:
                 attempt.promoted(conn, peer_id)  # its path is known before anyone hears of the success
-            elif conn.path is None:
-                conn.path = PathInfo("incoming", "", elapsed)
+            if conn.path is None:
+                conn.path = PathInfo("direct" if conn.initiator else "incoming", "", elapsed)
             elif conn.path.elapsed is None:
                 conn.path = replace(conn.path, elapsed=elapsed)  # how another listener saw it made
             attempt.succeeded()

@@ -235,9 +235,12 @@ class PunchManager:
     def peer_promoted(self, conn: "PeerConnection", peer_id: PeerId) -> None:
         address = conn.peer_address
         if conn.path is None and address is not None:
+            # made while we punch to that peer (whoever dialled: a direct dial to its NAT's address gets
+            # through only because the punch opened it), or from an address a punch confirmed
             puncher = self.udp if address.transport == "udp" else self.tcp
-            if puncher is not None and puncher.punched_from(address) == peer_id:
-                conn.path = PathInfo("punched-udp" if address.transport == "udp" else "punched-tcp", "")
+            if puncher is not None and (puncher.punched_from(address) == peer_id or puncher.running(peer_id)):
+                udp = address.transport == "udp"
+                conn.path = PathInfo("punched-udp" if udp else "punched-tcp", "udp-punch" if udp else "tcp-punch")
         for puncher in (self.udp, self.tcp):
             if puncher is not None:
                 puncher.stop(peer_id)

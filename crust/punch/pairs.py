@@ -150,8 +150,12 @@ def remote_targets(
     @param max_targets: the most addresses returned.
     """
     ours = [a for a in local_addresses if _usable(a)]
-    loopback_families = {_family(a) for a in ours if a.is_loopback}
     lan_addresses = [a for a in ours if not a.is_loopback]
+    # the peer's loopback addresses are ours too: only worth trying when it is this very machine
+    # (we are on loopback only, or it names one of our own addresses)
+    our_hosts = {a.host for a in lan_addresses}
+    same_machine = not lan_addresses or any(r.address.host in our_hosts for r in remote[:MAX_REMOTE])
+    loopback_families = {_family(a) for a in ours if a.is_loopback} if same_machine else set()
     best: dict[Address, tuple[int, int]] = {}
     for j, r in enumerate(remote[:MAX_REMOTE]):
         ra = r.address

@@ -105,6 +105,9 @@ class TcpPuncher:
         run.accepted += 1
         return self._claim(run.purpose, run.plan.peer_id) if self.local_id > run.plan.peer_id else None
 
+    def running(self, peer_id: PeerId) -> bool:
+        return any(r.plan.peer_id == peer_id for r in self._runs.values())
+
     def punched_from(self, address: Address) -> Optional[PeerId]:
         for run in self._runs.values():
             if run.expects(address.host, address.port):

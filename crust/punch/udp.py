@@ -42,7 +42,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from crust.address import Address
+from crust.address import Address, is_global
 from crust.candidates import NatBehaviour
 from crust.errors import CrustError
 from crust.identity import Identity, PeerId
@@ -207,7 +207,7 @@ class _Run:
         targets = list(targets)
         remote_nat = plan.info.nat.udp if plan.info.nat is not None else NatBehaviour()
         if strategy.kind == predict.KIND_PREDICT and remote_nat.delta:
-            seen = [a for a in targets if not a.ip.is_private]
+            seen = [a for a in targets if is_global(a.host)]
             if seen:
                 base = seen[0]
                 targets += [Address("udp", base.host, p) for p in
@@ -230,7 +230,7 @@ class _Run:
         self.sent = 0
         self.done = False
         if strategy.kind == predict.KIND_BIRTHDAY_EASY:
-            public = [a for a in targets if not a.ip.is_private]
+            public = [a for a in targets if is_global(a.host)]
             if public:
                 probe = predict.BirthdayProbe(random.Random(puncher._rng.random()), exclude={public[0].port})
                 self._probe_host = public[0].host
@@ -308,7 +308,7 @@ class _Run:
                 data, addr, s))
             socket.set_crust_handler(checks.ACK, lambda data, addr, s=socket: self.puncher.datagram_received(
                 data, addr, s))
-        for target in [a for a in self.targets if not a.ip.is_private][:1] or self.targets[:1]:
+        for target in [a for a in self.targets if is_global(a.host)][:1] or self.targets[:1]:
             self._send_check(target, socket, now, checks.BIRTHDAY)
 
     # -- receiving -------------------------------------------------------------------------

@@ -33,6 +33,8 @@ from crust.address import Address
 from crust.identity import PeerId
 from crust.transport.tls import ConnectionCreator
 
+MAX_SYN_WAIT = 10.0  # seconds a connect() waits for the peer's SYN-ACK
+
 #: C{hook(addr) -> factory or None}: a factory claims an accepted connection, which we then run as TLS client.
 AcceptHook = Callable[[Any], Optional[Factory]]
 
@@ -111,7 +113,8 @@ class TcpTransport:
             binding = makeBinding(local[0], local[1], reuseAddress=True, reusePort=True)
         tls = TLSMemoryBIOFactory(self.creator(), tls_client, factory, clock=self.reactor)
         endpoint_type = TCP6ClientEndpoint if address.family_is_v6 else TCP4ClientEndpoint
-        seconds = self._timeout() if timeout is None else timeout
+        # a SYN unanswered after its retransmissions (1 + 2 + 4 s) will not be answered: no point waiting longer
+        seconds = min(self._timeout(), MAX_SYN_WAIT) if timeout is None else timeout
         endpoint = endpoint_type(self.reactor, address.host, address.port,
                                  timeout=max(1, int(seconds)), bindAddress=binding)
         return endpoint.connect(tls).addCallback(_wrapped)

@@ -38,12 +38,23 @@ def leftovers():
     }
 
 
+def _log_to_stderr():
+    """With CRUST_AGENT_LOG=1 in the environment, the library's log lines go to stderr (mixed into the output)."""
+    import os
+
+    if os.environ.get("CRUST_AGENT_LOG"):
+        from twisted.logger import globalLogBeginner, textFileLogObserver
+
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+
+
 def run(main, deadline):
     """Run ``main()`` (returning a Deferred) under the reactor; exit code 0/1.
 
     The process emits ``{"event": "deadline"}`` and exits 3 if it is still
     running after *deadline* seconds.
     """
+    _log_to_stderr()
     result = {"rc": 1}
 
     def finished(_):

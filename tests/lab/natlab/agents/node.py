@@ -3,7 +3,7 @@
 
     node.py [--listen-host 0.0.0.0] [--listen-port N] [--network NAME]
             [--no-port-mapping] [--wait-mapping S] [--accept-bootstrap]
-            [--no-reachability-test] [--discovery] [--echo]
+            [--no-reachability-test] [--serve-rendezvous] [--discovery] [--echo]
             [--connect-timeout S] [--bootstrap-timeout S] [--deadline S]
 
 Once listening it prints ``{"event": "ready", "peer_id", "info" (the public
@@ -48,6 +48,7 @@ with the data as text); with ``--echo`` each message is answered with
 """
 
 import argparse
+import dataclasses
 import inspect
 import json
 import os
@@ -279,6 +280,8 @@ def main():
     parser.add_argument("--wait-mapping", type=float, default=0.0)
     parser.add_argument("--accept-bootstrap", action="store_true")
     parser.add_argument("--no-reachability-test", action="store_true")
+    parser.add_argument("--serve-rendezvous", action="store_true",
+                        help="forward hole-punching exchanges between two peers connected to us")
     parser.add_argument("--discovery", action="store_true")
     parser.add_argument("--echo", action="store_true")
     parser.add_argument("--connect-timeout", type=float, default=10.0)
@@ -287,6 +290,13 @@ def main():
     parser.add_argument("--stun", action="append", default=[], help="a STUN server, udp:IP:PORT (repeatable)")
     parser.add_argument("--contact", action="append", default=[], help="a hard-coded contact, PEER_ID@ADDRESS")
     args = parser.parse_args()
+    extra = {}
+    if args.serve_rendezvous:
+        if "serve_rendezvous" not in {f.name for f in dataclasses.fields(Config)}:
+            emit("unsupported", option="--serve-rendezvous",
+                 error="the library has no Config.serve_rendezvous (rendezvous for hole punching)")
+            return 2
+        extra["serve_rendezvous"] = True
     config = Config(
         network_name=args.network, listen_host=args.listen_host, listen_port=args.listen_port,
         enable_port_mapping=not args.no_port_mapping, accept_bootstrap=args.accept_bootstrap,
@@ -294,7 +304,7 @@ def main():
         connect_timeout=args.connect_timeout, bootstrap_timeout=args.bootstrap_timeout,
         stun_servers=tuple(Address.parse(a) for a in args.stun),
         hard_coded_contacts=tuple(HardCodedContact(PeerId.from_text(c.split("@")[0]), Address.parse(c.split("@")[1]))
-                                  for c in args.contact))
+                                  for c in args.contact), **extra)
     service = Service(Identity.generate(), config, reactor)
     service.add_observer(Printer(service, args.echo))
     done = defer.Deferred()

@@ -317,7 +317,13 @@ def _duration(seconds: float) -> str:
 def cmd_peers(ctx: Context) -> int:
     def line(p: dict) -> str:
         direction = "outgoing" if p.get("initiator") else "incoming"
-        return (f"{p.get('peer_id')}  {p.get('address')}  {direction}"
+        path = p.get("path") or {}
+        how = ""
+        if path.get("kind"):
+            how = f"  {path['kind']}"
+            if isinstance(path.get("elapsed"), (int, float)):
+                how += f" in {path['elapsed']:.2f} s"
+        return (f"{p.get('peer_id')}  {p.get('address')}  {direction}{how}"
                 f"  role={p.get('role')}  queued={p.get('queued_bytes')}")
 
     return _list(ctx, ctx.call("peers"), "no connected peers", line)

@@ -81,7 +81,8 @@ class ExchangeCore:
     @ivar send: C{send(type, body)} seals an envelope to the peer and sends it through C{via}.
     @ivar our_info: our connection info now.
     @ivar punch: the responder starts punching with this plan.
-    @ivar result: (initiator) fires with the L{PunchPlan}, or fails with L{ExchangeFailed}.
+    @ivar result: (initiator) fires with the L{PunchPlan}; (both roles) fails with L{ExchangeFailed}, so its
+        owner consumes it on the responder's side too.
     """
 
     peer_id: PeerId
@@ -167,7 +168,7 @@ def _no_reply(exchange: Exchange, core: ExchangeCore) -> None:
 
 @_answered.upon(Exchange.timed_out).to(_failed)
 def _no_sync(exchange: Exchange, core: ExchangeCore) -> None:
-    core.fail(f"no SYNC from {core.peer_id.short()} within {EXCHANGE_TIMEOUT:g} s")
+    core.fail(f"no SYNC from {core.peer_id.short()} through {core.via.short()} within {EXCHANGE_TIMEOUT:g} s")
 
 
 @_offered.upon(Exchange.refused).to(_failed)

@@ -32,6 +32,26 @@ class BootstrapCacheConfig:
 
 
 @dataclass(frozen=True)
+class RelayLimits:
+    """What a node that relays for others gives each circuit, and how many it carries (doc/relay.md)."""
+
+    bytes_per_circuit: int = 256 * MIB  # each direction
+    seconds_per_circuit: float = 3600.0
+    rate_per_circuit: Optional[int] = 8 * MIB  # bytes a second each direction; None: unlimited
+    circuits_per_peer: int = 8
+    circuits_total: int = 64
+
+
+@dataclass(frozen=True)
+class TurnServer:
+    """A TURN server (RFC 8656) to allocate a relayed address on, with long-term credentials."""
+
+    address: Address  # udp:IP:PORT
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Config:
     # identity of the network: nodes of different names never connect
     network_name: Optional[str] = None
@@ -76,6 +96,12 @@ class Config:
     enable_port_mapping: bool = True
     serve_rendezvous: bool = False  # forward hole-punching exchanges between two peers connected to us
 
+    # relays
+    serve_relay: bool = False  # carry circuits between two peers connected to us
+    relay_delay: float = 2.0  # a relayed connection starts after this unless everything else failed first
+    relay_limits: RelayLimits = field(default_factory=RelayLimits)
+    turn_servers: tuple[TurnServer, ...] = ()
+
     def replace(self, **changes) -> "Config":
         return replace(self, **changes)
 
@@ -92,3 +118,9 @@ class Config:
                 raise ValueError(f"{name} must be positive")
         if not 0 <= self.quic_dial_delay <= self.connect_timeout:
             raise ValueError("quic_dial_delay must be in 0..connect_timeout")
+        if not 0 <= self.relay_delay <= self.connect_timeout:
+            raise ValueError("relay_delay must be in 0..connect_timeout")
+        limits = self.relay_limits
+        if limits.bytes_per_circuit < 1 or limits.seconds_per_circuit <= 0 or limits.circuits_per_peer < 0 \
+                or limits.circuits_total < 0 or (limits.rate_per_circuit is not None and limits.rate_per_circuit < 1):
+            raise ValueError("relay_limits must be positive (circuit counts may be 0)")

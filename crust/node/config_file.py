@@ -33,7 +33,7 @@ from twisted.logger import Logger
 
 from crust._util.reactor import maybe_global_reactor
 from crust.address import Address
-from crust.config import BootstrapCacheConfig, Config, HardCodedContact
+from crust.config import BootstrapCacheConfig, Config, HardCodedContact, RelayLimits, TurnServer
 from crust.errors import ConfigError
 from crust.identity import PeerId
 from crust.roles import Role
@@ -263,6 +263,29 @@ def _bootstrap_cache(value: Any, path: str, source: str) -> BootstrapCacheConfig
     return BootstrapCacheConfig(**_object(fields, path, value, source))
 
 
+_RELAY_DEFAULTS = RelayLimits()
+
+
+def _relay_limits(value: Any, path: str, source: str) -> RelayLimits:
+    fields = {
+        "bytes_per_circuit": (_integer(1, 1 << 50), _RELAY_DEFAULTS.bytes_per_circuit),
+        "seconds_per_circuit": (_duration, _RELAY_DEFAULTS.seconds_per_circuit),
+        "rate_per_circuit": (_optional(_integer(1, 1 << 40, "; null means unlimited")),
+                             _RELAY_DEFAULTS.rate_per_circuit),
+        "circuits_per_peer": (_integer(0, 1 << 16), _RELAY_DEFAULTS.circuits_per_peer),
+        "circuits_total": (_integer(0, 1 << 20), _RELAY_DEFAULTS.circuits_total),
+    }
+    return RelayLimits(**_object(fields, path, value, source))
+
+
+def _turn_server(value: Any, path: str, source: str) -> TurnServer:
+    fields = {"address": (_address, None), "username": (_text(513), None), "password": (_text(513), None)}
+    parsed = _object(fields, path, value, source, required=("address", "username", "password"))
+    if parsed["address"].transport != "udp":
+        raise ConfigFileError(source, f"{path}.address", "a TURN server is a udp: address", str(parsed["address"]))
+    return TurnServer(parsed["address"], parsed["username"], parsed["password"])
+
+
 # JSON field -> validator, in the order the default file lists them.  Every
 # field of Config appears here (a test checks it); the JSON names are the
 # Config attribute names.
@@ -297,6 +320,10 @@ _FIELDS: dict[str, _Validator] = {
     "quic_dial_delay": _delay,
     "stun_servers": _list_of(_address, 64),
     "enable_port_mapping": _boolean,
+    "serve_relay": _boolean,
+    "relay_delay": _delay,
+    "relay_limits": _relay_limits,
+    "turn_servers": _list_of(_turn_server, 8),
 }
 
 
@@ -402,6 +429,10 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             return {"peer_id": str(value.peer_id), "address": str(value.address)}
         if isinstance(value, BootstrapCacheConfig):
             return {"file": value.file, "max_size": value.max_size, "timeout": value.timeout}
+        if isinstance(value, RelayLimits):
+            return dataclasses.asdict(value)
+        if isinstance(value, TurnServer):
+            return {"address": str(value.address), "username": value.username, "password": value.password}
         if isinstance(value, (tuple, list)):
             return [plain(v) for v in value]
         return value

@@ -42,7 +42,7 @@ from crust.service import Service
 DEFAULT_CONTROL = "default"  # the control socket in the data directory
 
 # Where the ready node differs from the library's defaults (written into a new config file).
-NODE_DEFAULTS = Config(accept_bootstrap=True, serve_rendezvous=True)
+NODE_DEFAULTS = Config(accept_bootstrap=True, serve_rendezvous=True, serve_relay=True)
 MIN_MAX_REQUEST = 1024 * 1024
 
 

@@ -86,15 +86,21 @@ class PathInfo:
     @ivar strategy: the dial strategy that made it (C{tcp}, C{quic}, C{tcp-punch}...), or "".
     @ivar elapsed: seconds from the connect call to the connection being
         active, or None for connections nobody of ours waited on.
+    @ivar via: for a relayed connection, the relay: a peer id, or
+        C{turn:HOST:PORT}.
     """
 
     kind: str
     strategy: str = ""
     elapsed: Optional[float] = None
+    via: Optional[str] = None  # relayed: the relay (a peer id, or "turn:HOST:PORT")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "strategy": self.strategy,
-                "elapsed": round(self.elapsed, 3) if self.elapsed is not None else None}
+        body: dict[str, Any] = {"kind": self.kind, "strategy": self.strategy,
+                                "elapsed": round(self.elapsed, 3) if self.elapsed is not None else None}
+        if self.via is not None:
+            body["via"] = self.via
+        return body
 
 
 @implementer(IHandshakeListener, IPushProducer)

@@ -199,7 +199,8 @@ class PunchManager:
             return
         self.counters["answered"] += 1
         self.log.info("{peer} asks to punch through {via}", peer=str(peer), via=str(via))
-        machine, _ = self._machine(peer, via, envelope.attempt)
+        machine, core = self._machine(peer, via, envelope.attempt)
+        core.result.addErrback(self._answered_exchange_failed, peer)  # nobody else waits on it
         machine.connect_received(info)
 
     def _reply_received(self, envelope: Envelope, via: PeerId) -> None:
@@ -225,6 +226,10 @@ class PunchManager:
         purpose = _Responding()
         for name, d in (("udp", self.punch_udp(plan, purpose)), ("tcp", self.punch_tcp(plan, purpose))):
             d.addErrback(self._responder_failed, name, plan.peer_id)
+
+    def _answered_exchange_failed(self, failure: Failure, peer: PeerId) -> None:
+        self.log.info("the hole-punching exchange {peer} asked for ended: {reason}", peer=str(peer),
+                      reason=str(failure.value))
 
     def _responder_failed(self, failure: Failure, name: str, peer: PeerId) -> None:
         self.log.info("{name} punch to {peer} (it asked): {reason}", name=name, peer=str(peer),

@@ -175,7 +175,9 @@ class _TcpRun:
         if self.done or failure.check(CancelledError):
             return
         value = failure.value
-        code = getattr(getattr(value, "osError", None), "errno", None) or getattr(value, "errno", None)
+        os_error = getattr(value, "osError", None)  # the reactor's ConnectError holds the errno itself
+        code = os_error if isinstance(os_error, int) else getattr(os_error, "errno", None) or getattr(
+            value, "errno", None)
         if code == errno.EADDRNOTAVAIL or "Cannot assign requested address" in str(value):
             # the peer's SYN reached our listener first: this pair of addresses is connected already
             self.outcomes[target] = "connected by the peer's SYN (accepted)"

@@ -43,3 +43,11 @@ class ICrustObserver(Interface):
 
     def bootstrap_failed(reason):
         """A bootstrap attempt failed: C{reason} (exception)."""
+
+    def path_changed(peer_id, old, new):
+        """
+        The connection to C{peer_id} moved to another path (a relayed one to
+        a direct one, or back); C{old} and C{new} describe them (dicts: kind,
+        strategy, transport, address, via).  It stays one connection: no
+        message was lost on the way.
+        """

@@ -24,6 +24,7 @@ EVENT_NAMES = (
     "bootstrap_connect",
     "bootstrap_accept",
     "bootstrap_failed",
+    "path_changed",
 )
 
 
@@ -42,6 +43,7 @@ class CrustObserver:
     def bootstrap_connect(self, peer_id: Any, address: Any) -> None: ...
     def bootstrap_accept(self, peer_id: Any, role: Any) -> None: ...
     def bootstrap_failed(self, reason: Any) -> None: ...
+    def path_changed(self, peer_id: Any, old: Any, new: Any) -> None: ...
 
 
 @implementer(ICrustObserver)

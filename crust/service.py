@@ -561,4 +561,4 @@ class Service(MultiService):
     def _hello_for(self, conn: PeerConnection) -> Hello:
         return Hello(network=self.network, intent=conn.handshake.intent, role=conn.purpose.role or self.role,
                      observed=conn.peer_address, listeners=tuple(self.addresses.listeners(self._forced_tcp_port())),
-                     echo_alt=self.listeners.echo_port())
+                     echo_alt=self.listeners.echo_port(), handover=True)

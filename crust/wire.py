@@ -44,17 +44,24 @@ class FrameType(enum.IntEnum):
     HEARTBEAT = 5
     CLOSE = 6
     GRANT = 7  # the acceptor grants a bootstrap request
+    MOVE = 8  # the last frame on this connection: the peer continues on the one it chose over it
 
 
 DATA = int(FrameType.DATA)
 HEARTBEAT_FRAME = pack_header(1, FrameType.HEARTBEAT)
 CHOOSE_FRAME = pack_header(1, FrameType.CHOOSE)
 GRANT_FRAME = pack_header(1, FrameType.GRANT)
+MOVE_FRAME = pack_header(1, FrameType.MOVE)
 
 
 def frame(ftype: int, payload: bytes = b"") -> bytes:
     """Encode one frame."""
     return pack_header(len(payload) + 1, ftype) + payload
+
+
+#: CHOOSE of a connection that replaces an active one: both sides MOVE off the old one (doc/protocol.md §5b)
+HANDOVER_PAYLOAD = b'{"handover":true}'
+CHOOSE_HANDOVER_FRAME = frame(FrameType.CHOOSE, HANDOVER_PAYLOAD)
 
 
 class Intent(str, enum.Enum):
@@ -91,6 +98,7 @@ class CloseReason(str, enum.Enum):
     TIMEOUT = "timeout"
     PROTOCOL_ERROR = "protocol-error"
     NOT_WHITELISTED = "not-whitelisted"
+    MOVED = "moved"  # both sides moved onto another connection (handover)
 
 
 def network_hash(network_name: Optional[str]) -> str:
@@ -132,6 +140,7 @@ class Hello:
     observed: Optional[Address] = None  # the address we see the peer's connection come from
     listeners: tuple[Address, ...] = ()  # our listening addresses, for reachability tests
     echo_alt: Optional[int] = None  # a second UDP port of ours that answers address echoes (doc/protocol.md)
+    handover: bool = False  # we can move an active connection onto another one (doc/protocol.md §5b)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def encode(self) -> bytes:
@@ -150,6 +159,8 @@ class Hello:
             body["listeners"] = [str(a) for a in self.listeners]
         if self.echo_alt is not None:
             body["echo_alt"] = self.echo_alt
+        if self.handover:
+            body["handover"] = True
         body.update(self.extra)
         return frame(FrameType.HELLO, _encode_json(body))
 
@@ -192,7 +203,11 @@ class Hello:
         echo_alt = body.get("echo_alt")
         if echo_alt is not None and (type(echo_alt) is not int or not 0 < echo_alt < 65536):
             raise ProtocolViolation("HELLO has a bad echo_alt port")
-        known = {"proto", "version", "min_version", "network", "intent", "role", "observed", "listeners", "echo_alt"}
+        handover = body.get("handover", False)
+        if not isinstance(handover, bool):
+            raise ProtocolViolation("HELLO has a bad handover flag")
+        known = {"proto", "version", "min_version", "network", "intent", "role", "observed", "listeners", "echo_alt",
+                 "handover"}
         extra = {k: v for k, v in body.items() if k not in known}
         return cls(
             network=network,
@@ -203,6 +218,7 @@ class Hello:
             observed=observed,
             listeners=tuple(listeners),
             echo_alt=echo_alt,
+            handover=handover,
             extra=extra,
         )
 

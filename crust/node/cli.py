@@ -459,7 +459,7 @@ def cmd_disconnect(ctx: Context) -> int:
 EVENT_NAMES = (
     "listener_started", "listener_failed", "connect_success", "connect_failure", "lost_peer",
     "new_message", "message_dropped", "message_too_large", "bootstrap_connect", "bootstrap_accept",
-    "bootstrap_failed",
+    "bootstrap_failed", "path_changed",
 )
 
 

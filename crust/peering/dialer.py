@@ -199,6 +199,10 @@ class Dialer:
 
         return unregister
 
+    def unregister(self, name: str) -> bool:
+        """Remove the dial strategy named C{name}; False if there is none."""
+        return self._strategies.pop(name, None) is not None
+
     @property
     def strategies(self) -> list[DialStrategy]:
         """The registered strategies."""

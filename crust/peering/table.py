@@ -18,6 +18,8 @@ from twisted.logger import Logger
 
 from crust.identity import PeerId
 from crust.session.send_queue import Dropped
+from crust.peering.handover import Handovers
+from crust.peering.handover import describe as describe_path
 from crust.session.signalling import ControlFrames
 from crust.wire import CloseReason, Hello, RejectReason
 
@@ -63,6 +65,7 @@ class PeerTable:
         self._hello_for = hello_for
         self.accepting = False
         self.control_frames = ControlFrames()
+        self.handovers = Handovers(events.emit)
         self._admitter: Optional[BootstrapAdmitter] = None
         self._listeners: list[PeerListener] = []
         self.active: dict[PeerId, "PeerConnection"] = {}
@@ -116,6 +119,7 @@ class PeerTable:
         conn = self.usable(peer_id)
         if conn is None:
             return False
+        self.handovers.close_standby(peer_id, reason, detail)
         conn.close(reason, detail)
         return True
 
@@ -131,8 +135,12 @@ class PeerTable:
     def claim(self, conn: "PeerConnection", peer_id: PeerId) -> bool:
         if not self.accepting:
             return False
-        if peer_id in self.active:
-            return False
+        old = self.active.get(peer_id)
+        if old is not None:
+            hello = self.hellos.get(peer_id)
+            if not self.handovers.may_replace(old, conn, hello is not None and hello.handover):
+                return False
+            conn.handover_chosen = True  # CHOOSE says so: both sides move off the old connection
         return self._admission.admit(conn, peer_id)
 
     def candidate(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None:
@@ -149,7 +157,12 @@ class PeerTable:
         if conn.handshake.peer_hello is not None:
             self._remember(peer_id, conn.handshake.peer_hello)
         conn.deliver = self._events.deliverer(peer_id)
-        if old is not None and old is not conn:
+        handover = (old is not None and old is not conn and conn.handover_chosen
+                    and old.connected and not old.closing)
+        if handover:
+            assert old is not None
+            self.handovers.begin(peer_id, old, conn, conn.deliver)
+        elif old is not None and old is not conn:
             # the chooser chose anew: it no longer has the old connection
             self._superseded.add(old)
             old.close(CloseReason.DUPLICATE, "superseded by a newer connection")
@@ -161,7 +174,7 @@ class PeerTable:
             "connected to {peer} via {transport} {address}",
             peer=peer_id, transport=conn.transport_name, address=conn.peer_address,
         )
-        if not conn.is_bootstrap:
+        if not conn.is_bootstrap and not handover:
             self._events.emit("connect_success", peer_id)
         for listener in list(self._listeners):
             listener.peer_promoted(conn, peer_id)
@@ -193,13 +206,24 @@ class PeerTable:
         peer_id = conn.peer_id
         if peer_id is not None:
             self._discard_candidate(conn, peer_id)
+            what = self.handovers.lost(peer_id, conn)
             if self.active.get(peer_id) is conn:
                 del self.active[peer_id]
-                for d in self._writable_waiters.pop(peer_id, []):
-                    d.callback(peer_id)
-                if not superseded:
-                    self.log.info("lost peer {peer}: {reason}", peer=peer_id, reason=reason)
-                    self._events.emit("lost_peer", peer_id, reason)
+                standby = self.handovers.take_standby(peer_id) if what == "fallback" else None
+                if standby is not None:
+                    # the better path died; the relayed one is still there: the connection moves back
+                    self.active[peer_id] = standby
+                    standby.set_deliver(self._events.deliverer(peer_id))
+                    self.log.info("{peer}: {reason}; back on {standby}", peer=peer_id, reason=reason,
+                                  standby=repr(standby))
+                    self._events.emit("path_changed", peer_id, describe_path(conn), describe_path(standby))
+                else:
+                    for d in self._writable_waiters.pop(peer_id, []):
+                        d.callback(peer_id)
+                    if not superseded and what != "quiet":
+                        self.log.info("lost peer {peer}: {reason}", peer=peer_id, reason=reason)
+                        self._events.emit("lost_peer", peer_id, reason)
+                        self.handovers.close_standby(peer_id, CloseReason.DISCONNECT, "the peer is lost")
         conn.purpose.lost(conn, reason)
         for listener in list(self._listeners):
             listener.connection_ended(conn, reason)
@@ -225,6 +249,12 @@ class PeerTable:
 
     def control_received(self, conn: "PeerConnection", ftype: int, payload: bytes) -> bool:
         return self.control_frames.dispatch(conn, ftype, payload)
+
+    def moved(self, conn: "PeerConnection", lane: str) -> None:
+        self.handovers.moved(conn, lane)
+
+    def moves_sent(self, conn: "PeerConnection") -> None:
+        self.handovers.moves_sent(conn)
 
     # -- helpers ------------------------------------------------------------------
 

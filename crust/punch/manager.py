@@ -29,7 +29,7 @@ from crust._util.ratelimit import RateLimiter
 from crust.connection_info import PubConnectionInfo
 from crust.errors import CrustError
 from crust.identity import Identity, PeerId
-from crust.punch.coordinator import ExchangeCore, ExchangeMachine
+from crust.punch.coordinator import EXCHANGE_TIMEOUT, ExchangeCore, ExchangeMachine
 from crust.punch.messages import Envelope, EnvelopeError, EnvelopeType, ReplayGuard, open_envelope, seal
 from crust.punch.plan import ATTEMPT_SIZE, PunchPlan, blind_attempt
 from crust.punch.rendezvous import Rendezvous
@@ -201,6 +201,10 @@ class PunchManager:
         self.log.info("{peer} asks to punch through {via}", peer=str(peer), via=str(via))
         machine, core = self._machine(peer, via, envelope.attempt)
         core.result.addErrback(self._answered_exchange_failed, peer)  # nobody else waits on it
+        if self.tcp is not None:
+            # its SYN may reach our listener before its SYNC reaches us: the TLS roles must match then too
+            self.tcp.prepare(PunchPlan(peer, envelope.attempt, info, self.clock.seconds(), via), _Responding(),
+                             EXCHANGE_TIMEOUT)
         machine.connect_received(info)
 
     def _reply_received(self, envelope: Envelope, via: PeerId) -> None:
@@ -225,7 +229,13 @@ class PunchManager:
             return  # connected meanwhile
         purpose = _Responding()
         for name, d in (("udp", self.punch_udp(plan, purpose)), ("tcp", self.punch_tcp(plan, purpose))):
-            d.addErrback(self._responder_failed, name, plan.peer_id)
+            d.addCallbacks(self._responder_punched, self._responder_failed, callbackArgs=(name,),
+                           errbackArgs=(name, plan.peer_id))
+
+    def _responder_punched(self, conn: Any, name: str) -> None:
+        """Our punch made C{conn} (its run is over before it is promoted): say so on it."""
+        if getattr(conn, "path", False) is None:
+            conn.path = PathInfo(f"punched-{name}", f"{name}-punch")
 
     def _answered_exchange_failed(self, failure: Failure, peer: PeerId) -> None:
         self.log.info("the hole-punching exchange {peer} asked for ended: {reason}", peer=str(peer),

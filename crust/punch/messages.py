@@ -214,12 +214,19 @@ class RdvQuery:
 
 @dataclass(frozen=True)
 class RdvAnswer:
-    """ANSWER to QUERY C{q}: whether C{peer} is connected to R, and whether R would relay."""
+    """
+    ANSWER to QUERY C{q}: whether C{peer} is connected to R, and whether R would relay.
+
+    @ivar serving: False when R does not serve as a rendezvous (then
+        C{connected} is False whatever it holds); sent only when False,
+        absent (True) from older nodes.
+    """
 
     q: int
     peer: PeerId
     connected: bool
     relay: bool
+    serving: bool = True
 
 
 @dataclass(frozen=True)
@@ -280,10 +287,12 @@ def encode_query(q: int, peer: PeerId) -> bytes:
     return _frame(RDV_QUERY, {"q": _u32(q, "a request id"), "peer": _peer(peer)})
 
 
-def encode_answer(q: int, peer: PeerId, connected: bool, relay: bool = False) -> bytes:
-    """An ANSWER frame."""
-    return _frame(RDV_ANSWER, {"q": _u32(q, "a request id"), "peer": _peer(peer),
-                               "connected": bool(connected), "relay": bool(relay)})
+def encode_answer(q: int, peer: PeerId, connected: bool, relay: bool = False, serving: bool = True) -> bytes:
+    """An ANSWER frame (C{"serving": false} only when we do not serve)."""
+    body = {"q": _u32(q, "a request id"), "peer": _peer(peer), "connected": bool(connected), "relay": bool(relay)}
+    if not serving:
+        body["serving"] = False
+    return _frame(RDV_ANSWER, body)
 
 
 def encode_forward(to: PeerId, blob: bytes) -> bytes:
@@ -359,8 +368,11 @@ def decode_query(payload: bytes) -> RdvQuery:
 def decode_answer(payload: bytes) -> RdvAnswer:
     """The ANSWER in a frame's payload. @raise ProtocolViolation: it is malformed."""
     body = _read_frame(payload, "ANSWER")
+    serving = body.get("serving", True)
+    if not isinstance(serving, bool):
+        raise ProtocolViolation("rendezvous ANSWER has no valid 'serving' (bool expected)")
     return RdvAnswer(_get_q(body, "ANSWER"), _get_peer(body, "peer", "ANSWER"),
-                     _get(body, "connected", bool, "ANSWER"), _get(body, "relay", bool, "ANSWER"))
+                     _get(body, "connected", bool, "ANSWER"), _get(body, "relay", bool, "ANSWER"), serving)
 
 
 def decode_forward(payload: bytes) -> RdvForward:

@@ -128,7 +128,7 @@ class Rendezvous:
         search = self._pending.get(answer.q)
         if search is None or answer.peer != search.target or conn.peer_id is None:
             return  # late, or not ours: ignored
-        search.answered(conn.peer_id, answer.connected)
+        search.answered(conn.peer_id, answer.connected, answer.serving)
 
     def _deliver_received(self, conn: "PeerConnection", payload: bytes) -> None:
         deliver = self._decode(conn, messages.decode_deliver, payload)
@@ -158,7 +158,7 @@ class Rendezvous:
         serving = self._serving()
         connected = serving and query.peer != conn.peer_id and self._table.usable(query.peer) is not None
         self.counters["queries_answered"] += 1
-        conn.send_control(messages.encode_answer(query.q, query.peer, connected))
+        conn.send_control(messages.encode_answer(query.q, query.peer, connected, serving=serving))
 
     def _forward_received(self, conn: "PeerConnection", payload: bytes) -> None:
         forward = self._decode(conn, messages.decode_forward, payload)
@@ -204,16 +204,19 @@ class _Search:
         self._waiting = 0
         self._timer: Any = None
         self._noes = 0
+        self._not_serving: list[PeerId] = []
 
     def expect(self, q: int, sent: int, timer: Any) -> None:
         self._q, self._waiting, self._timer = q, sent, timer
         if sent == 0:
             self.finish(None)
 
-    def answered(self, peer: PeerId, connected: bool) -> None:
-        if connected:
+    def answered(self, peer: PeerId, connected: bool, serving: bool = True) -> None:
+        if connected and serving:
             self.finish(peer)
             return
+        if not serving and len(self._not_serving) < 3:
+            self._not_serving.append(peer)
         self._noes += 1
         if self._noes >= self._waiting:
             self.finish(None)
@@ -234,6 +237,9 @@ class _Search:
         else:
             text = (f"no common peer: none of the {self.asked} peer(s) we asked is connected to "
                     f"{self.target.short()} and serves as a rendezvous")
+            if self._not_serving:
+                names = ", ".join(p.short() for p in self._not_serving)
+                text += f" ({names} {'does' if len(self._not_serving) == 1 else 'do'} not serve as a rendezvous)"
         self.result.errback(Failure(NoCommonPeer(text)))
 
 

@@ -75,10 +75,31 @@ class TcpPuncher:
                                  max_targets=MAX_TARGETS)
         if not targets:
             return fail(TcpPunchFailed("the peer offers no TCP candidate"))
+        prepared = self._runs.get(plan.attempt)
+        if prepared is not None and not prepared.started and prepared.plan.peer_id == plan.peer_id:
+            prepared.plan, prepared.purpose = plan, purpose
+            prepared.start()
+            return prepared.result
         run = _TcpRun(self, plan, purpose, targets)
         self._runs[plan.attempt] = run
         run.start()
         return run.result
+
+    def prepare(self, plan: PunchPlan, purpose: Purpose, lifetime: float) -> None:
+        """
+        The peer will punch to us with C{plan}'s attempt (we answered its
+        request; the SYNC that starts ours is on its way): claim its
+        connections from now on, as that punch would, for C{lifetime}
+        seconds or until L{punch} starts it.  Its SYN may reach our listener
+        before the SYNC reaches us, and the TLS roles must match all the same.
+        """
+        targets = remote_targets(list(plan.info.candidates), "tcp", local_addresses=self._local_addresses(),
+                                 max_targets=MAX_TARGETS)
+        if not targets or plan.attempt in self._runs:
+            return
+        run = _TcpRun(self, plan, purpose, targets)
+        self._runs[plan.attempt] = run
+        run.prepare(lifetime)
 
     def stop(self, peer_id: PeerId) -> None:
         for run in [r for r in self._runs.values() if r.plan.peer_id == peer_id]:
@@ -135,6 +156,7 @@ class _TcpRun:
         self._timers: dict[Address, Any] = {}
         self._deadline: Any = None
         self.accepted = 0
+        self.started = False
         self.done = False
 
     def expects(self, host: Optional[str], port: Optional[int]) -> bool:
@@ -147,7 +169,14 @@ class _TcpRun:
             return False
         return any(t.host == host for t in self.targets)
 
+    def prepare(self, lifetime: float) -> None:
+        """Claim the peer's connections, not dialling yet; end quietly after C{lifetime} seconds if not started."""
+        self._deadline = self.clock.callLater(lifetime, self.finish, None)
+
     def start(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()  # a prepared run's lifetime
+        self.started = True
         delay = max(0.0, self.plan.start_at - self.clock.seconds())
         self._deadline = self.clock.callLater(delay + self.window, self._expired)
         for target in self.targets:

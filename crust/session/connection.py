@@ -35,6 +35,9 @@ from crust.transport.interfaces import ISecureTransport
 from crust.transport.tls import cert_info, peer_id_from_certificate
 from crust.wire import (
     CHOOSE_FRAME,
+    CHOOSE_HANDOVER_FRAME,
+    HANDOVER_PAYLOAD,
+    MOVE_FRAME,
     DATA,
     GRANT_FRAME,
     HEARTBEAT_FRAME,
@@ -73,6 +76,8 @@ class ConnectionOwner(TypingProtocol):
     def dropped(self, conn: "PeerConnection", drops: list[Dropped], reason: str) -> None: ...
     def writable(self, conn: "PeerConnection") -> None: ...
     def control_received(self, conn: "PeerConnection", ftype: int, payload: bytes) -> bool: ...
+    def moved(self, conn: "PeerConnection", lane: str) -> None: ...
+    def moves_sent(self, conn: "PeerConnection") -> None: ...
 
 
 @dataclass(frozen=True)
@@ -172,6 +177,9 @@ class PeerConnection(Protocol):
         self.messages_received = 0
         self.connected = False
         self.path: Optional[PathInfo] = None  # how this connection was made (set when it is promoted)
+        self.handover_chosen = False  # chosen to replace the peer's active connection (doc/protocol.md §5b)
+        self._move_pending: list[str] = []  # lanes whose MOVE waits for their queued data to go out
+        self._held: Optional[list[bytes]] = None  # messages received while held (handover)
 
     # -- identity -----------------------------------------------------------
 
@@ -393,6 +401,70 @@ class PeerConnection(Protocol):
             if self._direct_bulk:
                 self._bulk_write = self._bulk.write
 
+    # -- handover (doc/protocol.md §5b) -----------------------------------------------
+
+    @property
+    def lanes(self) -> int:
+        """How many ordered lanes the connection has (QUIC: urgent and bulk; TCP: one)."""
+        return 2 if self._bulk is not None else 1
+
+    def send_move(self) -> None:
+        """
+        Send MOVE on every lane as the last frame there, once what is queued
+        on the lane went out (the peer continues on the connection that
+        replaced this one).  Nothing should be sent here after it.
+        """
+        self._move_pending = ["urgent"] + (["bulk"] if self._bulk is not None else [])
+        self._flush_moves()
+
+    def _flush_moves(self) -> None:
+        if not self._move_pending or not self.connected:
+            return
+        transport = self.transport
+        assert transport is not None
+        if "urgent" in self._move_pending and not self.queues.count:
+            self._move_pending.remove("urgent")
+            transport.write(MOVE_FRAME)
+        if "bulk" in self._move_pending and not self.bulk_queues.count and self._bulk is not None:
+            self._move_pending.remove("bulk")
+            self._bulk.write(MOVE_FRAME)
+        if not self._move_pending:
+            self.owner.moves_sent(self)
+
+    def hold(self) -> None:
+        """Keep what arrives from now on, undelivered, until L{release}; read no more meanwhile."""
+        if self._held is not None:
+            return
+        self._held = []
+        self.set_deliver(self._held.append, keep=True)
+        self._pause_reading(True)
+
+    def release(self, deliver: Callable[[bytes], object]) -> None:
+        """Deliver what was held, then everything as it comes, to C{deliver}."""
+        held, self._held = self._held or [], None
+        self.set_deliver(deliver)
+        self._pause_reading(False)
+        for message in held:
+            deliver(message)
+
+    def set_deliver(self, deliver: Callable[[bytes], object], keep: bool = False) -> None:
+        """Where messages go from now on (C{keep}: the owner's C{deliver} stays what it was)."""
+        if not keep:
+            self.deliver = deliver
+        if self.is_active:
+            control = self._control
+            self._decoder.set_handlers(deliver, control)
+            if self._bulk_decoder is not None:
+                self._bulk_decoder.set_handlers(deliver, _bulk_control_for(self))
+
+    def _pause_reading(self, pause: bool) -> None:
+        transport = self.transport
+        socket_transport = getattr(transport, "transport", None)  # TCP under the TLS layer
+        for producer in (socket_transport if socket_transport is not None else transport, self._bulk):
+            method = getattr(producer, "pauseProducing" if pause else "resumeProducing", None)
+            if method is not None:
+                method()
+
     def send_control(self, frame: bytes) -> bool:
         """
         Send a control frame (a subsystem's, L{crust.session.signalling}) ahead
@@ -430,6 +502,8 @@ class PeerConnection(Protocol):
                 write(take(_DRAIN_BATCH))  # one transport write per ~64 KiB, not per message
         if self.queued_bytes < had:
             self._last_sent = now
+        if self._move_pending:
+            self._flush_moves()
         if self.queued_bytes <= self.max_queued_bytes // 2:
             self.owner.writable(self)
 
@@ -495,7 +569,7 @@ class PeerConnection(Protocol):
         self._send_frame(self.owner.hello_for(self).encode())
 
     def send_choose(self) -> None:
-        self._send_frame(CHOOSE_FRAME)
+        self._send_frame(CHOOSE_HANDOVER_FRAME if self.handover_chosen else CHOOSE_FRAME)
 
     def send_grant(self) -> None:
         self._send_frame(GRANT_FRAME)
@@ -519,13 +593,15 @@ class PeerConnection(Protocol):
     def promote(self, peer_id: PeerId) -> None:
         self._cancel_timer()
         self._schedule_liveness(self.clock.seconds())
-        self.owner.promote(self, peer_id)  # sets self.deliver
-        self._decoder.set_handlers(self.deliver, self._control)
+        self.owner.promote(self, peer_id)  # sets self.deliver (and may hold delivery: a handover)
+        deliver = self._held.append if self._held is not None else self.deliver
+        self._decoder.set_handlers(deliver, self._control)
         if self._bulk is not None:
             bulk_decoder = self._bulk_decoder
             assert bulk_decoder is not None  # made with the bulk lane
-            bulk_decoder.set_handlers(self.deliver, _bulk_control)
-            self._bulk.resumeProducing()  # deliver what the peer sent on the bulk lane meanwhile
+            bulk_decoder.set_handlers(deliver, _bulk_control_for(self))
+            if self._held is None:
+                self._bulk.resumeProducing()  # deliver what the peer sent on the bulk lane meanwhile
         self._update_direct()
 
     def candidate(self, peer_id: PeerId, hello: Hello) -> None:
@@ -563,7 +639,14 @@ class PeerConnection(Protocol):
         self.handshake.hello_received(Hello.decode(payload))
 
     def _choose_received(self, payload: bytes) -> None:
+        if payload:
+            self.handover_chosen = payload == HANDOVER_PAYLOAD
+            if not self.handover_chosen:
+                raise ProtocolViolation("CHOOSE with an unknown payload")
         self.handshake.choose_received()
+
+    def _move_received(self, payload: bytes) -> None:
+        self.owner.moved(self, "urgent")
 
     def _grant_received(self, payload: bytes) -> None:
         self.handshake.grant_received()
@@ -641,11 +724,22 @@ _CONTROL_HANDLERS: dict[int, Callable[[PeerConnection, bytes], None]] = {
     FrameType.GRANT: PeerConnection._grant_received,
     FrameType.REJECT: PeerConnection._reject_received,
     FrameType.CLOSE: PeerConnection._close_received,
+    FrameType.MOVE: PeerConnection._move_received,
 }
 
 
 def _bulk_control(ftype: int, payload: bytes) -> None:
     raise ProtocolViolation(f"control frame (type {ftype}) on the bulk stream")
+
+
+def _bulk_control_for(conn: "PeerConnection") -> Callable[[int, bytes], None]:
+    """The bulk lane's control frames: MOVE only (the lane's last frame in a handover)."""
+    def control(ftype: int, payload: bytes) -> None:
+        if ftype == FrameType.MOVE:
+            conn.owner.moved(conn, "bulk")
+        else:
+            _bulk_control(ftype, payload)
+    return control
 
 
 @implementer(IPushProducer)

@@ -18,7 +18,6 @@ from twisted.internet.defer import Deferred
 
 from crust.connection_info import PubConnectionInfo
 from crust.node.control.protocol import (
-    _MISSING,
     BAD_REQUEST,
     MAX_CONNECT_TIMEOUT,
     NOT_CONNECTED,
@@ -68,13 +67,13 @@ def _cmd_connection_info(proto: ControlProtocol, req: Request) -> Deferred:
 
 def _cmd_connect(proto: ControlProtocol, req: Request) -> Deferred:
     req.allow("info", "peer_id", "timeout")
-    raw = req._get("info", _MISSING)
     target: Any
     if req.args.get("peer_id") is not None:
-        if raw is not _MISSING:
+        if req.args.get("info") is not None:
             raise RequestError(BAD_REQUEST, "'connect' takes 'info' or 'peer_id', not both")
         target = req.peer_id()
     else:
+        raw = req.args.get("info")
         try:
             if isinstance(raw, dict):
                 target = PubConnectionInfo.from_dict(raw)

@@ -217,6 +217,9 @@ class EventHub:
     def bootstrap_failed(self, reason: Any) -> None:
         self.publish("bootstrap_failed", reason)
 
+    def path_changed(self, peer_id: Any, old: Any, new: Any) -> None:
+        self.publish("path_changed", peer_id, old, new)
+
 
 # -- requests ------------------------------------------------------------------------
 

@@ -6,17 +6,19 @@ L{PeerTable} and active L{PeerConnection}s over L{StringTransport}.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from crust.errors import ProtocolViolation
 from crust.identity import Identity, PeerId
 from crust.punch import messages
 from crust.punch.messages import RendezvousFrame
 from crust.punch.rendezvous import ANSWER_RATE, FIND_TIMEOUT, FORWARD_RATE, NoCommonPeer, Rendezvous
 from crust.wire import CloseReason, frame
 
-from tests.punch.fakes import TableNode
+from tests.punch.fakes import TableNode, split_frames
 
 R = Identity.from_seed(b"r" * 32).peer_id
 A = Identity.from_seed(b"a" * 32).peer_id
@@ -82,6 +84,13 @@ class ServingTests(SynchronousTestCase):
         self.r.serving = False
         answer = self.query(self.conn_a, 10, T)
         self.assertFalse(answer.connected)
+
+    def test_query_not_serving_says_so(self):
+        self.r.serving = False
+        answer = self.query(self.conn_a, 12, T)
+        self.assertFalse(answer.serving)
+        self.r.serving = True
+        self.assertTrue(self.query(self.conn_a, 13, T).serving)
 
     def test_query_target_closing(self):
         self.conn_t.close(CloseReason.DISCONNECT, "bye")
@@ -167,8 +176,6 @@ class ServingTests(SynchronousTestCase):
         self.assertFalse(self.conn_t.closing)
 
     def test_malformed_frame_is_a_protocol_violation(self):
-        from crust.errors import ProtocolViolation
-
         self.assertRaises(ProtocolViolation, self.conn_a._control, RendezvousFrame.FORWARD, b'{"to": 1}')
         self.assertEqual(self.r.rdv.counters["malformed"], 1)
 
@@ -238,6 +245,23 @@ class FindTests(SynchronousTestCase):
         self.assertIn("no common peer", text)
         self.assertIn("3 peer(s)", text)
         self.assertIn(T.short(), text)
+
+    def test_not_serving_is_named(self):
+        conns = [self.a.connect(p) for p in (R, R2)]
+        self.find()
+        q = self.queries(R)[0].q
+        conns[0].dataReceived(messages.encode_answer(q, T, False, serving=False))
+        self.answer(conns[1], q, False)
+        text = self.no_common_peer()
+        self.assertIn(f"({R.short()} does not serve as a rendezvous)", text)
+        self.assertNotIn(R2.short(), text)
+
+    def test_a_yes_from_a_peer_not_serving_is_no(self):
+        conn = self.a.connect(R)
+        self.find()
+        q = self.queries(R)[0].q
+        conn.dataReceived(messages.encode_answer(q, T, True, serving=False))
+        self.assertIn("does not serve", self.no_common_peer())
 
     def test_answers_about_another_peer_or_query_are_ignored(self):
         conn = self.a.connect(R)
@@ -318,3 +342,22 @@ class EndToEndTests(SynchronousTestCase):
             t_r.dataReceived(frame(ftype, payload))
         self.assertEqual(t.delivered, [(A, R, BLOB)])
         self.assertFalse(r_t.closing)
+
+
+class AnswerServingTests(SynchronousTestCase):
+    """ANSWER's optional C{serving} key: sent only when False, read as True when absent."""
+
+    def test_serving_answer_is_unchanged(self):
+        ftype, payload = split_frames(messages.encode_answer(3, T, True))[0]
+        self.assertNotIn(b"serving", payload)
+        self.assertTrue(messages.decode_answer(payload).serving)
+
+    def test_not_serving_round_trip(self):
+        ftype, payload = split_frames(messages.encode_answer(3, T, False, serving=False))[0]
+        self.assertIn(b'"serving":false', payload)
+        answer = messages.decode_answer(payload)
+        self.assertEqual((answer.q, answer.peer, answer.connected, answer.serving), (3, T, False, False))
+
+    def test_bad_serving_is_a_violation(self):
+        payload = json.dumps({"q": 1, "peer": str(T), "connected": False, "relay": False, "serving": 0}).encode()
+        self.assertRaises(ProtocolViolation, messages.decode_answer, payload)

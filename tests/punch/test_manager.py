@@ -54,6 +54,7 @@ class FakePuncher:
 
     def __init__(self) -> None:
         self.punches: list[tuple[PunchPlan, Purpose, Deferred]] = []
+        self.prepared: list[tuple[PunchPlan, float]] = []
         self.stopped: list[PeerId] = []
         self.stopped_all = 0
         self.from_address: dict[Address, PeerId] = {}
@@ -62,6 +63,9 @@ class FakePuncher:
         d: Deferred = Deferred()
         self.punches.append((plan, purpose, d))
         return d
+
+    def prepare(self, plan: PunchPlan, purpose: Purpose, lifetime: float) -> None:
+        self.prepared.append((plan, lifetime))
 
     def stop(self, peer_id: PeerId) -> None:
         self.stopped.append(peer_id)
@@ -185,6 +189,29 @@ class ManagerTests(SynchronousTestCase):
         self.assertEqual(self.alice.manager._exchanges, {})
         self.assertEqual(self.bob.manager._exchanges, {})
         self.assertEqual(self.drops(), [])
+
+    def test_responder_prepares_its_tcp_punch_on_connect(self):
+        """From the CONNECT on, the responder's listener knows the peer's SYN (it may come before the SYNC)."""
+        results = self.exchange(self.alice, self.bob)
+        self.hops(1)
+        [(prepared, lifetime)] = self.bob.tcp.prepared
+        self.assertEqual(prepared.peer_id, ALICE.peer_id)
+        self.assertEqual(prepared.info, self.alice.info)
+        self.assertEqual(lifetime, EXCHANGE_TIMEOUT)
+        self.hops(2)
+        self.assertEqual(prepared.attempt, results[0].attempt)
+        self.assertEqual(self.bob.tcp.punches[0][0].attempt, prepared.attempt)  # the punch it prepared
+        self.assertEqual(self.bob.udp.prepared, [])
+
+    def test_responder_marks_what_its_punches_made(self):
+        """A responder's punch run is over when its connection is promoted: the connection says how it was made."""
+        self.exchange(self.alice, self.bob)
+        self.hops(3)
+        udp_conn, tcp_conn = SimpleNamespace(path=None), SimpleNamespace(path=PathInfo("direct", "tcp"))
+        self.bob.udp.punches[0][2].callback(udp_conn)
+        self.bob.tcp.punches[0][2].callback(tcp_conn)
+        self.assertEqual(udp_conn.path, PathInfo("punched-udp", "udp-punch"))
+        self.assertEqual(tcp_conn.path, PathInfo("direct", "tcp"))  # a path already said is kept
 
     def test_refused_by_the_rendezvous(self):
         self.net.drop = lambda f, t, b: True

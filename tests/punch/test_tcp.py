@@ -244,3 +244,64 @@ class TcpPuncherTests(SynchronousTestCase):
         theirs = puncher.accept_hook(IPv4Address("TCP", T2.host, T2.port))
         self.assertEqual(theirs, ("factory", THIRD) if BIG > THIRD else None)
         self.assertEqual(puncher._runs[b"\x06" * 8].accepted, 1)
+
+    # -- prepared runs (the responder, between its REPLY and the SYNC) ----------------------
+
+    def prepare(self, puncher: TcpPuncher, peer: PeerId = SMALL, lifetime: float = 5.0) -> PunchPlan:
+        plan = PunchPlan(peer, ATTEMPT, info(peer, T1, T2), self.clock.seconds(), VIA)
+        self.prepared_purpose = Purpose()
+        puncher.prepare(plan, self.prepared_purpose, lifetime)
+        return plan
+
+    def test_prepared_run_claims_without_dialling(self):
+        puncher = self.make(BIG)
+        self.prepare(puncher)
+        self.assertTrue(puncher.running(SMALL))
+        self.assertEqual(puncher.accept_hook(IPv4Address("TCP", T1.host, T1.port)), ("factory", SMALL))
+        self.assertEqual(self.claims, [(self.prepared_purpose, SMALL)])
+        self.elapse(1.0)
+        self.assertEqual(self.dials, [])
+
+    def test_prepared_run_as_the_smaller_id(self):
+        puncher = self.make(SMALL)
+        self.prepare(puncher, BIG)
+        self.assertIsNone(puncher.accept_hook(IPv4Address("TCP", T1.host, T1.port)))
+        self.assertEqual(puncher._runs[ATTEMPT].accepted, 1)
+
+    def test_punch_starts_the_prepared_run(self):
+        puncher = self.make(BIG)
+        self.prepare(puncher)
+        puncher.accept_hook(IPv4Address("TCP", T1.host, T1.port))
+        prepared = puncher._runs[ATTEMPT]
+        results = self.punch(puncher, SMALL, T1, T2, start=0.0)
+        self.assertIs(puncher._runs[ATTEMPT], prepared)
+        self.assertIs(prepared.purpose, self.purpose)
+        self.elapse(STEP)
+        self.assertEqual([d.address for d in self.dials], [T1, T2])
+        self.elapse(5.0)  # the prepared lifetime no longer applies
+        self.assertEqual(results, [])
+        self.elapse(WINDOW)
+        self.assertIn(f"for {WINDOW:g} s", str(results[0].value))
+
+    def test_prepared_run_ends_quietly(self):
+        puncher = self.make(BIG)
+        self.prepare(puncher, lifetime=5.0)
+        self.elapse(4.9)
+        self.assertTrue(puncher.running(SMALL))
+        self.elapse(0.2)
+        self.assertFalse(puncher.running(SMALL))
+        self.assertIsNone(puncher.accept_hook(IPv4Address("TCP", T1.host, T1.port)))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_prepared_run_stopped(self):
+        puncher = self.make(BIG)
+        self.prepare(puncher)
+        puncher.stop(SMALL)
+        self.assertFalse(puncher.running(SMALL))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_prepare_without_tcp_candidate(self):
+        puncher = self.make(BIG)
+        plan = PunchPlan(SMALL, ATTEMPT, PubConnectionInfo(SMALL, (Address.parse("udp:203.0.113.2:5000"),)), 0.0, VIA)
+        puncher.prepare(plan, Purpose(), 5.0)
+        self.assertFalse(puncher.running(SMALL))

@@ -217,6 +217,8 @@ class PeerTable:
                     self.log.info("{peer}: {reason}; back on {standby}", peer=peer_id, reason=reason,
                                   standby=repr(standby))
                     self._events.emit("path_changed", peer_id, describe_path(conn), describe_path(standby))
+                    for listener in list(self._listeners):
+                        listener.peer_promoted(standby, peer_id)  # it is the active connection again
                 else:
                     for d in self._writable_waiters.pop(peer_id, []):
                         d.callback(peer_id)

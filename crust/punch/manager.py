@@ -79,6 +79,7 @@ class PunchManager:
         self._requests = RateLimiter(clock, REQUEST_RATE, REQUEST_TOTAL)
         self._logs = RateLimiter(clock, LOG_RATE, (2.0, 10.0))
         self.counters = dict.fromkeys(("exchanges", "answered", "dropped", "rate_limited", "punched"), 0)
+        self.upgrader: Any = None  # crust.punch.upgrade.Upgrader, set by the wiring
         table.listen(self)
 
     # -- as the side that connects -----------------------------------------------------------
@@ -119,6 +120,8 @@ class PunchManager:
         return self.tcp.punch(plan, purpose)
 
     def stop(self) -> None:
+        if self.upgrader is not None:
+            self.upgrader.stop()
         for machine, _ in list(self._exchanges.values()):
             machine.cancel()
         self._exchanges.clear()

@@ -118,9 +118,10 @@ class TcpPuncher:
         host, port = getattr(addr, "host", None), getattr(addr, "port", None)
         runs = list(self._runs.values())
         # the peer's SYN leaves from its listener's mapped address (one of its candidates); behind a
-        # NAT that maps per destination it comes from another port of the same host
+        # NAT that maps per destination it comes from another port of the same host (once our punch
+        # runs: before, its direct dials from other ports are more likely, and they run as TLS client)
         run = next((r for r in runs if r.expects(host, port)), None) or next(
-            (r for r in runs if r.may_come_from(host)), None)
+            (r for r in runs if r.started and r.may_come_from(host)), None)
         if run is None:
             return None
         run.accepted += 1

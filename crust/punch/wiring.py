@@ -21,6 +21,7 @@ from crust.punch.manager import PunchManager
 from crust.punch.strategies import RendezvousStrategy, TcpPunchStrategy, UdpPunchStrategy
 from crust.punch.tcp import WINDOW, TcpPuncher
 from crust.punch.udp import UdpPuncher
+from crust.punch.upgrade import Upgrader
 from crust.session.purpose import Purpose
 from crust.transport.tcp import TcpTransport
 
@@ -69,6 +70,7 @@ def install(*, identity: Identity, network: str, reactor: Any, config: Callable[
     manager = PunchManager(identity=identity, network=network, clock=reactor, table=table,
                            serving=lambda: config().serve_rendezvous, our_info=our_info,
                            udp=udp_puncher, tcp=tcp_puncher)
+    manager.upgrader = Upgrader(manager, table, reactor)  # relayed connections try for a direct path
     dialer.register(RendezvousStrategy(manager, dialer))
     if tcp_puncher is not None:
         dialer.register(TcpPunchStrategy(manager))

@@ -262,6 +262,15 @@ class TcpPuncherTests(SynchronousTestCase):
         self.elapse(1.0)
         self.assertEqual(self.dials, [])
 
+    def test_prepared_run_claims_only_the_targets_themselves(self):
+        """Before our punch starts, a connection from another port of the peer's host is its direct dial."""
+        puncher = self.make(BIG)
+        self.prepare(puncher)
+        self.assertIsNone(puncher.accept_hook(IPv4Address("TCP", T1.host, 50000)))
+        self.assertEqual(puncher._runs[ATTEMPT].accepted, 0)
+        self.punch(puncher, SMALL, T1, T2, start=0.0)
+        self.assertEqual(puncher.accept_hook(IPv4Address("TCP", T1.host, 50000)), ("factory", SMALL))
+
     def test_prepared_run_as_the_smaller_id(self):
         puncher = self.make(SMALL)
         self.prepare(puncher, BIG)

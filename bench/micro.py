@@ -14,8 +14,8 @@ are much steadier than the loopback ones of bench/run.py on a noisy machine
     python bench/micro.py                               # the crust on sys.path / in the repo
     PYTHONPATH=/tmp/copy python bench/micro.py --json   # a patched copy
 
-It uses one internal name, crust.service._ConnectionFactory, to build a
-connection the way the service does.
+It builds a connection the way the service does, with the service's dialer
+(C{service.dialer.factory}; older copies: C{crust.service._ConnectionFactory}).
 """
 
 from __future__ import annotations
@@ -92,8 +92,10 @@ def crust_connection(max_queued: int):
     from twisted.internet.testing import MemoryReactorClock
 
     from crust import Config, CrustObserver, Identity, Service
-    from crust.session.handshake import HandshakeState
-    from crust.service import _ConnectionFactory
+    try:
+        from crust.session.handshake import HandshakeState
+    except ImportError:  # an older crust, before the subpackages
+        from crust.handshake import HandshakeState  # type: ignore[no-redef]
 
     config = Config(listen_host="127.0.0.1", max_queued_bytes=max_queued)
     service = Service(Identity.generate(), config, reactor=MemoryReactorClock())
@@ -109,7 +111,12 @@ def crust_connection(max_queued: int):
 
     counter = Counter()
     service.add_observer(counter)
-    conn = _ConnectionFactory(service, initiator=True).buildProtocol(None)
+    if hasattr(service, "dialer"):
+        conn = service.dialer.factory(initiator=True).buildProtocol(None)
+    else:  # an older crust: its factory took the service
+        from crust.service import _ConnectionFactory  # type: ignore[attr-defined]
+
+        conn = _ConnectionFactory(service, initiator=True).buildProtocol(None)
     conn.makeConnection(SinkTransport())
     peer = Identity.generate().peer_id
     conn.handshake.peer_id = peer

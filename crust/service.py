@@ -100,7 +100,7 @@ class Service(MultiService):
         self.tcp = TcpTransport(reactor, lambda: self._creator, lambda: self.config.connect_timeout,
                                 lambda: self.config.enable_tcp)
         self.dialer.add_transport(self.tcp)
-        self.dialer.register(DirectStrategy(self.dialer, "tcp", "tcp"))
+        self.dialer.register(DirectStrategy(self.dialer, "tcp", "tcp", local_addresses=lambda: self.addresses.listen))
         self.addresses = OurAddresses(lambda: self.accepting_transports)
         self.data_dir = data_dir
         self.bootstrap_cache: Optional[BootstrapCache] = None
@@ -138,7 +138,8 @@ class Service(MultiService):
             self.udp_endpoint.register(is_quic, self.quic.datagram_received, "quic",
                                        first_byte_at_least=QUIC_FIRST_BYTE)
             self.dialer.add_transport(self.quic)
-            self.dialer.register(DirectStrategy(self.dialer, "quic", "udp", lambda: self.config.quic_dial_delay))
+            self.dialer.register(DirectStrategy(self.dialer, "quic", "udp", lambda: self.config.quic_dial_delay,
+                                                local_addresses=lambda: self.addresses.listen))
             self.accepting_transports.add("udp")
         self.listeners = Listeners(
             peer_id=self.peer_id, config=lambda: self.config, dialer=self.dialer, tcp=self.tcp,

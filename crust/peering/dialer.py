@@ -272,18 +272,28 @@ class DirectStrategy:
 
     path_kind = "direct"
 
-    def __init__(self, dialer: Dialer, name: str, transport: str, delay: Callable[[], float] = lambda: 0.0) -> None:
+    def __init__(self, dialer: Dialer, name: str, transport: str, delay: Callable[[], float] = lambda: 0.0,
+                 local_addresses: Callable[[], Sequence[Address]] = lambda: ()) -> None:
         self._dialer = dialer
         self.name = name
         self.transport = transport
         self._delay = delay
+        self._local_addresses = local_addresses
 
     def delay(self, hints: Mapping[str, Any]) -> float:
         return self._delay()
 
     def targets(self, info: PubConnectionInfo, hints: Mapping[str, Any]) -> list[Address]:
         dialer = self._dialer
-        return [a for a in info.addresses if a.transport == self.transport and dialer.may_dial(a)]
+        found = [a for a in info.addresses if a.transport == self.transport and dialer.may_dial(a)]
+        if any(a.is_loopback for a in found) and not self._same_machine(info):
+            found = [a for a in found if not a.is_loopback]  # its loopback is ours: not worth dialling
+        return found
+
+    def _same_machine(self, info: PubConnectionInfo) -> bool:
+        """Whether the peer may be on this machine: we are on loopback only, or it names one of our addresses."""
+        ours = {a.host for a in self._local_addresses() if not a.is_loopback}
+        return not ours or any(a.host in ours for a in info.addresses if not a.is_loopback)
 
     def kinds(self, info: PubConnectionInfo, targets: Sequence[Hashable]) -> dict[Hashable, str]:
         """Connections to the peer's port-mapped addresses are C{mapped}."""

@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from crust.address import Address
+from crust.candidates import NatInfo
 from crust.identity import PeerId
 from crust.punch.pairs import remote_targets
 from crust.punch.plan import PunchPlan
@@ -47,6 +48,12 @@ TcpDial = Callable[[Address, Purpose, PeerId, bool], Deferred]
 AcceptFactory = Callable[[Purpose, PeerId], Any]
 
 
+def _symmetric(nat: NatInfo) -> bool:
+    """Endpoint-dependent mapping on TCP, or, when TCP's is unknown, on UDP (NATs mostly treat both alike)."""
+    tcp = nat.tcp.mapping.value
+    return tcp == "edm" or (tcp == "unknown" and nat.udp.mapping.value == "edm")
+
+
 class TcpPunchFailed(Exception):
     """A TCP punch gave up; the message says what each target answered."""
 
@@ -61,9 +68,11 @@ class TcpPuncher:
     log = Logger()
 
     def __init__(self, clock: Any, local_id: PeerId, dial: TcpDial, claim: AcceptFactory,
-                 local_addresses: Callable[[], list[Address]] = lambda: []) -> None:
+                 local_addresses: Callable[[], list[Address]] = lambda: [],
+                 local_nat: Callable[[], NatInfo] = NatInfo) -> None:
         self.clock = clock
         self.local_id = local_id
+        self.local_nat = local_nat
         self._dial = dial
         self._claim = claim
         self._local_addresses = local_addresses
@@ -228,7 +237,20 @@ class _TcpRun:
             return
         parts = [f"{t}: {self.outcomes.get(t, 'no answer to our SYNs')} ({self.tries.get(t, 0)} tries)"
                  for t in self.targets]
-        self.finish(TcpPunchFailed(f"simultaneous open for {self.window:g} s: " + "; ".join(parts)))
+        self.finish(TcpPunchFailed(f"simultaneous open for {self.window:g} s: " + "; ".join(parts) + self._why()))
+
+    def _why(self) -> str:
+        """What the NATs known say about why (a symmetric NAT maps each destination to its own port)."""
+        theirs = self.plan.info.nat
+        sides = []
+        if _symmetric(self.puncher.local_nat()):
+            sides.append("ours")
+        if theirs is not None and _symmetric(theirs):
+            sides.append("the peer's")
+        if not sides:
+            return ""
+        return (f" ({' and '.join(sides)} NAT is symmetric: its TCP port for the other side cannot be known "
+                "in advance; this pair needs a relay)")
 
     def finish(self, outcome: Any) -> None:
         if self.done:

@@ -114,7 +114,7 @@ class UdpPuncher:
         local = list(self.endpoint.local_addresses()) if self.endpoint.listening else []
         targets = remote_targets(list(plan.info.candidates), "udp", local_addresses=local)
         if not targets:
-            return fail(PunchFailed("the peer offers no UDP candidate"))
+            return fail(PunchFailed("the peer offers no UDP candidate (is UDP blocked on its side?)"))
         if plan.attempt in self._runs:
             return self._runs[plan.attempt].result_for_another()
         try:

@@ -45,7 +45,8 @@ def install(*, identity: Identity, network: str, reactor: Any, config: Callable[
         def claim(purpose: Purpose, peer: PeerId) -> Any:
             return dialer.factory(purpose, initiator=True, expected=peer, transport_name="tcp")
 
-        tcp_puncher = TcpPuncher(reactor, identity.peer_id, tcp_dial, claim, lambda: list(addresses.listen))
+        tcp_puncher = TcpPuncher(reactor, identity.peer_id, tcp_dial, claim, lambda: list(addresses.listen),
+                                 lambda: addresses.nat)
         tcp.set_accept_hook(tcp_puncher.accept_hook)
 
     udp_puncher = None

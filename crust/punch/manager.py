@@ -76,6 +76,7 @@ class PunchManager:
         self.rendezvous = Rendezvous(table, clock, serving=serving, delivered=self._delivered, refused=self._refused)
         self._replay = ReplayGuard()
         self._exchanges: dict[tuple[PeerId, bytes], tuple[Any, ExchangeCore]] = {}
+        self._waiting: set[Deferred] = set()  # what exchange() returned, until it fires
         self._requests = RateLimiter(clock, REQUEST_RATE, REQUEST_TOTAL)
         self._logs = RateLimiter(clock, LOG_RATE, (2.0, 10.0))
         self.counters = dict.fromkeys(("exchanges", "answered", "dropped", "rate_limited", "punched"), 0)
@@ -102,8 +103,14 @@ class PunchManager:
 
         out: Deferred = Deferred(cancelled)
         d.addCallbacks(out.callback, lambda f: None if out.called else out.errback(f))
+        self._waiting.add(out)
+        out.addBoth(self._answered, out)
         machine.initiate()
         return out
+
+    def _answered(self, result: Any, out: Deferred) -> Any:
+        self._waiting.discard(out)
+        return result
 
     def blind_plan(self, info: PubConnectionInfo) -> PunchPlan:
         """A punch without a rendezvous: the other side punches too when its user pastes our info."""
@@ -122,6 +129,8 @@ class PunchManager:
     def stop(self) -> None:
         if self.upgrader is not None:
             self.upgrader.stop()
+        for out in list(self._waiting):
+            out.cancel()  # whoever waits on an exchange hears that it ended
         for machine, _ in list(self._exchanges.values()):
             machine.cancel()
         self._exchanges.clear()

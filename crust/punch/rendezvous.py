@@ -73,6 +73,7 @@ class Rendezvous:
         self._refused = refused
         self._forward_limit = RateLimiter(clock, FORWARD_RATE, FORWARD_TOTAL)
         self._answer_limit = RateLimiter(clock, ANSWER_RATE, FORWARD_TOTAL)
+        self._deliver_limit = RateLimiter(clock, FORWARD_RATE, FORWARD_TOTAL)
         self._queries = itertools.count(1)
         self._pending: dict[int, _Search] = {}
         self.counters = dict.fromkeys(("queries_answered", "forwarded", "forward_refused", "delivered", "rate_limited",
@@ -133,6 +134,10 @@ class Rendezvous:
     def _deliver_received(self, conn: "PeerConnection", payload: bytes) -> None:
         deliver = self._decode(conn, messages.decode_deliver, payload)
         if deliver is None or conn.peer_id is None:
+            return
+        if not self._deliver_limit.allow(conn.peer_id):
+            # each envelope costs an X25519 and a box to open: a flood through one rendezvous is cut here
+            self.counters["rate_limited"] += 1
             return
         self.counters["delivered"] += 1
         self._delivered(deliver.from_peer, conn.peer_id, deliver.blob)
@@ -204,6 +209,7 @@ class _Search:
         self._waiting = 0
         self._timer: Any = None
         self._noes = 0
+        self._answered: set[PeerId] = set()
         self._not_serving: list[PeerId] = []
 
     def expect(self, q: int, sent: int, timer: Any) -> None:
@@ -215,6 +221,9 @@ class _Search:
         if connected and serving:
             self.finish(peer)
             return
+        if peer in self._answered:
+            return  # one answer per peer asked: a peer cannot end the search by saying no twice
+        self._answered.add(peer)
         if not serving and len(self._not_serving) < 3:
             self._not_serving.append(peer)
         self._noes += 1

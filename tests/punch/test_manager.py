@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
@@ -413,7 +414,9 @@ class ManagerTests(SynchronousTestCase):
         self.net.clock.advance(EXCHANGE_TIMEOUT * 2)
         self.assertEqual(len(self.net.log), sent)  # nothing more goes out
         self.assertEqual(self.net.clock.getDelayedCalls(), [])
-        self.assertEqual(results, [])  # the connect attempt waiting on it is stopped by the node
+        # whoever waited on the exchange hears that it ended (once)
+        self.assertEqual(len(results), 1)
+        self.assertTrue(results[0].check(CancelledError))
 
     def test_punchers_off(self):
         node = Node(self.net, CAROL, 3)

@@ -329,8 +329,13 @@ class Service(MultiService):
             return fail(ConnectToSelf("refusing to connect to ourselves"))
         if not self.running_for_peers:
             return fail(ServiceNotRunning("the service is not running"))
-        if peer_id in self.peers.active:
+        active = self.peers.active.get(peer_id)
+        if active is not None and not active.closing:
             return succeed(peer_id)
+        if active is not None:
+            # closing (a disconnect just now): connect once it is gone, not to the connection that goes
+            info = their_info
+            return self.peers.when_closed(active).addCallback(lambda _: self.connect(info))
         return self.connector.connect(their_info)
 
     def _quic_for_socket(self, socket: Any) -> Any:

@@ -302,3 +302,37 @@ class BadInputTests(TestCase):
                 return defer.succeed(None)
 
         return self._other_clients_survive(Client)
+
+
+class ReconnectAndForgetTests(TestCase):
+    """Hardening: connect right after disconnect is true; a peer that left leaves nothing behind."""
+
+    @defer.inlineCallbacks
+    def test_connect_right_after_disconnect_gives_a_usable_connection(self):
+        a = make_service(self, enable_udp=False)
+        b = make_service(self, enable_udp=False)
+        ib = yield b.prepare_connection_info()
+        for i in range(20):
+            yield a.connect(ib.public)
+            a.disconnect(b.peer_id)
+            peer = yield a.connect(ib.public)  # the old connection is still closing here
+            self.assertEqual(peer, b.peer_id)
+            a.send(b.peer_id, b"after reconnect %d" % i, 0)  # raised PeerNotConnected before
+            expected = (a.peer_id, b"after reconnect %d" % i)
+            yield wait_for(lambda: expected in b.events.named("new_message"))
+            a.disconnect(b.peer_id)
+            yield wait_for(lambda: b.peer_id not in a.peers.active and a.peer_id not in b.peers.active)
+
+    @defer.inlineCallbacks
+    def test_what_a_peer_said_is_forgotten_when_it_is_gone(self):
+        a = make_service(self, enable_udp=False)
+        ia = yield a.prepare_connection_info()
+        for _ in range(5):
+            b = make_service(self, enable_udp=False)  # a fresh identity each time
+            yield b.connect(ia.public)
+            yield wait_for(lambda: b.peer_id in a.peers.active)
+            self.assertIn(b.peer_id, a.peers.hellos)
+            yield b.stopService()
+            yield wait_for(lambda: b.peer_id not in a.peers.active)
+            self.assertNotIn(b.peer_id, a.peers.hellos)
+        self.assertEqual(a.peers.hellos, {})

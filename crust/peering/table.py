@@ -75,6 +75,7 @@ class PeerTable:
         self._superseded: set["PeerConnection"] = set()
         self._writable_waiters: dict[PeerId, list[Deferred]] = {}
         self._lost_waiters: list[Deferred] = []
+        self._closed_waiters: dict["PeerConnection", list[Deferred]] = {}
 
     # -- registration ------------------------------------------------------------
 
@@ -103,6 +104,15 @@ class PeerTable:
             d.callback(peer_id)
         else:
             self._writable_waiters.setdefault(peer_id, []).append(d)
+        return d
+
+    def when_closed(self, conn: "PeerConnection") -> Deferred:
+        """Fires once C{conn} has ended (at once if it has)."""
+        d: Deferred = Deferred()
+        if conn not in self.connections:
+            d.callback(None)
+        else:
+            self._closed_waiters.setdefault(conn, []).append(d)
         return d
 
     def wait_all_closed(self) -> Deferred:
@@ -226,6 +236,11 @@ class PeerTable:
                         self.log.info("lost peer {peer}: {reason}", peer=peer_id, reason=reason)
                         self._events.emit("lost_peer", peer_id, reason)
                         self.handovers.close_standby(peer_id, CloseReason.DISCONNECT, "the peer is lost")
+            if peer_id not in self.active and peer_id not in self.candidates \
+                    and peer_id not in self.handovers.standby:
+                self.hellos.pop(peer_id, None)  # nothing of that peer left: forget what it said
+        for d in self._closed_waiters.pop(conn, []):
+            d.callback(None)
         conn.purpose.lost(conn, reason)
         for listener in list(self._listeners):
             listener.connection_ended(conn, reason)

@@ -99,6 +99,7 @@ class Service(MultiService):
                              self.admission.may_dial)
         self.tcp = TcpTransport(reactor, lambda: self._creator, lambda: self.config.connect_timeout,
                                 lambda: self.config.enable_tcp)
+        self.tcp.set_admission(self.peers.inbound_refusal)
         self.dialer.add_transport(self.tcp)
         self.dialer.register(DirectStrategy(self.dialer, "tcp", "tcp", local_addresses=lambda: self.addresses.listen))
         self.addresses = OurAddresses(lambda: self.accepting_transports)

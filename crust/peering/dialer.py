@@ -115,7 +115,7 @@ class ConnectionFactory(Factory):
             transport_name=self.transport_name,
             purpose=self.purpose,
         )
-        self.table.connection_made(conn)
+        self.table.connection_made(conn, None if self.initiator else addr)
         return conn
 
 

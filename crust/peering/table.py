@@ -26,6 +26,10 @@ from crust.wire import CloseReason, Hello, RejectReason
 if TYPE_CHECKING:
     from crust.session.connection import PeerConnection
 
+MAX_PENDING_PER_HOST = 16  # accepted connections in their handshake, from one host
+MAX_PENDING = 512  # from all hosts together
+
+
 class AdmissionPolicy(Protocol):
     def admit(self, conn: "PeerConnection", peer_id: PeerId) -> bool:
         """May C{conn} to C{peer_id} become (or wait to become) an active connection?"""
@@ -76,6 +80,8 @@ class PeerTable:
         self._writable_waiters: dict[PeerId, list[Deferred]] = {}
         self._lost_waiters: list[Deferred] = []
         self._closed_waiters: dict["PeerConnection", list[Deferred]] = {}
+        self._pending: dict["PeerConnection", str] = {}  # accepted connections in their handshake, and their host
+        self._pending_per_host: dict[str, int] = {}
 
     # -- registration ------------------------------------------------------------
 
@@ -135,9 +141,39 @@ class PeerTable:
 
     # -- ConnectionOwner --------------------------------------------------------
 
-    def connection_made(self, conn: "PeerConnection") -> None:
+    def connection_made(self, conn: "PeerConnection", accepted_from: Any = None) -> None:
+        """A connection was built; C{accepted_from}: the address an accepted one came from."""
         self.connections.add(conn)
+        host = getattr(accepted_from, "host", None)
+        if host is not None:
+            self._pending[conn] = host
+            self._pending_per_host[host] = self._pending_per_host.get(host, 0) + 1
         conn.purpose.attached(conn)
+
+    def inbound_refusal(self, addr: Any) -> Optional[str]:
+        """
+        Why a connection just accepted from C{addr} must be closed at once, or
+        None: a host may hold at most L{MAX_PENDING_PER_HOST} connections whose
+        handshake is not done, and all hosts together L{MAX_PENDING}, so a
+        flood of handshakes neither exhausts descriptors nor starves our own
+        outbound connections (which are not counted).
+        """
+        host = getattr(addr, "host", None)
+        if len(self._pending) >= MAX_PENDING:
+            return f"{len(self._pending)} handshakes from peers already pending (at most {MAX_PENDING})"
+        if host is not None and self._pending_per_host.get(host, 0) >= MAX_PENDING_PER_HOST:
+            return f"{MAX_PENDING_PER_HOST} handshakes from {host} already pending"
+        return None
+
+    def _settled(self, conn: "PeerConnection") -> None:
+        """C{conn}'s handshake is over (it is active, was a probe, or ended): it is not pending any more."""
+        host = self._pending.pop(conn, None)
+        if host is not None:
+            left = self._pending_per_host[host] - 1
+            if left:
+                self._pending_per_host[host] = left
+            else:
+                del self._pending_per_host[host]
 
     def hello_for(self, conn: "PeerConnection") -> Hello:
         return self._hello_for(conn)
@@ -161,6 +197,7 @@ class PeerTable:
         self._remember(peer_id, hello, replace=False)
 
     def promote(self, conn: "PeerConnection", peer_id: PeerId) -> None:
+        self._settled(conn)
         self._discard_candidate(conn, peer_id)
         old = self.active.get(peer_id)
         self.active[peer_id] = conn
@@ -195,6 +232,7 @@ class PeerTable:
             self._remember(peer_id, hello)
 
     def probed(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None:
+        self._settled(conn)
         conn.purpose.probed(conn, peer_id, hello)
         conn.close(CloseReason.PROBE_DONE)
 
@@ -211,6 +249,7 @@ class PeerTable:
 
     def lost(self, conn: "PeerConnection", reason: str) -> None:
         self.connections.discard(conn)
+        self._settled(conn)
         superseded = conn in self._superseded
         self._superseded.discard(conn)
         peer_id = conn.peer_id

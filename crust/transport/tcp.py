@@ -26,21 +26,29 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
+from twisted.internet import tcp
 from twisted.internet.tcp import makeBinding
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from crust._util.ratelimit import RateLimiter
 from crust.address import Address
 from crust.identity import PeerId
 from crust.transport.tls import ConnectionCreator
 
 MAX_SYN_WAIT = 10.0  # seconds a connect() waits for the peer's SYN-ACK
+ACCEPT_PAUSE = 1.0  # seconds the listener stops accepting when out of file descriptors
 
 #: C{hook(addr) -> factory or None}: a factory claims an accepted connection, which we then run as TLS client.
 AcceptHook = Callable[[Any], Optional[Factory]]
 
 
 class _AcceptRoles(Factory):
-    """The listener's factory: TLS server by default, TLS client for connections the accept hook claims."""
+    """
+    The listener's factory: TLS server by default, TLS client for connections
+    the accept hook claims; none at all (the socket closes at once) for a
+    connection the admission check refuses.
+    """
 
     noisy = False
 
@@ -49,6 +57,12 @@ class _AcceptRoles(Factory):
         self._server = TLSMemoryBIOFactory(transport.creator(), False, factory, clock=transport.reactor)
 
     def buildProtocol(self, addr: Any) -> Any:
+        admission = self._transport.admission
+        if admission is not None:
+            refusal = admission(addr)
+            if refusal is not None:
+                self._transport.refused(addr, refusal)
+                return None
         hook = self._transport.accept_hook
         claimed = hook(addr) if hook is not None else None
         if claimed is not None:
@@ -69,6 +83,7 @@ class TcpTransport:
     """
 
     name = "tcp"
+    log = Logger()
 
     def __init__(self, reactor: Any, creator: Callable[[], ConnectionCreator],
                  timeout: Callable[[], float], available: Callable[[], bool] = lambda: True) -> None:
@@ -78,6 +93,9 @@ class TcpTransport:
         self._available = available
         self.listening_port: Any = None
         self.accept_hook: Optional[AcceptHook] = None
+        self.admission: Optional[Callable[[Any], Optional[str]]] = None
+        self.counters = {"refused": 0, "accept_pauses": 0}
+        self._refusal_log = RateLimiter(reactor, (0.2, 3.0), (1.0, 10.0))
 
     def available(self) -> bool:
         return self._available()
@@ -119,6 +137,16 @@ class TcpTransport:
                                  timeout=max(1, int(seconds)), bindAddress=binding)
         return endpoint.connect(tls).addCallback(_wrapped)
 
+    def set_admission(self, check: Optional[Callable[[Any], Optional[str]]]) -> None:
+        """C{check(addr)}: why a connection just accepted from C{addr} must be closed at once, or None."""
+        self.admission = check
+
+    def refused(self, addr: Any, reason: str) -> None:
+        self.counters["refused"] += 1
+        if self._refusal_log.allow(getattr(addr, "host", "?")):
+            self.log.info("closing a TCP connection from {host} at once: {reason}",
+                          host=getattr(addr, "host", "?"), reason=reason)
+
     def listen(self, host: str, port: int, factory: Factory, backlog: int = 128) -> Deferred:
         """
         Listen on C{host}:C{port} (0: a random port); fires with the
@@ -131,11 +159,57 @@ class TcpTransport:
             if problem is not None:
                 return fail(CannotListenError(host, port, problem))
         binding = makeBinding(host, port, reuseAddress=True, reusePort=True)
+        listening = _PausingPort(binding, _AcceptRoles(self, factory), backlog, host, self.reactor, self)
         try:
-            self.listening_port = self.reactor.listenTCP(binding, _AcceptRoles(self, factory), backlog, host)
+            listening.startListening()
         except CannotListenError as e:
             return fail(e)
-        return succeed(self.listening_port)
+        self.listening_port = listening
+        return succeed(listening)
+
+
+class _PausingPort(tcp.Port):
+    """
+    A listening port that, out of file descriptors (EMFILE/ENFILE: every
+    descriptor in use), stops accepting for L{ACCEPT_PAUSE} seconds, saying
+    so once, instead of spinning on a socket it cannot accept from and
+    logging every try (Twisted's own port logs each one).
+    """
+
+    def __init__(self, port: Any, factory: Any, backlog: int, interface: str, reactor: Any,
+                 owner: "TcpTransport") -> None:
+        super().__init__(port, factory, backlog, interface, reactor)
+        self._owner = owner
+        self._out_of_fds = False
+        self._paused: Any = None
+        self._logger = Logger(namespace="crust.transport.tcp.accept", observer=self._accept_event)
+
+    def _accept_event(self, event: dict) -> None:
+        # the accept loop's own events ("EMFILE encountered", "Could not accept ..."): we only note them
+        text = str(event.get("log_format", "")) + str(event.get("acceptError", ""))
+        if "EMFILE" in text or "ENFILE" in text or "ENOBUFS" in text or "ENOMEM" in text:
+            self._out_of_fds = True
+
+    def doRead(self) -> None:
+        self._out_of_fds = False
+        super().doRead()
+        if self._out_of_fds and self._paused is None and self.connected:
+            self._owner.counters["accept_pauses"] += 1
+            self._owner.log.warn("out of file descriptors: not accepting TCP connections for {pause:g} s",
+                                 pause=ACCEPT_PAUSE)
+            self.stopReading()
+            self._paused = self.reactor.callLater(ACCEPT_PAUSE, self._resume)
+
+    def _resume(self) -> None:
+        self._paused = None
+        if self.connected:
+            self.startReading()
+
+    def stopListening(self) -> Any:
+        if self._paused is not None and self._paused.active():
+            self._paused.cancel()
+        self._paused = None
+        return super().stopListening()
 
 
 def _wrapped(tls_protocol: Any) -> Any:

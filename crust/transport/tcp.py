@@ -28,7 +28,8 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
 from twisted.internet import tcp
 from twisted.internet.tcp import makeBinding
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
+from zope.interface import implementer
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from crust._util.ratelimit import RateLimiter
@@ -182,9 +183,10 @@ class _PausingPort(tcp.Port):
         self._owner = owner
         self._out_of_fds = False
         self._paused: Any = None
-        self._logger = Logger(namespace="crust.transport.tcp.accept", observer=self._accept_event)
+        self._clock = reactor
+        self._logger = Logger(namespace="crust.transport.tcp.accept", observer=_AcceptEvents(self))
 
-    def _accept_event(self, event: dict) -> None:
+    def accept_event(self, event: dict) -> None:
         # the accept loop's own events ("EMFILE encountered", "Could not accept ..."): we only note them
         text = str(event.get("log_format", "")) + str(event.get("acceptError", ""))
         if "EMFILE" in text or "ENFILE" in text or "ENOBUFS" in text or "ENOMEM" in text:
@@ -198,18 +200,29 @@ class _PausingPort(tcp.Port):
             self._owner.log.warn("out of file descriptors: not accepting TCP connections for {pause:g} s",
                                  pause=ACCEPT_PAUSE)
             self.stopReading()
-            self._paused = self.reactor.callLater(ACCEPT_PAUSE, self._resume)
+            self._paused = self._clock.callLater(ACCEPT_PAUSE, self._resume)
 
     def _resume(self) -> None:
         self._paused = None
         if self.connected:
             self.startReading()
 
-    def stopListening(self) -> Any:
+    def stopListening(self, connDone: Any = None) -> Any:
         if self._paused is not None and self._paused.active():
             self._paused.cancel()
         self._paused = None
-        return super().stopListening()
+        return super().stopListening() if connDone is None else super().stopListening(connDone)
+
+
+@implementer(ILogObserver)
+class _AcceptEvents:
+    """The accept loop's log events, noted by its port (see L{_PausingPort.accept_event})."""
+
+    def __init__(self, port: _PausingPort) -> None:
+        self._port = port
+
+    def __call__(self, event: dict) -> None:
+        self._port.accept_event(event)
 
 
 def _wrapped(tls_protocol: Any) -> Any:

@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from crust._util.jsonread import JsonRefused, read_json_object
 from crust.address import Address
 from crust.candidates import (
     Candidate,
@@ -36,6 +37,10 @@ INFO_VERSION = 1
 MAX_INFO_TEXT = 64 * 1024
 MAX_ADDRESSES = 64
 MAX_CANDIDATES = 64
+#: How deep connection info may nest (the object itself is depth 1): what a punch envelope can carry.
+MAX_INFO_DEPTH = 6
+#: How many arrays and objects connection info may hold (the object itself included).
+MAX_INFO_CONTAINERS = 256
 _KNOWN_KEYS = ("crust", "id", "addrs", "cands", "nat")
 
 
@@ -100,14 +105,17 @@ class PubConnectionInfo:
                 text = text.decode("utf-8")
             except UnicodeDecodeError:
                 raise InvalidConnectionInfo("connection info is not UTF-8 text") from None
+        if not isinstance(text, str):
+            raise InvalidConnectionInfo(f"connection info is text, not {type(text).__name__}")
         if len(text) > MAX_INFO_TEXT:
             raise InvalidConnectionInfo(f"connection info is over {MAX_INFO_TEXT} characters")
         try:
-            body = json.loads(text)
-        except ValueError as e:
-            raise InvalidConnectionInfo(f"connection info is not JSON: {e}") from None
-        except RecursionError:
-            raise InvalidConnectionInfo("connection info is not JSON: nested too deeply") from None
+            body = read_json_object(text, max_size=MAX_INFO_TEXT, max_depth=MAX_INFO_DEPTH,
+                                    max_containers=MAX_INFO_CONTAINERS)
+        except JsonRefused as e:
+            if e.reason.startswith("not a JSON object"):
+                raise InvalidConnectionInfo(f"connection info must be a JSON object, {e.reason}") from None
+            raise InvalidConnectionInfo(f"connection info refused: {e.reason}") from None
         return cls.from_dict(body)
 
     @classmethod

@@ -7,8 +7,10 @@ Every frame is::
     u8  type
     payload (length - 1 bytes)
 
-Control payloads (HELLO, REJECT, CLOSE) are UTF-8 JSON objects; DATA carries
-the application's message bytes unchanged; HEARTBEAT, CHOOSE and GRANT are
+Control payloads (HELLO, REJECT, CLOSE) are UTF-8 JSON objects, read by
+L{crust._util.jsonread.read_json_object} within L{MAX_CONTROL_PAYLOAD},
+L{MAX_CONTROL_DEPTH} and L{MAX_CONTROL_CONTAINERS}; DATA carries the
+application's message bytes unchanged; HEARTBEAT, CHOOSE and GRANT are
 empty.
 """
 
@@ -21,6 +23,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Optional, TypeGuard
 
+from crust._util.jsonread import JsonRefused, read_json_object
 from crust.address import Address
 from crust.errors import ProtocolViolation
 
@@ -32,6 +35,10 @@ HEADER = struct.Struct("!IB")
 HEADER_SIZE = HEADER.size  # 5
 LENGTH = struct.Struct("!I")
 MAX_CONTROL_PAYLOAD = 16 * 1024
+#: How deep a control payload's JSON may nest (the object itself is depth 1).
+MAX_CONTROL_DEPTH = 8
+#: How many arrays and objects a control payload's JSON may hold (the object itself included).
+MAX_CONTROL_CONTAINERS = 256
 
 pack_header = HEADER.pack
 
@@ -108,15 +115,11 @@ def network_hash(network_name: Optional[str]) -> str:
 
 
 def _decode_json(payload: bytes, what: str) -> dict[str, Any]:
-    if len(payload) > MAX_CONTROL_PAYLOAD:
-        raise ProtocolViolation(f"{what} of {len(payload)} bytes is over {MAX_CONTROL_PAYLOAD}")
     try:
-        body = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise ProtocolViolation(f"{what} is not UTF-8 JSON") from None
-    if not isinstance(body, dict):
-        raise ProtocolViolation(f"{what} is not a JSON object")
-    return body
+        return read_json_object(payload, max_size=MAX_CONTROL_PAYLOAD, max_depth=MAX_CONTROL_DEPTH,
+                                max_containers=MAX_CONTROL_CONTAINERS)
+    except JsonRefused as e:
+        raise ProtocolViolation(f"{what}: {e.reason}") from None
 
 
 def _encode_json(body: dict[str, Any]) -> bytes:

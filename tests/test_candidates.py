@@ -250,7 +250,9 @@ class ConnectionInfoCandidateTests(SynchronousTestCase):
 
     def test_deep_nesting_is_an_error(self):
         e = self.assertRaises(InvalidConnectionInfo, PubConnectionInfo.from_json, "[" * 60000)
-        self.assertIn("not JSON", str(e))
+        self.assertIn("arrays and objects", str(e))
+        e = self.assertRaises(InvalidConnectionInfo, PubConnectionInfo.from_json, '{"x":' + "[" * 10 + "]" * 10 + "}")
+        self.assertIn("nested deeper", str(e))
 
 
 # Arbitrary JSON-ish values, with the strings the parsers look for mixed in so

@@ -1,11 +1,14 @@
 import json
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from crust.address import Address
 from crust.connection_info import PubConnectionInfo
 from crust.errors import InvalidConnectionInfo
 from crust.identity import Identity
+from tests.hostile_json import HOSTILE_DOCUMENTS, hostile_json, only_refused
 
 
 class AddressTests(SynchronousTestCase):
@@ -51,3 +54,44 @@ class ConnectionInfoTests(SynchronousTestCase):
         for text, fragment in cases.items():
             e = self.assertRaises(InvalidConnectionInfo, PubConnectionInfo.from_json, text)
             self.assertIn(fragment, str(e))
+
+
+_PEER = Identity.from_seed(b"\x05" * 32).peer_id
+_INFO = {"crust": 1, "id": str(_PEER), "addrs": ["tcp:1.2.3.4:5"], "cands": [["tcp:1.2.3.4:5", "host"]],
+         "nat": {"udp": {"map": "eim"}}}
+
+
+class HostileJsonTests(SynchronousTestCase):
+    """Connection info of hostile JSON is an InvalidConnectionInfo that says why, quickly."""
+
+    def test_hostile_documents(self):
+        for doc in HOSTILE_DOCUMENTS:
+            for text in (doc, doc.decode("utf-8", "replace")):
+                only_refused(self, lambda: PubConnectionInfo.from_json(text), InvalidConnectionInfo)
+
+    def test_deep_extra_is_refused(self):
+        """Deep nesting under an unknown key was read, and could fail later as an internal error."""
+        text = json.dumps(_INFO)[:-1] + ', "x": ' + "[" * 900 + "]" * 900 + "}"
+        e = self.assertRaises(InvalidConnectionInfo, PubConnectionInfo.from_json, text)
+        self.assertIn("arrays and objects", str(e))
+        text = json.dumps(_INFO)[:-1] + ', "x": ' + "[" * 6 + "]" * 6 + "}"
+        self.assertIn("nested deeper", str(self.assertRaises(InvalidConnectionInfo, PubConnectionInfo.from_json,
+                                                             text)))
+        text = json.dumps(_INFO)[:-1] + ', "x": ' + "[" * 5 + "]" * 5 + "}"
+        self.assertEqual(PubConnectionInfo.from_json(text).extra, {"x": [[[[[]]]]]})
+
+    def test_huge_version_number_is_named(self):
+        text = json.dumps(_INFO).replace('"crust": 1', '"crust": ' + "9" * 5000)
+        self.assertIn("number too long", str(self.assertRaises(InvalidConnectionInfo, PubConnectionInfo.from_json,
+                                                               text)))
+
+    def test_nan_and_repeated_keys(self):
+        for text, fragment in ((json.dumps(_INFO)[:-1] + ', "x": NaN}', "NaN"),
+                               (json.dumps(_INFO)[:-1] + ', "id": "x"}', "repeated")):
+            self.assertIn(fragment, str(self.assertRaises(InvalidConnectionInfo, PubConnectionInfo.from_json, text)))
+
+    @settings(max_examples=300, deadline=None)
+    @given(hostile_json(_INFO), st.booleans())
+    def test_hostile(self, doc, as_text):
+        text = doc.decode("utf-8", "replace") if as_text else doc
+        only_refused(self, lambda: PubConnectionInfo.from_json(text), InvalidConnectionInfo)

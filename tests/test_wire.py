@@ -1,5 +1,7 @@
 import json
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from crust.address import Address
@@ -14,6 +16,7 @@ from crust.wire import (
     negotiate_version,
     network_hash,
 )
+from tests.hostile_json import HOSTILE_DOCUMENTS, hostile_json, only_refused
 
 
 class HelloTests(SynchronousTestCase):
@@ -67,3 +70,52 @@ class CertInfoTests(SynchronousTestCase):
                         b'{"proto": "crust", "version": 1, "min_version": 1, "network": 5}',
                         b'{"proto": "crust", "version": 1, "min_version": 1, "network": "a", "role": ["x"]}'):
             self.assertRaises(ProtocolViolation, CertInfo.decode, payload)
+
+
+_HELLO = {"proto": "crust", "version": 1, "min_version": 1, "network": "ab", "intent": "connect",
+          "role": "node", "listeners": ["tcp:1.2.3.4:5"], "observed": "tcp:5.6.7.8:9"}
+_REASON = {"reason": "shutdown", "detail": "bye"}
+_DECODERS = [
+    (Hello.decode, _HELLO),
+    (CertInfo.decode, {k: _HELLO[k] for k in ("proto", "version", "min_version", "network", "role")}),
+    (lambda payload: decode_reason(payload, "REJECT"), _REASON),
+    (lambda payload: decode_reason(payload, "CLOSE"), _REASON),
+]
+
+
+class HostileJsonTests(SynchronousTestCase):
+    """HELLO, REJECT, CLOSE and certificate info refuse hostile JSON with a ProtocolViolation, quickly."""
+
+    def test_hostile_documents(self):
+        for decoder, _ in _DECODERS:
+            for payload in HOSTILE_DOCUMENTS:
+                only_refused(self, lambda: decoder(payload), ProtocolViolation)
+
+    def test_deep_nesting_is_a_violation(self):
+        """It used to be a RecursionError, which escaped as an unhandled error and closed without a reason."""
+        for payload in (b"[" * 16000, b'{"a":' * 3000,
+                        b'{"proto": "crust", "version": 1, "network": "ab", "x": ' + b"[" * 20 + b"]" * 20 + b"}"):
+            for decoder, _ in _DECODERS:
+                e = self.assertRaises(ProtocolViolation, decoder, payload)
+                self.assertTrue("nested deeper" in str(e) or "arrays and objects" in str(e), str(e))
+
+    def test_huge_version_number_is_named(self):
+        """A 5000-digit version number is 'number too long', not 'not UTF-8 JSON'."""
+        payload = json.dumps(dict(_HELLO, version=0)).replace('"version": 0', '"version": ' + "9" * 5000).encode()
+        e = self.assertRaises(ProtocolViolation, Hello.decode, payload)
+        self.assertIn("number too long", str(e))
+        self.assertIn("HELLO", str(e))
+
+    def test_nan_and_repeated_keys_are_violations(self):
+        for payload, fragment in ((b'{"proto": "crust", "version": NaN, "network": "ab"}', "NaN"),
+                                  (b'{"proto": "crust", "version": 1e999, "network": "ab"}', "out of range"),
+                                  (b'{"proto": "crust", "proto": "crust", "version": 1, "network": "ab"}', "repeated")):
+            e = self.assertRaises(ProtocolViolation, Hello.decode, payload)
+            self.assertIn(fragment, str(e))
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.data())
+    def test_hostile(self, data):
+        decoder, base = data.draw(st.sampled_from(_DECODERS))
+        payload = data.draw(hostile_json(base))
+        only_refused(self, lambda: decoder(payload), ProtocolViolation)

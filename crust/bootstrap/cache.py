@@ -33,6 +33,7 @@ from twisted.application import service
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from crust._util.jsonread import JsonRefused, read_json_object
 from crust._util.reactor import maybe_global_reactor
 from crust.address import Address
 from crust.config import Config
@@ -41,6 +42,10 @@ from crust.identity import PeerId
 CACHE_FILE_NAME = "bootstrap_cache.json"
 CACHE_FORMAT_VERSION = 1
 MAX_CACHE_FILE_BYTES = 16 * 1024 * 1024
+#: How deep the cache file's JSON may nest (the top object is depth 1; an entry is depth 3).
+MAX_CACHE_DEPTH = 8
+#: How many arrays and objects the cache file's JSON may hold (one object per entry).
+MAX_CACHE_CONTAINERS = 1 << 20
 
 log = Logger()
 
@@ -400,15 +405,10 @@ def parse_cache(data: bytes) -> list[CacheEntry]:
     if len(data) > MAX_CACHE_FILE_BYTES:
         raise CorruptCacheFile(f"over {MAX_CACHE_FILE_BYTES} bytes")
     try:
-        body = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise CorruptCacheFile("not UTF-8 text") from None
-    except ValueError as e:
-        raise CorruptCacheFile(f"not JSON: {e}") from None
-    except RecursionError:
-        raise CorruptCacheFile("not JSON: nested too deeply") from None
-    if not isinstance(body, dict):
-        raise CorruptCacheFile("the top level is not an object")
+        body = read_json_object(data, max_size=MAX_CACHE_FILE_BYTES, max_depth=MAX_CACHE_DEPTH,
+                                max_containers=MAX_CACHE_CONTAINERS)
+    except JsonRefused as e:
+        raise CorruptCacheFile(e.reason) from None
     version = body.get("crust_bootstrap_cache")
     if version != CACHE_FORMAT_VERSION:
         raise CorruptCacheFile(f"unsupported format version {version!r}")

@@ -28,7 +28,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, TextIO
 
-from crust.node.datadir import STATE_FILE, CONTROL_SOCKET, resolve_data_dir
+from crust._util.jsonread import JsonRefused, read_json_object
+from crust.node.datadir import CONTROL_SOCKET, MAX_STATE_BYTES, STATE_FILE, read_state_bytes, resolve_data_dir
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -38,6 +39,8 @@ EXIT_UNREACHABLE = 3
 DEFAULT_TIMEOUT = 10.0  # seconds to wait for an ordinary answer
 DEFAULT_CONNECT_TIMEOUT = 30.0
 MAX_RESPONSE_LINE = 64 * 1024 * 1024
+MAX_RESPONSE_DEPTH = 64  # how deep a line from the node may nest (as the control client reads it)
+MAX_RESPONSE_CONTAINERS = 1 << 22
 START_HINT = "is the node running? start it with: twistd -n crust node"
 
 _PEER_ID = re.compile(r"^[a-z2-7]{52}$", re.IGNORECASE)
@@ -130,12 +133,10 @@ class NodeClient:
                 line = bytes(self._buffer[:end])
                 del self._buffer[: end + 1]
                 try:
-                    body = json.loads(line)
-                except ValueError:
-                    raise CliError("the node sent something that is not JSON") from None
-                if isinstance(body, dict):
-                    return body
-                continue
+                    return read_json_object(line, max_size=MAX_RESPONSE_LINE, max_depth=MAX_RESPONSE_DEPTH,
+                                            max_containers=MAX_RESPONSE_CONTAINERS)
+                except JsonRefused as e:
+                    raise CliError(f"the node sent a line that is not a JSON object we can read: {e}") from None
             if len(self._buffer) > MAX_RESPONSE_LINE:
                 raise CliError("the node sent an over-long line")
             try:
@@ -584,11 +585,11 @@ def control_socket_path(data_dir: Optional[str], control: Optional[str]) -> str:
     directory = resolve_data_dir(data_dir)
     try:
         with open(directory / STATE_FILE, "rb") as f:
-            state = json.loads(f.read(65536))
-        path = state.get("control") if isinstance(state, dict) else None
+            state = read_state_bytes(f.read(MAX_STATE_BYTES + 1))
+        path = state.get("control") if state is not None else None
         if isinstance(path, str) and path and os.path.exists(path):
             return path
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # ValueError: a path with a NUL
         pass
     return str(directory / CONTROL_SOCKET)
 

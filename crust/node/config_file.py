@@ -31,6 +31,7 @@ from twisted.application import service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from crust._util.jsonread import JsonRefused, read_json_object
 from crust._util.reactor import maybe_global_reactor
 from crust.address import Address
 from crust.config import BootstrapCacheConfig, Config, HardCodedContact, RelayLimits, TurnServer
@@ -329,31 +330,10 @@ _FIELDS: dict[str, _Validator] = {
 
 # -- parsing ------------------------------------------------------------------
 
-class _BadConstant(ValueError):
-    pass
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _reject_constant(name: str) -> Any:
-    raise _BadConstant(name)
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
-def _line_col(text: str, index: int) -> tuple[int, int]:
-    line = text.count("\n", 0, index) + 1
-    col = index - (text.rfind("\n", 0, index) + 1) + 1
-    return line, col
+#: How deep the config file's JSON may nest (the top object is depth 1).
+MAX_CONFIG_DEPTH = 16
+#: How many arrays and objects the config file's JSON may hold.
+MAX_CONFIG_CONTAINERS = 4 * MAX_LIST
 
 
 def parse_config(text: Union[str, bytes], source: str = "<config>") -> Config:
@@ -371,20 +351,13 @@ def parse_config(text: Union[str, bytes], source: str = "<config>") -> Config:
     elif text.startswith("\ufeff"):
         text = text[1:]
     try:
-        body = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
-    except json.JSONDecodeError as e:
-        raise ConfigFileError(source, None, f"not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}",
-                              show_value=False) from None
-    except _BadConstant as e:
-        line, col = _line_col(text, max(text.find(str(e)), 0))
-        raise ConfigFileError(source, None, f"not valid JSON at line {line}, column {col}: "
-                                            f"{e} is not a JSON value", show_value=False) from None
-    except _DuplicateKey as e:
-        line, col = _line_col(text, max(text.find(json.dumps(str(e))), 0))
-        raise ConfigFileError(source, str(e), f"appears twice in one object (line {line}, column {col})",
-                              show_value=False) from None
-    except RecursionError:
-        raise ConfigFileError(source, None, "not valid JSON: nested too deeply", show_value=False) from None
+        body = read_json_object(text, max_size=MAX_CONFIG_BYTES, max_depth=MAX_CONFIG_DEPTH,
+                                max_containers=MAX_CONFIG_CONTAINERS)
+    except JsonRefused as e:
+        if e.key is not None:
+            where = f" (line {e.line}, column {e.column})" if e.line is not None else ""
+            raise ConfigFileError(source, e.key, f"appears twice in one object{where}", show_value=False) from None
+        raise ConfigFileError(source, None, e.reason, show_value=False) from None
     return config_from_dict(body, source)
 
 

@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
+from crust._util.jsonread import JsonRefused, read_json_object
 from crust.errors import CrustError
 
 try:  # POSIX; the node's lock needs it
@@ -52,6 +53,21 @@ MAX_STATE_BYTES = 64 * 1024
 MAX_UNIX_PATH = 103
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+#: How deep C{node.json} may nest (the top object is depth 1).
+MAX_STATE_DEPTH = 8
+#: How many arrays and objects C{node.json} may hold.
+MAX_STATE_CONTAINERS = 1024
+
+
+def read_state_bytes(raw: bytes) -> Optional[dict[str, Any]]:
+    """The state in C{node.json}'s content C{raw}, or L{None} if it is not a JSON object within bounds."""
+    try:
+        return read_json_object(raw, max_size=MAX_STATE_BYTES, max_depth=MAX_STATE_DEPTH,
+                                max_containers=MAX_STATE_CONTAINERS)
+    except JsonRefused:
+        return None
 
 
 class DataDirError(CrustError):
@@ -180,12 +196,9 @@ class DataDir:
         try:
             with open(self.state_path, "rb") as f:
                 raw = f.read(MAX_STATE_BYTES + 1)
-            if len(raw) > MAX_STATE_BYTES:
-                return None
-            state = json.loads(raw.decode("utf-8"))
-        except (OSError, ValueError):
+        except OSError:
             return None
-        return state if isinstance(state, dict) else None
+        return read_state_bytes(raw)
 
     def remove_state(self) -> None:
         try:

@@ -32,10 +32,11 @@ the C{REASON_*} codes, anything too large, unreadable, badly signed,
 addressed to or from someone else, of another network, stale (more than
 L{MAX_AGE} seconds off), replayed, or not of the fixed shape.
 
-JSON from the network is read by one reader that refuses a payload over its
-cap before parsing it, and nesting deeper (or more arrays and objects) than
-the shape needs, found by scanning the brackets outside strings first: no
-input makes the parser recurse deeply, and the scan costs little.
+JSON from the network is read by L{crust._util.jsonread.read_json_object},
+which refuses a payload over its cap before parsing it, and nesting deeper
+(or more arrays and objects) than the shape needs, found by scanning the
+brackets outside strings first: no input makes the parser recurse deeply,
+and the scan costs little.
 """
 
 from __future__ import annotations
@@ -50,11 +51,12 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 from nacl.bindings import crypto_box_afternm, crypto_box_open_afternm, crypto_sign_open
 from nacl.exceptions import CryptoError
 
+from crust._util.jsonread import JsonRefused, nesting_problem, read_json_object
 from crust.errors import CrustError, ProtocolViolation
 from crust.identity import Identity, PeerId
 from crust.punch.checks import static_shared
@@ -88,88 +90,6 @@ ATTEMPT_SIZE = 8
 _BLOB_OVERHEAD = NONCE_SIZE + BOX_MAC_SIZE + SIGNATURE_SIZE
 _MAX_BLOB_TEXT = 4 * ((MAX_BLOB + 2) // 3)  # its base64 length
 _U32 = 0xFFFFFFFF
-
-
-# --- one bounded JSON reader ----------------------------------------------------------
-
-
-class _Refused(ValueError):
-    """JSON refused by L{_read_json}, with the reason."""
-
-
-_STRING = re.compile(r'"(?:[^"\\]+|\\[\s\S]?)*(?:"|\Z)')  # always matches: linear, even unterminated
-_BRACKET = re.compile(r"[\[\]{}]")
-
-
-def _nesting_problem(text: str, max_depth: int, max_containers: int) -> str | None:
-    """
-    Why JSON C{text} nests too much (deeper than C{max_depth}, or more than
-    C{max_containers} arrays and objects), or None.  Brackets inside strings
-    do not count.  Linear in the length of C{text}; the loop in Python runs
-    at most C{2 * max_containers} times.
-    """
-    if text.count("[") + text.count("{") <= max_depth:
-        return None
-    bare = _STRING.sub('""', text)
-    containers = bare.count("[") + bare.count("{")
-    if containers <= max_depth:
-        return None
-    if containers > max_containers:
-        return f"more than {max_containers} arrays and objects"
-    if bare.count("]") + bare.count("}") != containers:
-        return "unbalanced brackets"
-    depth = 0
-    for m in _BRACKET.finditer(bare):
-        if m.group() in "[{":
-            depth += 1
-            if depth > max_depth:
-                return f"nested deeper than {max_depth}"
-        else:
-            depth -= 1
-    return None
-
-
-def _refuse_constant(name: str) -> NoReturn:
-    raise _Refused(f"{name} is not a JSON number")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise _Refused("a key is repeated")
-    return result
-
-
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
-
-
-def _read_json(data: bytes, max_size: int, max_depth: int, max_containers: int) -> dict[str, Any]:
-    """
-    A JSON object of at most C{max_size} bytes, C{max_depth} levels and
-    C{max_containers} arrays and objects.
-
-    @raise _Refused: with the reason.
-    """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise _Refused(f"not bytes but {type(data).__name__}")
-    if len(data) > max_size:
-        raise _Refused(f"{len(data)} bytes is over {max_size}")
-    try:
-        text = bytes(data).decode("utf-8")
-    except UnicodeDecodeError:
-        raise _Refused("not UTF-8") from None
-    problem = _nesting_problem(text, max_depth, max_containers)
-    if problem is not None:
-        raise _Refused(problem)
-    try:
-        value = _DECODER.decode(text)
-    except _Refused:
-        raise
-    except (ValueError, RecursionError):  # RecursionError: cannot happen after the depth scan
-        raise _Refused("not JSON") from None
-    if not isinstance(value, dict):
-        raise _Refused("not a JSON object")
-    return value
 
 
 def _canonical(value: Any) -> bytes:
@@ -314,8 +234,8 @@ def encode_error(to: PeerId, reason: str, detail: str = "") -> bytes:
 
 def _read_frame(payload: bytes, name: str) -> dict[str, Any]:
     try:
-        body = _read_json(payload, MAX_FRAME_PAYLOAD, 1, 1)
-    except _Refused as e:
+        body = read_json_object(payload, max_size=MAX_FRAME_PAYLOAD, max_depth=1, max_containers=1)
+    except JsonRefused as e:
         raise ProtocolViolation(f"rendezvous {name}: {e}") from None
     if len(body) > MAX_FRAME_KEYS:
         raise ProtocolViolation(f"rendezvous {name} has {len(body)} keys, over {MAX_FRAME_KEYS}")
@@ -564,7 +484,7 @@ def seal(identity: Identity, to_peer: PeerId, network: str, mtype: EnvelopeType 
         raise ValueError(f"the body is not JSON: {e}") from None
     if len(encoded_body) > MAX_BODY:
         raise EnvelopeError(REASON_TOO_LARGE, f"body of {len(encoded_body)} bytes is over {MAX_BODY}")
-    problem = _nesting_problem(encoded_body.decode("utf-8"), MAX_ENVELOPE_DEPTH - 1, MAX_ENVELOPE_CONTAINERS - 1)
+    problem = nesting_problem(encoded_body.decode("utf-8"), MAX_ENVELOPE_DEPTH - 1, MAX_ENVELOPE_CONTAINERS - 1)
     if problem is not None:
         raise ValueError(f"the body is {problem}")
     inner = _canonical({
@@ -615,8 +535,9 @@ def open_envelope(identity: Identity, from_peer: PeerId, network: str, blob: byt
     except CryptoError:
         raise EnvelopeError(REASON_BAD_SIGNATURE, f"not signed by {from_peer.short()}") from None
     try:
-        doc = _read_json(inner, MAX_BLOB, MAX_ENVELOPE_DEPTH, MAX_ENVELOPE_CONTAINERS)
-    except _Refused as e:
+        doc = read_json_object(inner, max_size=MAX_BLOB, max_depth=MAX_ENVELOPE_DEPTH,
+                               max_containers=MAX_ENVELOPE_CONTAINERS)
+    except JsonRefused as e:
         raise EnvelopeError(REASON_MALFORMED, str(e)) from None
     envelope = _parse_inner(doc)
     if envelope.from_peer != from_peer or envelope.to_peer != identity.peer_id:

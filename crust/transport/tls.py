@@ -104,6 +104,8 @@ def cert_info(cert: x509.Certificate) -> Optional[CertInfo]:
     """
     The L{CertInfo} a certificate carries, or None if it has none or it does
     not parse (the HELLO exchange then decides everything, as without it).
+    Never raises: the info is read by the bounded reader of
+    L{CertInfo.decode}, and whatever the peer put there is only no info.
     """
     try:
         ext = cert.extensions.get_extension_for_oid(CERT_INFO_OID)

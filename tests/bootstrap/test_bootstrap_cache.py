@@ -7,6 +7,7 @@ import os
 import stat
 from pathlib import Path
 
+from hypothesis import given, settings
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
@@ -16,6 +17,7 @@ from crust.address import Address
 from crust.bootstrap.cache import BootstrapCache, CacheEntry, cache_path, parse_cache, CorruptCacheFile
 from crust.config import BootstrapCacheConfig, Config, HardCodedContact
 from crust.identity import Identity
+from tests.hostile_json import HOSTILE_DOCUMENTS, hostile_json, only_refused
 
 T0 = 1_700_000_000.0
 
@@ -333,3 +335,19 @@ class CorruptionTests(CacheTestCase):
     def test_parse_cache_reports_reason(self) -> None:
         e = self.assertRaises(CorruptCacheFile, parse_cache, b'{"crust_bootstrap_cache": 1, "peers": [5]}')
         self.assertIn("peers[0]", str(e))
+
+    def test_deeply_nested_file_is_moved_aside(self) -> None:
+        """It used to raise a RecursionError out of the parser."""
+        self.check_moved_aside(b'{"crust_bootstrap_cache": 1, "peers": ' + b"[" * 100000 + b"]" * 100000 + b"}")
+
+    def test_hostile_documents(self) -> None:
+        for doc in HOSTILE_DOCUMENTS:
+            only_refused(self, lambda: parse_cache(doc), CorruptCacheFile)
+        e = self.assertRaises(CorruptCacheFile, parse_cache, b'{"crust_bootstrap_cache": ' + b"1" * 5000 + b"}")
+        self.assertIn("number too long", str(e))
+
+    @settings(max_examples=200, deadline=None)
+    @given(hostile_json({"crust_bootstrap_cache": 1,
+                         "peers": [{"peer_id": "a" * 52, "address": "tcp:1.2.3.4:5", "last_seen": 1.5}]}))
+    def test_hostile(self, doc: bytes) -> None:
+        only_refused(self, lambda: parse_cache(doc), CorruptCacheFile)

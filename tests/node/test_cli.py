@@ -13,6 +13,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import socketserver
 import subprocess
 import sys
@@ -22,9 +23,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from hypothesis import given, settings
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from crust.node import cli
+from crust.node.cli import CliError
+from tests.hostile_json import HOSTILE_DOCUMENTS, hostile_json, only_refused
 
 REPO = Path(__file__).resolve().parent.parent.parent
 TWISTD = [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"]
@@ -73,6 +77,35 @@ def ok(request: dict[str, Any], result: Any) -> dict[str, Any]:
 
 def error(request: dict[str, Any], code: str, text: str) -> dict[str, Any]:
     return {"id": request.get("id"), "ok": False, "code": code, "error": text}
+
+
+class HostileLineTests(SynchronousTestCase):
+    """What the command reads from the node's socket: a hostile line is a CliError, quickly."""
+
+    def client_reading(self, data: bytes) -> cli.NodeClient:
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        client = cli.NodeClient("unused", timeout=5)
+        client._sock = ours
+        client._buffer = bytearray(data)
+        return client
+
+    def test_hostile_lines(self) -> None:
+        for doc in HOSTILE_DOCUMENTS:
+            line = doc.replace(b"\n", b" ") + b"\n"
+            client = self.client_reading(line)
+            e = self.assertRaises(CliError, only_refused, self, client.read)
+            self.assertIn("the node sent", str(e))
+
+    def test_a_good_line(self) -> None:
+        self.assertEqual(self.client_reading(b'{"id": 1, "ok": true}\n').read(), {"id": 1, "ok": True})
+
+    @settings(max_examples=200, deadline=None)
+    @given(hostile_json({"id": 1, "ok": True, "result": {"peers": [{"peer_id": PEER}]}}))
+    def test_hostile(self, doc: bytes) -> None:
+        client = self.client_reading(doc.replace(b"\n", b" ") + b"\n")
+        only_refused(self, client.read, CliError)
 
 
 class ScriptedTests(SynchronousTestCase):
@@ -277,6 +310,14 @@ class CommandLineTests(SynchronousTestCase):
         elsewhere.write_text("")
         (d / "node.json").write_text(json.dumps({"control": str(elsewhere)}))
         self.assertEqual(cli.control_socket_path(str(d), None), str(elsewhere))
+
+    def test_control_socket_path_with_a_hostile_node_json(self) -> None:
+        """A corrupt node.json only means the default socket path."""
+        d = temp_dir(self)
+        for data in HOSTILE_DOCUMENTS + (b'{"control": ' + b"[" * 100 + b"]" * 100 + b"}",):
+            (d / "node.json").write_bytes(data)
+            path = only_refused(self, lambda: cli.control_socket_path(str(d), None))
+            self.assertEqual(path, str(d / "control.sock"), data[:30])
 
     def test_event_names_match_the_library(self) -> None:
         from crust.observer import EVENT_NAMES

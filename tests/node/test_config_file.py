@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+from hypothesis import given, settings
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
@@ -30,6 +31,7 @@ from crust.node.config_file import (
 from crust.errors import ConfigError
 from crust.identity import Identity
 from crust.roles import Role
+from tests.hostile_json import HOSTILE_DOCUMENTS, hostile_json, only_refused
 
 
 def peer(n: int):
@@ -184,6 +186,29 @@ class ValidationTests(unittest.TestCase):
         e = self.assertRaises(ConfigFileError, parse_config, '{"listen_port": 1, "listen_port": 2}')
         self.assertEqual(e.field, "listen_port")
         self.assertIn("twice", str(e))
+
+    def test_deep_nesting_is_named(self) -> None:
+        """It used to be caught as 'nested too deeply' only after the parser had recursed."""
+        for doc in ("[" * 100000, '{"_c":' * 50000, '{"_c": ' + "[" * 20 + "]" * 20 + "}"):
+            e = self.assertRaises(ConfigFileError, parse_config, doc, "c.json")
+            self.assertIsNone(e.field)
+            self.assertTrue("nested deeper" in str(e) or "arrays and objects" in str(e), str(e))
+
+    def test_huge_number_is_named(self) -> None:
+        e = self.assertRaises(ConfigFileError, parse_config, '{"listen_port": ' + "9" * 5000 + "}", "c.json")
+        self.assertIn("number too long", str(e))
+        e = self.assertRaises(ConfigFileError, parse_config, '{"drop_after": 1e999}', "c.json")
+        self.assertIn("out of range", str(e))
+
+    def test_hostile_documents(self) -> None:
+        for doc in HOSTILE_DOCUMENTS:
+            only_refused(self, lambda: parse_config(doc), ConfigFileError)
+
+    @settings(max_examples=200, deadline=None)
+    @given(hostile_json({"listen_port": 4000, "enable_tcp": True, "stun_servers": ["udp:1.2.3.4:3478"],
+                         "relay_limits": {"max_sessions": 4}, "_comment": ["x"]}))
+    def test_hostile(self, doc: bytes) -> None:
+        only_refused(self, lambda: parse_config(doc), ConfigFileError)
 
     def test_top_level_not_object(self) -> None:
         e = self.assertRaises(ConfigFileError, parse_config, "[1, 2]")

@@ -14,6 +14,7 @@ import stat
 import tempfile
 from pathlib import Path
 
+from hypothesis import given, settings
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
@@ -27,12 +28,14 @@ from crust.node.datadir import (
     DataDirLock,
     NodeAlreadyRunning,
     default_data_dir,
+    read_state_bytes,
     resolve_data_dir,
     unix_path_problem,
 )
 from crust.errors import ConnectFailed
 from crust.identity import Identity
 from crust.node.node import MIN_MAX_REQUEST, Node, StartupError, _with_timeout, max_request_for
+from tests.hostile_json import HOSTILE_DOCUMENTS, hostile_json, only_refused
 
 
 def temp_dir(case) -> Path:
@@ -113,9 +116,20 @@ class DataDirTests(SynchronousTestCase):
         self.assertEqual(d.read_state(), {"pid": 5, "control": "/x"})
         d.state_path.write_text("[1]")
         self.assertIsNone(d.read_state())
+        for data in HOSTILE_DOCUMENTS:  # corrupt: no state, never an exception
+            d.state_path.write_bytes(data)
+            self.assertIsNone(only_refused(self, d.read_state))
         d.remove_state()
         d.remove_state()
         self.assertFalse(d.state_path.exists())
+
+
+class StateBytesTests(SynchronousTestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(hostile_json({"pid": 5, "control": "/x", "addresses": ["tcp:1.2.3.4:5"]}))
+    def test_hostile(self, data: bytes) -> None:
+        state = only_refused(self, lambda: read_state_bytes(data))
+        self.assertTrue(state is None or isinstance(state, dict))
 
 
 class HelperTests(SynchronousTestCase):

@@ -20,6 +20,7 @@ from crust.errors import CrustError, ProtocolViolation
 from crust.identity import Identity, PeerId
 from crust.punch import messages as m
 from crust.punch.checks import static_shared
+from tests.hostile_json import HOSTILE_DOCUMENTS, hostile_json, only_refused
 from crust.punch.messages import (
     CONTEXT,
     MAX_AGE,
@@ -205,23 +206,19 @@ class FrameTests(SynchronousTestCase):
                 m.decode_query(payload)
             self.assertIn("arrays and objects", str(cm.exception))
 
-    @settings(max_examples=500)
-    @given(st.recursive(st.none() | st.integers() | st.text(alphabet='[]{}"\\ab', max_size=12),
-                        lambda children: st.lists(children, max_size=3)
-                        | st.dictionaries(st.text(alphabet='[]{}"\\a', max_size=4), children, max_size=3),
-                        max_leaves=30),
-           st.integers(1, 8))
-    def test_nesting_scan(self, value: Any, limit: int) -> None:
-        """The bracket scan agrees with the real nesting depth, whatever the strings hold."""
-        def depth(v: Any) -> int:
-            if isinstance(v, list):
-                return 1 + max((depth(c) for c in v), default=0)
-            if isinstance(v, dict):
-                return 1 + max((depth(c) for c in v.values()), default=0)
-            return 0
+    def test_hostile_documents(self) -> None:
+        for payload in HOSTILE_DOCUMENTS:
+            for decoder in JSON_DECODERS:
+                only_refused(self, lambda: decoder(payload), ProtocolViolation)
+        e = self.assertRaises(ProtocolViolation, m.decode_query, b'{"q": ' + b"9" * 5000 + b', "peer": "x"}')
+        self.assertIn("number too long", str(e))
 
-        problem = m._nesting_problem(json.dumps(value), limit, 10**6)
-        self.assertEqual(problem is None, depth(value) <= limit, problem)
+    @settings(max_examples=300, deadline=None)
+    @given(st.sampled_from(JSON_DECODERS),
+           hostile_json({"q": 1, "peer": "a" * 52, "connected": True, "relay": False, "to": "a" * 52,
+                         "blob": "AAAA", "reason": "disabled"}))
+    def test_hostile(self, decoder: Any, payload: bytes) -> None:
+        only_refused(self, lambda: decoder(payload), ProtocolViolation)
 
     @settings(max_examples=300)
     @given(st.sampled_from(JSON_DECODERS), st.binary(max_size=200))

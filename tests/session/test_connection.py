@@ -247,3 +247,26 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual(aborted, [])
         self.clock.advance(0.1)
         self.assertEqual(aborted, [True])
+
+
+class HostileHelloTests(SynchronousTestCase):
+    """A HELLO of hostile JSON closes the connection with a protocol-error CLOSE, and nothing unhandled."""
+
+    def test_nested_hello_closes_with_a_reason(self):
+        for payload in (b"[" * 16000, b'{"a":' * 3000, b'{"proto":"crust","version":' + b"9" * 5000 + b"}"):
+            clock, owner = Clock(), FakeOwner()
+            conn = PeerConnection(owner, clock, local_id=HIGH, network=NET, initiator=True, max_message_size=65536,
+                                  max_queued_bytes=1 << 20, drop_after=60.0, heartbeat_interval=20.0,
+                                  inactivity_timeout=120.0, handshake_timeout=10.0)
+            transport = StringTransport()
+            conn.makeConnection(transport)
+            conn.handshake.tls_complete(LOW)
+            transport.clear()
+            conn.dataReceived(frame(FrameType.HELLO, payload))
+            frames = parse_frames(transport.value())
+            self.assertEqual([f[0] for f in frames], [FrameType.CLOSE], payload[:20])
+            self.assertEqual(json.loads(frames[0][1])["reason"], "protocol-error")
+            self.assertTrue(transport.disconnecting)
+            conn.connectionLost(Failure(ConnectionDone()))
+            self.assertIn("protocol-error", owner.named("lost")[0][0])
+        self.assertEqual(self.flushLoggedErrors(), [])

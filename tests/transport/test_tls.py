@@ -1,6 +1,10 @@
 """Certificates bound to identities, and the node facts they carry."""
 
+import json
+
 from cryptography import x509
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from crust.identity import Identity
@@ -14,6 +18,7 @@ from crust.transport.tls import (
 )
 from crust.errors import ProtocolViolation
 from crust.wire import CertInfo, network_hash
+from tests.hostile_json import HOSTILE_DOCUMENTS, hostile_json, only_refused
 
 
 class CertificateTests(SynchronousTestCase):
@@ -35,6 +40,26 @@ class CertificateTests(SynchronousTestCase):
         for payload in (b"\x04\x03abc", b"\x05\x00", _der_octets(b'{"proto": "crust"}'), _der_octets(b"\xff" * 300)):
             cert = self._with_extension(identity, payload)
             self.assertIsNone(cert_info(cert), payload)
+
+    def test_hostile_info_is_no_info(self):
+        """Deeply nested, huge-number or NaN info is no info (it used to raise a RecursionError)."""
+        identity = Identity.generate()
+        info = {"proto": "crust", "version": 1, "min_version": 1, "network": network_hash(None), "role": "node"}
+        payloads = [_der_octets(p) for p in HOSTILE_DOCUMENTS if len(p) < 60000]
+        payloads.append(_der_octets(json.dumps(info).encode()[:-1] + b', "x": ' + b"[" * 900 + b"]" * 900 + b"}"))
+        for payload in payloads:
+            cert = self._with_extension(identity, payload)
+            self.assertIsNone(only_refused(self, lambda: cert_info(cert)), payload[:20])
+        self.assertIsNotNone(cert_info(self._with_extension(identity, _der_octets(json.dumps(info).encode()))))
+
+    @settings(max_examples=50, deadline=None)
+    @given(hostile_json({"proto": "crust", "version": 1, "min_version": 1, "network": "ab", "role": "node"}),
+           st.booleans())
+    def test_hostile_info_never_raises(self, payload, wrap):
+        cert = self._with_extension(self.identity, _der_octets(payload) if wrap else payload)
+        only_refused(self, lambda: cert_info(cert))
+
+    identity = Identity.generate()
 
     def _with_extension(self, identity, payload):
         cert = make_certificate(identity)

@@ -18,7 +18,11 @@ from typing import Any, Optional
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.task import Clock
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from hypothesis import given, settings
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -27,6 +31,7 @@ from crust.connection_info import PubConnectionInfo
 from crust.node.control import (
     DEFAULT_MAX_REQUEST,
     MAX_IN_FLIGHT,
+    ControlClient,
     ControlError,
     ControlFactory,
     ControlServer,
@@ -50,7 +55,9 @@ from crust.errors import (
 from crust.identity import Identity, PeerId
 from crust.interfaces import ICrustObserver
 from crust.observer import EVENT_NAMES
+from crust.node.control.protocol import CLOSE_GRACE, IDLE_TIMEOUT, REQUEST_TIMEOUT
 from crust.roles import Role
+from tests.hostile_json import HOSTILE_DOCUMENTS, hostile_json, only_refused
 
 ME = Identity.from_seed(b"\x01" * 32).peer_id
 PEER = Identity.from_seed(b"\x02" * 32).peer_id
@@ -357,7 +364,7 @@ class ProtocolTests(SynchronousTestCase):
             (b'{"id":1,"cmd":5}\n', '"cmd"'),
             (b'{"id":[1],"cmd":"ping"}\n', '"id"'),
             (b'{"id":true,"cmd":"ping"}\n', '"id"'),
-            (b'{"id":1,"cmd":"ping","x":NaN}\n', "not JSON"),
+            (b'{"id":1,"cmd":"ping","x":NaN}\n', "NaN"),
             (b"[" * 3000 + b"\n", "JSON"),
             (b'{"id":"' + b"x" * 300 + b'","cmd":"ping"}\n', "256"),
         ]
@@ -437,6 +444,264 @@ class ProtocolTests(SynchronousTestCase):
         self.factory.commands.register("frobnicate", lambda proto, req: {"contacts": 0}, "frobnicate now")
         self.assertEqual(self.one({"id": 1, "cmd": "frobnicate"})["result"], {"contacts": 0})
         self.assertNotIn("frobnicate", node_commands().names())  # each registry is its own
+
+
+def strict_json(line: bytes) -> Any:
+    """C{line} read as JSON proper: no NaN or Infinity."""
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+class HostileRequestTests(SynchronousTestCase):
+    """Hostile JSON in requests: a bad-request answer, valid JSON always, the connection lives."""
+
+    def setUp(self) -> None:
+        self.node = FakeNode()
+        self.factory = ControlFactory(self.node, max_request=1 << 20)
+        self.proto = self.factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+
+    def answers(self, data: bytes) -> list[Any]:
+        self.proto.dataReceived(data)
+        out = self.transport.value()
+        self.transport.clear()
+        return [strict_json(line) for line in out.splitlines()]
+
+    def test_hostile_documents(self) -> None:
+        for doc in HOSTILE_DOCUMENTS:
+            line = doc.replace(b"\n", b" ").replace(b"\r", b" ")
+            if not line.strip():
+                continue
+            answers = only_refused(self, lambda: self.answers(line + b"\n"))
+            self.assertEqual([(a["ok"], a["code"], a["id"]) for a in answers], [(False, "bad-request", None)], doc[:30])
+        self.assertFalse(self.transport.disconnecting)
+        self.assertEqual(self.answers(b'{"id":1,"cmd":"ping"}\n')[0]["ok"], True)
+
+    def test_deep_request_is_a_bad_request(self) -> None:
+        [answer] = self.answers(b'{"id":1,"cmd":"ping","x":' + b"[" * 3000 + b"]" * 3000 + b"}\n")
+        self.assertEqual(answer["code"], "bad-request")
+        self.assertIn("nested deeper", answer["error"])
+
+    def test_infinite_id_is_refused_and_answered_in_json(self) -> None:
+        """An id of 1e999 used to be answered with "id":Infinity, which is not JSON."""
+        for line in (b'{"id":1e999,"cmd":"ping"}', b'{"id":-1e999,"cmd":"ping"}', b'{"id":NaN,"cmd":"ping"}',
+                     b'{"id":' + b"9" * 5000 + b',"cmd":"ping"}'):
+            [answer] = self.answers(line + b"\n")
+            self.assertEqual((answer["ok"], answer["code"], answer["id"]), (False, "bad-request", None), line)
+        [answer] = self.answers(b'{"id":2.5,"cmd":"ping"}\n')
+        self.assertEqual((answer["ok"], answer["id"]), (True, 2.5))
+
+    def test_unencodable_results_are_answered_in_json(self) -> None:
+        self.factory.commands.register("inf", lambda proto, req: {"x": float("inf")})
+        self.factory.commands.register("deep", lambda proto, req: {"x": self._deep(5000)})
+        for cmd in ("inf", "deep"):
+            [answer] = self.answers(json.dumps({"id": cmd, "cmd": cmd}).encode() + b"\n")
+            self.assertEqual((answer["id"], answer["ok"], answer["code"]), (cmd, False, "internal"))
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 2)
+
+    def test_id_is_checked_where_the_response_is_written(self) -> None:
+        self.proto._send_error(float("nan"), "failed", "x")  # a bug elsewhere: still JSON, id null
+        [answer] = self.answers(b"")
+        self.assertIsNone(answer["id"])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_events_are_json(self) -> None:
+        self.answers(b'{"id":1,"cmd":"watch"}\n')
+        self.node.events.message_dropped(PEER, 1, 1, float("nan"), "x")
+        self.node.events.publish("lost_peer", PEER, [float("inf")])
+        events = self.answers(b"")
+        self.assertEqual([e["event"] for e in events], ["message_dropped", "lost_peer"])
+        self.assertIsNone(events[0]["size"])
+
+    @staticmethod
+    def _deep(n: int) -> Any:
+        value: Any = []
+        for _ in range(n):
+            value = [value]
+        return value
+
+    def test_connect_with_nested_info_is_a_bad_request(self) -> None:
+        """Deeply nested connection info is refused as such (it was an 'internal' error)."""
+        info = json.loads(THEIR_INFO.to_json())
+        for depth, fragment in ((40, "nested deeper"), (900, "arrays and objects")):
+            text = json.dumps(info)[:-1] + ', "x": ' + "[" * depth + "]" * depth + "}"
+            [answer] = self.answers(json.dumps({"id": 1, "cmd": "connect", "info": text}).encode() + b"\n")
+            self.assertEqual((answer["id"], answer["code"]), (1, "bad-request"))
+            self.assertIn(fragment, answer["error"])
+            [answer] = self.answers(b'{"id":2,"cmd":"connect","info":' + text.encode() + b"}\n")
+            self.assertEqual(answer["code"], "bad-request")
+            self.assertIn("nested deeper", answer["error"])  # the info object, or the request it is in
+        self.assertEqual(self.node.connects, [])
+
+    @settings(max_examples=200, deadline=None)
+    @given(hostile_json({"id": 1, "cmd": "connect", "info": json.loads(THEIR_INFO.to_json()), "timeout": 5}))
+    def test_hostile(self, doc: bytes) -> None:
+        line = doc.replace(b"\n", b" ").replace(b"\r", b" ")
+        for answer in only_refused(self, lambda: self.answers(line + b"\n")):
+            self.assertIn("ok", answer)  # and it is JSON proper: answers() read it so
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class ClientHostileLineTests(SynchronousTestCase):
+    """The Twisted client skips lines it cannot read, hostile or not, and goes on."""
+
+    def setUp(self) -> None:
+        self.client = ControlClient()
+        self.transport = StringTransport()
+        self.client.makeConnection(self.transport)
+
+    def test_hostile_lines_are_skipped(self) -> None:
+        answers: list[Any] = []
+        self.client.request("ping").addCallback(answers.append)
+        for doc in HOSTILE_DOCUMENTS:
+            only_refused(self, lambda: self.client.dataReceived(doc.replace(b"\n", b" ") + b"\n"))
+        self.assertEqual(answers, [])
+        self.client.dataReceived(b'{"id": 1, "ok": true, "result": {"pong": true}}\n')
+        self.assertEqual(answers, [{"pong": True}])
+
+    def test_requests_are_json(self) -> None:
+        self.assertRaises(ValueError, self.client.request, "send", priority=float("nan"))
+        self.assertEqual((self.client._pending, self.transport.value()), ({}, b""))
+        self.client.request("ping")
+        self.assertEqual(strict_json(self.transport.value()), {"id": 1, "cmd": "ping"})
+
+    @settings(max_examples=200, deadline=None)
+    @given(hostile_json({"id": 1, "ok": True, "result": {"pong": True}}))
+    def test_hostile(self, doc: bytes) -> None:
+        self.client._pending.clear()
+        self.client.request("ping").addErrback(lambda f: None)
+        only_refused(self, lambda: self.client.dataReceived(doc.replace(b"\n", b" ") + b"\n"))
+
+
+class TimeoutTests(SynchronousTestCase):
+    """Stalled control connections are closed, on the node's clock."""
+
+    def setUp(self) -> None:
+        self.node = FakeNode()
+        self.clock = self.node.clock
+        self.factory = ControlFactory(self.node)
+        self.logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+
+    def connect(self) -> tuple[Any, StringTransport]:
+        proto = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def closing_lines(self) -> list[str]:
+        return [formatEvent(e) for e in self.logged if "closing a control connection" in formatEvent(e)]
+
+    def lose(self, proto: Any) -> None:
+        proto.connectionLost(Failure(ConnectionDone()))
+
+    def test_partial_request_times_out(self) -> None:
+        proto, transport = self.connect()
+        proto.dataReceived(b'{"id": 1, "cm')
+        self.clock.advance(REQUEST_TIMEOUT - 0.1)
+        self.assertFalse(transport.disconnecting)
+        proto.dataReceived(b'd"')  # trickling does not extend the deadline
+        self.clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+        [answer] = [strict_json(line) for line in transport.value().splitlines()]
+        self.assertEqual((answer["id"], answer["code"]), (None, "timeout"))
+        self.assertIn("incomplete", answer["error"])
+        self.assertEqual(len(self.closing_lines()), 1)
+        self.lose(proto)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_complete_requests_restart_the_deadline(self) -> None:
+        proto, transport = self.connect()
+        for _ in range(5):
+            proto.dataReceived(b'{"id": 1, "cmd": "ping"}\n{"id": 2, ')
+            self.clock.advance(REQUEST_TIMEOUT - 1)
+            proto.dataReceived(b'"cmd": "ping"}\n')
+            self.clock.advance(1)
+        self.assertFalse(transport.disconnecting)
+
+    def test_idle_connection_times_out(self) -> None:
+        proto, transport = self.connect()
+        proto.dataReceived(b'{"id": 1, "cmd": "ping"}\n')
+        self.clock.advance(IDLE_TIMEOUT - 1)
+        self.assertFalse(transport.disconnecting)
+        proto.dataReceived(b'{"id": 2, "cmd": "ping"}\n')
+        self.clock.advance(IDLE_TIMEOUT - 1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        self.assertIn("idle", strict_json(transport.value().splitlines()[-1])["error"])
+
+    def test_watchers_and_waiting_requests_are_not_idle(self) -> None:
+        watcher, watcher_transport = self.connect()
+        watcher.dataReceived(b'{"id": 1, "cmd": "watch"}\n')
+        waiter, waiter_transport = self.connect()
+        waiter.dataReceived(json.dumps({"id": 1, "cmd": "connect", "info": THEIR_INFO.to_json()}).encode() + b"\n")
+        self.clock.advance(IDLE_TIMEOUT * 3)
+        self.assertFalse(watcher_transport.disconnecting)
+        self.assertFalse(waiter_transport.disconnecting)
+        self.node.pending[0].callback(PEER)  # answered: idle from now on
+        self.clock.advance(IDLE_TIMEOUT)
+        self.assertTrue(waiter_transport.disconnecting)
+        watcher.dataReceived(b'{"id": 2, "cmd": "unwatch"}\n')
+        self.clock.advance(IDLE_TIMEOUT)
+        self.assertTrue(watcher_transport.disconnecting)
+
+    def test_client_that_reads_nothing_is_closed_then_aborted(self) -> None:
+        proto, transport = self.connect()
+        proto.dataReceived(b'{"id": 1, "cmd": "watch"}\n')
+        proto.pauseProducing()  # its socket buffer is full: it reads nothing
+        self.clock.advance(IDLE_TIMEOUT - 1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.disconnected)
+        self.clock.advance(CLOSE_GRACE)  # it took nothing of what was left to write
+        self.assertTrue(transport.disconnected)  # aborted
+        self.lose(proto)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_paused_reading_does_not_count_against_the_client(self) -> None:
+        proto, transport = self.connect()
+        proto.dataReceived(b'{"id": 1, "cmd": "watch"}\n{"id": 2, ')
+        proto.pauseProducing()  # we stopped reading: its request may be waiting in the socket
+        self.clock.advance(REQUEST_TIMEOUT * 2)
+        self.assertFalse(transport.disconnecting)
+        proto.resumeProducing()
+        self.clock.advance(REQUEST_TIMEOUT - 1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_half_written_connections_no_longer_lock_the_cli_out(self) -> None:
+        """64 connections with half a request each used to make every later one 'busy', forever."""
+        stalled = [self.connect() for _ in range(self.factory.max_connections)]
+        for proto, _ in stalled:
+            proto.dataReceived(b'{"id": 1, "cmd": "in')
+        late, late_transport = self.connect()
+        self.assertEqual(strict_json(late_transport.value())["code"], "busy")
+        self.lose(late)
+        self.clock.advance(REQUEST_TIMEOUT)
+        self.assertTrue(all(t.disconnecting for _, t in stalled))
+        self.assertLessEqual(len(self.closing_lines()), 3)  # rate-limited
+        self.assertGreaterEqual(len(self.closing_lines()), 1)
+        for proto, _ in stalled:
+            self.lose(proto)
+        cli, cli_transport = self.connect()
+        cli.dataReceived(b'{"id": 1, "cmd": "ping"}\n')
+        self.assertEqual(strict_json(cli_transport.value())["ok"], True)
+
+    def test_stalled_connections_are_aborted_even_if_close_never_completes(self) -> None:
+        stalled = [self.connect() for _ in range(3)]
+        for proto, _ in stalled:
+            proto.dataReceived(b"{")
+        self.clock.advance(REQUEST_TIMEOUT)
+        self.assertTrue(all(t.disconnecting and not t.disconnected for _, t in stalled))
+        self.clock.advance(CLOSE_GRACE)
+        self.assertTrue(all(t.disconnected for _, t in stalled))
 
 
 class EventEncodingTests(SynchronousTestCase):

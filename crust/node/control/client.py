@@ -5,14 +5,14 @@ L{ControlClient}, whose failed requests fail with L{ControlError}.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
-from crust.node.control.protocol import _encode
+from crust._util.jsonread import JsonRefused, read_json_object
+from crust.node.control.protocol import MAX_RESPONSE_CONTAINERS, MAX_RESPONSE_DEPTH, _encode
 from crust.errors import CrustError
 
 
@@ -46,14 +46,19 @@ class ControlClient(Protocol):
         self.errors: list[dict[str, Any]] = []  # error responses without an id we sent
 
     def request(self, cmd: str, **args: Any) -> Deferred:
-        """Fires with the C{result}; fails with L{ControlError} (its C{code} and message)."""
+        """
+        Fires with the C{result}; fails with L{ControlError} (its C{code} and message).
+
+        @raise ValueError: an argument is not JSON (C{NaN}, C{Infinity}).
+        """
         rid = self._next_id
-        self._next_id += 1
         transport = self.transport
         assert transport is not None, "not connected"
+        line = _encode(dict(args, id=rid, cmd=cmd))
+        self._next_id += 1
         d: Deferred = Deferred()
         self._pending[rid] = d
-        transport.write(_encode(dict(args, id=rid, cmd=cmd)))
+        transport.write(line)
         return d
 
     def send_raw(self, data: bytes) -> None:
@@ -74,11 +79,10 @@ class ControlClient(Protocol):
             line = bytes(self._buffer[:end])
             del self._buffer[: end + 1]
             try:
-                body = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(body, dict):
-                continue
+                body = read_json_object(line, max_size=self.max_line, max_depth=MAX_RESPONSE_DEPTH,
+                                        max_containers=MAX_RESPONSE_CONTAINERS)
+            except JsonRefused:
+                continue  # not a line of ours to read
             if "event" in body and "ok" not in body:
                 self.on_event(body)
                 continue

@@ -17,12 +17,20 @@ C{"event"} key and no C{"ok"}::
 
 Bounds: a request line is at most
 L{crust.node.control.server.ControlFactory.max_request} bytes (over that: a
-C{too-large} error and the connection is closed); at most L{MAX_IN_FLIGHT}
-requests per connection and L{MAX_CONNECTIONS} connections.  A reader too
+C{too-large} error and the connection is closed), read by
+L{crust._util.jsonread.read_json_object} (at most L{MAX_REQUEST_DEPTH}
+levels and L{MAX_REQUEST_CONTAINERS} arrays and objects); at most
+L{MAX_IN_FLIGHT} requests per connection and L{MAX_CONNECTIONS}
+connections.  A connection that leaves a request line incomplete for
+L{REQUEST_TIMEOUT} seconds, that sends nothing for L{IDLE_TIMEOUT} seconds
+while it neither watches nor waits for an answer, or that reads nothing of
+what we write for L{IDLE_TIMEOUT} seconds is closed (a C{timeout} error
+first), so that stalled clients cannot hold every connection.  A reader too
 slow for the events it watches loses events (an C{events_dropped} line says
 how many) rather than growing the node's memory.  Malformed requests get an
-error response; nothing a client sends stops the node.  The protocol is
-documented for users in doc/node.md.
+error response; every line sent is JSON (no C{NaN} or C{Infinity}); nothing
+a client sends stops the node.  The protocol is documented for users in
+doc/node.md.
 
 Here: the constants and error codes, L{Request} (argument checking),
 L{Command} and L{CommandRegistry}, L{ControlProtocol} (the server side of one
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Iterable, Optional
@@ -44,6 +53,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from crust._util.jsonread import JsonRefused, read_json_object
 from crust.address import Address
 from crust.errors import (
     ConnectFailed,
@@ -65,6 +75,23 @@ DEFAULT_MAX_REQUEST = 1024 * 1024
 MAX_IN_FLIGHT = 32
 MAX_CONNECTIONS = 64
 MAX_CONNECT_TIMEOUT = 3600.0
+#: How deep a request's JSON may nest (the request object is depth 1).
+MAX_REQUEST_DEPTH = 32
+#: How many arrays and objects a request's JSON may hold.
+MAX_REQUEST_CONTAINERS = 4096
+#: How deep a response or event line may nest, as clients read them.
+MAX_RESPONSE_DEPTH = 64
+#: How many arrays and objects a response or event line may hold, as clients read them.
+MAX_RESPONSE_CONTAINERS = 1 << 22
+#: Seconds a connection may leave a request line incomplete before it is closed.
+REQUEST_TIMEOUT = 10.0
+#: Seconds a connection may stay idle (not watching, no request in progress) or
+#: leave what we write unread before it is closed.
+IDLE_TIMEOUT = 300.0
+#: Seconds a closing connection has to take what we wrote before it is aborted.
+CLOSE_GRACE = 10.0
+#: The longest request id, in characters.
+MAX_ID_LENGTH = 256
 
 # error codes
 BAD_REQUEST = "bad-request"
@@ -101,6 +128,8 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {name: tuple(ICrustObserver[name].pos
 
 def plain(value: Any) -> Any:
     """A JSON-able form of an event argument."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # not JSON
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (PeerId, Address)):
@@ -348,12 +377,28 @@ def _error_for(failure: Failure) -> tuple[str, str]:
 # -- the protocol -----------------------------------------------------------------------
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def _encode(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode("ascii") + b"\n"
+    """
+    One line of JSON: no C{NaN} or C{Infinity}.
+
+    @raise ValueError: C{body} holds something JSON cannot say (a
+        non-finite number, nesting too deep for the encoder).
+    @raise TypeError: C{body} holds something that is not JSON.
+    """
+    try:
+        text = json.dumps(body, separators=(",", ":"), allow_nan=False)
+    except RecursionError:
+        raise ValueError("nested too deeply to encode") from None
+    return text.encode("ascii") + b"\n"
+
+
+def _valid_id(rid: Any) -> bool:
+    """Whether C{rid} may be a request id: null, a string, an integer or a finite number."""
+    if rid is None or isinstance(rid, str):
+        return True
+    if isinstance(rid, bool):
+        return False
+    return isinstance(rid, int) or isinstance(rid, float) and math.isfinite(rid)
 
 
 class IStreamTransport(ITransport, IConsumer, IPushProducer):
@@ -370,7 +415,11 @@ class ControlProtocol(Protocol):
 
     @param factory: its L{crust.node.control.server.ControlFactory}: C{node},
         C{commands} (a L{CommandRegistry}), C{max_request},
-        C{max_connections} and the set of live C{connections}.
+        C{max_connections}, the set of live C{connections}, the C{clock}
+        (an C{IReactorTime}), C{request_timeout}, C{idle_timeout},
+        C{close_grace} and C{log_limit} (a
+        L{crust._util.ratelimit.RateLimiter} for the lines logged about
+        connections closed for a timeout).
     """
 
     log = Logger()
@@ -379,6 +428,7 @@ class ControlProtocol(Protocol):
     def __init__(self, factory: Any) -> None:
         self.factory = factory
         self.node = factory.node
+        self._clock = factory.clock
         self._buffer = bytearray()
         self._scanned = 0
         self._in_flight = 0
@@ -389,6 +439,13 @@ class ControlProtocol(Protocol):
         self._watch_events: Optional[frozenset[str]] = None
         self._unsubscribe: Optional[Callable[[], None]] = None
         self.dropped_events = 0
+        now = self._clock.seconds()
+        self._last_activity = now  # the last complete request or response
+        self._partial_since = now  # when the incomplete line in the buffer began
+        self._paused_since = now
+        self._timer: Any = None
+        self._deadline: Optional[float] = None
+        self._abort_timer: Any = None
 
     # -- connection ------------------------------------------------------------
 
@@ -401,27 +458,102 @@ class ControlProtocol(Protocol):
         transport = self.transport
         assert transport is not None
         transport.registerProducer(self, True)
+        self._arm()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._gone = True
         self.factory.connections.discard(self)
         self._stop_watch()
         self._buffer = bytearray()
+        self._disarm()
+        abort, self._abort_timer = self._abort_timer, None
+        if abort is not None and abort.active():
+            abort.cancel()
 
     def _close(self) -> None:
+        """Close the connection; abort it if it has not taken what we wrote within C{close_grace}."""
+        if self._closing or self._gone:
+            return
         self._closing = True
         self._stop_watch()
+        self._disarm()
         transport = self.transport
         assert transport is not None
         transport.loseConnection()
+        if not self._gone:
+            self._abort_timer = self._clock.callLater(self.factory.close_grace, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_timer = None
+        transport = self.transport
+        if self._gone or transport is None:
+            return
+        abort = getattr(transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+
+    # -- timeouts: stalled clients must not hold the connections -----------------------
+
+    def _next_deadline(self) -> Optional[float]:
+        if self._paused:  # the client reads nothing of what we write
+            return self._paused_since + self.factory.idle_timeout
+        if self._buffer:  # an incomplete request line
+            return self._partial_since + self.factory.request_timeout
+        if self._watch_events is not None or self._in_flight:
+            return None
+        return self._last_activity + self.factory.idle_timeout
+
+    def _arm(self) -> None:
+        """Set the timer to the next deadline (if any) of this connection."""
+        if self._closing or self._gone:
+            return
+        deadline = self._next_deadline()
+        if deadline == self._deadline and (deadline is None or self._timer is not None):
+            return
+        self._deadline = deadline
+        if deadline is None:
+            self._disarm()
+            return
+        delay = max(0.0, deadline - self._clock.seconds())
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(delay)
+        else:
+            self._timer = self._clock.callLater(delay, self._timed_out)
+
+    def _disarm(self) -> None:
+        timer, self._timer, self._deadline = self._timer, None, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _timed_out(self) -> None:
+        self._timer, self._deadline = None, None
+        if self._closing or self._gone:
+            return
+        deadline = self._next_deadline()
+        if deadline is None or deadline > self._clock.seconds():
+            self._arm()
+            return
+        if self._paused:
+            what = f"has read nothing of what the node wrote for {self.factory.idle_timeout:g} s"
+        elif self._buffer:
+            what = f"left a request line incomplete for {self.factory.request_timeout:g} s"
+        else:
+            what = f"was idle for {self.factory.idle_timeout:g} s"
+        if self.factory.log_limit.allow("timeout"):
+            self.log.info("closing a control connection that {what}", what=what)
+        self._send_error(None, TIMEOUT, f"the connection {what}; closing it")
+        self._buffer = bytearray()
+        self._close()
 
     # -- IPushProducer: our writes back up, so stop reading and shed events ---------
 
     def pauseProducing(self) -> None:
         self._paused = True
+        self._paused_since = self._clock.seconds()
         transport = self.transport
         assert transport is not None  # it is the transport that pauses us
         transport.pauseProducing()
+        self._arm()
 
     def resumeProducing(self) -> None:
         self._paused = False
@@ -430,10 +562,12 @@ class ControlProtocol(Protocol):
         transport = self.transport
         assert transport is not None  # it is the transport that resumes us
         transport.resumeProducing()
+        self._partial_since = self._last_activity = self._clock.seconds()  # we did not read while paused
         if self.dropped_events and self._watch_events is not None:
             count, self.dropped_events = self.dropped_events, 0
             self._write({"event": "events_dropped", "id": self._watch_id, "count": count,
                          "reason": "the control client read too slowly"})
+        self._arm()
 
     def stopProducing(self) -> None:
         self._stop_watch()
@@ -443,6 +577,8 @@ class ControlProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing or self._gone:
             return
+        if not self._buffer:
+            self._partial_since = self._clock.seconds()
         self._buffer += data
         limit = self.factory.max_request
         while not self._closing:
@@ -452,18 +588,20 @@ class ControlProtocol(Protocol):
                     self._oversize()
                 else:
                     self._scanned = len(self._buffer)
-                return
+                break
             if end > limit:
                 self._oversize()
                 return
             line = bytes(self._buffer[:end])
             del self._buffer[: end + 1]
             self._scanned = 0
+            self._last_activity = self._partial_since = self._clock.seconds()
             try:
                 self._line_received(line)
             except Exception:  # a bug in a handler must not end the node
                 self.log.failure("control request failed")
                 self._send_error(None, INTERNAL, "internal error handling the request")
+        self._arm()
 
     def _oversize(self) -> None:
         limit = self.factory.max_request
@@ -477,24 +615,21 @@ class ControlProtocol(Protocol):
         if not line.strip():
             return
         try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            self._send_error(None, BAD_REQUEST, "the request is not UTF-8 text")
-            return
-        try:
-            body = json.loads(text, parse_constant=_reject_constant)
-        except (ValueError, RecursionError) as e:
-            self._send_error(None, BAD_REQUEST, f"the request is not JSON: {e}")
-            return
-        if not isinstance(body, dict):
-            self._send_error(None, BAD_REQUEST, 'a request is a JSON object, like {"id": 1, "cmd": "info"}')
+            body = read_json_object(line, max_size=self.factory.max_request, max_depth=MAX_REQUEST_DEPTH,
+                                    max_containers=MAX_REQUEST_CONTAINERS)
+        except JsonRefused as e:
+            if e.reason.startswith("not a JSON object"):
+                self._send_error(None, BAD_REQUEST, f'a request is a JSON object, like {{"id": 1, "cmd": "info"}}, '
+                                                    f'{e.reason}')
+            else:
+                self._send_error(None, BAD_REQUEST, f"the request is refused: {e.reason}")
             return
         rid = body.get("id")
-        if not (rid is None or isinstance(rid, (str, int, float)) and not isinstance(rid, bool)):
-            self._send_error(None, BAD_REQUEST, '"id" must be a string, a number or null')
+        if not _valid_id(rid):
+            self._send_error(None, BAD_REQUEST, '"id" must be a string, a finite number or null')
             return
-        if isinstance(rid, str) and len(rid) > 256:
-            self._send_error(None, BAD_REQUEST, '"id" is over 256 characters')
+        if isinstance(rid, str) and len(rid) > MAX_ID_LENGTH:
+            self._send_error(None, BAD_REQUEST, f'"id" is over {MAX_ID_LENGTH} characters')
             return
         cmd = body.get("cmd")
         if not isinstance(cmd, str):
@@ -517,6 +652,7 @@ class ControlProtocol(Protocol):
     def _succeeded(self, result: Any, request: Request) -> None:
         self._in_flight -= 1
         self._write({"id": request.id, "ok": True, "result": result if result is not None else {}})
+        self._arm()
 
     def _failed(self, failure: Failure, request: Request) -> None:
         self._in_flight -= 1
@@ -525,6 +661,7 @@ class ControlProtocol(Protocol):
             self.log.failure("control command {cmd} failed", failure, cmd=request.cmd)
         reasons = getattr(failure.value, "reasons", None) if isinstance(failure.value, ConnectFailed) else None
         self._send_error(request.id, code, text, reasons=list(reasons) if reasons else None)
+        self._arm()
 
     # -- output ------------------------------------------------------------------------
 
@@ -540,9 +677,16 @@ class ControlProtocol(Protocol):
         try:
             data = _encode(body)
         except (TypeError, ValueError):
-            self.log.failure("unencodable control response")
-            data = _encode({"id": body.get("id"), "ok": False, "code": INTERNAL,
-                            "error": "internal error: the result could not be encoded"})
+            self.log.failure("unencodable control {what}", what="event" if "event" in body else "response")
+            rid = body.get("id")
+            rid = rid if _valid_id(rid) and not (isinstance(rid, str) and len(rid) > MAX_ID_LENGTH) else None
+            if "event" in body and "ok" not in body:
+                data = _encode({"event": "events_dropped", "id": rid, "count": 1,
+                                "reason": "an event could not be encoded as JSON"})
+            else:
+                data = _encode({"id": rid, "ok": False, "code": INTERNAL,
+                                "error": "internal error: the result could not be encoded"})
+        self._last_activity = self._clock.seconds()
         transport = self.transport
         assert transport is not None  # not gone
         transport.write(data)
@@ -558,6 +702,7 @@ class ControlProtocol(Protocol):
         self._watch_events = frozenset(events)
         if self._unsubscribe is None:
             self._unsubscribe = self.node.events.subscribe(self._event)
+        self._arm()
 
     def _stop_watch(self) -> None:
         self._watch_events = None

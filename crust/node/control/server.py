@@ -20,26 +20,54 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from crust._util.ratelimit import RateLimiter
 from crust._util.reactor import maybe_global_reactor
 from crust.node.control.commands import node_commands
-from crust.node.control.protocol import DEFAULT_MAX_REQUEST, MAX_CONNECTIONS, CommandRegistry, ControlProtocol
+from crust.node.control.protocol import (
+    CLOSE_GRACE,
+    DEFAULT_MAX_REQUEST,
+    IDLE_TIMEOUT,
+    MAX_CONNECTIONS,
+    REQUEST_TIMEOUT,
+    CommandRegistry,
+    ControlProtocol,
+)
 from crust.node.datadir import NodeAlreadyRunning, unix_path_problem
 from crust.errors import CrustError
 
 
 class ControlFactory(Factory):
-    """Builds L{ControlProtocol}s for C{node} answering C{commands}."""
+    """
+    Builds L{ControlProtocol}s for C{node} answering C{commands}.
+
+    @param clock: the C{IReactorTime} of the connections' timeouts; the
+        node's C{clock} (or C{reactor}) by default.
+    @ivar request_timeout: seconds a connection may leave a request line
+        incomplete.
+    @ivar idle_timeout: seconds a connection may stay idle (not watching,
+        nothing in progress), or leave what we write unread.
+    @ivar close_grace: seconds a closing connection has to take what we
+        wrote before it is aborted.
+    """
 
     protocol = ControlProtocol
     noisy = False
 
     def __init__(self, node: Any, commands: Optional[CommandRegistry] = None,
-                 max_request: int = DEFAULT_MAX_REQUEST, max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_request: int = DEFAULT_MAX_REQUEST, max_connections: int = MAX_CONNECTIONS,
+                 clock: Any = None) -> None:
         self.node = node
         self.commands = commands if commands is not None else node_commands()
         self.max_request = max_request
         self.max_connections = max_connections
         self.connections: set[ControlProtocol] = set()
+        if clock is None:
+            clock = getattr(node, "clock", None) or getattr(node, "reactor", None)
+        self.clock = maybe_global_reactor(clock)
+        self.request_timeout = REQUEST_TIMEOUT
+        self.idle_timeout = IDLE_TIMEOUT
+        self.close_grace = CLOSE_GRACE
+        self.log_limit = RateLimiter(self.clock, (0.1, 3.0), (0.1, 3.0), max_keys=4)
 
     def buildProtocol(self, addr: Any) -> ControlProtocol:
         return ControlProtocol(self)
@@ -149,7 +177,7 @@ class ControlServer(service.Service):
         reactor = maybe_global_reactor(reactor)
         self.reactor = reactor
         self.path = path
-        self.factory = ControlFactory(node, commands, max_request)
+        self.factory = ControlFactory(node, commands, max_request, clock=reactor)
         self.port: Any = None
 
     @property

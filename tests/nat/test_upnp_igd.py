@@ -8,6 +8,7 @@ XML, the bounded body reader and deadlines, the mapping policy (725, 718,
 
 from __future__ import annotations
 
+import encodings.aliases
 from typing import Any
 
 from hypothesis import given, settings
@@ -77,8 +78,33 @@ BILLION_LAUGHS = b"""<?xml version="1.0"?>
 <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>
 <root><URLBase>&lol3;</URLBase></root>"""
 
+UNKNOWN_ENCODING = description().replace(b'<?xml version="1.0"?>', b'<?xml version="1.0" encoding="x-foo"?>')
+
 EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
 <!DOCTYPE root [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><root>&xxe;</root>"""
+
+
+# every encoding name Python knows, and some it does not: expat asks Python for the ones it lacks
+ENCODINGS = sorted(set(encodings.aliases.aliases) | set(encodings.aliases.aliases.values())
+                   | {"hex", "base64", "rot13", "zlib", "bz2", "uu", "quopri", "idna", "punycode", "undefined",
+                      "unicode_escape", "utf_7", "utf-32", "x-foo", "", "x" * 300})
+
+_PIECES = [b"<", b">", b"/", b"&", b";", b'"', b"=", b"[", b"]", b":", b"\r\n", b"\x00", b"\xff", b"\xc2\xb2",
+           "\u0663".encode(), b"<!DOCTYPE r>", b'<?xml version="1.0" encoding="hex"?>', b"http://[::1", b"[zz]",
+           b"&#0;", b"&lol;", b"<a>" * 40, b"99999", b"-1"]
+
+
+def mutations(original: bytes) -> st.SearchStrategy[bytes]:
+    """C{original} with a few pieces inserted or written over, at random places."""
+    def apply(edits: list[tuple[int, int, bytes]]) -> bytes:
+        data = original
+        for where, cut, piece in edits:
+            at = where % (len(data) + 1)
+            data = data[:at] + piece + data[at + cut:]
+        return data
+
+    return st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 8), st.sampled_from(_PIECES) | st.binary(
+        max_size=8)), min_size=1, max_size=5).map(apply)
 
 
 class SSDPParsingTests(SynchronousTestCase):
@@ -110,6 +136,21 @@ class SSDPParsingTests(SynchronousTestCase):
 
     @given(st.binary(max_size=600))
     def test_garbage(self, data: bytes) -> None:
+        try:
+            upnp_igd.parse_ssdp_response(data)
+        except MalformedResponse:
+            pass
+
+    def test_malformed_ipv6_location(self) -> None:
+        """A bare ValueError escaped for these."""
+        for location in (b"http://[::1/x", b"http://[zz]:80/", b"http://[::1]:x/", b"http://[192.168.1.1]:5000/"):
+            e = self.assertRaises(MalformedResponse, upnp_igd.parse_ssdp_response,
+                                  SSDP_OK.replace(b"http://192.168.1.1:5000/rootDesc.xml", location))
+            self.assertIn("LOCATION", str(e))
+
+    @settings(max_examples=500, deadline=None)
+    @given(mutations(SSDP_OK))
+    def test_mutated(self, data: bytes) -> None:
         try:
             upnp_igd.parse_ssdp_response(data)
         except MalformedResponse:
@@ -152,6 +193,23 @@ class XMLTests(SynchronousTestCase):
     def test_text_garbage(self, text: str) -> None:
         try:
             upnp_igd.parse_xml(f"<root>{text}</root>".encode())
+        except XMLRejected:
+            pass
+
+    def test_unknown_encoding(self) -> None:
+        """A LookupError escaped for an encoding Python does not know, a ValueError for some it does."""
+        for name in ("x-foo", "hex", "utf-7", "x" * 300):
+            data = f'<?xml version="1.0" encoding="{name}"?><a>\u00e9</a>'.encode("utf-8")
+            e = self.assertRaises(XMLRejected, upnp_igd.parse_xml, data)
+            self.assertIn("XML", str(e))
+        self.assertEqual(upnp_igd.parse_xml(b'<?xml version="1.0" encoding="iso-8859-1"?><a>\xe9</a>').text, "\u00e9")
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.sampled_from(ENCODINGS) | st.text(max_size=20), st.binary(max_size=40))
+    def test_any_declared_encoding(self, name: str, body: bytes) -> None:
+        data = b'<?xml version="1.0" encoding="' + name.encode("utf-8", "replace") + b'"?><a>' + body + b"</a>"
+        try:
+            upnp_igd.parse_xml(data)
         except XMLRejected:
             pass
 
@@ -199,6 +257,23 @@ class DescriptionTests(SynchronousTestCase):
     def test_entities(self) -> None:
         self.assertRaises(XMLRejected, upnp_igd.parse_device_description, BILLION_LAUGHS, self.LOCATION)
 
+    def test_malformed_ipv6_urls(self) -> None:
+        """A bare ValueError escaped for these."""
+        for body, location in ((description(url_base="http://[::1"), self.LOCATION),
+                               (description(control="http://[::1/ctl"), self.LOCATION),
+                               (description(control="http://[zz]/ctl"), self.LOCATION),
+                               (description(), "http://[::1/rootDesc.xml"),
+                               (UNKNOWN_ENCODING, self.LOCATION)):
+            self.assertRaises(MalformedResponse, upnp_igd.parse_device_description, body, location)
+
+    @settings(max_examples=500, deadline=None)
+    @given(mutations(description(url_base="http://192.168.1.1:6000/dev/")))
+    def test_mutated(self, data: bytes) -> None:
+        try:
+            upnp_igd.parse_device_description(data, self.LOCATION)
+        except (MalformedResponse, IGDNotFound):
+            pass
+
 
 class SOAPTests(SynchronousTestCase):
     def test_request(self) -> None:
@@ -228,6 +303,30 @@ class SOAPTests(SynchronousTestCase):
 
     def test_fault_bad_code(self) -> None:
         self.assertEqual(upnp_igd.parse_soap_fault(soap_fault(0).replace(b">0<", b">x99999999<"))[0], None)
+
+    def test_fault_code_in_other_digits(self) -> None:
+        """str.isdigit takes these, and int() raised a bare ValueError on some."""
+        for digits in ("\u00b2", "\u0667\u0661\u0668", "7\u00b9\u2078", "\uff17\uff11\uff18"):
+            body = soap_fault(0).replace(b">0<", f">{digits}<".encode())
+            self.assertEqual(upnp_igd.parse_soap_fault(body), (None, "Error"), digits)
+
+    @settings(max_examples=500, deadline=None)
+    @given(mutations(soap_fault(718, "ConflictInMappingEntry")))
+    def test_mutated_fault(self, data: bytes) -> None:
+        try:
+            code, description = upnp_igd.parse_soap_fault(data)
+        except MalformedResponse:
+            return
+        self.assertTrue(code is None or 0 <= code < 100000)
+        self.assertIsInstance(description, str)
+
+    @settings(max_examples=500, deadline=None)
+    @given(mutations(soap_response("AddAnyPortMapping", NewReservedPort=4242)))
+    def test_mutated_response(self, data: bytes) -> None:
+        try:
+            upnp_igd.parse_soap_response(data, "AddAnyPortMapping")
+        except MalformedResponse:
+            pass
 
 
 # HTTP with fakes
@@ -384,6 +483,24 @@ class ActionTests(SynchronousTestCase):
             "NewRemoteHost": "", "NewExternalPort": "5000", "NewProtocol": "UDP", "NewInternalPort": "4242",
             "NewInternalClient": "192.168.1.10", "NewEnabled": "1", "NewPortMappingDescription": "crust",
             "NewLeaseDuration": "3600"}))
+
+    def test_reserved_port_in_other_digits(self) -> None:
+        for port in ("\u00b2", "\u0664\u0662", "", "0", "65536", "4242x"):
+            client = igd(lambda a, args: (200, soap_response(a, NewReservedPort=port)), WANIP2)
+            self.failureResultOf(client.add_any_port_mapping("tcp", 1, 1, 60), MalformedResponse)
+        client = igd(lambda a, args: (200, soap_response(a, NewReservedPort=4242)), WANIP2)
+        self.assertEqual(self.successResultOf(client.add_any_port_mapping("tcp", 1, 1, 60)), 4242)
+
+    @settings(max_examples=200, deadline=None)
+    @given(mutations(soap_response("GetExternalIPAddress", NewExternalIPAddress="203.0.113.5")), st.booleans())
+    def test_mutated_answers(self, body: bytes, ok: bool) -> None:
+        """Whatever the gateway answers, an action fails only with the module's errors."""
+        client = igd(lambda a, args: (200 if ok else 500, body))
+        d = client.get_external_ip()
+        if not d.called or not isinstance(d.result, Failure):
+            self.successResultOf(d)
+            return
+        self.failureResultOf(d, MalformedResponse, UPnPError)
 
     def test_delete_missing_is_fine(self) -> None:
         client = igd(lambda a, args: (500, soap_fault(714, "NoSuchEntryInArray")))
@@ -549,6 +666,15 @@ class SSDPSearchTests(SynchronousTestCase):
         search.datagramReceived(data, ("192.168.1.1", 1900))
         self.assertEqual(sum(search.rejected.values()), 1)
 
+    @settings(max_examples=300, deadline=None)
+    @given(mutations(SSDP_OK))
+    def test_mutated(self, data: bytes) -> None:
+        """A mutated answer is found or rejected; nothing raises."""
+        search = upnp_igd.SSDPSearch(Clock(), ("192.168.1.1", 1900))
+        search.makeConnection(FakeUDP())
+        search.datagramReceived(data, ("192.168.1.1", 1900))
+        self.assertEqual(sum(search.rejected.values()) + len(search.found), 1)
+
 
 # loopback
 
@@ -639,14 +765,17 @@ class FakeIGD:
     control URL C{/ctl/IPConn}, and an SSDP responder pointing at C{/rootDesc.xml} (or at
     C{location_path}).  Start it with L{listen}.  Misbehaving pages: C{/huge}
     (200 KiB with a Content-Length), C{/stream} (160 KiB chunked), C{/hang}
-    (never ends), C{/entities} (billion laughs).
+    (never ends), C{/entities} (billion laughs), C{/encoding} (XML in an
+    unknown encoding), C{/ipv6} (a malformed IPv6 URLBase).  The SSDP
+    responder also answers for C{bad_devices} (paths), before the gateway.
     """
 
     def __init__(self, *, service_type: str = WANIP1, external_ip: str = "203.0.113.7",
-                 location_path: str = "/rootDesc.xml") -> None:
+                 location_path: str = "/rootDesc.xml", bad_devices: tuple[str, ...] = ()) -> None:
         self.service_type = service_type
         self.external_ip = external_ip
         self.location_path = location_path
+        self.bad_devices = bad_devices
         self.faults: dict[str, int] = {}
         self.mappings: dict[tuple[str, int], tuple[str, int, int]] = {}
         self.calls: list[tuple[str, dict[str, str]]] = []
@@ -659,6 +788,8 @@ class FakeIGD:
         root.putChild(b"huge", Static(b"<root>" + b"x" * (200 * 1024) + b"</root>"))
         root.putChild(b"stream", Stream())
         root.putChild(b"entities", Static(BILLION_LAUGHS))
+        root.putChild(b"encoding", Static(UNKNOWN_ENCODING))
+        root.putChild(b"ipv6", Static(description(url_base="http://[::1")))
         root.putChild(b"hang", self.hang)
         site = Site(root)
         site.displayTracebacks = False
@@ -672,7 +803,8 @@ class FakeIGD:
 
         test.addCleanup(finish_hung)
         self.base = f"http://127.0.0.1:{self.web.getHost().port}"
-        self.ssdp_protocol = FakeSSDPResponder(f"{self.base}{self.location_path}")
+        self.ssdp_protocol = FakeSSDPResponder(f"{self.base}{self.location_path}",
+                                               tuple(f"{self.base}{path}" for path in self.bad_devices))
         self.ssdp = reactor.listenUDP(0, self.ssdp_protocol, interface="127.0.0.1")
         test.addCleanup(self.ssdp.stopListening)
         self.ssdp_address = ("127.0.0.1", self.ssdp.getHost().port)
@@ -680,8 +812,11 @@ class FakeIGD:
 
 
 class FakeSSDPResponder(DatagramProtocol):
-    def __init__(self, location: str) -> None:
+    """Answers every M-SEARCH for C{location}, after one answer for each of C{before} (other devices)."""
+
+    def __init__(self, location: str, before: tuple[str, ...] = ()) -> None:
         self.location = location
+        self.before = before
         self.searches: list[bytes] = []
         self.silent = False
 
@@ -690,9 +825,10 @@ class FakeSSDPResponder(DatagramProtocol):
         if self.silent or not data.startswith(b"M-SEARCH"):
             return
         st = [line[3:].strip() for line in data.decode().split("\r\n") if line.upper().startswith("ST:")][0]
-        self.transport.write(
-            (f"HTTP/1.1 200 OK\r\nCACHE-CONTROL: max-age=120\r\nST: {st}\r\nUSN: uuid:fake::{st}\r\n"
-             f"EXT:\r\nSERVER: fake UPnP/1.1\r\nLOCATION: {self.location}\r\n\r\n").encode(), addr)
+        for location in self.before + (self.location,):
+            self.transport.write(
+                (f"HTTP/1.1 200 OK\r\nCACHE-CONTROL: max-age=120\r\nST: {st}\r\nUSN: uuid:fake::{st}\r\n"
+                 f"EXT:\r\nSERVER: fake UPnP/1.1\r\nLOCATION: {location}\r\n\r\n").encode(), addr)
 
 
 class LoopbackTests(TestCase):
@@ -762,6 +898,28 @@ class LoopbackTests(TestCase):
         fake = FakeIGD(location_path="/entities").listen(self)
         yield self.assertFailure(IGDClient.discover(reactor, ssdp_address=fake.ssdp_address, search_timeout=1.0),
                                  IGDNotFound)
+
+    @inlineCallbacks
+    def test_discovery_goes_on_after_bad_devices(self) -> Any:
+        """A device that failed with a LookupError or ValueError used to end discovery."""
+        fake = FakeIGD(bad_devices=("/encoding", "/ipv6", "/entities")).listen(self)
+        client = yield IGDClient.discover(reactor, ssdp_address=fake.ssdp_address, search_timeout=2.0)
+        self.assertEqual(client.control_url, f"{fake.base}/ctl/IPConn")
+
+    @inlineCallbacks
+    def test_discovery_goes_on_after_an_unexpected_error(self) -> Any:
+        fake = FakeIGD(bad_devices=("/encoding",)).listen(self)
+        original = upnp_igd.parse_device_description
+
+        def broken(body: bytes, location: str) -> Any:
+            if location.endswith("/encoding"):
+                raise RuntimeError("a bug")
+            return original(body, location)
+
+        self.patch(upnp_igd, "parse_device_description", broken)
+        client = yield IGDClient.discover(reactor, ssdp_address=fake.ssdp_address, search_timeout=2.0)
+        self.assertEqual(client.control_url, f"{fake.base}/ctl/IPConn")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     @inlineCallbacks
     def test_no_gateway(self) -> Any:

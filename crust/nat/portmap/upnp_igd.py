@@ -11,9 +11,14 @@ HTTP exchange has a deadline on the injected reactor).  Control URLs must be
 on the host that served the description.
 
 The parsers (L{parse_ssdp_response}, L{parse_device_description},
-L{parse_soap_response}, L{parse_soap_fault}) are pure.  The external address
-is not required to be routable: gateways in test labs use documentation
-ranges, and a P2P client has no business refusing them.
+L{parse_soap_response}, L{parse_soap_fault}) are pure, and whatever they
+are given they raise only this module's errors (L{MalformedResponse} and its
+kinds: L{XMLRejected}, L{IGDNotFound}...): an unknown XML encoding, a
+malformed IPv6 URL or a number in other digits than ASCII's is a malformed
+response like any other.  Discovery tries every gateway that answered and
+skips (with a log line) any one that fails, whatever the failure.  The
+external address is not required to be routable: gateways in test labs use
+documentation ranges, and a P2P client has no business refusing them.
 """
 
 from __future__ import annotations
@@ -146,10 +151,29 @@ def parse_xml(data: bytes, max_depth: int = MAX_XML_DEPTH) -> ET.Element:
         raise
     except (expat.ExpatError, AssertionError, IndexError) as e:  # TreeBuilder asserts on a broken tree
         raise XMLRejected(f"bad XML: {e}") from None
+    except (LookupError, ValueError, TypeError) as e:  # the declared encoding: unknown, multi-byte, not text
+        raise XMLRejected(f"XML in an encoding we cannot read: {str(e)[:100]}") from None
 
 
 def _text(element: Optional[ET.Element]) -> str:
     return (element.text or "").strip() if element is not None else ""
+
+
+def _ascii_number(text: str, max_digits: int) -> Optional[int]:
+    """C{text} as a number if it is 1 to C{max_digits} ASCII digits, else None (C{str.isdigit} takes others)."""
+    if 0 < len(text) <= max_digits and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
+def _split_url(url: str, what: str) -> Any:
+    """C{urlsplit(url)} with its port checked. @raise MalformedResponse: it does not split (a bad IPv6 host...)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (ValueError if bad)
+    except ValueError as e:
+        raise MalformedResponse(f"{what} {url[:100]!r} is not a URL: {e}") from None
+    return parts
 
 
 # SSDP
@@ -206,12 +230,11 @@ def parse_ssdp_response(data: bytes) -> SSDPResponse:
         raise MalformedResponse("SSDP response without LOCATION")
     if not location.isascii() or any(c.isspace() for c in location):
         raise MalformedResponse(f"LOCATION {location[:100]!r} is not a plain URL")
-    parts = urlsplit(location)
+    parts = _split_url(location, "LOCATION")
     if parts.scheme != "http" or not parts.hostname:
         raise MalformedResponse(f"LOCATION {location[:100]!r} is not an http URL")
     try:
         ipaddress.ip_address(parts.hostname)
-        parts.port  # noqa: B018  (ValueError if bad)
     except ValueError:
         raise MalformedResponse(f"LOCATION {location[:100]!r} does not name an IP address and port") from None
     return SSDPResponse(location, headers.get("st", ""), headers.get("usn", ""), headers.get("server", ""))
@@ -365,14 +388,14 @@ def parse_device_description(body: bytes, location: str) -> IGDService:
     control = _text(service.find("controlURL"))
     if not control:
         raise MalformedResponse(f"{location}: WAN service without a controlURL")
-    url = urljoin(base, control)
-    parts, origin = urlsplit(url), urlsplit(location)
+    origin = _split_url(location, "location")
+    try:
+        url = urljoin(base, control)
+    except ValueError as e:
+        raise MalformedResponse(f"control URL {control[:100]!r} on {base[:100]!r} is not a URL: {e}") from None
+    parts = _split_url(url, "control URL")
     if parts.scheme != "http" or not _same_ip(parts.hostname or "", origin.hostname or ""):
         raise MalformedResponse(f"control URL {url[:100]!r} is not http on {origin.hostname}")
-    try:
-        parts.port  # noqa: B018
-    except ValueError:
-        raise MalformedResponse(f"control URL {url[:100]!r} has a bad port") from None
     return IGDService(WAN_SERVICES[best[0]], url)
 
 
@@ -408,7 +431,7 @@ def parse_soap_fault(body: bytes) -> tuple[Optional[int], str]:
     error = fault.find("detail/UPnPError")
     code_text = _text(error.find("errorCode")) if error is not None else ""
     description = _text(error.find("errorDescription")) if error is not None else ""
-    code = int(code_text) if code_text.isdigit() and len(code_text) < 6 else None
+    code = _ascii_number(code_text, 5)
     return code, description or _text(fault.find("faultstring")) or "SOAP fault"
 
 
@@ -506,7 +529,10 @@ def http_request(agent: Any, reactor: IReactorTime, method: bytes, url: str, *,
     except UnicodeEncodeError:
         return fail(MalformedResponse(f"URL {url[:100]!r} is not ASCII"))
     producer = _BytesProducer(body) if body is not None else None
-    d = agent.request(method, raw_url, Headers(headers or {}), producer)
+    try:
+        d = agent.request(method, raw_url, Headers(headers or {}), producer)
+    except ValueError as e:  # a URL the agent cannot parse
+        return fail(MalformedResponse(f"URL {url[:100]!r} cannot be requested: {e}"))
 
     def read(response: Any) -> Deferred:
         reader = BoundedBodyReader(max_body, response.length)
@@ -598,9 +624,15 @@ class IGDClient:
             for response in found:
                 try:
                     return await cls.from_location(response.location, reactor=reactor, **kwargs)
+                except CancelledError:
+                    raise
                 except PortMappingError as e:
                     cls.log.info("UPnP: gateway {location} is unusable: {error}", location=response.location, error=e)
                     errors.append(str(e))
+                except Exception as e:  # one bad device must not end the search of the others
+                    cls.log.failure("UPnP: gateway {location} failed unexpectedly; trying the others",
+                                    location=response.location)
+                    errors.append(f"{response.location[:100]}: {type(e).__name__}: {e}")
             if not found:
                 raise IGDNotFound(f"no UPnP gateway answered an SSDP search of "
                                   f"{ssdp_address[0]}:{ssdp_address[1]} within {search_timeout} s")
@@ -676,9 +708,10 @@ class IGDClient:
 
         def port(out: dict[str, str]) -> int:
             text = out.get("NewReservedPort", "")
-            if not text.isdigit() or not 0 < int(text) < 65536:
+            number = _ascii_number(text, 5)
+            if number is None or not 0 < number < 65536:
                 raise MalformedResponse(f"AddAnyPortMapping reserved port {text[:20]!r}")
-            return int(text)
+            return number
 
         args = self._mapping_arguments(transport, external_port, internal_port, lease)
         return self.call("AddAnyPortMapping", args).addCallback(port)

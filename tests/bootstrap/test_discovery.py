@@ -6,13 +6,16 @@ import os
 import socket
 from types import SimpleNamespace
 
-from nacl.public import PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nacl.public import PrivateKey, PublicKey, SealedBox
 from twisted.internet import defer, error, reactor
 from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
 from crust.address import Address
 from crust.bootstrap.discovery import (
+    HEADER,
     DiscoveredPeer,
     DiscoveryError,
     DiscoveryRequester,
@@ -115,6 +118,99 @@ class CodecTests(unittest.TestCase):
         self.assertNotEqual(network_hash("a"), network_hash("b"))
         self.assertNotEqual(network_hash(None), network_hash(""))
         self.assertEqual(network_hash("a"), network_hash("a"))
+
+
+SOURCES = st.sampled_from([("192.0.2.50", 40000), ("127.0.0.1", 5484), ("::1", 5484), ("fe80::1%3", 40000),
+                           ("::ffff:192.0.2.5", 40000), ("192.0.2.50", 80), ("2001:db8::7", 65535)])
+# a reply's payload, in pieces a parser may trip on: flags, IPs of both sizes, ports (0 among them)
+_ADDRESS_ITEMS = st.builds(lambda flags, ip, port: bytes([flags]) + ip + port.to_bytes(2, "big"),
+                           st.sampled_from([0, 1, 2, 3, 4, 0xFF]),
+                           st.sampled_from([bytes(4), bytes(16), b"\x7f\0\0\1", bytes(15) + b"\1",
+                                            b"\xfe\x80" + bytes(14), b"\xc0\0\2\x0a", b"\xff" * 16]),
+                           st.integers(0, 65535))
+
+
+def sealed_reply(key: PrivateKey, plain: bytes) -> bytes:
+    return HEADER.pack(b"CrSD", 1, 2) + SealedBox(key.public_key).encrypt(plain)
+
+
+class ParserPropertyTests(unittest.TestCase):
+    """Discovery datagrams from the LAN: only DiscoveryError, never anything else, whatever they hold."""
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.binary(max_size=MAX_DATAGRAM + 50))
+    def test_requests(self, data: bytes) -> None:
+        try:
+            request = decode_request(data)
+        except DiscoveryError:
+            return
+        self.assertEqual(request.size, len(data))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=400), st.booleans())
+    def test_reply_bytes(self, data: bytes, with_header: bool) -> None:
+        key = PrivateKey.generate()
+        try:
+            decode_reply((HEADER.pack(b"CrSD", 1, 2) if with_header else b"") + data, key, b"\0" * 8)
+        except DiscoveryError:
+            pass
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.integers(0, 255), st.lists(_ADDRESS_ITEMS, max_size=6), st.binary(max_size=20), st.booleans())
+    def test_reply_payloads(self, count: int, items: list[bytes], tail: bytes, our_id: bool) -> None:
+        """Sealed to us (so past decryption), any payload is a peer or a DiscoveryError."""
+        key, rid = PrivateKey.generate(), os.urandom(8)
+        plain = (rid if our_id else os.urandom(8)) + OTHER.raw + bytes([count]) + b"".join(items) + tail
+        try:
+            peer = decode_reply(sealed_reply(key, plain), key, rid)
+        except DiscoveryError:
+            return
+        self.assertEqual(len(peer.addresses), count)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=MAX_DATAGRAM + 50) | st.builds(
+        lambda size, at, piece: (lambda good: good[:at] + piece + good[at + len(piece):])(
+            make_request("net", size)[2]), st.integers(MIN_REQUEST_SIZE, MAX_DATAGRAM), st.integers(0, 300),
+        st.binary(min_size=1, max_size=8)), SOURCES)
+    def test_responder(self, data: bytes, source: tuple) -> None:
+        clock = Clock()
+        responder = DiscoveryResponder(lambda: (ME, list(ADDRS)), network_name="net", clock=clock)
+        transport = FakeTransport()
+        responder.makeConnection(transport)
+        responder.datagramReceived(data, source)
+        self.assertEqual(responder.stats["received"], 1)
+        self.assertEqual(responder.stats["ignored"] + responder.stats["replied"], 1)
+        for reply, _ in transport.sent:
+            self.assertLessEqual(len(reply), len(data))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.integers(0, 255), st.lists(_ADDRESS_ITEMS, max_size=6), st.binary(max_size=8), SOURCES)
+    def test_requester(self, count: int, items: list[bytes], tail: bytes, source: tuple) -> None:
+        """A round takes any reply sealed to it, or counts it as ignored; nothing raises."""
+        clock = Clock()
+        ports: list[FakeTransport] = []
+        protocols: list = []
+
+        def listen(protocol, v6):
+            port = FakeTransport()
+            protocol.makeConnection(port)
+            ports.append(port)
+            protocols.append(protocol)
+            return port
+
+        requester = DiscoveryRequester(port=5484, network_name="net", window=1.0, clock=clock, reactor=object(),
+                                       destinations=[("127.0.0.1", 5484)])
+        requester._listen = listen
+        d = requester.discover()
+        [(request_data, _)] = ports[0].sent
+        request = decode_request(request_data)
+        plain = request.request_id + OTHER.raw + bytes([count]) + b"".join(items) + tail
+        sealed = HEADER.pack(b"CrSD", 1, 2) + SealedBox(PublicKey(request.public_key)).encrypt(plain)
+        protocols[0].datagramReceived(sealed, source)
+        clock.advance(1.0)
+        found = self.successResultOf(d)
+        self.assertEqual(requester.stats["replies"] + requester.stats["ignored"], 1)
+        self.assertLessEqual(len(found), 1)
 
 
 class ResponderTests(unittest.TestCase):

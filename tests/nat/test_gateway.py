@@ -2,7 +2,7 @@
 Tests for L{crust.nat.portmap.gateway}: parsing the Linux routing tables.
 """
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -59,6 +59,32 @@ class IPv4Tests(SynchronousTestCase):
     @given(st.text(max_size=500))
     def test_garbage_never_raises(self, text: str) -> None:
         self.assertIsInstance(gateway.parse_ipv4_routes(HEADER + text), list)
+
+
+_V4_FIELDS = st.sampled_from(["eth0", "lo", "00000000", "010200C0", "FFFFFFFF", "1FFFFFFFF", "-1", "-0", "0003",
+                               "0001", "0203", "9" * 5000, "zz", "1_0", "0x10", "\u0663", "\xb2"])
+_V6_FIELDS = st.sampled_from(["0" * 32, "fd" + "0" * 29 + "1", "fe80" + "0" * 27 + "1", "z" * 32, "-" + "0" * 31,
+                              "0" * 31, "00", "40", "ffffffff", "00000003", "00200200", "-1", "1_0", "eth0", "lo",
+                              "\u0663" * 32])
+
+
+class ShapedRouteTests(SynchronousTestCase):
+    """Lines with the right number of fields, of values a parser may trip on: skipped or read, never raised."""
+
+    @settings(max_examples=500)
+    @given(st.lists(st.lists(_V4_FIELDS, min_size=7, max_size=12), max_size=4))
+    def test_ipv4(self, lines: list[list[str]]) -> None:
+        text = HEADER + "".join("\t".join(fields) + "\n" for fields in lines)
+        for byteorder in ("little", "big"):
+            for g in gateway.parse_ipv4_routes(text, byteorder):
+                self.assertFalse(g.is_v6)
+
+    @settings(max_examples=500)
+    @given(st.lists(st.lists(_V6_FIELDS, min_size=9, max_size=11), max_size=4))
+    def test_ipv6(self, lines: list[list[str]]) -> None:
+        text = "".join(" ".join(fields) + "\n" for fields in lines)
+        for g in gateway.parse_ipv6_routes(text):
+            self.assertTrue(g.is_v6)
 
 
 class IPv6Tests(SynchronousTestCase):

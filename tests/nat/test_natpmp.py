@@ -113,6 +113,17 @@ class CodecTests(SynchronousTestCase):
         except MalformedResponse:
             pass
 
+    @settings(max_examples=500)
+    @given(st.sampled_from([0x80, 0x81, 0x82, 0x83]), st.sampled_from([0, 1, 3, 0xFFFF]), st.binary(max_size=20))
+    def test_decode_response_shaped(self, opcode: int, result: int, rest: bytes) -> None:
+        """Past the version and opcode checks (which random bytes seldom pass): a response or MalformedResponse."""
+        data = bytes([0, opcode]) + result.to_bytes(2, "big") + rest
+        try:
+            response = natpmp.decode_response(data)
+        except MalformedResponse:
+            return
+        self.assertIsInstance(response, (natpmp.ExternalAddressResponse, natpmp.MapResponse, natpmp.ErrorResponse))
+
     def test_epoch(self) -> None:
         self.assertFalse(natpmp.epoch_indicates_restart(1000, 0.0, 1100, 100.0))
         self.assertFalse(natpmp.epoch_indicates_restart(1000, 0.0, 1086, 100.0))  # slow server clock: 7/8
@@ -300,6 +311,20 @@ class UnsolicitedTests(SynchronousTestCase):
             self.client.datagramReceived(b"x", ("10.0.0.1", 1))
         self.assertEqual(self.client.rejected["wrong source"], 1000)
         self.assertEqual(len([e for e in self.events if e.get("reason") == "wrong source"]), 10)
+
+    @settings(max_examples=300)
+    @given(st.sampled_from([b"\x00\x80", b"\x00\x81", b"\x00\x82"]), st.binary(max_size=20),
+           st.sampled_from(["tcp", "udp"]))
+    def test_fuzz_shaped(self, prefix: bytes, rest: bytes, transport: str) -> None:
+        """Answers that pass the first checks: the request resolves or the datagram is rejected, nothing raises."""
+        clock = Clock()
+        client, _ = make_client(clock)
+        d = client.map_port(transport, 4242)
+        client.datagramReceived(prefix + rest, (GW, 5351))
+        if not d.called:
+            self.assertEqual(sum(client.rejected.values()), 1)
+        d.addErrback(lambda _: None)
+        d.cancel()
 
     @settings(max_examples=300)
     @given(st.binary(max_size=64), st.sampled_from([(GW, 5351), (GW, 1), ("10.1.1.1", 5351)]))

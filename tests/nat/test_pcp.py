@@ -92,6 +92,15 @@ class CodecTests(SynchronousTestCase):
         except MalformedResponse:
             pass
 
+    @settings(max_examples=300)
+    @given(st.binary(min_size=58, max_size=200).map(lambda b: b"\x02\x81" + b))
+    def test_decode_with_options(self, data: bytes) -> None:
+        """Past the version and opcode checks, with options of any kind: a response or MalformedResponse."""
+        try:
+            pcp.decode_map_response(data)
+        except MalformedResponse:
+            pass
+
     @given(st.binary(min_size=60, max_size=60).map(lambda b: b"\x02\x81" + b[2:]))
     def test_decode_mutated(self, data: bytes) -> None:
         try:
@@ -227,6 +236,25 @@ class ClientTests(SynchronousTestCase):
         self.receive(response(self.sent_nonce(), internal=1, epoch=20))
         self.successResultOf(d)
         self.assertEqual(self.client.epoch_resets, 1)
+
+    @settings(max_examples=300)
+    @given(st.builds(response, result=st.sampled_from([0, 1, 2, 8, 255]), lifetime=st.sampled_from([0, 1, 2**32 - 1]),
+                     protocol=st.sampled_from([0, 6, 17, 255]), internal=st.sampled_from([0, 4242, 65535]),
+                     external=st.sampled_from([0, 4242, 65535]), options=st.binary(max_size=40),
+                     ip=st.sampled_from(["198.51.100.4", "::", "0.0.0.0", "2001:db8::1", "::ffff:0:0"]),
+                     version=st.sampled_from([0, 2]), opcode=st.sampled_from([0x81, 0x80, 0x01])),
+           st.integers(0, 70))
+    def test_fuzz_shaped(self, data: bytes, cut: int) -> None:
+        """Answers shaped like MAP responses (any field, options, truncated): resolved or rejected, nothing raises."""
+        clock = Clock()
+        client = pcp.PCPClient(GW, reactor=clock)
+        client.makeConnection(FakeUDP())
+        d = client.map_port("tcp", 4242, nonce=NONCE)
+        client.datagramReceived(data[:len(data) - cut] if cut < len(data) else data, (GW, 5351))
+        if not d.called:
+            self.assertEqual(sum(client.rejected.values()), 1)
+        d.addErrback(lambda _: None)
+        d.cancel()
 
     @settings(max_examples=300)
     @given(st.binary(max_size=128))

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from twisted.application.service import MultiService
+from twisted.python.components import Componentized
 from twisted.internet.defer import Deferred, succeed
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 
 from crust.nat.reflexive import describe as describe_nat
@@ -121,6 +122,13 @@ class Node(MultiService):
         self._previous_sighup: Any = None
         self._our_info: Optional[PrivConnectionInfo] = None
         self.closed: Deferred = succeed(None)  # after a failed prepare(): fires once its ports are closed
+        self.log_observer: Any = None  # given to the application twistd makes (ILogObserver), if set
+
+    def setServiceParent(self, parent: Any) -> Any:
+        """(Under twistd: the application takes our log observer, if we have one.)"""
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.log_observer)
+        return MultiService.setServiceParent(self, parent)
 
     @property
     def peer_id(self) -> Optional[PeerId]:

@@ -16,6 +16,7 @@ nothing heavy at module level.
 from __future__ import annotations
 
 import ipaddress
+import re
 import sys
 from typing import Any
 
@@ -66,6 +67,7 @@ class NodeOptions(usage.Options):
         ["no-udp", None, "No UDP socket: no QUIC, no STUN or UDP echo (TCP only)."],
         ["no-port-mapping", None, "Do not ask the router for port mappings (PCP, NAT-PMP, UPnP IGD)."],
         ["no-discovery", None, "Do not take part in LAN discovery."],
+        ["verbose", "v", "Log everything (debug level), Twisted's own per-port messages too."],
     ]
 
     compData = usage.Completions(
@@ -152,6 +154,10 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         node.prepare()
     except StartupError as e:
         raise SystemExit(f"crust node: error: {e}") from None
+    twistd = getattr(options, "parent", None)
+    if twistd is not None and not twistd.get("logger") and twistd.get("logfile") in (None, "-"):
+        # twistd logs to standard output: say what a person needs; the rest at debug (--verbose)
+        node.log_observer = quietLogObserver(verbose=bool(sub["verbose"]))
     if sub["log-json"]:
         try:
             node.json_log_observer = _add_json_log_file(sub["log-json"])  # type: ignore[attr-defined]
@@ -172,6 +178,39 @@ def _real_stdout() -> Any:
     if type(out).__name__ == "LoggingFile" and sys.__stdout__ is not None:
         out = sys.__stdout__
     return out
+
+
+# Twisted's own messages for each port and factory, and twistd's: useful when debugging, noise otherwise
+_CHATTER = re.compile(
+    r"^(?:\S+ starting on \S+|\((?:TCP|UDP|UNIX) Port \S+ Closed\)|Starting (?:protocol|factory) |"
+    r"Stopping (?:protocol|factory) |reactor class: )")
+
+
+def quietLogObserver(verbose: bool = False) -> Any:
+    """
+    The ready node's log on standard output: info and above, without
+    Twisted's per-port chatter (C{Foo starting on 4242}, C{(UDP Port 4242
+    Closed)}); everything at debug level with C{verbose}.
+    """
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        PredicateResult,
+        formatEvent,
+        textFileLogObserver,
+    )
+
+    def not_chatter(event: dict) -> Any:
+        if "log_namespace" in event and event.get("log_namespace") not in ("log_legacy", "twisted.internet.base",
+                                                                           "twisted.scripts._twistd_unix.UnixAppLogger"):
+            return PredicateResult.maybe
+        return PredicateResult.no if _CHATTER.match(formatEvent(event)) else PredicateResult.maybe
+
+    predicates: list[Any] = [LogLevelFilterPredicate(LogLevel.debug if verbose else LogLevel.info)]
+    if not verbose:
+        predicates.append(not_chatter)
+    return FilteringLogObserver(textFileLogObserver(_real_stdout()), predicates)
 
 
 def jsonLogObserver() -> Any:

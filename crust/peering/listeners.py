@@ -120,14 +120,14 @@ class Listeners:
             self.log.error("{reason}", reason=reason)
             self._emit("listener_failed", "udp", reason)
             return fail(CrustError(reason))
-        self.log.info("udp socket on {address}", address=str(address))
+        self.log.debug("udp socket on {address}", address=str(address))
         if self._echo_socket is not None and config.accept_bootstrap and not self._echo_socket.endpoint.listening:
             try:
                 alt = self._echo_socket.endpoint.listen()
             except CannotListenError as e:
                 self.log.warn("no second UDP echo socket: {error}", error=str(e.socketError))
             else:
-                self.log.info("address echo also answers on {address}", address=str(alt))
+                self.log.debug("address echo also answers on {address}", address=str(alt))
         if self._quic is not None:
             self._quic.closed = False  # (again, after a restart)
             self._addresses.listen += self._udp.local_addresses()
@@ -145,7 +145,7 @@ class Listeners:
             self.ports.append(listening_port)
             bound = listening_port.getHost().port
             self._addresses.listen = [Address("tcp", h, bound) for h in addresses_for_listener(host)]
-            self.log.info(
+            self.log.debug(
                 "listening on tcp port {port} as {peer_id}; addresses: {addresses}",
                 port=bound, peer_id=str(self._peer_id), addresses=" ".join(map(str, self._addresses.listen)),
             )

@@ -148,7 +148,7 @@ class UdpEndpoint(DatagramProtocol):
             self._listening_port = self.reactor.listenUDP(
                 self.port, self, interface=self.host, maxPacketSize=self.max_packet_size
             )
-            self.log.info("UDP endpoint listening on {address}", address=str(self.local_address()))
+            self.log.debug("UDP endpoint listening on {address}", address=str(self.local_address()))
         bound = self.local_address()
         assert bound is not None  # listening: the port made us its protocol
         return bound

@@ -263,3 +263,48 @@ class TransportOptionTests(SynchronousTestCase):
         from twisted.python.usage import UsageError
 
         self.assertRaises(UsageError, self.parse, "--no-tcp", "--no-udp")
+
+
+class QuietLogTests(TestCase):
+    """The ready node's log says what a person needs, without Twisted's per-port chatter."""
+
+    def lines(self, verbose, events):
+        import io
+
+        from twisted.logger import LogLevel
+
+        from crust.node import tap
+
+        out = io.StringIO()
+        original = tap._real_stdout
+        tap._real_stdout = lambda: out
+        try:
+            observer = tap.quietLogObserver(verbose=verbose)
+        finally:
+            tap._real_stdout = original
+        for namespace, level, text in events:
+            observer({"log_namespace": namespace, "log_level": getattr(LogLevel, level), "log_format": text,
+                      "log_time": 0.0, "log_system": "-"})
+        return out.getvalue()
+
+    EVENTS = [
+        ("log_legacy", "info", "_AcceptRoles starting on 4242"),
+        ("log_legacy", "info", "(UDP Port 4243 Closed)"),
+        ("log_legacy", "info", "(TCP Port 4242 Closed)"),
+        ("twisted.scripts._twistd_unix.UnixAppLogger", "info", "reactor class: twisted.internet.epollreactor.X."),
+        ("crust.node.node.Node", "info", "crust node ready: peer id abc"),
+        ("crust.node.config_file", "debug", "config file unchanged"),
+        ("crust.peering.table.PeerTable", "warn", "dropped 3 message(s)"),
+    ]
+
+    def test_default_keeps_what_matters(self):
+        text = self.lines(False, self.EVENTS)
+        self.assertIn("crust node ready", text)
+        self.assertIn("dropped 3 message(s)", text)
+        for noise in ("starting on 4242", "Port 4243 Closed", "Port 4242 Closed", "reactor class", "unchanged"):
+            self.assertNotIn(noise, text)
+
+    def test_verbose_keeps_everything(self):
+        text = self.lines(True, self.EVENTS)
+        for line in ("starting on 4242", "Port 4243 Closed", "config file unchanged", "crust node ready"):
+            self.assertIn(line, text)

@@ -127,6 +127,8 @@ class TurnOptions:
     @ivar retry_delay, max_retry_delay: the backoff after an allocation failed or was lost.
     @ivar stop_timeout: how long L{TurnClient.stop} waits for the deallocation's answer.
     @ivar software: a SOFTWARE attribute for Allocate requests, or None.
+    @ivar permit_loopback: let loopback peers in too (tests on one machine,
+        with a server that allows them: coturn's C{allow-loopback-peers}).
     """
 
     lifetime: Optional[int] = None
@@ -144,6 +146,7 @@ class TurnOptions:
     max_retry_delay: float = 600.0
     stop_timeout: float = 2.0
     software: Optional[str] = None
+    permit_loopback: bool = False
 
     def __post_init__(self) -> None:
         if self.lifetime is not None and not 0 < self.lifetime <= 0xFFFFFFFF:
@@ -472,7 +475,8 @@ class TurnClient:
         Let the server relay to us what these addresses' IPs send (the
         ports do not matter).  IPs of another family than the server's,
         loopback, link-local, multicast and unspecified ones, and the
-        server's own and our relayed IP are skipped.  Each IP is kept for
+        server's own and our relayed IP are skipped (loopback is let in with
+        C{permit_loopback}, but the server's IP never).  Each IP is kept for
         C{permission_hold} seconds, and as long as a relayed peer of that IP
         is heard from.  Before the allocation exists they are remembered and
         asked for once it does.
@@ -521,7 +525,8 @@ class TurnClient:
 
     def _permissible(self, address: Address) -> bool:
         ip = address.ip
-        if ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+        if ip.is_loopback and not self.options.permit_loopback or ip.is_link_local or ip.is_multicast \
+                or ip.is_unspecified:
             return False
         if address.family_is_v6 != self.server.family_is_v6:
             return False

@@ -510,23 +510,22 @@ def _free_udp_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-class CoturnTurnTests(TestCase):
+class Coturn:
     """
-    coturn on 127.0.0.1 as a TURN server with long-term credentials
-    (C{allow-loopback-peers}, so a second loopback socket can be the peer),
-    a 20 s allocation lifetime and a 6 s nonce lifetime.
+    coturn on 127.0.0.1 as a TURN server with long-term credentials (user
+    C{alice}, password C{secret}, realm C{crust.test}) and
+    C{allow-loopback-peers}; C{extra} config lines (short lifetimes...).
+    Skips the test when coturn is not installed; stopped at cleanup.
     """
 
-    timeout = 60
-
-    def setUp(self):
+    def __init__(self, testcase: TestCase, *extra: str) -> None:
         turnserver = shutil.which("turnserver")
         if turnserver is None:
             raise SkipTest("turnserver (coturn) is not installed: apt-get install coturn to run these tests")
         self.tmp = tempfile.mkdtemp(prefix="crust-coturn-turn-")
-        self.addCleanup(shutil.rmtree, self.tmp, True)
+        testcase.addCleanup(shutil.rmtree, self.tmp, True)
         port = _free_udp_port("127.0.0.1")
-        self.server = Address("udp", "127.0.0.1", port)
+        self.address = Address("udp", "127.0.0.1", port)
         self.log_path = os.path.join(self.tmp, "turnserver.log")
         config = os.path.join(self.tmp, "turnserver.conf")
         with open(config, "w") as f:
@@ -534,27 +533,16 @@ class CoturnTurnTests(TestCase):
                 "listening-ip=127.0.0.1", "relay-ip=127.0.0.1", f"listening-port={port}",
                 "min-port=49152", "max-port=65535",
                 "lt-cred-mech", "user=alice:secret", "realm=crust.test", "allow-loopback-peers",
-                "max-allocate-lifetime=20", "stale-nonce=6",
+                *extra,
                 "no-cli", "no-tls", "no-dtls", "no-tcp", "simple-log", "verbose", "no-stdout-log",
                 f"log-file={self.log_path}", f"pidfile={os.path.join(self.tmp, 'turnserver.pid')}",
                 f"userdb={os.path.join(self.tmp, 'turndb')}", ""]))
         self.process = subprocess.Popen([turnserver, "-c", config], stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.addCleanup(self._stop_turnserver)
-        self.ours = _Socket()
-        self.addCleanup(reactor.listenUDP(0, self.ours, interface="127.0.0.1").stopListening)
-        self.peer = _Socket()
-        self.addCleanup(reactor.listenUDP(0, self.peer, interface="127.0.0.1").stopListening)
-        self.data: list = []
-        self.client = TurnClient(lambda d, a: self.ours.transport.write(d, a), reactor, self.server, "alice",
-                                 "secret", on_data=lambda d, p: self.data.append((d, p)),
-                                 options=TurnOptions(lifetime=10, rto=0.1))
-        self.client._permissible = lambda address: True  # loopback peers: this server allows them
-        self.ours.handler = self.client.datagram_received
-        self.addCleanup(lambda: self.client.stop())
-        return self._wait_ready()
+        testcase.addCleanup(self.stop)
+        self.testcase = testcase
 
-    def _stop_turnserver(self):
+    def stop(self) -> None:
         self.process.terminate()
         try:
             self.process.wait(timeout=5)
@@ -562,22 +550,50 @@ class CoturnTurnTests(TestCase):
             self.process.kill()
             self.process.wait(timeout=5)
 
-    def _log(self) -> str:
+    def log(self) -> str:
         try:
             with open(self.log_path) as f:
                 return f.read()
         except OSError:
             return ""
 
-    async def _wait_ready(self):
+    async def ready(self) -> None:
+        """Wait (10 s at most) until coturn has started its servers."""
         for _ in range(100):
             if self.process.poll() is not None:
-                self.fail(f"turnserver exited with {self.process.returncode}:\n{self._log()[-2000:]}")
-            if "turn server id=" in self._log() and "Total General servers" in self._log():
+                self.testcase.fail(f"turnserver exited with {self.process.returncode}:\n{self.log()[-2000:]}")
+            if "Total General servers" in self.log():
                 await deferLater(reactor, 0.1, lambda: None)
                 return
             await deferLater(reactor, 0.1, lambda: None)
-        self.fail("turnserver did not start within 10 s")
+        self.testcase.fail("turnserver did not start within 10 s")
+
+
+class CoturnTurnTests(TestCase):
+    """
+    coturn on 127.0.0.1 (L{Coturn}; a socket on 127.0.0.2 is the peer), a
+    20 s allocation lifetime and a 6 s nonce lifetime.
+    """
+
+    timeout = 60
+
+    def setUp(self):
+        self.coturn = Coturn(self, "max-allocate-lifetime=20", "stale-nonce=6")
+        self.server = self.coturn.address
+        self.ours = _Socket()
+        self.addCleanup(reactor.listenUDP(0, self.ours, interface="127.0.0.1").stopListening)
+        self.peer = _Socket()
+        self.addCleanup(reactor.listenUDP(0, self.peer, interface="127.0.0.2").stopListening)
+        self.data: list = []
+        self.client = TurnClient(lambda d, a: self.ours.transport.write(d, a), reactor, self.server, "alice",
+                                 "secret", on_data=lambda d, p: self.data.append((d, p)),
+                                 options=TurnOptions(lifetime=10, rto=0.1, permit_loopback=True))
+        self.ours.handler = self.client.datagram_received
+        self.addCleanup(lambda: self.client.stop())
+        return self.coturn.ready()
+
+    def _log(self) -> str:
+        return self.coturn.log()
 
     async def _peer_receives(self, count: int) -> None:
         for _ in range(50):
@@ -597,22 +613,22 @@ class CoturnTurnTests(TestCase):
         self.assertEqual(allocation.mapped, Address("udp", "127.0.0.1", self.ours.transport.getHost().port))
         self.assertLessEqual(allocation.lifetime, 20)
         peer_port = self.peer.transport.getHost().port
-        self.assertEqual(await self.client.permit([Address("udp", "127.0.0.1", peer_port)]), ["127.0.0.1"])
+        self.assertEqual(await self.client.permit([Address("udp", "127.0.0.2", peer_port)]), ["127.0.0.2"])
         relayed = allocation.relayed.sockaddr()
         self.peer.transport.write(b"one", relayed)
         await self._we_receive(1)
-        self.assertEqual(self.data, [(b"one", ("127.0.0.1", peer_port))])  # a Data indication
-        self.client.send(b"back", ("127.0.0.1", peer_port))
+        self.assertEqual(self.data, [(b"one", ("127.0.0.2", peer_port))])  # a Data indication
+        self.client.send(b"back", ("127.0.0.2", peer_port))
         await self._peer_receives(1)
         self.assertEqual(self.peer.received, [(b"back", relayed)])
         await deferLater(reactor, 0.3, lambda: None)  # the channel is bound by now
         self.assertEqual(self.client.status()["channels"], 1)
-        self.client.send(b"on the channel", ("127.0.0.1", peer_port))
+        self.client.send(b"on the channel", ("127.0.0.2", peer_port))
         self.peer.transport.write(b"two", relayed)
         await self._peer_receives(2)
         await self._we_receive(2)
         self.assertEqual(self.peer.received[-1], (b"on the channel", relayed))
-        self.assertEqual(self.data[-1], (b"two", ("127.0.0.1", peer_port)))
+        self.assertEqual(self.data[-1], (b"two", ("127.0.0.2", peer_port)))
         self.assertEqual(self.client.counters["channel_data_in"], 1)
         self.assertGreaterEqual(self.client.counters["sent_channel_data"], 1)
         self.assertEqual(self.client.counters["sent_channel_data"] + self.client.counters["sent_indications"], 2)

@@ -14,7 +14,6 @@ from twisted.trial.unittest import TestCase
 from crust.candidates import CandidateKind
 from crust.config import TurnServer
 from crust.connection_info import PubConnectionInfo
-from crust.nat.turn import TurnOptions
 
 from tests.nat.test_turn import Coturn
 from tests.util import make_service, wait_for
@@ -31,7 +30,7 @@ class ServiceTurnTests(TestCase):
     @defer.inlineCallbacks
     def test_connect_through_the_relay(self):
         b = make_service(self, start=False, turn_servers=(TurnServer(self.coturn.address, "alice", "secret"),))
-        b.turn.configure(TurnOptions(permit_loopback=True, rto=0.1))
+        b.turn.configure(permit_loopback=True, rto=0.1)
         b.startService()
         a = make_service(self, listen_host="127.0.0.2")
         ib = yield b.prepare_connection_info()

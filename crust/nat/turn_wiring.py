@@ -27,6 +27,7 @@ address, not the server) when A learned R as a C{relay} candidate.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Iterable, Optional
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -78,10 +79,14 @@ class TurnRelays:
             self._unregister.append(endpoint.register_source(server.address.sockaddr(), client.datagram_received,
                                                              f"turn {server.address.host_port()}"))
 
-    def configure(self, options: TurnOptions) -> None:
-        """Use C{options} from the next allocation on (tests shorten lifetimes with it)."""
+    def configure(self, **changes: Any) -> None:
+        """
+        Change L{TurnOptions} of every client (C{configure(lifetime=60)}),
+        from the next request on; call it before the node starts to have the
+        allocation use them.
+        """
         for client in self.clients:
-            client.options = options
+            client.options = replace(client.options, **changes)
 
     # -- lifetime ------------------------------------------------------------------------
 

@@ -4,8 +4,9 @@ Candidates and NAT knowledge: what a node tells a peer so the two can punch.
 A L{Candidate} is one transport address a peer might reach us at, with how we
 learned it: a C{host} address of an interface, a C{mapped} port a gateway
 holds open for us (PCP, NAT-PMP, UPnP), a server-reflexive (C{srflx})
-address a helper saw our packets come from, or a peer-reflexive (C{prflx})
-one learned from a punch check.  L{NatInfo} says, per transport, how our NAT
+address a helper saw our packets come from, a peer-reflexive (C{prflx})
+one learned from a punch check, or a C{relay} address a TURN server relays
+to us (a peer dials it like any other C{udp:} address).  L{NatInfo} says, per transport, how our NAT
 maps and filters and how it allocates ports; it decides the punching plan.
 
 Both travel in connection info (one JSON line; see L{crust.connection_info})::
@@ -41,6 +42,7 @@ class CandidateKind(str, enum.Enum):
     MAPPED = "mapped"
     SRFLX = "srflx"
     PRFLX = "prflx"
+    RELAY = "relay"  # a TURN allocation's relayed address
 
 
 @dataclass(frozen=True, order=True)
@@ -51,7 +53,7 @@ class Candidate:
     @ivar address: a C{tcp} or C{udp} address.
     @ivar kind: how it was learned.
     @ivar source: what told us, e.g. C{"local"}, C{"pcp"}, C{"natpmp"},
-        C{"upnp"}, C{"stun"}, C{"echo"}, C{"hello"}, C{"check"}; C{""} when
+        C{"upnp"}, C{"stun"}, C{"echo"}, C{"hello"}, C{"check"}, C{"turn"}; C{""} when
         not known.
     """
 

@@ -53,6 +53,7 @@ from crust.errors import (
 from crust.identity import Identity, PeerId
 from crust.nat.addresses import OurAddresses
 from crust.nat.reflexive import ReflexiveDiscovery
+from crust.nat.turn_wiring import install as install_turn
 from crust.observer import Observers
 from crust.punch.wiring import install as install_punching
 from crust.peering.table import PeerTable
@@ -121,6 +122,7 @@ class Service(MultiService):
         self.udp_stack: Any = None  # the endpoint with its STUN client, STUN responder and echo
         self.echo_socket: Any = None
         self.quic: Any = None
+        self.turn: Any = None  # the TURN relays (crust.nat.turn_wiring), with TURN servers configured
         if self.config.enable_udp:
             from crust.transport.quic.dispatcher import QUIC_FIRST_BYTE, QuicDispatcher, QuicOptions, is_quic
             from crust.nat.udp_stack import build_echo_socket, build_udp_stack
@@ -130,8 +132,12 @@ class Service(MultiService):
             self.udp_endpoint = self.udp_stack.endpoint
             # a second, answering-only socket: bound while we accept bootstrap requests (HELLO echo_alt)
             self.echo_socket = build_echo_socket(reactor, host=self.config.listen_host, identity=identity)
+            self.turn = install_turn(config=self.config, endpoint=self.udp_endpoint, clock=reactor,
+                                     addresses=self.addresses, table=self.peers,
+                                     deliver=lambda data, addr: self.quic.datagram_received(data, addr))
             self.quic = QuicDispatcher(
-                identity, self.udp_endpoint.send, clock=self.clock,
+                identity, self.turn.wrap_send(self.udp_endpoint.send) if self.turn else self.udp_endpoint.send,
+                clock=self.clock,
                 accepted=lambda driver: self.listeners.quic_accepted(driver),
                 host=lambda: self.udp_endpoint.transport.getHost(),
                 options=QuicOptions(idle_timeout=self.config.inactivity_timeout + 10), cert_info=self.cert_info,
@@ -146,7 +152,7 @@ class Service(MultiService):
             peer_id=self.peer_id, config=lambda: self.config, dialer=self.dialer, tcp=self.tcp,
             udp_endpoint=self.udp_endpoint, quic=self.quic, echo_socket=self.echo_socket,
             addresses=self.addresses, emit=self.observers.emit,
-            running=lambda: self.running_for_peers, listening=self._start_port_mapping)
+            running=lambda: self.running_for_peers, listening=self._listening)
         self.reflexive = ReflexiveDiscovery(
             self.clock, self.addresses, self.udp_stack.echo if self.udp_stack is not None else None,
             (lambda address, peer: self.dialer.probe(address, peer, from_listener=True)) if self.config.enable_tcp
@@ -210,8 +216,9 @@ class Service(MultiService):
                 self.quic.close_all("the node is stopping")  # attempts still in their handshake
             if self.udp_endpoint is None:
                 return succeed(None)
-            # a turn for the QUIC close packets to leave before the socket closes
-            return deferLater(self.reactor, 0, lambda: None).addCallback(lambda _: self.udp_endpoint.stop())
+            # a turn for the QUIC close packets to leave before the socket closes; TURN allocations go back
+            return deferLater(self.reactor, 0, lambda: None).addCallback(
+                lambda _: self.turn.stop() if self.turn else None).addCallback(lambda _: self.udp_endpoint.stop())
 
         d.addCallback(close_udp)
         d.addCallback(lambda _: deferLater(self.reactor, 0, lambda: None))  # let cancelled sockets close
@@ -238,6 +245,11 @@ class Service(MultiService):
     @property
     def _ports(self) -> list[Any]:
         return self.listeners.ports
+
+    def _listening(self, tcp_port: Optional[int], udp_port: Optional[int]) -> None:
+        self._start_port_mapping(tcp_port, udp_port)
+        if self.turn is not None:
+            self.turn.start()
 
     def _start_port_mapping(self, tcp_port: Optional[int] = None, udp_port: Optional[int] = None) -> None:
         """Ask the router (PCP, NAT-PMP, UPnP IGD) to forward our ports; not for loopback listeners."""
@@ -286,7 +298,10 @@ class Service(MultiService):
         def build(_):
             return PrivConnectionInfo(self._public_info())
 
-        return self.start_listening().addCallback(build)
+        d = self.start_listening()
+        if self.turn is not None:  # with the relayed addresses, unless allocating takes long
+            d.addCallback(lambda _: self.turn.settled(3.0, self.clock))
+        return d.addCallback(build)
 
     # -- connecting ---------------------------------------------------------------------------
 
@@ -337,6 +352,8 @@ class Service(MultiService):
             # closing (a disconnect just now): connect once it is gone, not to the connection that goes
             info = their_info
             return self.peers.when_closed(active).addCallback(lambda _: self.connect(info))
+        if self.turn is not None:
+            self.turn.note_peer(their_info)  # let its addresses in through our TURN relays
         return self.connector.connect(their_info)
 
     def _quic_for_socket(self, socket: Any) -> Any:
@@ -374,7 +391,8 @@ class Service(MultiService):
         udp = self.udp_stack
         return self.start_listening().addCallback(lambda _: run_netcheck(
             self, self.udp_endpoint, self.config.stun_servers, peers, self.port_mapper, self.clock, options,
-            stun_client=udp.stun_client if udp is not None else None, echo=udp.echo if udp is not None else None))
+            stun_client=udp.stun_client if udp is not None else None, echo=udp.echo if udp is not None else None,
+            turn=self.turn.status if self.turn is not None else None))
 
     # -- messages ---------------------------------------------------------------------------
 

@@ -49,7 +49,8 @@ SAMPLE = (
 class CandidateTests(SynchronousTestCase):
     def test_kind_from_text(self):
         self.assertIs(Candidate(A("udp:1.2.3.4:5"), "srflx").kind, CandidateKind.SRFLX)
-        self.assertRaises(ValueError, Candidate, A("udp:1.2.3.4:5"), "relay")
+        self.assertIs(Candidate(A("udp:1.2.3.4:5"), "relay").kind, CandidateKind.RELAY)
+        self.assertRaises(ValueError, Candidate, A("udp:1.2.3.4:5"), "future")
         self.assertRaises(TypeError, Candidate, "udp:1.2.3.4:5", CandidateKind.HOST)
 
     def test_json_round_trip(self):
@@ -59,7 +60,7 @@ class CandidateTests(SynchronousTestCase):
         self.assertEqual(candidates_from_json(json.loads(json.dumps(obj))), SAMPLE)
 
     def test_unknown_kind_skipped(self):
-        obj = [["udp:1.2.3.4:5", "relay", "turn"], ["udp:1.2.3.4:6", "srflx"]]
+        obj = [["udp:1.2.3.4:5", "future", "turn"], ["udp:1.2.3.4:6", "srflx"]]
         self.assertEqual(candidates_from_json(obj), (C("udp:1.2.3.4:6", "srflx"),))
 
     def test_duplicates_dropped_order_kept(self):
@@ -211,7 +212,7 @@ class ConnectionInfoCandidateTests(SynchronousTestCase):
 
     def test_unknown_kinds_skipped_addresses_kept(self):
         text = json.dumps({"crust": 1, "id": str(PEER), "addrs": ["udp:10.0.0.2:1", "udp:192.0.2.7:9"],
-                           "cands": [["udp:10.0.0.2:1", "host"], ["udp:192.0.2.7:9", "relay"]]})
+                           "cands": [["udp:10.0.0.2:1", "host"], ["udp:192.0.2.7:9", "future"]]})
         info = PubConnectionInfo.from_json(text)
         self.assertEqual(info.candidates, (C("udp:10.0.0.2:1"),))
         self.assertEqual(info.addresses, (A("udp:10.0.0.2:1"), A("udp:192.0.2.7:9")))
@@ -275,7 +276,7 @@ _JSONISH = st.recursive(
     max_leaves=40,
 )
 _GOOD_ADDRESS = st.sampled_from(["udp:1.2.3.4:5", "tcp:[::1]:80", "udp:10.0.0.1:9", "tcp:203.0.113.7:4242"])
-_KIND = st.sampled_from(["host", "mapped", "srflx", "prflx", "relay"])
+_KIND = st.sampled_from(["host", "mapped", "srflx", "prflx", "relay", "future"])
 _CAND_ENTRY = st.one_of(
     st.tuples(_GOOD_ADDRESS, _KIND).map(list),
     st.tuples(_GOOD_ADDRESS, _KIND, st.sampled_from(["", "stun", "pcp"])).map(list),

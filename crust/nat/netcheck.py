@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
@@ -136,6 +136,7 @@ class NetcheckReport:
     port_mapping: Optional[dict[str, Any]]
     probes: tuple[NetcheckProbe, ...] = ()
     notes: tuple[str, ...] = ()
+    turn: tuple[dict[str, Any], ...] = ()  # each TURN server's allocation (crust.nat.turn.TurnClient.status)
 
     @property
     def hairpinning(self) -> Optional[bool]:
@@ -167,6 +168,7 @@ class NetcheckReport:
             "hairpinning": {"udp": self.hairpinning},
             "port_mapping": self.port_mapping if self.port_mapping is not None else {"checked": False},
             "probes": [p.to_dict() for p in self.probes],
+            "turn": [dict(t) for t in self.turn],
             "notes": list(self.notes),
         }
 
@@ -228,6 +230,11 @@ def format_report(d: dict[str, Any]) -> str:
         for m in pm.get("mappings", []):
             add(f"  mapped       {m['transport']} port {m['internal_port']} -> {_host_port(m['external'])} "
                 f"by {m['method']}")
+    if d.get("turn"):
+        add("")
+        add("TURN")
+        for t in d["turn"]:
+            add(f"  server       {_host_port(t['server'])}: {_turn_text(t)}")
     add("")
     add("Probes")
     for p in d.get("probes", []):
@@ -244,6 +251,14 @@ def format_report(d: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _turn_text(t: dict[str, Any]) -> str:
+    if not t.get("relayed"):
+        return f"{t.get('state')}, no allocation" + (f": {t['error']}" if t.get("error") else "")
+    permissions = len(t.get("permissions") or ())
+    return (f"relayed {_host_port(t['relayed'])} for {t.get('lifetime')} s (expires in {t.get('expires_in')} s, "
+            f"{t.get('refreshes', 0)} refreshes), {permissions} permission(s), {t.get('channels', 0)} channel(s)")
+
+
 def _host_port(text: str) -> str:
     return text.split(":", 1)[1] if text.startswith(("tcp:", "udp:")) else text
 
@@ -258,7 +273,7 @@ def _yes_no(value: Optional[bool]) -> str:
 def run_netcheck(service_like: Any, udp_endpoint: Any, stun_servers: Iterable[Any] = (),
                  echo_peers: Iterable[Any] = (), port_mapper: Any = None, clock: Any = None,
                  options: Optional[NetcheckOptions] = None, *, stun_client: Any = None,
-                 echo: Any = None) -> Deferred:
+                 echo: Any = None, turn: Optional[Callable[[], Iterable[dict[str, Any]]]] = None) -> Deferred:
     """
     Check the node's network; fires with a L{NetcheckReport} (never fails
     for network reasons: what failed is in the report).
@@ -280,6 +295,8 @@ def run_netcheck(service_like: Any, udp_endpoint: Any, stun_servers: Iterable[An
     @param port_mapper: a L{crust.nat.portmap.mapper.PortMapper} whose recorded
         probes are reported, or None.
     @param clock: the L{IReactorTime}; the endpoint's (or the service's) by default.
+    @param turn: returns the node's TURN allocations, reported as they are
+        at the end (L{crust.nat.turn_wiring.TurnRelays.status}); nothing is sent for them.
     """
     options = options or NetcheckOptions()
     if clock is None:
@@ -287,7 +304,7 @@ def run_netcheck(service_like: Any, udp_endpoint: Any, stun_servers: Iterable[An
     clock = maybe_global_reactor(clock)
     return Deferred.fromCoroutine(
         _Netcheck(service_like, udp_endpoint, stun_client, echo, _addresses(stun_servers), _peers(echo_peers),
-                  port_mapper, clock, options).run()
+                  port_mapper, clock, options, turn).run()
     )
 
 
@@ -313,7 +330,8 @@ def _peers(items: Iterable[Any]) -> list[tuple[PeerId, Address]]:
 class _Netcheck:
     def __init__(self, service: Any, endpoint: Any, stun_client: Any, echo: Any, stun_servers: list[Address],
                  peers: list[tuple[PeerId, Address]], port_mapper: Any, clock: Any,
-                 options: NetcheckOptions) -> None:
+                 options: NetcheckOptions, turn: Optional[Callable[[], Iterable[dict[str, Any]]]] = None) -> None:
+        self.turn = turn
         self.service = service
         self.endpoint = endpoint
         self.stun_client = stun_client
@@ -493,6 +511,7 @@ class _Netcheck:
             port_mapping=port_mapping,
             probes=tuple(probes),
             notes=tuple(self.notes),
+            turn=tuple(self.turn()) if self.turn is not None else (),
         )
         log.info("netcheck done in {duration:.2f} s: external tcp {tcp}, udp {udp}; NAT {nat_type}",
                  duration=report.duration, tcp=[str(a) for a in external_tcp],

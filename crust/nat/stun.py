@@ -39,6 +39,23 @@ TRANSACTION_ID_SIZE = 12
 FINGERPRINT_XOR = 0x5354554E
 
 BINDING = 0x001
+# TURN methods (RFC 8656 section 17)
+ALLOCATE = 0x003
+REFRESH = 0x004
+SEND = 0x006  # the Send method: indications only
+DATA_INDICATION = 0x007  # the Data method: indications only
+CREATE_PERMISSION = 0x008
+CHANNEL_BIND = 0x009
+
+METHOD_NAMES = {
+    BINDING: "Binding",
+    ALLOCATE: "Allocate",
+    REFRESH: "Refresh",
+    SEND: "Send",
+    DATA_INDICATION: "Data",
+    CREATE_PERMISSION: "CreatePermission",
+    CHANNEL_BIND: "ChannelBind",
+}
 
 # Attribute types.  Comprehension-required: 0x0000-0x7FFF; optional: 0x8000-0xFFFF.
 MAPPED_ADDRESS = 0x0001
@@ -49,10 +66,20 @@ USERNAME = 0x0006
 MESSAGE_INTEGRITY = 0x0008
 ERROR_CODE = 0x0009
 UNKNOWN_ATTRIBUTES = 0x000A
+CHANNEL_NUMBER = 0x000C  # TURN
+LIFETIME = 0x000D  # TURN
+XOR_PEER_ADDRESS = 0x0012  # TURN
+DATA = 0x0013  # TURN
 REALM = 0x0014
 NONCE = 0x0015
+XOR_RELAYED_ADDRESS = 0x0016  # TURN
+REQUESTED_ADDRESS_FAMILY = 0x0017  # TURN
+EVEN_PORT = 0x0018  # TURN
+REQUESTED_TRANSPORT = 0x0019  # TURN
+DONT_FRAGMENT = 0x001A  # TURN
 MESSAGE_INTEGRITY_SHA256 = 0x001C
 XOR_MAPPED_ADDRESS = 0x0020
+RESERVATION_TOKEN = 0x0022  # TURN
 SOFTWARE = 0x8022
 FINGERPRINT = 0x8028
 RESPONSE_ORIGIN = 0x802B  # RFC 5780
@@ -67,10 +94,20 @@ ATTRIBUTE_NAMES = {
     MESSAGE_INTEGRITY: "MESSAGE-INTEGRITY",
     ERROR_CODE: "ERROR-CODE",
     UNKNOWN_ATTRIBUTES: "UNKNOWN-ATTRIBUTES",
+    CHANNEL_NUMBER: "CHANNEL-NUMBER",
+    LIFETIME: "LIFETIME",
+    XOR_PEER_ADDRESS: "XOR-PEER-ADDRESS",
+    DATA: "DATA",
     REALM: "REALM",
     NONCE: "NONCE",
+    XOR_RELAYED_ADDRESS: "XOR-RELAYED-ADDRESS",
+    REQUESTED_ADDRESS_FAMILY: "REQUESTED-ADDRESS-FAMILY",
+    EVEN_PORT: "EVEN-PORT",
+    REQUESTED_TRANSPORT: "REQUESTED-TRANSPORT",
+    DONT_FRAGMENT: "DONT-FRAGMENT",
     MESSAGE_INTEGRITY_SHA256: "MESSAGE-INTEGRITY-SHA256",
     XOR_MAPPED_ADDRESS: "XOR-MAPPED-ADDRESS",
+    RESERVATION_TOKEN: "RESERVATION-TOKEN",
     SOFTWARE: "SOFTWARE",
     FINGERPRINT: "FINGERPRINT",
     RESPONSE_ORIGIN: "RESPONSE-ORIGIN",
@@ -86,6 +123,11 @@ _TEXT_MAX_BYTES = {USERNAME: 513, SOFTWARE: 763, REALM: 763, NONCE: 763}
 _REASON_MAX_BYTES = 763
 _CHANGE_IP = 0x04
 _CHANGE_PORT = 0x02
+_XOR_ADDRESS_TYPES = frozenset((XOR_MAPPED_ADDRESS, XOR_PEER_ADDRESS, XOR_RELAYED_ADDRESS))
+_ADDRESS_TYPES = frozenset((MAPPED_ADDRESS, RESPONSE_ORIGIN, OTHER_ADDRESS, SOURCE_ADDRESS, CHANGED_ADDRESS)) \
+    | _XOR_ADDRESS_TYPES
+CHANNEL_FIRST = 0x4000  # TURN channel numbers (RFC 8656 section 12)
+CHANNEL_LAST = 0x4FFF
 
 
 class StunParseError(CrustError, ValueError):
@@ -127,10 +169,16 @@ class Attribute:
     """
     One attribute: C{type} and its decoded C{value}.
 
-    Values: L{Address} for the address attributes, L{ChangeRequest},
-    L{ErrorCode}, C{str} for USERNAME/SOFTWARE/REALM/NONCE, a tuple of
-    C{int} for UNKNOWN-ATTRIBUTES, C{int} for FINGERPRINT, and the raw
-    C{bytes} for MESSAGE-INTEGRITY and every other type.
+    Values: L{Address} for the address attributes (XOR-PEER-ADDRESS and
+    XOR-RELAYED-ADDRESS of TURN too), L{ChangeRequest}, L{ErrorCode},
+    C{str} for USERNAME/SOFTWARE/REALM/NONCE, a tuple of C{int} for
+    UNKNOWN-ATTRIBUTES, C{int} for FINGERPRINT, and for TURN: C{int} for
+    CHANNEL-NUMBER (0x4000..0x4FFF), LIFETIME (seconds),
+    REQUESTED-TRANSPORT (an IP protocol number) and
+    REQUESTED-ADDRESS-FAMILY (1: IPv4, 2: IPv6), C{bool} for EVEN-PORT
+    (its R bit) and DONT-FRAGMENT (always C{True}), 8 C{bytes} for
+    RESERVATION-TOKEN; the raw C{bytes} for DATA, MESSAGE-INTEGRITY and
+    every other type.
     """
 
     type: int
@@ -144,6 +192,11 @@ class Attribute:
 def attribute_name(attr_type: int) -> str:
     """C{"XOR-MAPPED-ADDRESS"}, or C{"0x8029"} for a type this codec does not know."""
     return ATTRIBUTE_NAMES.get(attr_type, f"0x{attr_type:04x}")
+
+
+def method_name(method: int) -> str:
+    """C{"Allocate"}, or C{"0x00a"} for a method this codec does not know."""
+    return METHOD_NAMES.get(method, f"0x{method:03x}")
 
 
 @dataclass(frozen=True)
@@ -175,6 +228,10 @@ class StunMessage:
                 return attr.value
         return default
 
+    def get_all(self, attr_type: int) -> tuple[Any, ...]:
+        """The values of every attribute of C{attr_type}, in order (CreatePermission names several peers)."""
+        return tuple(attr.value for attr in self.attributes if attr.type == attr_type)
+
     def types(self) -> tuple[int, ...]:
         return tuple(attr.type for attr in self.attributes)
 
@@ -200,6 +257,29 @@ class StunMessage:
     @property
     def software(self) -> Optional[str]:
         return self.get(SOFTWARE)
+
+    @property
+    def realm(self) -> Optional[str]:
+        return self.get(REALM)
+
+    @property
+    def nonce(self) -> Optional[str]:
+        return self.get(NONCE)
+
+    @property
+    def lifetime(self) -> Optional[int]:
+        """LIFETIME (TURN), seconds."""
+        return self.get(LIFETIME)
+
+    @property
+    def relayed_address(self) -> Optional[Address]:
+        """XOR-RELAYED-ADDRESS (TURN)."""
+        return self.get(XOR_RELAYED_ADDRESS)
+
+    @property
+    def peer_address(self) -> Optional[Address]:
+        """The first XOR-PEER-ADDRESS (TURN)."""
+        return self.get(XOR_PEER_ADDRESS)
 
     def unknown_comprehension_required(self) -> tuple[int, ...]:
         """Types in 0x0000-0x7FFF this codec does not understand (RFC 8489 section 7.3)."""
@@ -422,7 +502,7 @@ def _decode_address(attr_type: int, value: bytes, transaction_id: bytes, transpo
             raise StunParseError(f"{name} IPv6 address is {len(raw_ip)} bytes, expected 16")
     else:
         raise StunParseError(f"{name} has unknown address family 0x{family:02x}")
-    if attr_type == XOR_MAPPED_ADDRESS:
+    if attr_type in _XOR_ADDRESS_TYPES:
         port ^= MAGIC_COOKIE >> 16
         raw_ip = _xor(raw_ip, _COOKIE_BYTES + transaction_id)
     if port == 0:
@@ -476,10 +556,67 @@ def _decode_integrity_sha256(attr_type: int, value: bytes, transaction_id: bytes
     return value
 
 
+def _decode_channel_number(attr_type: int, value: bytes, transaction_id: bytes, transport: str) -> int:
+    if len(value) != 4:
+        raise StunParseError(f"CHANNEL-NUMBER is {len(value)} bytes, expected 4")
+    number = (value[0] << 8) | value[1]
+    if not CHANNEL_FIRST <= number <= CHANNEL_LAST:
+        raise StunParseError(f"CHANNEL-NUMBER 0x{number:04x} is not in 0x4000..0x4fff")
+    return number
+
+
+def _decode_u32(attr_type: int, value: bytes, transaction_id: bytes, transport: str) -> int:
+    if len(value) != 4:
+        raise StunParseError(f"{attribute_name(attr_type)} is {len(value)} bytes, expected 4")
+    number: int = struct.unpack("!I", value)[0]
+    return number
+
+
+def _decode_requested_transport(attr_type: int, value: bytes, transaction_id: bytes, transport: str) -> int:
+    if len(value) != 4:
+        raise StunParseError(f"REQUESTED-TRANSPORT is {len(value)} bytes, expected 4")
+    return value[0]
+
+
+def _decode_address_family(attr_type: int, value: bytes, transaction_id: bytes, transport: str) -> int:
+    if len(value) != 4:
+        raise StunParseError(f"REQUESTED-ADDRESS-FAMILY is {len(value)} bytes, expected 4")
+    if value[0] not in (_FAMILY_V4, _FAMILY_V6):
+        raise StunParseError(f"REQUESTED-ADDRESS-FAMILY has unknown family 0x{value[0]:02x}")
+    return value[0]
+
+
+def _decode_even_port(attr_type: int, value: bytes, transaction_id: bytes, transport: str) -> bool:
+    if len(value) != 1:
+        raise StunParseError(f"EVEN-PORT is {len(value)} bytes, expected 1")
+    return bool(value[0] & 0x80)
+
+
+def _decode_dont_fragment(attr_type: int, value: bytes, transaction_id: bytes, transport: str) -> bool:
+    if value:
+        raise StunParseError(f"DONT-FRAGMENT is {len(value)} bytes, expected none")
+    return True
+
+
+def _decode_reservation_token(attr_type: int, value: bytes, transaction_id: bytes, transport: str) -> bytes:
+    if len(value) != 8:
+        raise StunParseError(f"RESERVATION-TOKEN is {len(value)} bytes, expected 8")
+    return value
+
+
 _Decoder = Callable[[int, bytes, bytes, str], Any]
 _DECODERS: dict[int, _Decoder] = {
     MAPPED_ADDRESS: _decode_address,
     XOR_MAPPED_ADDRESS: _decode_address,
+    XOR_PEER_ADDRESS: _decode_address,
+    XOR_RELAYED_ADDRESS: _decode_address,
+    CHANNEL_NUMBER: _decode_channel_number,
+    LIFETIME: _decode_u32,
+    REQUESTED_TRANSPORT: _decode_requested_transport,
+    REQUESTED_ADDRESS_FAMILY: _decode_address_family,
+    EVEN_PORT: _decode_even_port,
+    DONT_FRAGMENT: _decode_dont_fragment,
+    RESERVATION_TOKEN: _decode_reservation_token,
     RESPONSE_ORIGIN: _decode_address,
     OTHER_ADDRESS: _decode_address,
     SOURCE_ADDRESS: _decode_address,
@@ -545,12 +682,12 @@ def encode(
 
 def _encode_value(attr: Attribute, transaction_id: bytes) -> bytes:
     t, v = attr.type, attr.value
-    if t in (MAPPED_ADDRESS, XOR_MAPPED_ADDRESS, RESPONSE_ORIGIN, OTHER_ADDRESS, SOURCE_ADDRESS, CHANGED_ADDRESS):
+    if t in _ADDRESS_TYPES:
         if not isinstance(v, Address):
             raise ValueError(f"{attr.name} needs an Address, not {type(v).__name__}")
         raw_ip = v.ip.packed
         port = v.port
-        if t == XOR_MAPPED_ADDRESS:
+        if t in _XOR_ADDRESS_TYPES:
             port ^= MAGIC_COOKIE >> 16
             raw_ip = _xor(raw_ip, _COOKIE_BYTES + transaction_id)
         family = _FAMILY_V6 if len(raw_ip) == 16 else _FAMILY_V4
@@ -575,6 +712,28 @@ def _encode_value(attr: Attribute, transaction_id: bytes) -> bytes:
         return struct.pack("!HBB", 0, v.code // 100, v.code % 100) + reason
     if t == UNKNOWN_ATTRIBUTES:
         return struct.pack(f"!{len(v)}H", *v)
+    if t == CHANNEL_NUMBER:
+        if not isinstance(v, int) or not CHANNEL_FIRST <= v <= CHANNEL_LAST:
+            raise ValueError(f"CHANNEL-NUMBER {v!r} is not in 0x4000..0x4fff")
+        return struct.pack("!HH", v, 0)
+    if t == LIFETIME:
+        if not isinstance(v, int) or not 0 <= v <= 0xFFFFFFFF:
+            raise ValueError(f"LIFETIME {v!r} is not a 32-bit count of seconds")
+        return struct.pack("!I", v)
+    if t == REQUESTED_TRANSPORT:
+        if not isinstance(v, int) or not 0 <= v <= 255:
+            raise ValueError(f"REQUESTED-TRANSPORT {v!r} is not an IP protocol number")
+        return struct.pack("!B3x", v)
+    if t == REQUESTED_ADDRESS_FAMILY:
+        if v not in (_FAMILY_V4, _FAMILY_V6):
+            raise ValueError(f"REQUESTED-ADDRESS-FAMILY {v!r} is not 1 (IPv4) or 2 (IPv6)")
+        return struct.pack("!B3x", v)
+    if t == EVEN_PORT:
+        return b"\x80" if v else b"\x00"
+    if t == DONT_FRAGMENT:
+        return b""
+    if t == RESERVATION_TOKEN and (not isinstance(v, (bytes, bytearray)) or len(v) != 8):
+        raise ValueError("RESERVATION-TOKEN is 8 bytes")
     if not isinstance(v, (bytes, bytearray)):
         raise ValueError(f"attribute {attr.name} needs raw bytes, not {type(v).__name__}")
     return bytes(v)

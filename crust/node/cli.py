@@ -290,6 +290,7 @@ def cmd_info(ctx: Context) -> int:
         f"external:         {' '.join(info.get('external_addresses') or []) or '(none known)'}",
         f"role:             {info.get('role')} ({info.get('role_reason') or 'not bootstrapped yet'})",
         f"our NAT:          {info.get('nat') or 'unknown'}",
+        *[f"TURN relay:       {_turn_line(t)}" for t in info.get("turn") or []],
         f"connected peers:  {info.get('peers', 0)}",
         "bootstrapped to:  " + (f"{info['bootstrapped_to']['peer_id']} at {info['bootstrapped_to']['address']}"
                                 if info.get("bootstrapped_to") else "(not bootstrapped)"),
@@ -303,6 +304,15 @@ def cmd_info(ctx: Context) -> int:
     ]
     ctx.emit(info, "\n".join(lines))
     return EXIT_OK
+
+
+def _turn_line(t: dict[str, Any]) -> str:
+    server = _safe(str(t.get("server")))
+    if not t.get("relayed"):
+        return f"{server}: {t.get('state')}" + (f" ({_safe(str(t['error']))})" if t.get("error") else "")
+    return (f"{_safe(str(t['relayed']))} on {server} (lifetime {t.get('lifetime')} s, expires in "
+            f"{t.get('expires_in')} s; {len(t.get('permissions') or [])} permission(s), "
+            f"{t.get('channels', 0)} channel(s))")
 
 
 def _duration(seconds: float) -> str:

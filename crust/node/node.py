@@ -405,6 +405,7 @@ class Node(MultiService):
                 "role": str(svc.bootstrapper.held_role or self.role),
                 "role_reason": svc.bootstrapper.role_reason,
                 "nat": describe_nat(svc.addresses.nat),
+                "turn": svc.turn.status() if svc.turn is not None else [],
                 "listen_addresses": [str(a) for a in svc.listen_addresses],
                 "external_addresses": [str(a) for a in svc.external_addresses],
                 "connection_info": json.loads(info.to_json()),

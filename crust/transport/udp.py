@@ -10,6 +10,11 @@ and why crust's own messages use 4..15, is in L{crust.transport.udp_messages}):
     4..15    crust message handlers by type (L{UdpEndpoint.set_crust_handler})
     16..255  the registry (L{UdpEndpoint.register}), QUIC first
 
+Before the first byte, one source address may claim what it sends
+(L{UdpEndpoint.register_source}): a TURN server's ChannelData starts with
+64..79, which QUIC short headers use too, so everything from the TURN
+server's address goes to the TURN client first.
+
 What lives on the socket registers itself there: the STUN client and the
 STUN responder (L{crust.nat.stun_responder}), the UDP echo (L{crust.nat.echo}),
 QUIC (L{crust.transport.quic.dispatcher}).  L{crust.nat.udp_stack.build_udp_stack} wires the first
@@ -36,6 +41,7 @@ from crust.transport.udp_messages import CRUST_LAST, STUN_LAST, check_message_ty
 Classifier = Callable[[bytes], bool]
 Handler = Callable[[bytes, "tuple[str, int]"], Any]
 StunHandler = Callable[[bytes, "tuple[str, int]"], bool]
+SourceHandler = Callable[[bytes, "tuple[str, int]"], bool]
 
 
 class UdpSendError(CrustError):
@@ -99,7 +105,9 @@ class UdpEndpoint(DatagramProtocol):
         handler took it), C{stun_dropped} (not STUN, or no handler took it);
         C{crust} (first byte 4..15), C{crust_unknown_type} (no handler for
         the type); C{registry} (a registered handler took it), C{unknown}
-        (none did); C{handler_errors} (a handler or classifier raised).
+        (none did); C{source_consumed} (a handler of the datagram's source
+        address took it, L{register_source}); C{handler_errors} (a handler
+        or classifier raised).
     @ivar send_errors: failed sends, by reason (C{EHOSTUNREACH}, ...).
     """
 
@@ -125,13 +133,14 @@ class UdpEndpoint(DatagramProtocol):
         self._bounds: dict[Any, Optional[int]] = {}
         self._fast_first = 256  # datagrams whose first byte is at least this go to _fast_handler
         self._fast_handler: Handler = _no_handler
+        self._sources: dict[Any, tuple[SourceHandler, str]] = {}  # by source address, before the first byte
         self._listening_port: Any = None
         self._checked_addr: Any = None  # the last address Twisted's write() accepted (see send)
         self._sendto: Any = None
         self.counters = dict.fromkeys(
             ("received", "received_bytes", "sent", "sent_bytes", "send_failures", "empty",
              "stun", "stun_consumed", "stun_dropped", "crust", "crust_unknown_type", "registry", "unknown",
-             "handler_errors"),
+             "source_consumed", "handler_errors"),
             0,
         )
         self.send_errors: dict[str, int] = {}
@@ -332,6 +341,38 @@ class UdpEndpoint(DatagramProtocol):
 
         return unregister
 
+    def register_source(self, addr: "tuple[str, int]", handler: SourceHandler, name: str = "") -> Callable[[], None]:
+        """
+        Offer every datagram from the source address C{addr} (C{(ip, port)})
+        to C{handler(data, addr)} before the first-byte map; it returns
+        True when it took the datagram, False to let the map route it as
+        usual.  A TURN client registers its server's address: its
+        ChannelData (first byte 64..79) would otherwise go to QUIC.  Other
+        sources cost one dict lookup a datagram while any is registered,
+        nothing otherwise.  One handler per address.  Returns a function
+        that unregisters it.
+
+        @raise ValueError: C{addr} has a handler already, or is not an IP and port.
+        """
+        parsed = Address.from_sockaddr("udp", addr)
+        if parsed is None:
+            raise ValueError(f"not an IP address and port: {addr!r}")
+        keys: list[tuple[Any, ...]] = [(parsed.host, parsed.port)]
+        if parsed.family_is_v6:
+            keys.append((parsed.host, parsed.port, 0, 0))  # how an IPv6 socket reports its sources
+        if any(key in self._sources for key in keys):
+            raise ValueError(f"datagrams from {parsed.host_port()} already have a handler")
+        entry = (handler, name or getattr(handler, "__qualname__", repr(handler)))
+        for key in keys:
+            self._sources[key] = entry
+
+        def unregister() -> None:
+            for key in keys:
+                if self._sources.get(key) is entry:
+                    del self._sources[key]
+
+        return unregister
+
     def _update_fast(self) -> None:
         bound = self._bounds.get(self._registry[0]) if self._registry else None
         if bound is None:
@@ -349,6 +390,10 @@ class UdpEndpoint(DatagramProtocol):
             counters["empty"] += 1
             return
         first = data[0]
+        if self._sources:  # a TURN server's datagrams (see register_source)
+            source = self._sources.get(addr)
+            if source is not None and self._source_received(source, data, addr):
+                return
         if first >= self._fast_first:  # QUIC, by its first byte (see register)
             counters["registry"] += 1
             try:
@@ -392,6 +437,18 @@ class UdpEndpoint(DatagramProtocol):
             self.counters["handler_errors"] += 1
             self.log.failure("UDP handler {handler!r} failed on a datagram from {addr}",
                              handler=handler, addr=_text(addr))
+
+    def _source_received(self, source: "tuple[SourceHandler, str]", data: bytes, addr: Any) -> bool:
+        handler, name = source
+        try:
+            taken = handler(data, addr)
+        except Exception:
+            self.counters["handler_errors"] += 1
+            self.log.failure("UDP handler {name} of datagrams from {addr} failed", name=name, addr=_text(addr))
+            return True
+        if taken:
+            self.counters["source_consumed"] += 1
+        return bool(taken)
 
     def _stun_received(self, data: bytes, addr: Any) -> None:
         counters = self.counters

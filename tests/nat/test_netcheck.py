@@ -220,6 +220,22 @@ class SimulatedTests(SynchronousTestCase):
         self.assertIn("  hairpinning  yes", text)
         self.assertIn("tcp tcp-probe", text)
 
+    def test_turn_allocations_reported(self):
+        turn = [{"server": "udp:192.0.2.1:3478", "state": "allocated", "relayed": "udp:192.0.2.1:50000",
+                 "mapped": "udp:203.0.113.5:4000", "lifetime": 600, "expires_in": 412.5, "refreshes": 1,
+                 "permissions": ["198.51.100.7"], "peers": [], "channels": 0, "error": None},
+                {"server": "udp:192.0.2.2:3478", "state": "retrying", "relayed": None, "mapped": None,
+                 "lifetime": None, "expires_in": None, "refreshes": 0, "permissions": [], "peers": [],
+                 "channels": 0, "error": "401 Unauthorized"}]
+        d = run_netcheck(None, None, clock=self.clock, turn=lambda: turn)
+        report = self.successResultOf(d)
+        self.assertEqual(report.to_dict()["turn"], turn)
+        text = report.format_text()
+        self.assertIn("TURN\n  server       192.0.2.1:3478: relayed 192.0.2.1:50000 for 600 s (expires in 412.5 s, "
+                      "1 refreshes), 1 permission(s), 0 channel(s)", text)
+        self.assertIn("  server       192.0.2.2:3478: retrying, no allocation: 401 Unauthorized", text)
+        self.assertNotIn("TURN", self.successResultOf(run_netcheck(None, None, clock=self.clock)).format_text())
+
     def test_nothing_to_probe(self):
         report = self.check(stun=[], peers=[], seconds=1)
         self.assertIsNone(report.nat)

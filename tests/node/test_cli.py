@@ -139,6 +139,18 @@ class ScriptedTests(SynchronousTestCase):
         self.assertEqual(json.loads(out), info)
         self.assertEqual(self.node.requests[0], {"id": 1, "cmd": "info"})
 
+    def test_info_shows_turn_allocations(self) -> None:
+        info = {"peer_id": PEER, "turn": [
+            {"server": "udp:192.0.2.1:3478", "state": "allocated", "relayed": "udp:192.0.2.1:50000",
+             "lifetime": 600, "expires_in": 300.0, "permissions": ["198.51.100.7"], "channels": 1},
+            {"server": "udp:192.0.2.2:3478", "state": "retrying", "relayed": None, "error": "401 Unauthorized"}]}
+        self.answers["info"] = lambda r: [ok(r, info)]
+        status, out, _ = self.run_cli("info")
+        self.assertEqual(status, 0)
+        self.assertIn("TURN relay:       udp:192.0.2.1:50000 on udp:192.0.2.1:3478 (lifetime 600 s, expires in "
+                      "300.0 s; 1 permission(s), 1 channel(s))", out)
+        self.assertIn("TURN relay:       udp:192.0.2.2:3478: retrying (401 Unauthorized)", out)
+
     def test_connection_info_is_one_json_line(self) -> None:
         info = {"crust": 1, "id": PEER, "addrs": ["tcp:127.0.0.1:5"]}
         self.answers["connection-info"] = lambda r: [ok(r, {"connection_info": info})]

@@ -221,6 +221,49 @@ class DemuxTests(SynchronousTestCase):
         self.assertEqual(self.endpoint.counters["handler_errors"], 3)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
 
+    def test_source_first_then_the_first_byte(self):
+        """A source handler sees its address's datagrams first; what it declines goes by the first byte."""
+        server = ("127.0.0.7", 3478)
+        quic, taken = [], []
+        self.endpoint.register(lambda d: d[0] >= 64, lambda d, a: quic.append((d, a)), "quic",
+                               first_byte_at_least=64)
+
+        def turn(data, addr):
+            taken.append((data, addr))
+            return data[0] <= 0x4F
+
+        remove = self.endpoint.register_source(server, turn, "turn")
+        self.endpoint.datagramReceived(b"\x40\x00\x00\x00", server)  # ChannelData: the source handler's
+        self.endpoint.datagramReceived(b"\xc0long header", server)  # declined: QUIC's after all
+        self.endpoint.datagramReceived(b"\x40short header", PEER)  # another source: QUIC
+        self.assertEqual(taken, [(b"\x40\x00\x00\x00", server), (b"\xc0long header", server)])
+        self.assertEqual(quic, [(b"\xc0long header", server), (b"\x40short header", PEER)])
+        self.assertEqual(self.endpoint.counters["source_consumed"], 1)
+        self.assertRaises(ValueError, self.endpoint.register_source, server, turn)
+        remove()
+        remove()  # idempotent
+        self.endpoint.datagramReceived(b"\x41x", server)
+        self.assertEqual(len(taken), 2)
+        self.assertEqual(quic[-1], (b"\x41x", server))
+
+    def test_source_address_checked_and_failures_contained(self):
+        self.assertRaises(ValueError, self.endpoint.register_source, ("not an ip", 1), lambda d, a: True)
+
+        def boom(data, addr):
+            raise RuntimeError("handler bug")
+
+        self.endpoint.register_source(PEER, boom)
+        self.endpoint.datagramReceived(b"\x40x", PEER)
+        self.assertEqual(self.endpoint.counters["handler_errors"], 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_source_ipv6_keys(self):
+        got = []
+        self.endpoint.register_source(("2001:db8::7", 3478), lambda d, a: got.append(a) or True)
+        self.endpoint.datagramReceived(b"\x40x", ("2001:db8::7", 3478, 0, 0))
+        self.endpoint.datagramReceived(b"\x40x", ("2001:db8::7", 3478))
+        self.assertEqual(len(got), 2)
+
 
 class BareEndpointTests(SynchronousTestCase):
     """The endpoint alone: only a socket and a demultiplexer; what lives on it registers."""

@@ -80,6 +80,72 @@ class StunServer:
         return self.proc.stop()
 
 
+class TurnServer:
+    """coturn as a TURN server (RFC 8656) with long-term credentials on a public host.
+
+    ``lt-cred-mech`` with one user (``username``/``password``) in ``realm``,
+    relaying UDP on the host's address (ports ``relay_ports``); it answers
+    STUN Binding requests too. ``lifetime`` caps allocations
+    (``max-allocate-lifetime``), ``nonce_lifetime`` makes nonces go stale
+    (``stale-nonce``), ``permission_lifetime`` and ``channel_lifetime``
+    shorten those; ``verbose`` logging, so ``log`` shows every allocation,
+    refresh (``refreshed, ... lifetime=N``; ``lifetime=0`` is a
+    deallocation), permission and channel binding.
+    """
+
+    def __init__(self, lab, host, port=3478, username="crust", password="lab-secret", realm="crust.lab",
+                 lifetime=None, nonce_lifetime=None, permission_lifetime=None, channel_lifetime=None,
+                 relay_ports=(49152, 49999)):
+        self.lab = lab
+        self.host = host
+        self.address = (host.ip, port)
+        self.username = username
+        self.password = password
+        self.realm = realm
+        self.log_path = os.path.join(lab.logdir, "turnserver-turn.log")
+        conf = os.path.join(lab.logdir, "turnserver-turn.conf")
+        lines = [
+            "listening-ip={}".format(host.ip),
+            "relay-ip={}".format(host.ip),
+            "listening-port={}".format(port),
+            "min-port={}".format(relay_ports[0]),
+            "max-port={}".format(relay_ports[1]),
+            "lt-cred-mech",
+            "user={}:{}".format(username, password),
+            "realm={}".format(realm),
+            "no-tls", "no-dtls", "no-tcp", "no-cli", "simple-log", "verbose",
+            "no-software-attribute",
+            "log-file={}".format(self.log_path),
+            "pidfile={}".format(os.path.join(lab.logdir, "turnserver-turn.pid")),
+            "userdb={}".format(os.path.join(lab.logdir, "turndb-turn.sqlite")),
+        ]
+        for option, value in (("max-allocate-lifetime", lifetime), ("stale-nonce", nonce_lifetime),
+                              ("permission-lifetime", permission_lifetime),
+                              ("channel-lifetime", channel_lifetime)):
+            if value is not None:
+                lines.append("{}={}".format(option, value))
+        with open(conf, "w") as f:
+            f.write("\n".join(lines + [""]))
+        self.proc = lab.spawn(host, ["turnserver", "-c", conf], name="turnserver-turn")
+        _wait_listening(host, [self.address], "u", proc=self.proc)
+
+    @property
+    def url(self):
+        """What the lab's node agent takes: ``udp:IP:PORT,USER,PASSWORD``."""
+        return "udp:{}:{},{},{}".format(self.address[0], self.address[1], self.username, self.password)
+
+    def log(self):
+        """coturn's log so far (its file: ``simple-log`` writes it as is)."""
+        try:
+            with open(self.log_path) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self):
+        return self.proc.stop()
+
+
 class Miniupnpd:
     """miniupnpd on a NAT router: UPnP IGD, NAT-PMP and PCP on the LAN side.
 

@@ -26,7 +26,7 @@ import weakref
 from . import nat_rules, netns
 from .impairment import Impairment
 from .process import LabProcess
-from .servers import UPNP_HTTP_PORT, Miniupnpd, Reflectors, StunServer
+from .servers import UPNP_HTTP_PORT, Miniupnpd, Reflectors, StunServer, TurnServer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
@@ -390,6 +390,7 @@ class Lab:
         self.logdir = tempfile.mkdtemp(prefix="natlab-" + self.prefix)
         self.nodes = {}
         self.stun = None
+        self.turn = None
         self.impairment = None
         self._namespaces = []
         self._processes = []
@@ -484,6 +485,12 @@ class Lab:
             host = self.public_host(name, addresses=2)
             self.stun = StunServer(self, host)
         return self.stun
+
+    def start_turn(self, name="turn", **options):
+        """Start coturn as a TURN server with long-term credentials on public host *name* (see ``TurnServer``)."""
+        if self.turn is None:
+            self.turn = TurnServer(self, self.public_host(name), **options)
+        return self.turn
 
     @property
     def stun_address(self):

@@ -5,6 +5,7 @@
             [--no-port-mapping] [--wait-mapping S] [--accept-bootstrap]
             [--no-reachability-test] [--serve-rendezvous] [--discovery] [--echo]
             [--connect-timeout S] [--bootstrap-timeout S] [--deadline S]
+            [--turn udp:IP:PORT,USER,PASSWORD] [--turn-lifetime S] [--turn-option NAME=SECONDS]
 
 Once listening it prints ``{"event": "ready", "peer_id", "info" (the public
 connection info JSON), "listen", "external", "mappings"}``. With port mapping
@@ -25,6 +26,8 @@ Commands on stdin, one JSON object a line (``"cmd"`` names it):
     {"cmd": "has_peers_on_lan"}                -> {"event": "has_peers_on_lan", "result"}
     {"cmd": "discover", "window": S}           -> {"event": "discovered", "peers": [...]}
     {"cmd": "peers"}                           -> {"event": "peers", "peers": [peer_details...]}
+    {"cmd": "send_blob", "peer": ID, "size": N, "seed": S}  -> "sent" (with "size", "sha256") / "send_error"
+    {"cmd": "turn"}                            -> {"event": "turn", "status": [...], "counters": [...]}
     {"cmd": "stop"}                            -> "stopped" (after stopService), then exit
 
 ``connect`` with ``"info"`` calls ``service.connect(our_info, info)`` (the
@@ -43,15 +46,27 @@ library's) reports ``seconds`` and ``role``; ``bootstrap_error`` also
 ``error_type``.
 
 Every ``ICrustObserver`` event is printed as it happens (``new_message``
-with the data as text); with ``--echo`` each message is answered with
+with the data as text, or for a message over 4096 bytes its ``size`` and
+``sha256`` instead); with ``--echo`` each message is answered with
 ``"echo:" + data``.
+
+``--turn`` (repeatable) configures a TURN server (``Config.turn_servers``);
+``--turn-lifetime`` asks it for allocations of that many seconds (the
+TURN client's ``lifetime`` option), ``--turn-option`` (repeatable) sets
+another ``TurnOptions`` field to a number (``permission_refresh=8``).
+``ready``/``info`` then carry ``turn``
+(each allocation: ``TurnClient.status()``), and ``{"cmd": "turn"}`` reports
+it with the clients' counters. ``send_blob`` sends ``size`` bytes of
+pseudo-random data from ``seed`` as one message (priority 1).
 """
 
 import argparse
 import dataclasses
+import hashlib
 import inspect
 import json
 import os
+import random
 import sys
 import time
 
@@ -95,6 +110,9 @@ class Printer:
         return report
 
     def new_message(self, peer_id, data):
+        if len(data) > 4096:
+            emit("new_message", peer=str(peer_id), size=len(data), sha256=hashlib.sha256(data).hexdigest())
+            return
         emit("new_message", peer=str(peer_id), data=text(data))
         if self.echo and not data.startswith(b"echo:"):
             self.service.send(peer_id, b"echo:" + data, 1)
@@ -118,8 +136,10 @@ def describe(service):
         mappings = [{"transport": m.transport, "internal_port": m.internal_port,
                      "external": str(m.external), "method": m.method, "lifetime": m.lifetime}
                     for m in mapper.mappings.values()]
+    turn = getattr(service, "turn", None)
     return {
         "peer_id": str(service.peer_id),
+        "turn": turn.status() if turn is not None else [],
         "listen": [str(a) for a in service.listen_addresses],
         "external": [str(a) for a in service.external_addresses],
         "mappings": mappings,
@@ -254,6 +274,23 @@ class Commands(LineReceiver):
         emit("netcheck", seconds=round(reactor.seconds() - start, 3), report=report.to_dict(),
              text=report.format_text())
 
+    def do_send_blob(self, command):
+        peer = PeerId.from_text(command["peer"])
+        rng = random.Random(command.get("seed", 0))
+        data = bytes(rng.getrandbits(8) for _ in range(int(command["size"])))
+        try:
+            self.service.send(peer, data, command.get("priority", 1))
+        except Exception as e:
+            emit("send_error", error=text(e))
+        else:
+            emit("sent", peer=str(peer), size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+    def do_turn(self, command):
+        turn = getattr(self.service, "turn", None)
+        emit("turn", status=turn.status() if turn is not None else [],
+             counters=[dict(c.counters) for c in turn.clients] if turn is not None else [],
+             relays=dict(turn.counters) if turn is not None else {})
+
     def do_peers(self, command):
         emit("peers", peers=[self.service.peer_details(p) for p in self.service.connected_peers()])
 
@@ -289,8 +326,23 @@ def main():
     parser.add_argument("--deadline", type=float, default=60.0)
     parser.add_argument("--stun", action="append", default=[], help="a STUN server, udp:IP:PORT (repeatable)")
     parser.add_argument("--contact", action="append", default=[], help="a hard-coded contact, PEER_ID@ADDRESS")
+    parser.add_argument("--turn", action="append", default=[], help="a TURN server, udp:IP:PORT,USER,PASSWORD")
+    parser.add_argument("--turn-lifetime", type=int, help="the allocation lifetime to ask TURN servers for")
+    parser.add_argument("--turn-option", action="append", default=[],
+                        help="a TurnOptions field and a number of seconds, NAME=VALUE (repeatable)")
     args = parser.parse_args()
     extra = {}
+    if args.turn:
+        if "turn_servers" not in {f.name for f in dataclasses.fields(Config)}:
+            emit("unsupported", option="--turn", error="the library has no Config.turn_servers")
+            return 2
+        from crust.config import TurnServer
+
+        servers = []
+        for spec in args.turn:
+            address, username, password = spec.split(",", 2)
+            servers.append(TurnServer(Address.parse(address), username, password))
+        extra["turn_servers"] = tuple(servers)
     if args.serve_rendezvous:
         if "serve_rendezvous" not in {f.name for f in dataclasses.fields(Config)}:
             emit("unsupported", option="--serve-rendezvous",
@@ -306,6 +358,11 @@ def main():
         hard_coded_contacts=tuple(HardCodedContact(PeerId.from_text(c.split("@")[0]), Address.parse(c.split("@")[1]))
                                   for c in args.contact), **extra)
     service = Service(Identity.generate(), config, reactor)
+    if args.turn_lifetime is not None:
+        service.turn.configure(lifetime=args.turn_lifetime)
+    for option in args.turn_option:
+        name, value = option.split("=", 1)
+        service.turn.configure(**{name: float(value)})
     service.add_observer(Printer(service, args.echo))
     done = defer.Deferred()
 

@@ -154,6 +154,10 @@ class PubConnectionInfo:
         if body.get("nat") is not None:
             nat = nat_info_from_json(body["nat"])
         extra = {k: v for k, v in body.items() if k not in _KNOWN_KEYS}
+        try:  # kept to be written out again: it must be JSON (no NaN or infinity, text keys)
+            json.dumps(extra, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise InvalidConnectionInfo(f"connection info has a value that is not JSON: {e}") from None
         return cls(peer_id, tuple(dict.fromkeys(parsed)), extra, candidates, nat)
 
     def candidates_for(self, transport: str) -> tuple[Candidate, ...]:

@@ -296,9 +296,10 @@ class DirectStrategy:
         return not ours or any(a.host in ours for a in info.addresses if not a.is_loopback)
 
     def kinds(self, info: PubConnectionInfo, targets: Sequence[Hashable]) -> dict[Hashable, str]:
-        """Connections to the peer's port-mapped addresses are C{mapped}."""
-        mapped = {c.address for c in info.candidates if c.kind is CandidateKind.MAPPED}
-        return {t: "mapped" for t in targets if t in mapped}
+        """Connections to the peer's port-mapped addresses are C{mapped}, to its TURN relay C{relayed}."""
+        kind = {CandidateKind.MAPPED: "mapped", CandidateKind.RELAY: "relayed"}
+        named = {c.address: kind[c.kind] for c in info.candidates if c.kind in kind}
+        return {t: named[t] for t in targets if t in named}
 
     def dial(self, target: Address, attempt: ConnectAttempt) -> Deferred:
         return self._dialer.dial(target, attempt, expected=attempt.peer_id)

@@ -104,6 +104,8 @@ class Handovers:
         self.moving[peer_id] = move
         self.log.info("moving {peer} from {old} to {new}", peer=str(peer_id), old=repr(old), new=repr(new))
         new.hold()
+        if move.received:  # the peer's MOVEs all came early: nothing more will come on the old one
+            new.release(deliver)
         old.send_move()  # reports moves_sent when it went out (at once when nothing is queued)
 
     def moved(self, conn: "PeerConnection", lane: str) -> None:

@@ -159,8 +159,8 @@ def remote_targets(
     best: dict[Address, tuple[int, int]] = {}
     for j, r in enumerate(remote[:MAX_REMOTE]):
         ra = r.address
-        if ra.transport != transport or not _usable(ra):
-            continue
+        if ra.transport != transport or not _usable(ra) or r.kind is CandidateKind.RELAY:
+            continue  # (a TURN relay's address is dialled, not punched: it answers no checks)
         family = _family(ra)
         if family not in local_families:
             continue

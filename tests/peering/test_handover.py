@@ -125,3 +125,56 @@ class HandoverTests(TestCase):
         self.assertIs(a.peers.active[b.peer_id], old_a)
         self.assertIn(CloseReason.DUPLICATE.value, conn._close_reason)
         self.assertEqual(a.events.named("path_changed"), [])
+
+
+class FakeConnection:
+    """Just what L{Handovers} uses of a connection."""
+
+    def __init__(self, peer_id, kind):
+        self.peer_id = peer_id
+        self.path = PathInfo(kind, "test", 0.0)
+        self.transport_name = "tcp"
+        self.peer_address = None
+        self.lanes = 1
+        self.connected = True
+        self.closing = False
+        self.held = None
+        self.delivered_to = None
+        self.moves_sent = False
+
+    def hold(self):
+        self.held = []
+
+    def release(self, deliver):
+        self.held = None
+        self.delivered_to = deliver
+
+    def send_move(self):
+        self.moves_sent = True
+
+
+class EarlyMoveTests(TestCase):
+    """The peer's MOVEs may all arrive on the old connection before its CHOOSE on the new one."""
+
+    def test_all_moves_early_releases_the_new_connection(self):
+        from crust.peering.handover import Handovers
+        events = []
+        handovers = Handovers(lambda *args: events.append(args))
+        old, new = FakeConnection("p", "relayed"), FakeConnection("p", "direct")
+        handovers.moved(old, "urgent")  # before the handover is known: kept as early
+        deliver = object()
+        handovers.begin("p", old, new, deliver)
+        self.assertIsNone(new.held, "the new connection is still held")
+        self.assertIs(new.delivered_to, deliver)
+        handovers.moves_sent(old)
+        self.assertEqual([e[0] for e in events], ["path_changed"])
+        self.assertEqual(handovers.moving, {})
+
+    def test_moves_after_begin_release_the_new_connection(self):
+        from crust.peering.handover import Handovers
+        handovers = Handovers(lambda *args: None)
+        old, new = FakeConnection("p", "relayed"), FakeConnection("p", "direct")
+        handovers.begin("p", old, new, "deliver")
+        self.assertEqual(new.held, [])
+        handovers.moved(old, "urgent")
+        self.assertIsNone(new.held)

@@ -100,6 +100,7 @@ class Config:
     serve_relay: bool = False  # carry circuits between two peers connected to us
     relay_delay: float = 2.0  # a relayed connection starts after this unless everything else failed first
     relay_limits: RelayLimits = field(default_factory=RelayLimits)
+    accept_relayed: bool = True  # take circuits a relay invites us to (connections to us through a relay)
     turn_servers: tuple[TurnServer, ...] = ()
 
     def replace(self, **changes) -> "Config":

@@ -470,7 +470,7 @@ def cmd_disconnect(ctx: Context) -> int:
 EVENT_NAMES = (
     "listener_started", "listener_failed", "connect_success", "connect_failure", "lost_peer",
     "new_message", "message_dropped", "message_too_large", "bootstrap_connect", "bootstrap_accept",
-    "bootstrap_failed", "path_changed",
+    "bootstrap_failed", "path_changed", "relay_circuit_opened", "relay_circuit_closed",
 )
 
 

@@ -324,6 +324,7 @@ _FIELDS: dict[str, _Validator] = {
     "serve_relay": _boolean,
     "relay_delay": _delay,
     "relay_limits": _relay_limits,
+    "accept_relayed": _boolean,
     "turn_servers": _list_of(_turn_server, 8),
 }
 

@@ -10,8 +10,9 @@ go to the protocol's C{dataReceived}.  So the channel inside the circuit is
 crust's ordinary one, TLS 1.3 bound to the two ends' identities: R forwards
 ciphertext it cannot read.
 
-Flow control is end to end, by credit: each end may have at most
-L{WINDOW} bytes sent that the other end has not granted back.  An end grants
+Flow control is end to end, by credit: each end may have at most a window
+sent that the other end has not granted back (R chooses the window,
+C{RelayLimits.window}, and announces it in INVITE and READY).  An end grants
 (CREDIT) as its protocol takes the data, a quarter window at a time.  A
 sender out of credit keeps what it was given and pauses the producer above
 (the TLS layer, and so the L{PeerConnection}, which then queues by
@@ -53,14 +54,14 @@ from zope.interface import implementer
 from crust.errors import CrustError
 from crust.identity import PeerId
 from crust.relay import messages
-from crust.relay.messages import MAX_CHUNK, WINDOW
+from crust.relay.messages import MAX_CHUNK
 from crust.relay.switch import Leg
 
 if TYPE_CHECKING:
     from crust.relay.switch import CircuitSwitch
 
-#: An end grants credit once its protocol took this much (a quarter window).
-GRANT_STEP = WINDOW // 4
+#: An end grants credit once its protocol took this share of the window.
+GRANT_SHARE = 4
 
 
 class RelayClosed(CrustError):
@@ -124,6 +125,7 @@ class CircuitTransport(Leg):
     @param via: the relay.
     @param local: our own id (for C{getHost}).
     @param on_closed: called once, C{on_closed(reason, detail)}, when the circuit ends, for whatever reason.
+    @param window: the circuit's window (the relay said).
     @ivar bytes_sent: data bytes sent (the protocol's, once they went out as DATA).
     @ivar bytes_received: data bytes received.
     """
@@ -133,7 +135,7 @@ class CircuitTransport(Leg):
 
     def __init__(self, switch: "CircuitSwitch", conn: Any, circuit_id: int, clock: Any, *,
                  peer: Optional[PeerId], via: PeerId, local: Optional[PeerId] = None,
-                 on_closed: Optional[Callable[[str, str], None]] = None, window: int = WINDOW) -> None:
+                 window: int, on_closed: Optional[Callable[[str, str], None]] = None) -> None:
         self._switch = switch
         self.conn = conn
         self.circuit_id = circuit_id
@@ -143,6 +145,7 @@ class CircuitTransport(Leg):
         self.local = local
         self._on_closed = on_closed
         self.window = window
+        self._grant_step = window // GRANT_SHARE
         self.state = CircuitState.OPEN
         self.protocol: Any = None
         # sending
@@ -377,7 +380,7 @@ class CircuitTransport(Leg):
         if protocol is not None:
             protocol.dataReceived(data)
         self._ungranted += len(data)
-        if self._ungranted >= GRANT_STEP and self.state is CircuitState.OPEN:
+        if self._ungranted >= self._grant_step and self.state is CircuitState.OPEN:
             grant, self._ungranted = self._ungranted, 0
             self._outstanding -= grant
             if not self.conn.send_control(messages.encode_credit(self.circuit_id, grant)):

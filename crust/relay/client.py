@@ -141,14 +141,14 @@ class RelayEnds:
 
     def _ready(self, opening: "_Opening", ready: RelayReady) -> CircuitTransport:
         self._ends.discard(opening)
-        circuit = self._circuit(opening.conn, opening.c, opening.peer, opening.via)
+        circuit = self._circuit(opening.conn, opening.c, opening.peer, opening.via, ready.limits.window)
         self.counters["opened"] += 1
-        self.log.info("circuit to {peer} via {via} open (limits: {bytes} bytes, {seconds:g} s, rate {rate})",
-                      peer=str(opening.peer), via=str(opening.via), bytes=ready.limits.bytes,
-                      seconds=ready.limits.seconds, rate=ready.limits.rate)
+        self.log.info("circuit to {peer} via {via} open (limits: {bytes} bytes, {seconds:g} s, rate {rate}, "
+                      "window {window})", peer=str(opening.peer), via=str(opening.via), bytes=ready.limits.bytes,
+                      seconds=ready.limits.seconds, rate=ready.limits.rate, window=ready.limits.window)
         return circuit
 
-    def _circuit(self, conn: "PeerConnection", c: int, peer: PeerId, via: PeerId,
+    def _circuit(self, conn: "PeerConnection", c: int, peer: PeerId, via: PeerId, window: int,
                  invited: bool = False) -> CircuitTransport:
         def closed(reason: str, detail: str) -> None:
             self._ends.discard(circuit)
@@ -159,7 +159,7 @@ class RelayEnds:
             self._emit("relay_circuit_closed", peer, via, reason)
 
         circuit = CircuitTransport(self.switch, conn, c, self._clock, peer=peer, via=via,
-                                   local=self.switch.local_id, on_closed=closed)
+                                   local=self.switch.local_id, window=window, on_closed=closed)
         self.switch.add(conn, c, circuit)
         self._ends.add(circuit)
         if invited:
@@ -198,7 +198,7 @@ class RelayEnds:
         if not conn.send_control(messages.encode_accept(invite.c)):
             return
         self.counters["accepted"] += 1
-        circuit = self._circuit(conn, invite.c, peer, via, invited=True)
+        circuit = self._circuit(conn, invite.c, peer, via, invite.window, invited=True)
         self.connect_over(circuit, ACCEPTED, tls_client=False)
 
     def stats(self) -> dict[str, Any]:

@@ -7,16 +7,19 @@ secure channel, end to end.  On each connection to R, seven control
 frames::
 
     21 OPEN    {"c": u32, "to": "<peer id>"}                        A -> R
-    22 INVITE  {"c": u32, "from": "<peer id>"}                      R -> T
+    22 INVITE  {"c": u32, "from": "<peer id>", "window": int}       R -> T
     23 ACCEPT  {"c": u32}                                           T -> R
     24 READY   {"c": u32, "limits": {"bytes": int, "seconds": number,
-                                     "rate": int or null}}          R -> A
+                 "rate": int or null, "window": int}}               R -> A
     25 DATA    c (u32, big-endian) | bytes                          both ways, through R
     26 CREDIT  c (u32) | credit (u32)                               both ways, through R
     27 CLOSE   {"c": u32, "reason": code, "detail": text}           any -> any
 
 C{c} names the circuit on one connection (a I{leg}); R rewrites it when it
-forwards.  The side that picks an id (the sender of OPEN or INVITE) picks it
+forwards.  C{window} is how far each end may send beyond what the other
+granted back (end-to-end flow control, L{crust.relay.circuit}): R chooses
+it (it holds up to a window per direction), L{MIN_WINDOW}..L{MAX_WINDOW},
+and tells both ends.  The side that picks an id (the sender of OPEN or INVITE) picks it
 in its half of the id space: ids picked by the side with the larger peer id
 have the top bit set (L{id_space}), so the two sides of a connection never
 pick the same id, whichever of them opens circuits through the other.
@@ -27,7 +30,7 @@ nesting checked before recursing): flat objects of scalars, except READY's
 C{limits}.
 Unknown keys are ignored (for later versions); a CLOSE's reason is kept as
 it is (short text), so that a newer R's reasons still read.  DATA carries
-1..L{MAX_CHUNK} bytes; CREDIT grants 1..L{WINDOW} bytes.  Every C{decode_*}
+1..L{MAX_CHUNK} bytes; CREDIT grants 1..L{MAX_WINDOW} bytes.  Every C{decode_*}
 raises L{ProtocolViolation} with a clear message on anything malformed,
 and nothing else.
 """
@@ -73,8 +76,10 @@ RELAY_CLOSE = RelayFrame.CLOSE
 MAX_FRAME_PAYLOAD = MAX_CONTROL_PAYLOAD
 #: The most bytes one DATA frame carries.
 MAX_CHUNK = 64 * 1024
-#: How far a sender may run ahead of what the other end granted (bytes, each direction).
-WINDOW = 256 * 1024
+#: The bounds of a circuit's window: how far a sender may run ahead of what the other end granted
+#: (bytes, each direction; R chooses it, L{crust.config.RelayLimits.window}).
+MIN_WINDOW = MAX_CHUNK
+MAX_WINDOW = 16 * 1024 * 1024
 #: The largest DATA frame, header included: a node whose C{max_message_size}
 #: is below C{MAX_DATA_FRAME - HEADER_SIZE} cannot take part in circuits.
 MAX_DATA_FRAME = HEADER_SIZE + 4 + MAX_CHUNK
@@ -116,11 +121,15 @@ REASONS = frozenset({
 
 @dataclass(frozen=True)
 class CircuitLimits:
-    """What R gives one circuit: C{bytes} each direction, C{seconds}, C{rate} bytes a second (None: unlimited)."""
+    """
+    What R gives one circuit: C{bytes} each direction, C{seconds}, C{rate}
+    bytes a second (None: unlimited), and its C{window}.
+    """
 
     bytes: int
     seconds: float
     rate: Optional[int]
+    window: int
 
 
 @dataclass(frozen=True)
@@ -133,10 +142,11 @@ class RelayOpen:
 
 @dataclass(frozen=True)
 class RelayInvite:
-    """INVITE: C{from_peer} (as R names it) opens circuit C{c} (R's id) to you."""
+    """INVITE: C{from_peer} (as R names it) opens circuit C{c} (R's id) to you, with this C{window}."""
 
     c: int
     from_peer: PeerId
+    window: int
 
 
 @dataclass(frozen=True)
@@ -206,9 +216,16 @@ def encode_open(c: int, to: PeerId) -> bytes:
     return _json_frame(RELAY_OPEN, {"c": _u32(c, "a circuit id"), "to": _peer(to)})
 
 
-def encode_invite(c: int, from_peer: PeerId) -> bytes:
+def _window(window: int) -> int:
+    if not isinstance(window, int) or isinstance(window, bool) or not MIN_WINDOW <= window <= MAX_WINDOW:
+        raise ValueError(f"a window is an integer in {MIN_WINDOW}..{MAX_WINDOW}, not {window!r}")
+    return window
+
+
+def encode_invite(c: int, from_peer: PeerId, window: int) -> bytes:
     """An INVITE frame."""
-    return _json_frame(RELAY_INVITE, {"c": _u32(c, "a circuit id"), "from": _peer(from_peer)})
+    return _json_frame(RELAY_INVITE, {"c": _u32(c, "a circuit id"), "from": _peer(from_peer),
+                                      "window": _window(window)})
 
 
 def encode_accept(c: int) -> bytes:
@@ -226,7 +243,7 @@ def encode_ready(c: int, limits: CircuitLimits) -> bytes:
     if rate is not None and (not isinstance(rate, int) or isinstance(rate, bool) or rate < 1):
         raise ValueError(f"a rate limit is a positive integer or None, not {rate!r}")
     return _json_frame(RELAY_READY, {"c": _u32(c, "a circuit id"), "limits": {
-        "bytes": limits.bytes, "seconds": float(limits.seconds), "rate": rate}})
+        "bytes": limits.bytes, "seconds": float(limits.seconds), "rate": rate, "window": _window(limits.window)}})
 
 
 def encode_close(c: int, reason: str, detail: str = "") -> bytes:
@@ -267,9 +284,9 @@ def rewrite_data(payload: bytes, c: int) -> bytes:
 
 
 def encode_credit(c: int, credit: int) -> bytes:
-    """A CREDIT frame granting C{credit} (1..L{WINDOW}) bytes on circuit C{c}."""
-    if not isinstance(credit, int) or isinstance(credit, bool) or not 0 < credit <= WINDOW:
-        raise ValueError(f"a CREDIT frame grants 1..{WINDOW} bytes, not {credit!r}")
+    """A CREDIT frame granting C{credit} (1..L{MAX_WINDOW}) bytes on circuit C{c}."""
+    if not isinstance(credit, int) or isinstance(credit, bool) or not 0 < credit <= MAX_WINDOW:
+        raise ValueError(f"a CREDIT frame grants 1..{MAX_WINDOW} bytes, not {credit!r}")
     return _CREDIT_FRAME.pack(9, RELAY_CREDIT, _u32(c, "a circuit id"), credit)
 
 
@@ -298,13 +315,13 @@ def decode_credit(payload: bytes) -> tuple[int, int]:
     """
     A CREDIT frame's circuit id and credit.
 
-    @raise ProtocolViolation: not 8 bytes, or a credit outside 1..L{WINDOW}.
+    @raise ProtocolViolation: not 8 bytes, or a credit outside 1..L{MAX_WINDOW}.
     """
     if len(payload) != 8:
         raise ProtocolViolation(f"relay CREDIT of {len(payload)} bytes, not 8")
     c, credit = _CREDIT.unpack(payload)
-    if not 0 < credit <= WINDOW:
-        raise ProtocolViolation(f"relay CREDIT grants {credit} bytes, not 1..{WINDOW}")
+    if not 0 < credit <= MAX_WINDOW:
+        raise ProtocolViolation(f"relay CREDIT grants {credit} bytes, not 1..{MAX_WINDOW}")
     return c, credit
 
 
@@ -350,7 +367,8 @@ def decode_open(payload: bytes) -> RelayOpen:
 def decode_invite(payload: bytes) -> RelayInvite:
     """The INVITE in a frame's payload. @raise ProtocolViolation: it is malformed."""
     body = _read_frame(payload, "INVITE")
-    return RelayInvite(_get_c(body, "INVITE"), _get_peer(body, "from", "INVITE"))
+    return RelayInvite(_get_c(body, "INVITE"), _get_peer(body, "from", "INVITE"),
+                       _get_int(body, "window", "INVITE", MIN_WINDOW, MAX_WINDOW))
 
 
 def decode_accept(payload: bytes) -> RelayAccept:
@@ -378,7 +396,8 @@ def decode_ready(payload: bytes) -> RelayReady:
     rate = limits.get("rate")
     if rate is not None:
         rate = _get_int(limits, "rate", "READY", 1)
-    return RelayReady(c, CircuitLimits(nbytes, float(seconds), rate))
+    window = _get_int(limits, "window", "READY", MIN_WINDOW, MAX_WINDOW)
+    return RelayReady(c, CircuitLimits(nbytes, float(seconds), rate, window))
 
 
 def decode_close(payload: bytes) -> RelayClose:
@@ -421,8 +440,8 @@ def decode_frame(ftype: int, payload: bytes) -> RelayMessage:
 
 __all__ = [
     "CircuitLimits", "RelayFrame", "RelayOpen", "RelayInvite", "RelayAccept", "RelayReady", "RelayClose",
-    "RelayMessage", "MAX_CHUNK", "WINDOW", "MAX_DATA_FRAME", "REASONS", "encode_open", "encode_invite",
-    "encode_accept", "encode_ready", "encode_close", "encode_data", "rewrite_data", "encode_credit",
+    "RelayMessage", "MAX_CHUNK", "MIN_WINDOW", "MAX_WINDOW", "MAX_DATA_FRAME", "REASONS", "encode_open",
+    "encode_invite", "encode_accept", "encode_ready", "encode_close", "encode_data", "rewrite_data", "encode_credit",
     "data_circuit", "decode_data", "decode_credit", "decode_open", "decode_invite", "decode_accept",
     "decode_ready", "decode_close", "decode_frame", "id_space", "picked_by",
 ]

@@ -14,10 +14,10 @@ While open, DATA and CREDIT frames go from one leg to the other with the id
 rewritten; the server never reads the data (the ends' secure channel runs
 inside the circuit).  It counts, in each direction:
   - the bytes: past C{bytes_per_circuit}, the circuit ends (C{byte-limit});
-  - the window: a side that sends more than L{WINDOW} bytes beyond what
-    the other granted, or grants credit for bytes it was never sent, ends
-    the circuit (C{overflow}): so the server never holds more than a window
-    per direction;
+  - the window (C{window}, told to both ends): a side that sends more than
+    a window beyond what the other granted, or grants credit for bytes it
+    was never sent, ends the circuit (C{overflow}): so the server never
+    holds more than a window per direction;
   - the rate: past C{rate_per_circuit} bytes a second (a bucket of one
     window), it holds the DATA frames (at most a window: the sender runs out
     of credit) and passes them on as the bucket refills.  Pacing, not
@@ -44,7 +44,7 @@ from crust._util.ratelimit import RateLimiter
 from crust.config import RelayLimits
 from crust.identity import PeerId
 from crust.relay import messages
-from crust.relay.messages import WINDOW, CircuitLimits, RelayOpen
+from crust.relay.messages import CircuitLimits, RelayOpen
 from crust.relay.switch import CircuitSwitch, Leg
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ class CircuitCore:
 
     def __post_init__(self) -> None:
         now = self.clock.seconds()
-        burst = float(WINDOW)
+        burst = float(self.limits.window)
         self.dirs = (_Direction(burst, now), _Direction(burst, now))
 
     # -- sending ------------------------------------------------------------------------
@@ -160,7 +160,7 @@ class CircuitCore:
             return
         d = self.dirs[side]
         n = len(payload) - 4
-        if d.received + n - d.credited > WINDOW:
+        if d.received + n - d.credited > self.limits.window:
             machine.limit(messages.REASON_OVERFLOW, "an end sent more than its window")
             return
         if d.received + n > self.limits.bytes_per_circuit:
@@ -179,7 +179,7 @@ class CircuitCore:
 
     def _take_tokens(self, d: _Direction, rate: int, n: int) -> bool:
         now = self.clock.seconds()
-        d.tokens = min(float(WINDOW), d.tokens + (now - d.stamp) * rate)
+        d.tokens = min(float(self.limits.window), d.tokens + (now - d.stamp) * rate)
         d.stamp = now
         if d.tokens <= 0:
             return False
@@ -230,7 +230,7 @@ def _accepted(circuit: CircuitInputs, core: CircuitCore) -> None:
     limits = core.limits
     core.open = True
     core.send(A, messages.encode_ready(core.ids[A], CircuitLimits(
-        limits.bytes_per_circuit, limits.seconds_per_circuit, limits.rate_per_circuit)))
+        limits.bytes_per_circuit, limits.seconds_per_circuit, limits.rate_per_circuit, limits.window)))
     core.arm(limits.seconds_per_circuit,
              lambda: circuit.limit(messages.REASON_TIME_LIMIT,
                                    f"this relay carries a circuit for {limits.seconds_per_circuit:g} s"))
@@ -387,7 +387,7 @@ class RelayServer:
         self._circuits[core] = machine
         self._opened_by[opener] += 1
         core.arm(ACCEPT_TIMEOUT, machine.timed_out)
-        if not target_conn.send_control(messages.encode_invite(t_id, opener)):
+        if not target_conn.send_control(messages.encode_invite(t_id, opener, limits.window)):
             machine.lost(T, "the connection is closing")
 
     def _opened(self, core: CircuitCore) -> None:

@@ -17,13 +17,14 @@ from zope.interface.verify import verifyObject
 from crust.address import Address
 from crust.identity import Identity
 from crust.relay import messages
-from crust.relay.circuit import GRANT_STEP, CircuitTLS, CircuitTransport, RelayClosed
-from crust.relay.messages import MAX_CHUNK, WINDOW, RelayFrame
+from crust.relay.circuit import GRANT_SHARE, CircuitTLS, CircuitTransport, RelayClosed
+from crust.relay.messages import MAX_CHUNK, RelayFrame
 from crust.transport.tls import ConnectionCreator, make_context
 
 from tests.relay.fakes import A, T, R, FakeConn, FakeSwitch, Recorder
 
 C = 0x80000001
+WINDOW = 256 * 1024
 
 
 def data_payload(data: bytes, c: int = C) -> bytes:
@@ -37,7 +38,7 @@ class CircuitTests(SynchronousTestCase):
         self.switch = FakeSwitch()
         self.closed: list[tuple[str, str]] = []
         self.circuit = CircuitTransport(self.switch, self.conn, C, self.clock, peer=T, via=R, local=A,
-                                        on_closed=lambda *a: self.closed.append(a))
+                                        window=WINDOW, on_closed=lambda *a: self.closed.append(a))
         self.proto = Recorder()
         self.circuit.attach(self.proto)
         self.circuit.registerProducer(self.proto, True)
@@ -102,7 +103,7 @@ class CircuitTests(SynchronousTestCase):
         [(ftype, payload)] = self.conn.take()
         self.assertEqual(ftype, RelayFrame.CREDIT)
         self.assertEqual(messages.decode_credit(payload), (C, 90_000))
-        self.assertGreaterEqual(90_000, GRANT_STEP)
+        self.assertGreaterEqual(90_000, WINDOW // GRANT_SHARE)
         self.circuit.data_received(data_payload(b"z"))
         self.assertEqual(self.conn.take(), [])  # a byte is not worth a CREDIT frame
 
@@ -215,8 +216,8 @@ class Relay:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.conns = (FakeConn(), FakeConn())
-        self.ends = (CircuitTransport(FakeSwitch(), self.conns[0], 1, clock, peer=T, via=R),
-                     CircuitTransport(FakeSwitch(), self.conns[1], 2, clock, peer=A, via=R))
+        self.ends = (CircuitTransport(FakeSwitch(), self.conns[0], 1, clock, peer=T, via=R, window=WINDOW),
+                     CircuitTransport(FakeSwitch(), self.conns[1], 2, clock, peer=A, via=R, window=WINDOW))
         self.forwarded = 0
         self.seen: list[bytes] = []
 

@@ -80,7 +80,7 @@ class OpenTests(SynchronousTestCase):
     def test_ready_gives_the_circuit(self) -> None:
         d, c = self.open()
         self.assertEqual(self.node.ends.circuits, 1)
-        self.conn_r.dataReceived(messages.encode_ready(c, messages.CircuitLimits(10, 1.0, None)))
+        self.conn_r.dataReceived(messages.encode_ready(c, messages.CircuitLimits(10, 1.0, None, 65536)))
         [circuit] = self.results
         self.assertIsInstance(circuit, CircuitTransport)
         self.assertEqual((circuit.circuit_id, circuit.peer, circuit.via), (c, T, R))
@@ -120,7 +120,7 @@ class OpenTests(SynchronousTestCase):
         self.assertIsInstance(self.failure(), CancelledError)
         [close] = self.node.sent(R)
         self.assertEqual((close.c, close.reason), (c, messages.REASON_CLOSED))
-        self.conn_r.dataReceived(messages.encode_ready(c, messages.CircuitLimits(10, 1.0, None)))  # late
+        self.conn_r.dataReceived(messages.encode_ready(c, messages.CircuitLimits(10, 1.0, None, 65536)))  # late
         self.assertEqual(len(self.results), 1)
         self.assertEqual(self.node.clock.getDelayedCalls() and
                          [x for x in self.node.clock.getDelayedCalls() if "liveness" not in repr(x.func)], [])
@@ -138,7 +138,7 @@ class InviteTests(SynchronousTestCase):
 
     def invite(self, n: int = 1, peer: PeerId = T) -> int:
         c = id_space(R, ME.peer_id) | n
-        self.conn_r.dataReceived(messages.encode_invite(c, peer))
+        self.conn_r.dataReceived(messages.encode_invite(c, peer, 65536))
         return c
 
     def test_accepted_as_tls_server_expecting_the_named_peer(self) -> None:
@@ -254,7 +254,7 @@ class StrategyTests(SynchronousTestCase):
         conn_r.dataReceived(rdv.encode_answer(rdv.decode_query(query).q, T, False, True))
         [opened] = self.node.sent(R)
         self.assertIsInstance(opened, messages.RelayOpen)
-        conn_r.dataReceived(messages.encode_ready(opened.c, messages.CircuitLimits(10, 1.0, None)))
+        conn_r.dataReceived(messages.encode_ready(opened.c, messages.CircuitLimits(10, 1.0, None, 65536)))
         [conn] = results
         self.assertIs(conn.purpose, purpose)
         self.assertEqual((conn.initiator, conn.handshake.expected_peer), (True, T))

@@ -16,7 +16,7 @@ from crust.config import RelayLimits
 from crust.errors import ProtocolViolation
 from crust.identity import Identity, PeerId
 from crust.relay import messages
-from crust.relay.messages import MAX_CHUNK, WINDOW, RelayFrame, id_space
+from crust.relay.messages import MAX_CHUNK, RelayFrame, id_space
 from crust.relay.server import ACCEPT_TIMEOUT, OPEN_RATE, RelayServer
 from crust.relay.switch import CircuitSwitch
 from crust.session.connection import PathInfo
@@ -28,6 +28,7 @@ R = Identity.from_seed(b"r" * 32).peer_id
 A = Identity.from_seed(b"a" * 32).peer_id
 T = Identity.from_seed(b"t" * 32).peer_id
 C = Identity.from_seed(b"c" * 32).peer_id
+WINDOW = RelayLimits().window
 
 
 def decoded(frames: list[tuple[int, bytes]]) -> list[Any]:
@@ -76,10 +77,12 @@ class ServerTests(SynchronousTestCase):
         c = self.open(n)
         [invite] = self.r.sent(T)
         self.assertIsInstance(invite, messages.RelayInvite)
+        self.assertEqual(invite.window, self.r.limits.window)
         self.conn_t.dataReceived(messages.encode_accept(invite.c))
         [ready] = self.r.sent(A)
         self.assertEqual(ready, messages.RelayReady(c, messages.CircuitLimits(
-            self.r.limits.bytes_per_circuit, self.r.limits.seconds_per_circuit, self.r.limits.rate_per_circuit)))
+            self.r.limits.bytes_per_circuit, self.r.limits.seconds_per_circuit, self.r.limits.rate_per_circuit,
+            self.r.limits.window)))
         return c, invite.c
 
     def assert_closed(self, peer: PeerId, c: int, reason: str) -> messages.RelayClose:
@@ -259,19 +262,19 @@ class ServerTests(SynchronousTestCase):
         self.assert_closed(T, t, messages.REASON_OVERFLOW)
 
     def test_the_rate_is_paced(self) -> None:
-        rate = 100_000
-        self.r.limits = RelayLimits(rate_per_circuit=rate)
+        rate, window = 100_000, 4 * MAX_CHUNK
+        self.r.limits = RelayLimits(rate_per_circuit=rate, window=window)
         c, t = self.established()
         for _ in range(4):
             self.conn_a.dataReceived(messages.encode_data(c, b"p" * MAX_CHUNK))
         self.assertEqual(len(self.r.sent(T)), 4)  # a window's burst goes at once
         self.r.clock.advance(10)  # the bucket refills
-        self.conn_t.dataReceived(messages.encode_credit(t, WINDOW))
+        self.conn_t.dataReceived(messages.encode_credit(t, window))
         self.r.frames(A)
         for _ in range(4):
             self.conn_a.dataReceived(messages.encode_data(c, b"p" * MAX_CHUNK))
         self.assertEqual(len(self.r.sent(T)), 4)  # the bucket's second window
-        self.conn_t.dataReceived(messages.encode_credit(t, WINDOW))
+        self.conn_t.dataReceived(messages.encode_credit(t, window))
         self.r.frames(A)
         for _ in range(4):
             self.conn_a.dataReceived(messages.encode_data(c, b"q" * MAX_CHUNK))
@@ -349,7 +352,7 @@ class SwitchTests(SynchronousTestCase):
 
     def test_frames_for_unknown_circuits_are_dropped(self) -> None:
         for data in (messages.encode_data(5, b"x"), messages.encode_credit(5, 1), messages.encode_accept(5),
-                     messages.encode_ready(5, messages.CircuitLimits(1, 1.0, None)),
+                     messages.encode_ready(5, messages.CircuitLimits(1, 1.0, None, WINDOW)),
                      messages.encode_close(5, "closed")):
             self.conn_a.dataReceived(data)
         self.assertEqual(self.r.switch.counters["unknown_circuit"], 5)
@@ -357,6 +360,6 @@ class SwitchTests(SynchronousTestCase):
 
     def test_without_an_acceptor_invites_are_refused(self) -> None:
         c = cid(A, R, 1)
-        self.conn_a.dataReceived(messages.encode_invite(c, T))
+        self.conn_a.dataReceived(messages.encode_invite(c, T, WINDOW))
         [close] = self.r.sent(A)
         self.assertEqual((close.c, close.reason), (c, messages.REASON_REFUSED))

@@ -269,8 +269,8 @@ class RelayStrategy:
     """
     The C{relay} dial strategy (see the module docstring).
 
-    @param find: C{find(peer, exclude, want_relay=True)}: a relay connected to C{peer}
-        (L{crust.punch.rendezvous.Rendezvous.find}).
+    @param rendezvous: finds a relay connected to the peer
+        (L{crust.punch.rendezvous.Rendezvous.find} with C{want_relay}).
     """
 
     name = STRATEGY
@@ -301,7 +301,8 @@ class RelayStrategy:
         return [p for p, conn in self._table.active.items()
                 if p != peer and not conn.closing and not is_relayed(conn)]
 
-    def _excluded(self, peer: PeerId) -> tuple[PeerId, ...]:
+    def _relayed(self) -> tuple[PeerId, ...]:
+        """The peers whose connection to us is itself relayed (not asked)."""
         return tuple(p for p, conn in self._table.active.items() if is_relayed(conn))
 
     def dial(self, target: RelayTarget, attempt: "ConnectAttempt") -> Deferred:
@@ -336,7 +337,7 @@ class RelayStrategy:
             else:
                 out.errback(failure)
 
-        step(self._rendezvous.find(peer, exclude=self._excluded(peer), want_relay=True))
+        step(self._rendezvous.find(peer, exclude=self._relayed(), want_relay=True))
         running[0].addCallback(found).addCallbacks(ready, failed)
         return out
 

@@ -14,6 +14,7 @@ from twisted.trial.unittest import TestCase
 from crust.config import MIB, RelayLimits
 from crust.errors import ConnectFailed
 from crust.relay import messages
+from crust.session.purpose import Purpose
 
 from tests.util import connect_pair, make_service, wait_for
 
@@ -151,3 +152,38 @@ class RelayLoopbackTests(TestCase):
             self.assertIn("peer-lost", reasons[other.peer_id])
             [(peer, via, reason)] = node.events.named("relay_circuit_closed")
             self.assertEqual((peer, via, reason), (other.peer_id, r.peer_id, messages.REASON_PEER_LOST))
+
+    @defer.inlineCallbacks
+    def test_a_direct_path_takes_over_and_the_circuit_waits_as_standby(self):
+        """Handover with a real circuit: relayed, then direct (make before break), then relayed again."""
+        r, a, b = yield self.relayed()
+        relayed_a = a.peers.active[b.peer_id]
+        ib = yield b.prepare_connection_info()
+        address = [x for x in ib.public.addresses if x.transport == "tcp"][0]
+        sent = [b"before %d" % i for i in range(100)]
+        for m in sent:
+            a.send(b.peer_id, m, 1)
+        yield a.dialer.dial(address, Purpose(), expected=b.peer_id)
+        yield wait_for(lambda: a.events.named("path_changed") and b.events.named("path_changed"))
+        [(peer, old, new)] = a.events.named("path_changed")
+        self.assertEqual((peer, old["kind"], old["via"], new["kind"]),
+                         (b.peer_id, "relayed", str(r.peer_id), "direct"))
+        for i in range(100):
+            m = b"after %d" % i
+            a.send(b.peer_id, m, 1)
+            sent.append(m)
+        yield wait_for(lambda: len(b.events.named("new_message")) >= 200)
+        self.assertEqual([data for _, data in b.events.named("new_message")], sent)  # none lost, none reordered
+        self.assertTrue(a.peer_details(b.peer_id)["address"].startswith("tcp:127.0.0.1:"))  # direct now
+        # the circuit stays open, idle, as the standby
+        self.assertTrue(relayed_a.connected and not relayed_a.closing)
+        self.assertEqual(r.relay.stats()["circuits"], 1)
+        self.assertEqual(a.events.named("relay_circuit_closed"), [])
+        # the direct connection dies: back onto the circuit
+        a.peers.active[b.peer_id].transport.abortConnection()
+        yield wait_for(lambda: len(a.events.named("path_changed")) == 2)
+        self.assertEqual(a.events.named("path_changed")[1][2]["kind"], "relayed")
+        self.assertIs(a.peers.active[b.peer_id], relayed_a)
+        a.send(b.peer_id, b"through the relay again", 0)
+        yield wait_for(lambda: b.events.named("new_message")[-1][1] == b"through the relay again")
+        self.assertEqual(a.events.named("lost_peer"), [])

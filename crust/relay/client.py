@@ -18,8 +18,10 @@ connects) and L{RelayEnds}, which opens circuits and answers invitations.
     as anyone.
 
 Both ends' circuits are capped (L{MAX_ENDS}; L{MAX_ENDS_PER_RELAY} invited
-through one relay), and both report C{relay_circuit_opened(peer_id, via)}
-and C{relay_circuit_closed(peer_id, via, reason)}.
+through one relay, and at most L{INVITE_RATE} invitations a second from
+each relay: each costs a TLS handshake), and both report
+C{relay_circuit_opened(peer_id, via)} and C{relay_circuit_closed(peer_id,
+via, reason)}.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
+from crust._util.ratelimit import RateLimiter
 from crust.config import Config
 from crust.connection_info import PubConnectionInfo
 from crust.errors import CrustError
@@ -58,6 +61,9 @@ if TYPE_CHECKING:
 OPEN_TIMEOUT = 10.0  # seconds for READY after OPEN (the relay gives the target 5)
 MAX_ENDS = 64  # circuits we are an end of, opened and invited together
 MAX_ENDS_PER_RELAY = 16  # circuits one relay invites us to at once
+INVITE_RATE = (5.0, 20.0)  # invitations taken a second (and burst) from one relay
+INVITE_TOTAL = (20.0, 60.0)
+LOG_RATE = (0.2, 5.0)  # log lines about refused invitations, per relay
 PATH_KIND = "relayed"
 STRATEGY = "relay"
 
@@ -92,6 +98,8 @@ class RelayEnds:
         self._emit = emit
         self._ends: set[Any] = set()  # openings and circuits
         self._invited_by: Counter[PeerId] = Counter()
+        self._invites = RateLimiter(clock, INVITE_RATE, INVITE_TOTAL)
+        self._logs = RateLimiter(clock, LOG_RATE, (2.0, 10.0))
         self.counters = dict.fromkeys(("opened", "accepted", "refused", "failed"), 0)
         switch.invite_handler = self.invite_received
 
@@ -189,10 +197,13 @@ class RelayEnds:
             detail = "a circuit from the relay itself, or from us"
         elif len(self._ends) >= MAX_ENDS or self._invited_by[via] >= MAX_ENDS_PER_RELAY:
             reason, detail = messages.REASON_TOO_MANY, "this node is an end of too many relayed circuits"
+        elif not self._invites.allow(via):
+            reason, detail = messages.REASON_RATE_LIMITED, "too many invitations lately; try again shortly"
         if detail:
             self.counters["refused"] += 1
-            self.log.info("refusing a circuit from {peer} via {via}: {detail}", peer=str(peer), via=str(via),
-                          detail=detail)
+            if self._logs.allow(via):
+                self.log.info("refusing a circuit from {peer} via {via}: {detail}", peer=str(peer), via=str(via),
+                              detail=detail)
             conn.send_control(messages.encode_close(invite.c, reason, detail))
             return
         if not conn.send_control(messages.encode_accept(invite.c)):

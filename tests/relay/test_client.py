@@ -22,7 +22,7 @@ from crust.punch import messages as rdv
 from crust.punch.rendezvous import Rendezvous
 from crust.relay import messages
 from crust.relay.circuit import CircuitTransport, RelayClosed
-from crust.relay.client import OPEN_TIMEOUT, MAX_ENDS_PER_RELAY, RelayEnds, RelayStrategy, RelayTarget
+from crust.relay.client import INVITE_RATE, MAX_ENDS_PER_RELAY, OPEN_TIMEOUT, RelayEnds, RelayStrategy, RelayTarget
 from crust.relay.messages import RelayFrame, id_space
 from crust.relay.switch import CircuitSwitch
 from crust.session.connection import PathInfo
@@ -197,6 +197,23 @@ class InviteTests(SynchronousTestCase):
         refused = [f for f in sent if isinstance(f, messages.RelayClose)]
         self.assertEqual({f.reason for f in refused}, {messages.REASON_TOO_MANY})
         self.assertEqual(len(refused), 4)
+
+    def test_invitations_from_one_relay_are_rate_limited(self) -> None:
+        rate, burst = INVITE_RATE
+        for n in range(1, 41):
+            self.invite(n)
+            c = id_space(R, ME.peer_id) | n
+            circuit = self.node.switch.leg(self.conn_r, c)
+            if circuit is not None:
+                circuit.abortConnection()  # (so that the cap on open circuits is not what refuses)
+        sent = self.node.sent(R)
+        self.assertEqual(sum(isinstance(f, messages.RelayAccept) for f in sent), int(burst))
+        refused = {f.reason for f in sent if isinstance(f, messages.RelayClose) and f.reason != "aborted"}
+        self.assertEqual(refused, {messages.REASON_RATE_LIMITED})
+        self.node.clock.advance(1.0)
+        self.node.sent(R)
+        self.invite(100)
+        self.assertIsInstance(self.node.sent(R)[0], messages.RelayAccept)
 
     def test_stop_aborts_every_circuit(self) -> None:
         c = self.invite()

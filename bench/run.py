@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """
 crust benchmarks, one command: crust over TCP against plain Twisted TLS 1.3,
-and crust over QUIC against aioquic's own asyncio client and server, same run.
+crust over QUIC against aioquic's own asyncio client and server, and crust
+relayed through a third node against crust over TCP directly, same run.
 
     python bench/run.py                 # full run (~2.5 minutes), tables on stdout
     python bench/run.py --quick         # smoke run (~15 s): short, 1 repetition
@@ -10,7 +11,7 @@ and crust over QUIC against aioquic's own asyncio client and server, same run.
 
 Every measurement runs a server worker and a client worker (bench/worker.py;
 bench/aioquic_worker.py for the aioquic baseline) in two separate processes,
-talking over 127.0.0.1 only.  For each repetition and test the
+talking over 127.0.0.1 only; the relayed case runs a third, the relay.  For each repetition and test the
 implementations of a section run back to back (crust and its TLS baseline;
 crust over QUIC and aioquic), so a baseline is measured under the same
 machine load as crust.  Figures are the median of the repetitions.  See
@@ -54,9 +55,10 @@ from _common import (  # noqa: E402
     ratio,
 )
 
-IMPLS = ("crust", "tls", "quic", "aioquic")
+IMPLS = ("crust", "tls", "quic", "aioquic", "relay")
 TESTS = ("bulk", "rate", "setup")
-NAMES = {"crust": "crust", "tls": "TLS baseline", "quic": "crust/QUIC", "aioquic": "aioquic"}
+NAMES = {"crust": "crust", "tls": "TLS baseline", "quic": "crust/QUIC", "aioquic": "aioquic",
+         "relay": "crust relayed"}
 
 # what each implementation is: the worker kind, its section, and the tests it runs
 KINDS = {
@@ -64,13 +66,19 @@ KINDS = {
     "tls": ("tls", "tcp"),
     "quic": ("quic", "quic"),
     "aioquic": ("aioquic", "quic"),
+    "relay": ("relay", "relay"),
 }
-KIND_TESTS = {"aioquic": ("bulk", "setup")}  # a raw QUIC stream has no messages to count
+# a raw QUIC stream has no messages to count; the relayed case measures what a relay costs in bulk
+KIND_TESTS = {"aioquic": ("bulk", "setup"), "relay": ("bulk",)}
 
 # a section: crust on one transport ("subject") against its baseline
 SECTIONS = {
     "tcp": {"subject": "crust", "baseline": "tls",
             "title": "crust over TCP vs plain Twisted TLS 1.3 (Int32StringReceiver)"},
+    # the baseline is the tcp section's crust, measured just before in the same repetition
+    "relay": {"subject": "relay", "baseline": "crust",
+              "title": "crust relayed through a third node (a circuit, TLS end to end inside) vs crust over TCP "
+                       "directly"},
     "quic": {"subject": "quic", "baseline": "aioquic",
              "title": "crust over QUIC vs aioquic's own asyncio client and server (one stream)"},
 }
@@ -84,7 +92,10 @@ TARGETS = {
 QUIC_TARGETS = {
     "bulk_mib_s": ("min", 0.90),
 }
-SECTION_TARGETS = {"tcp": TARGETS, "quic": QUIC_TARGETS}
+RELAY_TARGETS = {
+    "bulk_mib_s": ("min", 0.50),
+}
+SECTION_TARGETS = {"tcp": TARGETS, "quic": QUIC_TARGETS, "relay": RELAY_TARGETS}
 
 # measured on this kind of machine with the same shape of test (Twisted TLS 1.3
 # + Int32StringReceiver), quoted for comparison only
@@ -246,11 +257,15 @@ class Runner:
             return ["--profile", os.path.join(o.profile, f"{impl}-{test}-{role}-{rep}.prof")]
 
         deadline = time.monotonic() + budget
+        relay = None
+        if kind == "relay":  # the relay first; the server and the client connect to it
+            relay = self._worker(f"{impl}/{test}/relay", ["--role", "relay", *common, *prof("relay")], env, script)
+            common += ["--relay-info", relay.wait("listening", deadline)["info"]]
         server = self._worker(f"{impl}/{test}/server", ["--role", "server", *common, *prof("server")], env, script)
         client = None
         try:
             listening = server.wait("listening", deadline)
-            if kind in ("crust", "quic"):
+            if kind in ("crust", "quic", "relay"):
                 self.crust_location.setdefault(impl, listening.get("crust", ""))
             if "quic_options" in listening:
                 self.quic_options.setdefault(impl, listening["quic_options"])
@@ -282,7 +297,14 @@ class Runner:
             nbytes = received["bytes"]
             mib = nbytes / MIB
             cpu = received["cpu"] + sent["cpu"]
-            extra = {}
+            extra: dict[str, Any] = {}
+            if relay is not None:  # the relay's CPU counts too: it is part of the path
+                relay.stop()  # it reports its CPU time as it exits
+                try:
+                    extra["cpu_relay_s"] = relay.wait("exit", time.monotonic() + 5)["cpu_since_listening"]
+                    cpu += extra["cpu_relay_s"]
+                except BenchError:
+                    extra["cpu_relay_s"] = math.nan
             rq, sq = received.get("quic"), sent.get("quic")
             if rq and sq:  # QUIC: datagrams the receiver never got (socket buffer overflows on loopback)
                 lost = sq["datagrams_sent"] - rq["datagrams_received"]
@@ -303,7 +325,7 @@ class Runner:
                 "minflt_sender": sent.get("minflt"),
             }
         finally:
-            for w in (client, server):
+            for w in (client, server, relay):
                 if w is not None:
                     w.stop()
                     self.workers.remove(w)
@@ -359,6 +381,8 @@ class Runner:
             if not members:
                 continue
             subject, baseline = sec["subject"], sec["baseline"]
+            if baseline not in members and baseline in o.impls:
+                members = [baseline] + members  # measured in its own section, in the same repetitions
             got: dict[str, float] = {}
             verdicts: dict[str, Optional[bool]] = {}
             alt_ratios: dict[str, dict[str, float]] = {}
@@ -476,8 +500,8 @@ def _section_lines(summary: dict[str, Any], name: str) -> list[str]:
     sec = summary["sections"][name]
     impls = sec["impls"]
     subject, baseline = sec["subject"], sec["baseline"]
-    short = {"crust": "crust", "quic": "QUIC"}[subject]
-    base_short = {"tls": "baseline", "aioquic": "aioquic"}[baseline]
+    short = {"crust": "crust", "quic": "QUIC", "relay": "relayed"}[subject]
+    base_short = {"tls": "baseline", "aioquic": "aioquic", "crust": "direct"}[baseline]
     alts = [i for i in impls if i not in (subject, baseline)]
     head = ["measurement"] + [NAMES.get(i, i) for i in impls]
     pair = subject in impls and baseline in impls
@@ -491,7 +515,7 @@ def _section_lines(summary: dict[str, Any], name: str) -> list[str]:
     table = [head]
     for figure, label, digits, _ in ROWS:
         values = summary["figures"].get(figure)
-        if values is None or not any(i in values for i in impls):
+        if values is None or not any(i in values for i in impls) or (subject in impls and subject not in values):
             continue
         row = [label] + [fmt(values.get(i), digits) for i in impls]
         if figure.endswith("_lost_percent"):  # a diagnostic: no ratios
@@ -535,6 +559,9 @@ def render(summary: dict[str, Any]) -> str:
     for name in SECTIONS:
         if name in summary["sections"]:
             lines += [""] + _section_lines(summary, name)
+            if name == "relay":
+                lines.append("relayed: 64 KiB messages from one node to another through a third (no rate or byte "
+                             "limit; the default window); its CPU counts the relay's process too")
             if name == "quic":
                 q = s["quic_baseline"]
                 lines.append(f"QUIC: datagrams of {q['max_datagram_size']} bytes, {q['congestion_control']}, "

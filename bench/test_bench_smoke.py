@@ -7,7 +7,7 @@ tests/ only).  Run it from the repository root:
 It runs ``python bench/run.py --quick --json`` (about 15 s: one short
 repetition of every measurement, crust over TCP and the TLS baseline, crust
 over QUIC and the aioquic baseline, each in its own pair of processes on
-127.0.0.1) and ``python bench/micro.py --quick --json``,
+127.0.0.1, and crust relayed through a third process) and ``python bench/micro.py --quick --json``,
 and checks that every figure was measured and is plausible.  It asserts no
 performance target: those depend on the machine.
 """
@@ -65,6 +65,16 @@ class QuickBench(unittest.TestCase):
             self.assertTrue(math.isfinite(quic["ratios"][figure]), figure)
         self.assertIn(quic["targets"]["bulk_mib_s"]["met"], (True, False))
         self.assertTrue(math.isfinite(quic["vs_tcp"]["quic"]["bulk_mib_s"]))
+        # relayed: bulk only, against crust over TCP directly
+        for figure in ("bulk_mib_s", "bulk_cpu_ms_per_mib"):
+            value = figures[figure]["relay"]
+            self.assertTrue(value > 0 and math.isfinite(value), f"{figure}/relay = {value}")
+        self.assertNotIn("relay", figures["rate_msg_s"])
+        relay = summary["sections"]["relay"]
+        self.assertEqual(relay["baseline"], "crust")
+        self.assertTrue(math.isfinite(relay["ratios"]["bulk_mib_s"]))
+        self.assertIn(relay["targets"]["bulk_mib_s"]["met"], (True, False))
+        self.assertTrue(math.isfinite(summary["runs"]["bulk"]["relay"][0]["cpu_relay_s"]))
         # every setup iteration was its own connection
         for impl in ("crust", "tls", "quic", "aioquic"):
             self.assertEqual(summary["runs"]["setup"][impl][0]["connections"], summary["settings"]["connections"])

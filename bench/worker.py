@@ -16,6 +16,12 @@ Implementations (C{--impl}):
     socket carries the connection); stream tests send at C{--priority}.
   - C{tls}: the baseline, plain Twisted TLS 1.3 (C{TLSMemoryBIOFactory}, as
     crust uses) with mutual Ed25519 certificates and C{Int32StringReceiver}.
+  - C{relay}: crust over TCP through a relay: a third worker (C{--role
+    relay}) is a node that relays (C{serve_relay}, no rate or byte limit);
+    the server and the client connect to it first (C{--relay-info}), and the
+    client connects to the server by peer id with only the C{relay} dial
+    strategy: the connection is a circuit through the relay, the secure
+    channel end to end inside it.
 (aioquic's own asyncio client and server, the QUIC baseline, are in
 C{bench/aioquic_worker.py}.)
 
@@ -53,8 +59,8 @@ perf_counter = time.perf_counter
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--role", choices=("server", "client"), required=True)
-    p.add_argument("--impl", choices=("crust", "quic", "tls"), required=True)
+    p.add_argument("--role", choices=("server", "client", "relay"), required=True)
+    p.add_argument("--impl", choices=("crust", "quic", "tls", "relay"), required=True)
     p.add_argument("--test", choices=("bulk", "rate", "setup"), required=True)
     p.add_argument("--size", type=int, default=100, help="message size in bytes")
     p.add_argument("--duration", type=float, default=4.0, help="measured seconds (stream tests)")
@@ -62,6 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=200, help="connections (setup test)")
     p.add_argument("--port", type=int, default=0, help="the server's port (client)")
     p.add_argument("--info", default="", help="the crust server's PubConnectionInfo JSON (client)")
+    p.add_argument("--relay-info", default="", help="the relay's PubConnectionInfo JSON (relay: server, client)")
     p.add_argument("--certdir", default="", help="baseline certificates (server.*, client.*)")
     p.add_argument("--max-queued", type=int, default=0,
                    help="crust Config.max_queued_bytes (0: the Config default)")
@@ -251,6 +258,11 @@ def crust_server(args, reactor) -> None:
     service.startService()
 
     def listening(info):
+        if args.impl == "relay":  # on the relay first: the client's connection comes through it
+            return service.connect(args.relay_info).addCallback(lambda _: announce(info))
+        return announce(info)
+
+    def announce(info):
         port = info.public.addresses[0].port
         _mark_listening()
         extra = {}
@@ -263,7 +275,7 @@ def crust_server(args, reactor) -> None:
         emit(event="listening", port=port, info=info.public.to_json(), crust=os.path.dirname(crust.__file__),
              **extra)
 
-    service.prepare_connection_info().addCallbacks(listening, _fail(reactor, "listen"))
+    service.prepare_connection_info().addCallback(listening).addErrback(_fail(reactor, "listen"))
 
 
 def _quic_diagnostics(service):
@@ -354,7 +366,16 @@ def crust_client(args, reactor) -> None:
 
     async def stream() -> None:
         ours = await service.prepare_connection_info()
-        peer = await service.connect(ours, args.info)
+        if args.impl == "relay":
+            await service.connect(args.relay_info)
+            for name in ("tcp", "quic", "rendezvous", "tcp-punch", "udp-punch"):
+                service.dialer.unregister(name)  # through the relay, or not at all
+            peer = await service.connect(their.peer_id)
+            path = service.peer_details(peer)["path"]
+            if path["kind"] != "relayed":
+                raise RuntimeError(f"the connection is not relayed: {path}")
+        else:
+            peer = await service.connect(ours, args.info)
         message = b"x" * args.size
         priority = args.priority  # the end marker too: order is kept per priority lane on QUIC
         batch = range(_batch(args.size))
@@ -388,6 +409,39 @@ def crust_client(args, reactor) -> None:
         pump()
 
     ensureDeferred(setup() if args.test == "setup" else stream()).addErrback(_fail(reactor, "client"))
+
+
+def relay_node(args, reactor) -> None:
+    """
+    A node that relays, with no limit that would end or slow the measured
+    circuit.  Its CPU time (the C{exit} line) counts from C{--warmup}
+    seconds after the first relayed byte, as the receiver's measurement does.
+    """
+    import crust
+    from twisted.internet.task import LoopingCall
+
+    from crust import Identity, Service
+    from crust.config import RelayLimits
+
+    config = _crust_config(args).replace(
+        serve_relay=True, relay_limits=RelayLimits(bytes_per_circuit=1 << 50, rate_per_circuit=None))
+    service = Service(Identity.generate(), config, reactor=reactor)
+    service.startService()
+
+    def watch():
+        if service.relay.stats()["bytes_relayed"]:
+            watching.stop()
+            reactor.callLater(args.warmup, _mark_listening)
+
+    watching = LoopingCall(watch)
+    watching.clock = reactor
+
+    def listening(info):
+        watching.start(0.01)
+        emit(event="listening", port=info.public.addresses[0].port, info=info.public.to_json(),
+             crust=os.path.dirname(crust.__file__))
+
+    service.prepare_connection_info().addCallbacks(listening, _fail(reactor, "listen"))
 
 
 # -- the baseline: Twisted TLS 1.3 + Int32StringReceiver -----------------------------------
@@ -590,6 +644,9 @@ def main(argv=None) -> int:
         ("quic", "client"): crust_client,
         ("tls", "server"): tls_server,
         ("tls", "client"): tls_client,
+        ("relay", "relay"): relay_node,
+        ("relay", "server"): crust_server,
+        ("relay", "client"): crust_client,
     }[(args.impl, args.role)]
     def start() -> None:
         try:

@@ -38,8 +38,9 @@ class RelayLimits:
     bytes_per_circuit: int = 256 * MIB  # each direction
     seconds_per_circuit: float = 3600.0
     rate_per_circuit: Optional[int] = 8 * MIB  # bytes a second each direction; None: unlimited
-    circuits_per_peer: int = 8
+    circuits_per_peer: int = 8  # circuits each peer opens through us at once
     circuits_total: int = 64
+    window: int = 1024 * 1024  # how far an end may send ahead of the other's credit: we hold up to this each way
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class Config:
     serve_relay: bool = False  # carry circuits between two peers connected to us
     relay_delay: float = 2.0  # a relayed connection starts after this unless everything else failed first
     relay_limits: RelayLimits = field(default_factory=RelayLimits)
+    accept_relayed: bool = True  # take circuits a relay invites us to (connections to us through a relay)
     turn_servers: tuple[TurnServer, ...] = ()
 
     def replace(self, **changes) -> "Config":
@@ -124,3 +126,5 @@ class Config:
         if limits.bytes_per_circuit < 1 or limits.seconds_per_circuit <= 0 or limits.circuits_per_peer < 0 \
                 or limits.circuits_total < 0 or (limits.rate_per_circuit is not None and limits.rate_per_circuit < 1):
             raise ValueError("relay_limits must be positive (circuit counts may be 0)")
+        if not 64 * 1024 <= limits.window <= 16 * MIB:
+            raise ValueError("relay_limits.window must be in 64 KiB..16 MiB")

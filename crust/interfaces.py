@@ -51,3 +51,9 @@ class ICrustObserver(Interface):
         strategy, transport, address, via).  It stays one connection: no
         message was lost on the way.
         """
+
+    def relay_circuit_opened(peer_id, via):
+        """A relayed circuit to or from C{peer_id} through the relay C{via} opened (its secure handshake follows)."""
+
+    def relay_circuit_closed(peer_id, via, reason):
+        """The relayed circuit to or from C{peer_id} through C{via} ended: C{reason}, a code (doc/relay.md)."""

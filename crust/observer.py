@@ -25,6 +25,8 @@ EVENT_NAMES = (
     "bootstrap_accept",
     "bootstrap_failed",
     "path_changed",
+    "relay_circuit_opened",
+    "relay_circuit_closed",
 )
 
 
@@ -44,6 +46,8 @@ class CrustObserver:
     def bootstrap_accept(self, peer_id: Any, role: Any) -> None: ...
     def bootstrap_failed(self, reason: Any) -> None: ...
     def path_changed(self, peer_id: Any, old: Any, new: Any) -> None: ...
+    def relay_circuit_opened(self, peer_id: Any, via: Any) -> None: ...
+    def relay_circuit_closed(self, peer_id: Any, via: Any, reason: str) -> None: ...
 
 
 @implementer(ICrustObserver)

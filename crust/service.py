@@ -56,6 +56,7 @@ from crust.nat.reflexive import ReflexiveDiscovery
 from crust.nat.turn_wiring import install as install_turn
 from crust.observer import Observers
 from crust.punch.wiring import install as install_punching
+from crust.relay.wiring import install as install_relaying
 from crust.peering.table import PeerTable
 from crust.roles import Role
 from crust.transport.tcp import TcpTransport
@@ -163,6 +164,9 @@ class Service(MultiService):
             dialer=self.dialer, addresses=self.addresses, tcp=self.tcp if self.config.enable_tcp else None,
             udp_endpoint=self.udp_endpoint, quic_for_socket=self._quic_for_socket if self.quic else None,
             our_info=self._public_info)
+        self.relay = install_relaying(
+            local_id=self.peer_id, reactor=reactor, config=lambda: self.config, table=self.peers, dialer=self.dialer,
+            rendezvous=self.punch.rendezvous, creator=lambda: self._creator, emit=self.observers.emit, parent=self)
         # told of promotions last: the cache and the connection's path are up to date when connect() fires
         self.connector = Connector(self.dialer, self.peers, self.clock, lambda: self.config, self.observers.emit)
         self.discovery_requester: Any = None

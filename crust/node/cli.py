@@ -296,6 +296,7 @@ def cmd_info(ctx: Context) -> int:
                                 if info.get("bootstrapped_to") else "(not bootstrapped)"),
         f"accepts bootstrap: {'yes' if info.get('accept_bootstrap') else 'no'}; "
         f"bootstrap cache: {info.get('bootstrap_cache_size', 0)} peer(s)",
+        f"relaying:         {_relaying(info.get('relay') or {})}",
         f"data directory:   {info.get('data_dir')}",
         f"control socket:   {info.get('control')}",
         f"pid:              {info.get('pid')} (up {_duration(info.get('uptime') or 0)})",
@@ -315,6 +316,27 @@ def _turn_line(t: dict[str, Any]) -> str:
             f"{t.get('channels', 0)} channel(s))")
 
 
+def _relaying(relay: dict) -> str:
+    """The C{info} result's relay figures, for a person."""
+    if relay.get("serving"):
+        text = (f"yes: {relay.get('circuits', 0)} circuit(s) now, {relay.get('circuits_total', 0)} in all, "
+                f"{_size(relay.get('bytes_relayed') or 0)} relayed")
+    else:
+        text = "no"
+    ends = relay.get("ends") or 0
+    if ends:
+        text += f"; {ends} relayed circuit(s) of ours"
+    return text
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # (not reached)
+
+
 def _duration(seconds: float) -> str:
     s = int(seconds)
     if s < 60:
@@ -332,9 +354,13 @@ def cmd_peers(ctx: Context) -> int:
         how = ""
         if path.get("kind"):
             how = f"  {path['kind']}"
+            if path.get("via"):
+                how += f" via {path['via']}"
             if isinstance(path.get("elapsed"), (int, float)):
                 how += f" in {path['elapsed']:.2f} s"
-        return (f"{p.get('peer_id')}  {p.get('address')}  {direction}{how}"
+        address = p.get("address")
+        address = address if address and address != "None" else "-"  # (a relayed connection has none)
+        return (f"{p.get('peer_id')}  {address}  {direction}{how}"
                 f"  role={p.get('role')}  queued={p.get('queued_bytes')}")
 
     return _list(ctx, ctx.call("peers"), "no connected peers", line)
@@ -470,7 +496,7 @@ def cmd_disconnect(ctx: Context) -> int:
 EVENT_NAMES = (
     "listener_started", "listener_failed", "connect_success", "connect_failure", "lost_peer",
     "new_message", "message_dropped", "message_too_large", "bootstrap_connect", "bootstrap_accept",
-    "bootstrap_failed", "path_changed",
+    "bootstrap_failed", "path_changed", "relay_circuit_opened", "relay_circuit_closed",
 )
 
 

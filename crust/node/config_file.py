@@ -275,6 +275,7 @@ def _relay_limits(value: Any, path: str, source: str) -> RelayLimits:
                              _RELAY_DEFAULTS.rate_per_circuit),
         "circuits_per_peer": (_integer(0, 1 << 16), _RELAY_DEFAULTS.circuits_per_peer),
         "circuits_total": (_integer(0, 1 << 20), _RELAY_DEFAULTS.circuits_total),
+        "window": (_integer(64 * 1024, 16 * 1024 * 1024), _RELAY_DEFAULTS.window),
     }
     return RelayLimits(**_object(fields, path, value, source))
 
@@ -324,6 +325,7 @@ _FIELDS: dict[str, _Validator] = {
     "serve_relay": _boolean,
     "relay_delay": _delay,
     "relay_limits": _relay_limits,
+    "accept_relayed": _boolean,
     "turn_servers": _list_of(_turn_server, 8),
 }
 

@@ -414,6 +414,7 @@ class Node(MultiService):
                                     if svc.bootstrapped_to else None),
                 "accept_bootstrap": svc.config.accept_bootstrap,
                 "bootstrap_cache_size": len(svc.bootstrap_cached_peers()),
+                "relay": svc.relay.stats(),
                 "data_dir": str(self.data_dir.path),
                 "config_file": (
                     str(self.config_file or self.data_dir.config_path) if self._given_config is None else None

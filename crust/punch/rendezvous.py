@@ -12,6 +12,10 @@ the ready node), and at most C{FORWARD_RATE} envelopes a second from each
 peer; it never opens an envelope (it cannot: they are sealed to the
 addressee) and cannot alter one unnoticed (they are signed by the sender).
 
+Its ANSWER also says whether it would relay to the target (C{relay}: it
+relays, C{Config.serve_relay}, and is connected to the target): the relay
+layer finds a relay the same way (L{Rendezvous.find} with C{want_relay}).
+
 As an B{end}, a node finds a common peer (L{Rendezvous.find}: it asks its
 connected peers at once, and the first that is connected to the target and
 serves wins) and sends envelopes through it (L{Rendezvous.send}); envelopes
@@ -52,7 +56,7 @@ ErrorHandler = Callable[[PeerId, PeerId, str, str], None]
 
 
 class NoCommonPeer(CrustError):
-    """None of our connected peers is connected to the target and serves as a rendezvous."""
+    """None of our connected peers is connected to the target and serves as a rendezvous (or relay)."""
 
 
 class Rendezvous:
@@ -60,15 +64,20 @@ class Rendezvous:
     @param serving: returns whether we forward for others.
     @param delivered: gets each envelope delivered to us.
     @param refused: gets each error a rendezvous answered for our envelope.
+    @param relaying: returns whether we relay circuits for others (our
+        ANSWERs say so); the relay layer may set it later, as the
+        C{relaying} attribute.
     """
 
     log = Logger()
 
     def __init__(self, table: "PeerTable", clock: Any, *, serving: Callable[[], bool],
-                 delivered: EnvelopeHandler, refused: Optional[ErrorHandler] = None) -> None:
+                 delivered: EnvelopeHandler, refused: Optional[ErrorHandler] = None,
+                 relaying: Callable[[], bool] = lambda: False) -> None:
         self._table = table
         self._clock = clock
         self._serving = serving
+        self.relaying = relaying
         self._delivered = delivered
         self._refused = refused
         self._forward_limit = RateLimiter(clock, FORWARD_RATE, FORWARD_TOTAL)
@@ -94,15 +103,16 @@ class Rendezvous:
 
     # -- as an end ------------------------------------------------------------------
 
-    def find(self, target: PeerId, exclude: tuple[PeerId, ...] = ()) -> Deferred:
+    def find(self, target: PeerId, exclude: tuple[PeerId, ...] = (), want_relay: bool = False) -> Deferred:
         """
         Fires with a connected peer that is connected to C{target} and
-        serves as a rendezvous; fails with L{NoCommonPeer} (saying how many
-        peers were asked) when none is, within L{FIND_TIMEOUT}.
+        serves as a rendezvous (with C{want_relay}: that would relay to
+        C{target}); fails with L{NoCommonPeer} (saying how many peers were
+        asked) when none is, within L{FIND_TIMEOUT}.
         """
         asked = [p for p, c in self._table.active.items()
                  if p != target and p not in exclude and not c.closing][:MAX_ASKED]
-        search = _Search(self, target, len(asked))
+        search = _Search(self, target, len(asked), want_relay)
         if not asked or len(self._pending) + 1 > MAX_PENDING_QUERIES:
             search.finish(None)
             return search.result
@@ -129,7 +139,10 @@ class Rendezvous:
         search = self._pending.get(answer.q)
         if search is None or answer.peer != search.target or conn.peer_id is None:
             return  # late, or not ours: ignored
-        search.answered(conn.peer_id, answer.connected, answer.serving)
+        if search.want_relay:
+            search.answered(conn.peer_id, answer.relay)
+        else:
+            search.answered(conn.peer_id, answer.connected, answer.serving)
 
     def _deliver_received(self, conn: "PeerConnection", payload: bytes) -> None:
         deliver = self._decode(conn, messages.decode_deliver, payload)
@@ -161,9 +174,11 @@ class Rendezvous:
             self.counters["rate_limited"] += 1
             return
         serving = self._serving()
-        connected = serving and query.peer != conn.peer_id and self._table.usable(query.peer) is not None
+        reachable = query.peer != conn.peer_id and self._table.usable(query.peer) is not None
+        connected = reachable and serving
+        relay = reachable and self.relaying()
         self.counters["queries_answered"] += 1
-        conn.send_control(messages.encode_answer(query.q, query.peer, connected, serving=serving))
+        conn.send_control(messages.encode_answer(query.q, query.peer, connected, relay, serving=serving))
 
     def _forward_received(self, conn: "PeerConnection", payload: bytes) -> None:
         forward = self._decode(conn, messages.decode_forward, payload)
@@ -200,10 +215,11 @@ class Rendezvous:
 class _Search:
     """One L{Rendezvous.find}: the first peer that says yes wins."""
 
-    def __init__(self, rendezvous: Rendezvous, target: PeerId, asked: int) -> None:
+    def __init__(self, rendezvous: Rendezvous, target: PeerId, asked: int, want_relay: bool = False) -> None:
         self._rendezvous = rendezvous
         self.target = target
         self.asked = asked
+        self.want_relay = want_relay
         self.result: Deferred = Deferred(lambda d: self.finish(None, cancelled=True))
         self._q: Optional[int] = None
         self._waiting = 0
@@ -241,11 +257,13 @@ class _Search:
         if peer is not None:
             self.result.callback(peer)
             return
+        what = "no relay" if self.want_relay else "no common peer"
         if self.asked == 0:
-            text = "no common peer: we are connected to no other peer to ask"
+            text = f"{what}: we are connected to no other peer to ask"
         else:
-            text = (f"no common peer: none of the {self.asked} peer(s) we asked is connected to "
-                    f"{self.target.short()} and serves as a rendezvous")
+            role = "relays" if self.want_relay else "serves as a rendezvous"
+            text = (f"{what}: none of the {self.asked} peer(s) we asked is connected to "
+                    f"{self.target.short()} and {role}")
             if self._not_serving:
                 names = ", ".join(p.short() for p in self._not_serving)
                 text += f" ({names} {'does' if len(self._not_serving) == 1 else 'do'} not serve as a rendezvous)"

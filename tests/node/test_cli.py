@@ -169,6 +169,21 @@ class ScriptedTests(SynchronousTestCase):
         self.assertIn(PEER, out)
         self.assertIn("incoming", out)
         self.assertEqual(json.loads(self.run_cli("--json", "peers")[1]), {"peers": [peer]})
+        relayed = dict(peer, address="None", initiator=True,
+                       path={"kind": "relayed", "strategy": "relay", "elapsed": 2.5, "via": OTHER})
+        self.answers["peers"] = lambda r: [ok(r, {"peers": [relayed]})]
+        status, out, _ = self.run_cli("peers")
+        self.assertIn(f"{PEER}  -  outgoing  relayed via {OTHER} in 2.50 s", out)
+
+    def test_info_relaying(self) -> None:
+        info = {"peer_id": PEER, "relay": {"serving": True, "circuits": 2, "circuits_total": 7,
+                                           "bytes_relayed": 3 * 1024 * 1024 + 1, "ends": 1}}
+        self.answers["info"] = lambda r: [ok(r, info)]
+        out = self.run_cli("info")[1]
+        self.assertIn("relaying:         yes: 2 circuit(s) now, 7 in all, 3.0 MiB relayed; "
+                      "1 relayed circuit(s) of ours", out)
+        info["relay"] = {"serving": False, "ends": 0}
+        self.assertIn("relaying:         no\n", self.run_cli("info")[1])
 
     def test_connect(self) -> None:
         self.answers["connect"] = lambda r: [ok(r, {"peer_id": PEER})]
@@ -430,6 +445,9 @@ class RealNodesTests(SynchronousTestCase):
             self.assertTrue(all(addr.startswith(("tcp:127.0.0.1:", "udp:127.0.0.1:"))
                             for addr in info["connection_info"]["addrs"]))
         self.assertIn(f"peer id:          {info_a['peer_id']}", self.ok(a, "info"))
+        self.assertEqual(info_a["relay"]["serving"], True)  # the ready node relays
+        self.assertEqual((info_a["relay"]["circuits"], info_a["relay"]["bytes_relayed"]), (0, 0))
+        self.assertIn("relaying:         yes: 0 circuit(s) now, 0 in all, 0 bytes relayed", self.ok(a, "info"))
 
         # B's connection info: one JSON line, the same as info shows
         text_b = self.ok(b, "connection-info")

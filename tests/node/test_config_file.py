@@ -104,6 +104,11 @@ class DefaultFileTests(unittest.TestCase):
     def test_utf8_bom_accepted(self) -> None:
         self.assertEqual(parse_config('\ufeff{"network_name": "n"}'.encode("utf-8")).network_name, "n")
 
+    def test_relays(self) -> None:
+        config = parse_config('{"accept_relayed": false, "relay_limits": {"window": 262144}}')
+        self.assertEqual((config.accept_relayed, config.relay_limits.window), (False, 262144))
+        self.assertEqual(config.relay_limits.circuits_total, 64)
+
     def test_integral_numbers_for_durations(self) -> None:
         self.assertEqual(parse_config('{"heartbeat_interval": 5}').heartbeat_interval, 5.0)
 
@@ -150,6 +155,8 @@ INVALID = [
     ('{"stun_servers": ["udp:198.51.100.1"]}', "stun_servers[0]", '"udp:198.51.100.1"'),
     ('{"max_message_size": 4096, "max_queued_bytes": 1024}', "max_queued_bytes", "1024"),
     ('{"heartbeat_interval": 30, "inactivity_timeout": 30}', "inactivity_timeout", "30"),
+    ('{"relay_limits": {"window": 1000}}', "relay_limits.window", "1000"),
+    ('{"accept_relayed": 1}', "accept_relayed", "1"),
 ]
 
 

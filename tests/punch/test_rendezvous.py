@@ -30,14 +30,15 @@ BLOB = b"\x01sealed envelope\xff" * 4
 
 
 class RendezvousNode(TableNode):
-    def __init__(self, local_id: PeerId, serving: bool = True) -> None:
+    def __init__(self, local_id: PeerId, serving: bool = True, relaying: bool = False) -> None:
         super().__init__(local_id)
         self.serving = serving
+        self.relaying = relaying
         self.delivered: list[tuple[PeerId, PeerId, bytes]] = []
         self.refused: list[tuple[PeerId, PeerId, str, str]] = []
         self.rdv = Rendezvous(self.table, self.clock, serving=lambda: self.serving,
                               delivered=lambda *a: self.delivered.append(a),
-                              refused=lambda *a: self.refused.append(a))
+                              refused=lambda *a: self.refused.append(a), relaying=lambda: self.relaying)
 
 
 def timers(node: TableNode) -> list[Any]:
@@ -91,6 +92,24 @@ class ServingTests(SynchronousTestCase):
         self.assertFalse(answer.serving)
         self.r.serving = True
         self.assertTrue(self.query(self.conn_a, 13, T).serving)
+
+    def test_query_says_whether_it_relays(self):
+        answer = self.query(self.conn_a, 12, T)
+        self.assertEqual((answer.connected, answer.relay), (True, False))
+        self.r.relaying = True
+        answer = self.query(self.conn_a, 13, T)
+        self.assertEqual((answer.connected, answer.relay), (True, True))
+        self.r.serving = False  # a relay that is no rendezvous
+        answer = self.query(self.conn_a, 14, T)
+        self.assertEqual((answer.connected, answer.relay), (False, True))
+        answer = self.query(self.conn_a, 15, C)  # not connected to C: no relay to it either
+        self.assertEqual((answer.connected, answer.relay), (False, False))
+        answer = self.query(self.conn_a, 16, A)
+        self.assertEqual((answer.connected, answer.relay), (False, False))
+
+    def test_relaying_may_be_set_later(self):
+        self.r.rdv.relaying = lambda: True
+        self.assertTrue(self.query(self.conn_a, 1, T).relay)
 
     def test_query_target_closing(self):
         self.conn_t.close(CloseReason.DISCONNECT, "bye")
@@ -195,16 +214,16 @@ class FindTests(SynchronousTestCase):
         self.a = RendezvousNode(A, serving=False)
         self.results: list[Any] = []
 
-    def find(self, target: PeerId = T) -> Any:
-        d = self.a.rdv.find(target)
+    def find(self, target: PeerId = T, want_relay: bool = False) -> Any:
+        d = self.a.rdv.find(target, want_relay=want_relay)
         d.addBoth(self.results.append)
         return d
 
     def queries(self, peer: PeerId) -> list[Any]:
         return only(self.a.frames(peer), RendezvousFrame.QUERY)
 
-    def answer(self, conn, q: int, connected: bool, peer: PeerId = T) -> None:
-        conn.dataReceived(messages.encode_answer(q, peer, connected))
+    def answer(self, conn, q: int, connected: bool, peer: PeerId = T, relay: bool = False) -> None:
+        conn.dataReceived(messages.encode_answer(q, peer, connected, relay))
 
     def no_common_peer(self) -> str:
         [failure] = self.results
@@ -227,6 +246,24 @@ class FindTests(SynchronousTestCase):
         self.answer(conns[1], qs[0], True)  # late: ignored
         self.assertEqual(self.results, [R3])
         self.assertEqual(timers(self.a), [])
+
+    def test_finding_a_relay(self):
+        conns = [self.a.connect(p) for p in (R, R2, R3)]
+        self.find(want_relay=True)
+        q = self.queries(R)[0].q
+        self.answer(conns[0], q, True, relay=False)  # a rendezvous, no relay
+        self.answer(conns[1], q, False, relay=True)  # a relay, no rendezvous
+        self.assertEqual(self.results, [R2])
+
+    def test_no_relay(self):
+        conns = [self.a.connect(p) for p in (R, R2)]
+        self.find(want_relay=True)
+        q = self.queries(R)[0].q
+        for conn in conns:
+            self.answer(conn, q, True, relay=False)
+        text = self.no_common_peer()
+        self.assertIn("no relay: none of the 2 peer(s) we asked is connected to", text)
+        self.assertIn("and relays", text)
 
     def test_the_target_is_not_asked(self):
         self.a.connect(R)

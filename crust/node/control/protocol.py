@@ -249,6 +249,12 @@ class EventHub:
     def path_changed(self, peer_id: Any, old: Any, new: Any) -> None:
         self.publish("path_changed", peer_id, old, new)
 
+    def relay_circuit_opened(self, peer_id: Any, via: Any) -> None:
+        self.publish("relay_circuit_opened", peer_id, via)
+
+    def relay_circuit_closed(self, peer_id: Any, via: Any, reason: str) -> None:
+        self.publish("relay_circuit_closed", peer_id, via, reason)
+
 
 # -- requests ------------------------------------------------------------------------
 

@@ -1,0 +1,189 @@
+"""
+Relayed connections on 127.0.0.1, real sockets and TLS: three services, R
+relaying, A and B both connected to it, A's and B's other dial strategies
+removed, so that A's connect to B's peer id can only go through R.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+
+from crust.config import MIB, RelayLimits
+from crust.errors import ConnectFailed
+from crust.relay import messages
+from crust.session.purpose import Purpose
+
+from tests.util import connect_pair, make_service, wait_for
+
+OTHER_STRATEGIES = ("tcp", "quic", "rendezvous", "tcp-punch", "udp-punch")
+
+
+class RelayLoopbackTests(TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def three(self, limits: RelayLimits | None = None, **config):
+        """R (relaying), A and B, both connected to R; A and B can reach each other only through R."""
+        config.setdefault("enable_udp", False)
+        r = make_service(self, serve_relay=True, relay_limits=limits or RelayLimits(), **config)
+        a, b = make_service(self, **config), make_service(self, **config)
+        yield connect_pair(self, a, r)
+        yield connect_pair(self, b, r)
+        for node in (a, b):
+            for name in OTHER_STRATEGIES:
+                node.dialer.unregister(name)
+        return r, a, b
+
+    @defer.inlineCallbacks
+    def relayed(self, limits: RelayLimits | None = None, **config):
+        r, a, b = yield self.three(limits, **config)
+        peer = yield a.connect(b.peer_id)
+        self.assertEqual(peer, b.peer_id)
+        yield wait_for(lambda: a.peer_id in b.peers.active)
+        return r, a, b
+
+    @defer.inlineCallbacks
+    def test_connect_by_peer_id_goes_through_the_relay(self):
+        r, a, b = yield self.relayed()
+        for node, other in ((a, b), (b, a)):
+            path = node.peer_details(other.peer_id)["path"]
+            self.assertEqual((path["kind"], path["strategy"], path["via"]), ("relayed", "relay", str(r.peer_id)))
+            self.assertEqual(node.peer_details(other.peer_id)["address"], "None")
+            self.assertEqual(node.events.named("relay_circuit_opened"), [(other.peer_id, r.peer_id)])
+        self.assertIsNotNone(a.peer_details(b.peer_id)["path"]["elapsed"])
+        self.assertEqual(r.relay.stats()["circuits"], 1)
+        self.assertEqual(r.relay.stats()["circuits_total"], 1)
+        a.send(b.peer_id, b"hello through the relay", 1)
+        b.send(a.peer_id, b"and back", 0)
+        yield wait_for(lambda: b.events.named("new_message") and a.events.named("new_message"))
+        self.assertEqual(b.events.named("new_message"), [(a.peer_id, b"hello through the relay")])
+        self.assertEqual(a.events.named("new_message"), [(b.peer_id, b"and back")])
+        self.assertGreater(r.relay.stats()["bytes_relayed"], 0)
+        # R saw A and B connected to it, never the relayed connection
+        self.assertEqual(sorted(r.connected_peers()), sorted([a.peer_id, b.peer_id]))
+
+    @defer.inlineCallbacks
+    def test_10000_messages_of_mixed_priorities_arrive_in_order(self):
+        r, a, b = yield self.relayed()
+        sent: dict[int, list[bytes]] = {0: [], 1: [], 2: [], 3: []}
+        for i in range(10000):
+            priority = i % 4
+            message = b"message %d " % i + os.urandom(i % 64)
+            if a.queued_bytes(b.peer_id) > 1_000_000:
+                yield a.when_writable(b.peer_id)
+            a.send(b.peer_id, message, priority)
+            sent[priority].append(message)
+        yield wait_for(lambda: len(b.events.named("new_message")) >= 10000, timeout=20)
+        got: dict[int, list[bytes]] = {0: [], 1: [], 2: [], 3: []}
+        for _, data in b.events.named("new_message"):
+            got[int(data.split(b" ")[1]) % 4].append(data)
+        self.assertEqual(got, sent)
+        self.assertEqual(len(b.events.named("new_message")), 10000)
+
+    @defer.inlineCallbacks
+    def test_a_10_mib_message_arrives_intact_and_the_relay_cannot_read_it(self):
+        forwarded: list[bytes] = []
+        rewrite = messages.rewrite_data
+
+        def recording(payload, c):
+            forwarded.append(bytes(payload))
+            return rewrite(payload, c)
+
+        self.patch(messages, "rewrite_data", recording)
+        big = dict(max_message_size=16 * MIB, max_queued_bytes=32 * MIB)
+        r, a, b = yield self.relayed(RelayLimits(rate_per_circuit=None), **big)
+        marker = b"MARKER-" + os.urandom(16).hex().encode() + b"-END"
+        payload = os.urandom(5 * MIB) + marker + os.urandom(5 * MIB)
+        a.send(b.peer_id, payload, 2)
+        a.send(b.peer_id, marker, 1)
+        yield wait_for(lambda: len(b.events.named("new_message")) >= 2, timeout=30)
+        received = sorted((data for _, data in b.events.named("new_message")), key=len)
+        self.assertEqual(received, [marker, payload])
+        seen = sum(len(p) for p in forwarded)
+        self.assertGreater(seen, 10 * MIB)  # R passed on everything...
+        self.assertFalse(any(marker in p for p in forwarded))  # ...and never held the marker in clear
+        self.assertFalse(any(marker[:16] in p for p in forwarded))
+
+    @defer.inlineCallbacks
+    def test_a_circuit_at_its_byte_limit_ends_with_the_reason_at_both_ends(self):
+        r, a, b = yield self.relayed(RelayLimits(bytes_per_circuit=MIB))
+        for _ in range(40):
+            a.send(b.peer_id, os.urandom(64 * 1024), 2)
+        yield wait_for(lambda: a.events.named("lost_peer") and b.events.named("lost_peer"))
+        for node, other in ((a, b), (b, a)):
+            self.assertEqual(node.events.named("relay_circuit_closed"),
+                             [(other.peer_id, r.peer_id, messages.REASON_BYTE_LIMIT)])
+            [(peer, reason)] = node.events.named("lost_peer")
+            self.assertEqual(peer, other.peer_id)
+            self.assertIn("byte-limit", reason)
+        self.assertEqual(r.relay.stats()["circuits"], 0)
+        self.assertEqual(r.relay.stats()["limit_closed"], 1)
+        # A and B are still connected to R
+        self.assertTrue(a.is_connected(r.peer_id) and b.is_connected(r.peer_id))
+
+    @defer.inlineCallbacks
+    def test_a_refused_circuit_is_the_reason_of_the_failed_connect(self):
+        r, a, b = yield self.three()
+        b.config = b.config.replace(accept_relayed=False)
+        error = yield self.assertFailure(a.connect(b.peer_id), ConnectFailed)
+        [reason] = error.reasons
+        self.assertTrue(reason.startswith("relay: "), reason)
+        self.assertIn("refused (this node does not accept relayed connections)", reason)
+        self.assertEqual(r.relay.stats()["circuits"], 0)
+
+    @defer.inlineCallbacks
+    def test_no_relay_is_the_reason_of_the_failed_connect(self):
+        r, a, b = yield self.three()
+        r.config = r.config.replace(serve_relay=False)
+        error = yield self.assertFailure(a.connect(b.peer_id), ConnectFailed)
+        self.assertEqual(len(error.reasons), 1)
+        self.assertIn("relay: no relay: none of the 1 peer(s) we asked", error.reasons[0])
+
+    @defer.inlineCallbacks
+    def test_when_the_relay_goes_both_ends_lose_the_connection(self):
+        r, a, b = yield self.relayed()
+        yield r.stopService()
+        yield wait_for(lambda: len(a.events.named("lost_peer")) == 2 and len(b.events.named("lost_peer")) == 2)
+        for node, other in ((a, b), (b, a)):
+            reasons = dict(node.events.named("lost_peer"))
+            self.assertIn("peer-lost", reasons[other.peer_id])
+            [(peer, via, reason)] = node.events.named("relay_circuit_closed")
+            self.assertEqual((peer, via, reason), (other.peer_id, r.peer_id, messages.REASON_PEER_LOST))
+
+    @defer.inlineCallbacks
+    def test_a_direct_path_takes_over_and_the_circuit_waits_as_standby(self):
+        """Handover with a real circuit: relayed, then direct (make before break), then relayed again."""
+        r, a, b = yield self.relayed()
+        relayed_a = a.peers.active[b.peer_id]
+        ib = yield b.prepare_connection_info()
+        address = [x for x in ib.public.addresses if x.transport == "tcp"][0]
+        sent = [b"before %d" % i for i in range(100)]
+        for m in sent:
+            a.send(b.peer_id, m, 1)
+        yield a.dialer.dial(address, Purpose(), expected=b.peer_id)
+        yield wait_for(lambda: a.events.named("path_changed") and b.events.named("path_changed"))
+        [(peer, old, new)] = a.events.named("path_changed")
+        self.assertEqual((peer, old["kind"], old["via"], new["kind"]),
+                         (b.peer_id, "relayed", str(r.peer_id), "direct"))
+        for i in range(100):
+            m = b"after %d" % i
+            a.send(b.peer_id, m, 1)
+            sent.append(m)
+        yield wait_for(lambda: len(b.events.named("new_message")) >= 200)
+        self.assertEqual([data for _, data in b.events.named("new_message")], sent)  # none lost, none reordered
+        self.assertTrue(a.peer_details(b.peer_id)["address"].startswith("tcp:127.0.0.1:"))  # direct now
+        # the circuit stays open, idle, as the standby
+        self.assertTrue(relayed_a.connected and not relayed_a.closing)
+        self.assertEqual(r.relay.stats()["circuits"], 1)
+        self.assertEqual(a.events.named("relay_circuit_closed"), [])
+        # the direct connection dies: back onto the circuit
+        a.peers.active[b.peer_id].transport.abortConnection()
+        yield wait_for(lambda: len(a.events.named("path_changed")) == 2)
+        self.assertEqual(a.events.named("path_changed")[1][2]["kind"], "relayed")
+        self.assertIs(a.peers.active[b.peer_id], relayed_a)
+        a.send(b.peer_id, b"through the relay again", 0)
+        yield wait_for(lambda: b.events.named("new_message")[-1][1] == b"through the relay again")
+        self.assertEqual(a.events.named("lost_peer"), [])

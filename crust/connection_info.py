@@ -171,6 +171,31 @@ class PubConnectionInfo:
         return tuple(a for a in self.addresses if a.transport == "udp")
 
 
+def info_for(target: Any) -> PubConnectionInfo:
+    """
+    What to connect to: a L{PeerId} (its info, no addresses), a
+    L{PubConnectionInfo} or L{PrivConnectionInfo}, or text (or UTF-8 bytes)
+    that is either connection info's JSON or a peer id.
+
+    @raise InvalidConnectionInfo: naming what is wrong.
+    """
+    if isinstance(target, PeerId):
+        return PubConnectionInfo(target)
+    if isinstance(target, PrivConnectionInfo):
+        return target.public
+    if isinstance(target, PubConnectionInfo):
+        return target
+    if isinstance(target, (str, bytes)):
+        text = target.decode("utf-8", "replace") if isinstance(target, bytes) else target
+        if text.strip().startswith("{"):
+            return PubConnectionInfo.from_json(target)
+        try:
+            return PubConnectionInfo(PeerId.from_text(text.strip()))
+        except ValueError as e:
+            raise InvalidConnectionInfo(str(e)) from None
+    raise InvalidConnectionInfo(f"cannot connect to {target!r}: give a peer id or connection info")
+
+
 @dataclass
 class PrivConnectionInfo:
     """Our side of a connection attempt: the public part plus private state."""

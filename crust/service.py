@@ -35,17 +35,18 @@ from crust.address import Address
 from crust.peering.admission import Admission
 from crust.bootstrap.cache import BootstrapCache
 from crust.bootstrap.responder import BootstrapResponder
+from crust.bootstrap.lan import LanDiscovery
 from crust.bootstrap.bootstrapper import Bootstrapper, CacheValidator
 from crust.config import Config
 from crust.session.connection import PeerConnection
-from crust.connection_info import PrivConnectionInfo, PubConnectionInfo
+from crust.connection_info import PrivConnectionInfo, PubConnectionInfo, info_for
 from crust.peering.connector import Connector
 from crust.peering.listeners import Listeners
+from crust.peering.udp import UdpSide
 from crust.peering.dialer import Dialer, DirectStrategy, ProbeResult
 from crust.errors import (
     ConnectToSelf,
     CrustError,
-    InvalidConnectionInfo,
     MessageTooLarge,
     PeerNotConnected,
     ServiceNotRunning,
@@ -53,7 +54,6 @@ from crust.errors import (
 from crust.identity import Identity, PeerId
 from crust.nat.addresses import OurAddresses
 from crust.nat.reflexive import ReflexiveDiscovery
-from crust.nat.turn_wiring import install as install_turn
 from crust.observer import Observers
 from crust.punch.wiring import install as install_punching
 from crust.relay.wiring import install as install_relaying
@@ -119,35 +119,19 @@ class Service(MultiService):
             lambda: self.running_for_peers, self.observers.emit)
         CacheValidator(self).setServiceParent(self)
         self.port_mapper: Any = None
+        self.udp: Optional[UdpSide] = None
         self.udp_endpoint: Any = None
         self.udp_stack: Any = None  # the endpoint with its STUN client, STUN responder and echo
         self.echo_socket: Any = None
         self.quic: Any = None
         self.turn: Any = None  # the TURN relays (crust.nat.turn_wiring), with TURN servers configured
         if self.config.enable_udp:
-            from crust.transport.quic.dispatcher import QUIC_FIRST_BYTE, QuicDispatcher, QuicOptions, is_quic
-            from crust.nat.udp_stack import build_echo_socket, build_udp_stack
-
-            self.udp_stack = build_udp_stack(reactor, host=self.config.listen_host,
-                                             port=self.config.udp_listen_port or 0, identity=identity)
-            self.udp_endpoint = self.udp_stack.endpoint
-            # a second, answering-only socket: bound while we accept bootstrap requests (HELLO echo_alt)
-            self.echo_socket = build_echo_socket(reactor, host=self.config.listen_host, identity=identity)
-            self.turn = install_turn(config=self.config, endpoint=self.udp_endpoint, clock=reactor,
-                                     addresses=self.addresses, table=self.peers,
-                                     deliver=lambda data, addr: self.quic.datagram_received(data, addr))
-            self.quic = QuicDispatcher(
-                identity, self.turn.wrap_send(self.udp_endpoint.send) if self.turn else self.udp_endpoint.send,
-                clock=self.clock,
-                accepted=lambda driver: self.listeners.quic_accepted(driver),
-                host=lambda: self.udp_endpoint.transport.getHost(),
-                options=QuicOptions(idle_timeout=self.config.inactivity_timeout + 10), cert_info=self.cert_info,
-            )
-            self.udp_endpoint.register(is_quic, self.quic.datagram_received, "quic",
-                                       first_byte_at_least=QUIC_FIRST_BYTE)
-            self.dialer.add_transport(self.quic)
-            self.dialer.register(DirectStrategy(self.dialer, "quic", "udp", lambda: self.config.quic_dial_delay,
-                                                local_addresses=lambda: self.addresses.listen))
+            self.udp = UdpSide(reactor=reactor, identity=identity, config=lambda: self.config,
+                               cert_info=self.cert_info, dialer=self.dialer, table=self.peers,
+                               addresses=self.addresses, accepted=lambda driver: self.listeners.quic_accepted(driver))
+            udp = self.udp
+            self.udp_stack, self.udp_endpoint, self.echo_socket = udp.stack, udp.endpoint, udp.echo_socket
+            self.turn, self.quic = udp.turn, udp.quic
             self.accepting_transports.add("udp")
         self.listeners = Listeners(
             peer_id=self.peer_id, config=lambda: self.config, dialer=self.dialer, tcp=self.tcp,
@@ -162,16 +146,15 @@ class Service(MultiService):
         self.punch = install_punching(
             identity=identity, network=self.network, reactor=reactor, config=lambda: self.config, table=self.peers,
             dialer=self.dialer, addresses=self.addresses, tcp=self.tcp if self.config.enable_tcp else None,
-            udp_endpoint=self.udp_endpoint, quic_for_socket=self._quic_for_socket if self.quic else None,
+            udp_endpoint=self.udp_endpoint, quic_for_socket=self.udp.quic_for_socket if self.udp else None,
             our_info=self._public_info)
         self.relay = install_relaying(
             local_id=self.peer_id, reactor=reactor, config=lambda: self.config, table=self.peers, dialer=self.dialer,
             rendezvous=self.punch.rendezvous, creator=lambda: self._creator, emit=self.observers.emit, parent=self)
         # told of promotions last: the cache and the connection's path are up to date when connect() fires
         self.connector = Connector(self.dialer, self.peers, self.clock, lambda: self.config, self.observers.emit)
-        self.discovery_requester: Any = None
-        self.discovery_responder: Any = None
-        self._discovery_service: Any = None
+        self.lan = LanDiscovery(peer_id=self.peer_id, config=lambda: self.config, reactor=reactor,
+                                our_info=lambda: (self.peer_id, self.candidate_addresses()), parent=self)
         self._inflight: set[Deferred] = set()  # bootstraps and discovery rounds, cancelled on stop
 
     @property
@@ -328,22 +311,9 @@ class Service(MultiService):
         if their_info is not None:
             target = their_info
         try:
-            if isinstance(target, PeerId):
-                their_info = PubConnectionInfo(target)
-            elif isinstance(target, PrivConnectionInfo):
-                their_info = target.public
-            elif isinstance(target, (str, bytes)):
-                text = target.decode("utf-8", "replace") if isinstance(target, bytes) else target
-                if text.strip().startswith("{"):
-                    their_info = PubConnectionInfo.from_json(text)
-                else:
-                    their_info = PubConnectionInfo(PeerId.from_text(text.strip()))
-            elif isinstance(target, PubConnectionInfo):
-                their_info = target
-            else:
-                raise InvalidConnectionInfo(f"cannot connect to {target!r}: give a peer id or connection info")
-        except (CrustError, ValueError) as e:
-            return fail(e if isinstance(e, CrustError) else InvalidConnectionInfo(str(e)))
+            their_info = info_for(target)
+        except CrustError as e:
+            return fail(e)
         peer_id = their_info.peer_id
         if peer_id == self.peer_id:
             return fail(ConnectToSelf("refusing to connect to ourselves"))
@@ -359,18 +329,6 @@ class Service(MultiService):
         if self.turn is not None:
             self.turn.note_peer(their_info)  # let its addresses in through our TURN relays
         return self.connector.connect(their_info)
-
-    def _quic_for_socket(self, socket: Any) -> Any:
-        """A QUIC dispatcher on an extra UDP socket (birthday probing); the socket closes with its last connection."""
-        from crust.transport.quic.dispatcher import QUIC_FIRST_BYTE, QuicDispatcher, is_quic
-
-        dispatcher = QuicDispatcher(self.identity, socket.send, clock=self.clock,
-                                    accepted=lambda driver: self.listeners.quic_accepted(driver),
-                                    host=lambda: socket.transport.getHost(), options=self.quic.options,
-                                    cert_info=self.cert_info)
-        socket.register(is_quic, dispatcher.datagram_received, "quic", first_byte_at_least=QUIC_FIRST_BYTE)
-        dispatcher.on_empty = socket.stop
-        return dispatcher
 
     def probe(self, address: Address, expected_peer: Optional[PeerId] = None,
               bind: Optional[tuple[str, int]] = None) -> Deferred:
@@ -488,43 +446,22 @@ class Service(MultiService):
         C{service_discovery_listener_port}.  C{destinations} overrides where
         requests go (default: every interface's broadcast address).
         """
-        from crust.bootstrap.discovery import DiscoveryRequester, DiscoveryResponder, DiscoveryResponderService
-
-        config = self.config
-        if ipaddress.ip_address(config.listen_host).is_loopback:
-            # a node only reachable on loopback has nothing to tell the LAN
-            interfaces = (config.listen_host,)
-            if destinations is None:
-                destinations = [(config.listen_host, config.service_discovery_port)]
-        if self.discovery_requester is None:
-            self.discovery_requester = DiscoveryRequester(
-                config.service_discovery_port, config.network_name, window=1.0,
-                destinations=destinations, exclude_peer_ids=[self.peer_id],
-                reactor=self.reactor,
-            )
-        if self.discovery_responder is None:
-            self.discovery_responder = DiscoveryResponder(
-                lambda: (self.peer_id, self.candidate_addresses()), config.network_name,
-                enabled=listen, clock=self.clock,
-            )
-            self._discovery_service = DiscoveryResponderService(
-                self.discovery_responder, config.service_discovery_listener_port,
-                interfaces=tuple(interfaces), reactor=self.reactor,
-            )
-            self._discovery_service.setServiceParent(self)
-        else:
-            self.discovery_responder.set_enabled(listen)
+        self.lan.start(listen, destinations, interfaces)
 
     def set_service_discovery_listen(self, listen: bool) -> None:
         """Answer (or stop answering) LAN discovery requests."""
-        if self.discovery_responder is not None:
-            self.discovery_responder.set_enabled(listen)
+        self.lan.set_listen(listen)
+
+    @property
+    def discovery_requester(self) -> Any:
+        """The LAN discovery requester, once discovery started."""
+        return self.lan.requester
 
     def has_peers_on_lan(self) -> Deferred:
         """Fires True if any node of our network answers LAN discovery within 1 s."""
-        if self.discovery_requester is None or not self.running_for_peers:
+        if not self.running_for_peers:
             return succeed(False)
-        return self._track(self.discovery_requester.has_peers_on_lan())
+        return self._track(self.lan.has_peers_on_lan())
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -564,26 +501,11 @@ class Service(MultiService):
         return conn.peer_address if conn is not None else None
 
     def peer_role(self, peer_id: PeerId) -> Optional[str]:
-        hello = self.peers.hellos.get(peer_id)
-        return hello.role if hello is not None else None
+        return self.peers.role_of(peer_id)
 
     def peer_details(self, peer_id: PeerId) -> Optional[dict[str, Any]]:
-        conn = self.peers.active.get(peer_id)
-        if conn is None:
-            return None
-        hello = conn.handshake.peer_hello
-        observed = hello.observed if hello is not None else None
-        return {
-            "peer_id": str(peer_id),
-            "transport": conn.transport_name,
-            "address": str(conn.peer_address),
-            "local_address": str(conn.local_address),
-            "role": self.peer_role(peer_id),
-            "initiator": conn.initiator,
-            "queued_bytes": conn.queued_bytes,
-            "observed_us_as": str(observed) if observed else None,
-            "path": conn.path.to_dict() if conn.path is not None else None,
-        }
+        """What is known of the connection to C{peer_id}, as JSON-ready values (None if not connected)."""
+        return self.peers.details(peer_id)
 
     # -- what we tell peers ----------------------------------------------------------------------
 

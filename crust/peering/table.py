@@ -175,6 +175,30 @@ class PeerTable:
             else:
                 del self._pending_per_host[host]
 
+    def role_of(self, peer_id: PeerId) -> Optional[str]:
+        """The role the peer claimed in its last HELLO."""
+        hello = self.hellos.get(peer_id)
+        return hello.role if hello is not None else None
+
+    def details(self, peer_id: PeerId) -> Optional[dict[str, Any]]:
+        """What is known of the active connection to C{peer_id}, as JSON-ready values (None if none)."""
+        conn = self.active.get(peer_id)
+        if conn is None:
+            return None
+        hello = conn.handshake.peer_hello
+        observed = hello.observed if hello is not None else None
+        return {
+            "peer_id": str(peer_id),
+            "transport": conn.transport_name,
+            "address": str(conn.peer_address),
+            "local_address": str(conn.local_address),
+            "role": self.role_of(peer_id),
+            "initiator": conn.initiator,
+            "queued_bytes": conn.queued_bytes,
+            "observed_us_as": str(observed) if observed else None,
+            "path": conn.path.to_dict() if conn.path is not None else None,
+        }
+
     def hello_for(self, conn: "PeerConnection") -> Hello:
         return self._hello_for(conn)
 

@@ -348,14 +348,16 @@ class _Run:
             return
         self._nominated.add(key)
         self._dials += 1
+        if socket is not None:
+            # the dial owns the socket from now on: its QUIC dispatcher closes it when its last
+            # connection ends, so ending this punch (the connection won, say) leaves it open
+            self.sockets = {i: s for i, s in self.sockets.items() if s is not socket}
         self.puncher.log.info("UDP punch to {peer}: {address} works both ways; opening QUIC",
                               peer=str(self.plan.peer_id), address=str(address))
         d = self.puncher._dial(address, self.purpose, self.plan.peer_id, socket)
         d.addCallbacks(self._dialled, self._dial_failed, callbackArgs=(socket,), errbackArgs=(address,))
 
     def _dialled(self, conn: Any, socket: Any) -> None:
-        if socket is not None:
-            self.sockets = {i: s for i, s in self.sockets.items() if s is not socket}  # it carries the connection
         self.finish(conn)
 
     def _dial_failed(self, failure: Failure, address: Address) -> None:

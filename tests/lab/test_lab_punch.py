@@ -685,7 +685,13 @@ class PunchNodeCliTests(LabTestCase):
 
         sent = self.crust(ann_host, ann_dir, "send", bob_id, "hello through two NATs")
         self.assertEqual(sent.returncode, 0, sent.stderr)
-        line = watch.wait_for_line(r'"event": ?"new_message"', timeout=15).string
+        try:
+            line = watch.wait_for_line(r'"event": ?"new_message"', timeout=15).string
+        except Exception:
+            print("bob's peers: {}".format(self.crust(bob_host, bob_dir, "--json", "peers").stdout))
+            for name in ("ann", "bob"):
+                print("--- {}'s log:\n{}".format(name, nodes[name][1].output[-6000:]))
+            raise
         event = json.loads(line)
         self.assertEqual((event["peer_id"], event["text"]), (ann_id, "hello through two NATs"))
         self.assertEqual(watch.wait(15), 0, watch.output)

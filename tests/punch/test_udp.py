@@ -422,3 +422,27 @@ class BirthdayTests(SynchronousTestCase):
         self.assertEqual(easy_results, [])
         net.run(1.0)
         self.assertEqual(net.clock.getDelayedCalls(), [])
+
+
+class BirthdayWinnerTests(SynchronousTestCase):
+    def test_punch_ended_from_outside_keeps_the_socket_that_carries_the_connection(self):
+        """
+        The connection may reach the peer table (and the connect end the punch)
+        before the dial's Deferred fires: the socket it runs on stays open.
+        """
+        net = Network()
+        hard = Node(net, BIG, "198.51.100.2", nat=SYMMETRIC, birthday_sockets=True, seed=7, port=40000)
+        easy = Node(net, SMALL, "203.0.113.1", nat=EIM, seed=8)
+        start = net.clock.seconds() + 0.1
+        hard.punch(easy, start)
+        easy.punch(hard, start)
+        waited = 0.0
+        while not hard.dials and waited < predict.BIRTHDAY_WINDOW:
+            net.run(0.1)
+            waited += 0.1
+        [(address, socket, d)] = hard.dials
+        hard.puncher.stop(SMALL.peer_id)  # connected: the punch ends before its dial fired
+        self.assertFalse(socket.stopped, "the socket carrying the QUIC connection was closed")
+        self.assertTrue(all(s.stopped for s in hard.sockets if s is not socket))
+        d.callback("quic")  # late: nothing more happens
+        self.assertFalse(socket.stopped)

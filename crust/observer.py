@@ -80,17 +80,23 @@ class Observers:
     def __init__(self) -> None:
         self._observers: list[Any] = []
         self._message_handlers: list[Callable[[Any, bytes], object]] = []
+        self._message_observers: list[Any] = []  # whose each handler is
 
     def add(self, observer: Any) -> None:
-        """Register C{observer} (once)."""
+        """Register C{observer} (once); one whose C{new_message} is None is not told of messages."""
         if observer not in self._observers:
             self._observers.append(observer)
-            self._message_handlers.append(observer.new_message)
+            handler = observer.new_message
+            if handler is not None:
+                self._message_handlers.append(handler)
+                self._message_observers.append(observer)
 
     def remove(self, observer: Any) -> None:
         if observer in self._observers:
-            i = self._observers.index(observer)
-            del self._observers[i]
+            self._observers.remove(observer)
+        if observer in self._message_observers:
+            i = self._message_observers.index(observer)
+            del self._message_observers[i]
             del self._message_handlers[i]
 
     def emit(self, event: str, *args: Any) -> None:

@@ -52,6 +52,7 @@ from crust.errors import (
     ServiceNotRunning,
 )
 from crust.identity import Identity, PeerId
+from crust.metrics import ServiceMetrics
 from crust.nat.addresses import OurAddresses
 from crust.nat.reflexive import ReflexiveDiscovery
 from crust.observer import Observers
@@ -156,6 +157,7 @@ class Service(MultiService):
         self.lan = LanDiscovery(peer_id=self.peer_id, config=lambda: self.config, reactor=reactor,
                                 our_info=lambda: (self.peer_id, self.candidate_addresses()), parent=self)
         self._inflight: set[Deferred] = set()  # bootstraps and discovery rounds, cancelled on stop
+        self.metrics = ServiceMetrics(self)  # Prometheus figures, in a registry of this service's own (doc/metrics.md)
 
     @property
     def running_for_peers(self) -> bool:
@@ -373,6 +375,8 @@ class Service(MultiService):
         except MessageTooLarge as e:
             self._emit("message_too_large", peer_id, e.size, e.limit)
             raise
+        self.metrics.sent_messages[priority] += 1
+        self.metrics.sent_bytes[priority] += len(data)
 
     def when_writable(self, peer_id: PeerId) -> Deferred:
         """Fires once the peer's queue is at most half full (at once if it is)."""

@@ -30,7 +30,7 @@ LAYERS = (
     ("bootstrap", ("crust.bootstrap",)),
     ("punch", ("crust.punch",)),
     ("relay", ("crust.relay",)),
-    ("service", ("crust.service",)),
+    ("service", ("crust.service", "crust.metrics")),
     ("node", ("crust.node",)),
 )
 PUBLIC_FACE = "crust"  # crust/__init__.py: lazy re-exports by name, imports nothing of crust's

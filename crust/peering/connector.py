@@ -43,7 +43,12 @@ class Connector:
         self._config = config
         self._emit = emit
         self.attempts: dict[PeerId, ConnectAttempt] = {}
+        self._watchers: list[Callable[[ConnectAttempt, float], object]] = []
         table.listen(self)
+
+    def watch(self, watcher: Callable[[ConnectAttempt, float], object]) -> None:
+        """Call C{watcher(attempt, seconds)} as each attempt ends (succeeded or failed), with how long it took."""
+        self._watchers.append(watcher)
 
     def connect(self, info: PubConnectionInfo) -> Deferred:
         """Fires with the peer's id once a connection to it is active; fails with L{crust.errors.ConnectFailed}."""
@@ -66,6 +71,8 @@ class Connector:
     def _attempt_done(self, attempt: ConnectAttempt) -> None:
         if self.attempts.get(attempt.peer_id) is attempt:
             del self.attempts[attempt.peer_id]
+        for watcher in self._watchers:
+            watcher(attempt, self._clock.seconds() - attempt.started_at)
         if attempt.error is not None:
             self.log.warn("connect to {peer} failed: {reason}", peer=str(attempt.peer_id), reason=str(attempt.error))
             self._emit("connect_failure", attempt.peer_id, attempt.error)

@@ -174,7 +174,6 @@ class PeerConnection(Protocol):
         self.peer_address: Optional[Address] = None
         self.local_address: Optional[Address] = None
         self.deliver: Callable[[bytes], object] = _discard
-        self.messages_received = 0
         self.connected = False
         self.path: Optional[PathInfo] = None  # how this connection was made (set when it is promoted)
         self.handover_chosen = False  # chosen to replace the peer's active connection (doc/protocol.md §5b)
@@ -511,6 +510,12 @@ class PeerConnection(Protocol):
         drops = self.queues.expire(now) + self.bulk_queues.expire(now)
         if drops:
             self.owner.dropped(self, drops, f"waited over {self.queues.drop_after:g} s (insufficient bandwidth)")
+
+    @property
+    def received(self) -> tuple[int, int]:
+        """The messages received on every lane so far, and their bytes."""
+        decoders = (self._decoder, self._bulk_decoder) if self._bulk_decoder is not None else (self._decoder,)
+        return sum(d.data_frames for d in decoders), sum(d.data_bytes for d in decoders)
 
     @property
     def queued_bytes(self) -> int:

@@ -35,9 +35,14 @@ class FrameDecoder:
     DATA payloads go to C{on_data(payload)}, every other frame to
     C{on_control(type, payload)}.  Errors raise L{ProtocolViolation}; the
     decoder is then unusable, as is the stream it read.
+
+    @ivar data_frames: the DATA frames decoded so far (those of a chunk whose
+        handler raised are not counted).
+    @ivar data_bytes: their payload bytes.
     """
 
-    __slots__ = ("_max_length", "_on_data", "_on_control", "_buffer", "_pending", "_pending_size", "_need")
+    __slots__ = ("_max_length", "_on_data", "_on_control", "_buffer", "_pending", "_pending_size", "_need",
+                 "data_frames", "data_bytes")
 
     def __init__(
         self,
@@ -52,6 +57,8 @@ class FrameDecoder:
         self._pending: list[bytes] = []  # chunks of a frame larger than what we hold
         self._pending_size = 0
         self._need = 0  # total bytes the pending frame needs (header included)
+        self.data_frames = 0  # DATA frames decoded so far
+        self.data_bytes = 0  # and their payload bytes
 
     def set_handlers(self, on_data: Callable[[bytes], object], on_control: Callable[[int, bytes], object]) -> None:
         self._on_data = on_data
@@ -81,6 +88,7 @@ class FrameDecoder:
         on_data = self._on_data
         size = len(buf)
         offset = 0
+        frames = lengths = 0  # DATA frames, and their lengths (payload and type byte): counted once per chunk
         while size - offset >= HEADER_SIZE:
             (length,) = unpack(buf, offset)
             if length > max_length:
@@ -95,11 +103,16 @@ class FrameDecoder:
             ftype = buf[offset + 4]
             if ftype == DATA:
                 on_data(buf[offset + 5 : end])
+                frames += 1
+                lengths += length
             else:
                 self._on_control(ftype, buf[offset + 5 : end])
             offset = end
             # a handler may have swapped handlers (state change): pick them up
             on_data = self._on_data
+        if frames:
+            self.data_frames += frames
+            self.data_bytes += lengths - frames
         rest = buf[offset:] if offset else buf
         if len(rest) >= HEADER_SIZE:
             (length,) = unpack(rest, 0)

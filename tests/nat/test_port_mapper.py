@@ -120,6 +120,8 @@ class FallbackTests(SynchronousTestCase):
         self.assertIn("NOT_AUTHORIZED", mapper.probes["natpmp"].error)
         self.assertEqual(mapper.probes["upnp"].granted, Address("udp", EXT, 4243))
         self.assertEqual(len(mapper.probe_history), 5)
+        self.assertEqual(dict(mapper.outcomes), {("pcp", "no-answer"): 1, ("natpmp", "failed"): 2,
+                                                 ("upnp", "granted"): 2})
         lines = [e for e in self.events if "next: {following}" in e.get("log_format", "")]
         self.assertEqual([(e["method"], e["following"]) for e in lines],
                          [("pcp", "natpmp"), ("natpmp", "upnp"), ("natpmp", "upnp")])

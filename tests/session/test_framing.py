@@ -28,6 +28,7 @@ class FrameDecoderTests(SynchronousTestCase):
             c.decoder.feed(stream[i : i + 1])
         self.assertEqual(c.frames, [(DATA, b"hello"), (FrameType.HEARTBEAT, b""), (DATA, b""), (DATA, b"x" * 999)])
         self.assertEqual(c.decoder.buffered, 0)
+        self.assertEqual((c.decoder.data_frames, c.decoder.data_bytes), (3, 5 + 999))  # control frames not counted
 
     def test_many_in_one_chunk(self):
         c = Collector()
@@ -61,6 +62,7 @@ class FrameDecoderTests(SynchronousTestCase):
         for i in range(0, len(stream), 1000):
             c.decoder.feed(stream[i : i + 1000])
         self.assertEqual(c.frames, [(DATA, payload), (DATA, b"after")])
+        self.assertEqual((c.decoder.data_frames, c.decoder.data_bytes), (2, len(payload) + 5))
 
     def test_handler_swap_takes_effect_mid_chunk(self):
         got = []

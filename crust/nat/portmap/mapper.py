@@ -20,7 +20,7 @@ did (answered, granted, how long it took), for diagnostics.
 from __future__ import annotations
 
 import ipaddress
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -246,6 +246,9 @@ class PortMapper(Service):
     @param history: how many L{MappingProbe}s C{probe_history} keeps.
 
     @ivar probes: the latest L{MappingProbe} of each method, by name.
+    @ivar outcomes: how many requests (mappings and renewals) each method
+        made, by C{(method, outcome)}: C{granted}, C{failed} (the gateway
+        answered, but with an error) or C{no-answer}.
     """
 
     log = Logger()
@@ -290,6 +293,7 @@ class PortMapper(Service):
         self._observers: list[Callable[[str, Mapping], None]] = []
         self.probes: dict[str, MappingProbe] = {}
         self.probe_history: deque[MappingProbe] = deque(maxlen=history)
+        self.outcomes: Counter[tuple[str, str]] = Counter()  # (method, granted|failed|no-answer): requests
 
     # public view
 
@@ -467,6 +471,8 @@ class PortMapper(Service):
     def _record(self, result: MappingProbe) -> None:
         self.probes[result.method] = result
         self.probe_history.append(result)
+        outcome = "granted" if result.granted is not None else "failed" if result.answered else "no-answer"
+        self.outcomes[(result.method, outcome)] += 1
 
     # mappings
 

@@ -299,6 +299,7 @@ def cmd_info(ctx: Context) -> int:
         f"relaying:         {_relaying(info.get('relay') or {})}",
         f"data directory:   {info.get('data_dir')}",
         f"control socket:   {info.get('control')}",
+        *([f"metrics:          {_safe(str(info['metrics']))}"] if info.get("metrics") else []),
         f"pid:              {info.get('pid')} (up {_duration(info.get('uptime') or 0)})",
         f"version:          {info.get('version')}",
         "connection info:  " + json.dumps(info.get("connection_info"), separators=(",", ":")),

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from twisted.application.service import MultiService
+from twisted.application.service import Service as TwistedService
 from twisted.python.components import Componentized
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import ILogObserver, Logger
@@ -88,7 +89,10 @@ class Node(MultiService):
     @param config: use this L{Config} instead of reading a file.
     @param overrides: L{Config} fields that beat the file (from the command line).
     @param control: C{"default"} (C{control.sock} in the data directory), a
-        path, or L{None} for no control interface.
+        path, or C{None} for no control interface.
+    @param metrics: a server endpoint description (C{tcp:9464:interface=127.0.0.1})
+        to serve the service's Prometheus metrics on, at C{/metrics}
+        (doc/metrics.md); C{None} (the default) serves none.
     @param reactor: the reactor; the global one by default.
     """
 
@@ -96,7 +100,8 @@ class Node(MultiService):
 
     def __init__(self, data_dir: Union[str, os.PathLike], *, config_file: Optional[Union[str, os.PathLike]] = None,
                  config: Optional[Config] = None, overrides: Optional[dict[str, Any]] = None,
-                 control: Optional[str] = DEFAULT_CONTROL, reactor: Any = None, role: str = "node") -> None:
+                 control: Optional[str] = DEFAULT_CONTROL, reactor: Any = None, role: str = "node",
+                 metrics: Optional[str] = None) -> None:
         MultiService.__init__(self)
         reactor = maybe_global_reactor(reactor)
         self.reactor = reactor
@@ -108,6 +113,8 @@ class Node(MultiService):
             str(self.data_dir.control_path) if control == DEFAULT_CONTROL else control
         )
         self.role = role
+        self.metrics_endpoint = metrics
+        self.metrics_port: Any = None  # where the metrics are served, once listening
         self.events = EventHub(reactor)
         self.identity: Optional[Identity] = None
         self.config: Optional[Config] = None
@@ -198,6 +205,9 @@ class Node(MultiService):
             raise StartupError(reason if reason.startswith("cannot listen") else
                                f"cannot listen on tcp {config.listen_host}:{config.listen_port or 0}: {reason}")
 
+        if self.metrics_endpoint is not None:
+            self._serve_metrics(svc)
+
         if self.control_path is not None:
             control = ControlServer(self, self.control_path, self.reactor, node_commands(),
                                     max_request_for(config))
@@ -207,6 +217,43 @@ class Node(MultiService):
                 raise StartupError(str(e)) from None
             control.setServiceParent(self)  # after the service: stopped before it
             self.control = control
+
+    def _serve_metrics(self, svc: Service) -> None:
+        """Listen on the metrics endpoint, with the process's figures beside the service's."""
+        from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
+
+        from crust.metrics import listen_metrics
+
+        description = self.metrics_endpoint
+        assert description is not None
+        registry = svc.metrics.registry
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            registry.register(collector)
+        try:
+            listening = listen_metrics(self.reactor, description, registry)
+        except ValueError as e:
+            raise StartupError(f"invalid metrics endpoint {description!r}: {e}") from None
+        failures: list[Failure] = []
+        listening.addCallbacks(self._metrics_listening, failures.append)
+        if failures:
+            raise StartupError(f"cannot serve metrics on {description}: {failures[0].getErrorMessage()}")
+        listening.addErrback(lambda f: self.log.error("cannot serve metrics on {endpoint}: {reason}",
+                                                      endpoint=description, reason=f.getErrorMessage()))
+
+    def _metrics_listening(self, port: Any) -> None:
+        self.metrics_port = port
+        _Listening(port).setServiceParent(self)  # closed when the node stops
+
+    @property
+    def metrics_url(self) -> Optional[str]:
+        """Where the metrics are served (C{http://127.0.0.1:9464/metrics}), once listening."""
+        if self.metrics_port is None:
+            return None
+        address = self.metrics_port.getHost()
+        host, port = getattr(address, "host", None), getattr(address, "port", None)
+        if host is None or port is None:
+            return str(address)
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}/metrics"
 
     def startService(self) -> None:
         self.prepare()
@@ -289,6 +336,8 @@ class Node(MultiService):
                       data_dir=str(self.data_dir.path), version=__version__, node_event="ready")
         self.log.info("listening on {addresses}", addresses=addresses,
                       listen_addresses=[str(a) for a in svc.listen_addresses])
+        if self.metrics_url:
+            self.log.info("metrics at {metrics_url}", metrics_url=self.metrics_url)
         if self.control_path:
             self.log.info("control socket {control} (try: crust{data_dir_option} info)",
                           control=self.control_path, data_dir_option=self._data_dir_option())
@@ -326,6 +375,8 @@ class Node(MultiService):
         from twisted.internet.defer import gatherResults, maybeDeferred
 
         ds = []
+        if self.metrics_port is not None:
+            ds.append(maybeDeferred(self.metrics_port.stopListening))
         if self.control is not None:
             ds.append(maybeDeferred(self.control.stopService))
         if self.service is not None:
@@ -420,11 +471,23 @@ class Node(MultiService):
                     str(self.config_file or self.data_dir.config_path) if self._given_config is None else None
                 ),
                 "control": self.control_path,
+                "metrics": self.metrics_url,
                 "pid": os.getpid(),
                 "uptime": round(now - self.started_at, 3) if self.started_at is not None else 0.0,
             }
 
         return self.connection_info().addCallback(build)
+
+
+class _Listening(TwistedService):
+    """A port the node opened when it prepared, closed when it stops."""
+
+    def __init__(self, port: Any) -> None:
+        self.port = port
+
+    def stopService(self) -> Any:
+        TwistedService.stopService(self)
+        return self.port.stopListening()
 
 
 def _with_timeout(d: Deferred, seconds: float, clock: Any, error: Any) -> Deferred:

@@ -3,6 +3,7 @@ C{twistd crust}: the twistd plugin's options and service maker.
 
     twistd -n --pidfile= crust node [--data-dir DIR] [--listen-port N] ...
     twistd -n --pidfile= --logger=crust.node.tap.jsonLogObserver crust node   # JSON-lines log on stdout
+    twistd -n crust node --metrics tcp:9464:interface=127.0.0.1              # Prometheus metrics at /metrics
 
 Option values are checked here (a bad one is a usage error); everything that
 touches the disk or the network happens in L{makeService}, which turns a
@@ -60,6 +61,9 @@ class NodeOptions(usage.Options):
          "Control endpoint: unix:/path/to/socket, or 'none' [default: unix:<data dir>/control.sock]."],
         ["log-json", None, None, "Also write the log to this file as JSON lines (appending)."],
         ["udp-port", None, None, "UDP port (QUIC, STUN, echo) [default: from the config; random].", _port],
+        ["metrics", None, None,
+         "Serve Prometheus metrics at /metrics on this endpoint, e.g. tcp:9464:interface=127.0.0.1 "
+         "[default: none]."],
     ]
 
     optFlags = [
@@ -149,6 +153,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         overrides=sub.overrides(),
         control=sub["control-path"],
         reactor=reactor,
+        metrics=sub["metrics"],
     )
     try:
         node.prepare()

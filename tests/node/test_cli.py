@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
@@ -432,7 +433,8 @@ class RealNodesTests(SynchronousTestCase):
         return result.stdout
 
     def test_two_nodes(self) -> None:
-        proc_a, a = self.start_node("a", node_options=("--log-json", str(self.root / "a.json")))
+        proc_a, a = self.start_node("a", node_options=("--log-json", str(self.root / "a.json"),
+                                                      "--metrics", "tcp:0:interface=127.0.0.1"))
         proc_b, b = self.start_node("b", "--logger=crust.node.tap.jsonLogObserver")
         self.wait_ready(proc_a, a, "a")
         self.wait_ready(proc_b, b, "b")
@@ -474,6 +476,17 @@ class RealNodesTests(SynchronousTestCase):
 
         sent = self.ok(a, "send", info_b["peer_id"], "hello from a", "--priority", "2")
         self.assertIn("queued 12 bytes", sent)
+
+        # A's metrics (--metrics): the connection and the message show
+        self.assertRegex(info_a["metrics"], r"^http://127\.0\.0\.1:\d+/metrics$")
+        self.assertIn(f"metrics:          {info_a['metrics']}", self.ok(a, "info"))
+        self.assertIsNone(info_b["metrics"])
+        no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # straight to 127.0.0.1
+        with no_proxy.open(info_a["metrics"], timeout=10) as response:
+            scraped = response.read().decode("utf-8")
+        self.assertIn("crust_peers 1.0", scraped.splitlines())
+        self.assertIn('crust_messages_sent_total{priority="2"} 1.0', scraped.splitlines())
+        self.assertIn('crust_message_bytes_sent_total{priority="2"} 12.0', scraped.splitlines())
         out, err = watch.communicate(timeout=25)
         self.assertEqual(watch.returncode, 0, err)
         event = json.loads(out.decode().splitlines()[0])

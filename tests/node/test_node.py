@@ -214,6 +214,19 @@ class StartupErrorTests(TestCase):
         self.assertStartupError(self.node(overrides={"listen_host": "127.0.0.1", "listen_port": port}),
                                 f"cannot listen on tcp 127.0.0.1:{port}")
 
+    def test_bad_metrics_endpoint(self) -> None:
+        self.assertStartupError(self.node(metrics="carrier-pigeon:9464"), "invalid metrics endpoint",
+                                "carrier-pigeon:9464")
+
+    def test_metrics_port_in_use(self) -> None:
+        s = socket.socket()
+        self.addCleanup(s.close)
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        self.assertStartupError(self.node(metrics=f"tcp:{port}:interface=127.0.0.1"),
+                                f"cannot serve metrics on tcp:{port}:interface=127.0.0.1")
+
     def test_live_control_socket_elsewhere(self) -> None:
         path = str(self.root / "c.sock")
         s = socket.socket(socket.AF_UNIX)
@@ -355,6 +368,38 @@ class RunningNodeTests(TestCase):
         error = yield self.assertFailure(ca.request("connect", info=(yield ca.request("connection-info"))
                                                     ["connection_info"]), ControlError)
         self.assertEqual(error.code, "connect-failed")  # ourselves
+
+    @inlineCallbacks
+    def test_metrics_served_while_running(self):
+        from prometheus_client.parser import text_string_to_metric_families
+        from twisted.internet.error import ConnectionRefusedError
+        from twisted.web.client import Agent, readBody
+
+        a = self.start_node("a", metrics="tcp:0:interface=127.0.0.1")
+        b = self.start_node("b")
+        url = a.metrics_url
+        self.assertRegex(url, r"^http://127\.0\.0\.1:\d+/metrics$")
+        self.assertEqual((yield a.describe())["metrics"], url)
+        self.assertIsNone((yield b.describe())["metrics"])
+
+        @inlineCallbacks
+        def scrape():
+            response = yield Agent(reactor).request(b"GET", url.encode("ascii"))
+            body = (yield readBody(response)).decode("utf-8")
+            return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                    for family in text_string_to_metric_families(body) for sample in family.samples}
+
+        found = yield scrape()
+        self.assertEqual(found[("crust_peers", ())], 0)
+        self.assertGreater(found[("process_open_fds", ())], 0)  # the process's figures beside the node's
+
+        yield a.connect((yield b.connection_info()))
+        found = yield scrape()
+        self.assertEqual(found[("crust_peers", ())], 1)
+        self.assertEqual(found[("crust_connect_attempts_total", (("outcome", "success"), ("path", "direct")))], 1)
+
+        yield a.stopService()
+        yield self.assertFailure(Agent(reactor).request(b"GET", url.encode("ascii")), ConnectionRefusedError)
 
     def test_no_control_socket(self) -> None:
         node = self.start_node("a", control=None)

@@ -67,7 +67,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options.subCommand, "node")
         sub = options.subOptions
         self.assertEqual(sub["data-dir"], "/srv/default-crust")
-        for name in ("listen-port", "listen-host", "network", "config", "control", "log-json"):
+        for name in ("listen-port", "listen-host", "network", "config", "control", "log-json", "metrics"):
             self.assertIsNone(sub[name], name)
         self.assertEqual(sub["control-path"], "default")
         self.assertEqual(sub.overrides(), {})
@@ -121,7 +121,7 @@ class OptionsTests(SynchronousTestCase):
     def test_help_mentions_the_options(self) -> None:
         text = str(tap.NodeOptions())
         for option in ("--data-dir", "--listen-port", "--listen-host", "--network", "--config", "--control",
-                       "--log-json"):
+                       "--log-json", "--metrics"):
             self.assertIn(option, text)
 
 
@@ -157,6 +157,16 @@ class MakeServiceTests(TestCase):
         self.assertTrue(DataDir(self.root / "n").identity_path.exists())
         self.assertTrue(os.path.exists(node.control_path))
         self.assertIs(node.getServiceNamed("control"), node.control)
+
+    def test_metrics_endpoint(self) -> None:
+        node = self.make("--metrics", "tcp:0:interface=127.0.0.1")
+        self.addCleanup(node.stopService)
+        self.assertEqual(node.metrics_endpoint, "tcp:0:interface=127.0.0.1")
+        self.assertTrue(node.metrics_url.startswith("http://127.0.0.1:"))
+        e = self.assertRaises(SystemExit, tap.makeService,
+                              parse("node", "--data-dir", str(self.root / "m"), "--listen-host", "127.0.0.1",
+                                    "--metrics", "nonsense"), reactor)
+        self.assertIn("invalid metrics endpoint 'nonsense'", e.code)
 
     def test_problems_exit_with_one_line(self) -> None:
         node = self.make()

@@ -402,10 +402,11 @@ class ServiceCollector:
         yield _counter("crust_relay_bytes", "Bytes we relayed for others (both directions).",
                        counters["bytes_relayed"])
         yield _labelled(CounterMetricFamily(
-            "crust_relay_served_ends", "Circuits we relayed that did not run their course, by reason: refused "
-            "(at OPEN), limit (they reached a relay limit); and frames we dropped (dropped).", labels=["reason"]),
-            ((["refused"], counters["refused"]), (["limit"], counters["limit_closed"]),
-             (["dropped"], counters["dropped"])))
+            "crust_relay_served_ends", "Circuits we relayed, or were asked to, that did not run their course, by "
+            "reason: refused (at OPEN), limit (they reached a relay limit).", labels=["reason"]),
+            ((["refused"], counters["refused"]), (["limit"], counters["limit_closed"])))
+        yield _counter("crust_relay_frames_dropped", "Relay frames we dropped (before a circuit was ready, or "
+                       "after its end).", counters["dropped"])
         yield GaugeMetricFamily("crust_relay_circuit_ends", "Relayed circuits we are an end of now.",
                                 value=ends.circuits)
         yield _labelled(CounterMetricFamily(

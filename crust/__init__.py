@@ -23,7 +23,8 @@ _LAZY = {
     "Service": "crust.service",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "Address", "Config", "CrustObserver", "ICrustObserver", "Identity", "PeerId",
+           "PrivConnectionInfo", "ProbeResult", "PubConnectionInfo", "Role", "Service"]  # _LAZY's names, spelled out
 
 
 def __getattr__(name: str):

@@ -1,5 +1,5 @@
 """
-The settings of a L{crust.Service}, as one immutable value.
+The settings of a L{crust.service.Service}, as one immutable value.
 
 L{crust.node.config_file} reads and validates the node's JSON config file into a
 L{Config}; library users may build one directly.  Durations are seconds.

@@ -1,7 +1,7 @@
 """
 The zope interfaces of crust's public API.
 
-L{ICrustObserver} receives a L{crust.Service}'s unsolicited events.  Subclass
+L{ICrustObserver} receives a L{crust.service.Service}'s unsolicited events.  Subclass
 L{crust.observer.CrustObserver} to implement only the events you care about.
 """
 
@@ -9,7 +9,7 @@ from zope.interface import Interface
 
 
 class ICrustObserver(Interface):
-    """Receives the events of a L{crust.Service}.  Methods must not block."""
+    """Receives the events of a L{crust.service.Service}.  Methods must not block."""
 
     def listener_started(address):
         """A listener is accepting on C{address} (L{crust.address.Address})."""
@@ -21,7 +21,7 @@ class ICrustObserver(Interface):
         """A connection to C{peer_id} is active (ours or theirs to us)."""
 
     def connect_failure(peer_id, reason):
-        """Our L{connect} to C{peer_id} failed; C{reason} is an exception."""
+        """Our L{connect<crust.service.Service.connect>} to C{peer_id} failed; C{reason} is an exception."""
 
     def lost_peer(peer_id, reason):
         """The active connection to C{peer_id} ended; C{reason} is text."""

@@ -1,5 +1,5 @@
 """
-Observers of a L{crust.Service}: the fan-out that delivers its events
+Observers of a L{crust.service.Service}: the fan-out that delivers its events
 (L{Observers}), a no-op base class and a recorder for tests and tools.
 """
 

@@ -1,5 +1,5 @@
 """
-L{Service}: a crust node's public API, as a Twisted L{IService}.
+L{Service}: a crust node's public API, as a Twisted C{IService}::
 
     service = Service(Identity.load_or_create("key"), Config(network_name="demo"))
     service.add_observer(my_observer)

@@ -162,6 +162,9 @@ class LayerTests(SynchronousTestCase):
                 strongconnect(v)
         self.assertEqual(cycles, [], "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles))
 
+    def test_the_face_lists_every_lazy_name(self):
+        self.assertEqual(sorted(crust.__all__), sorted(["__version__", *crust._LAZY]))
+
     def test_the_checker_sees_a_violation(self):
         """The walk finds imports at any depth, and tells TYPE_CHECKING ones apart."""
         source = ("from typing import TYPE_CHECKING\nimport crust.errors\n"

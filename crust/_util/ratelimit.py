@@ -6,7 +6,7 @@ Anything a remote party can make us do (answer, decrypt, sign) goes through
 one of these: a bucket per key (a source IP), in a table of bounded size,
 and one bucket for everything together.  Pure logic: the time comes from an
 injected clock (anything with C{seconds()}, a reactor or a
-L{twisted.internet.task.Clock}).
+C{twisted.internet.task.Clock}).
 """
 
 from __future__ import annotations

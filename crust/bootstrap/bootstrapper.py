@@ -1,5 +1,5 @@
 """
-Bootstrapping, as the requester, for a L{crust.Service}.
+Bootstrapping, as the requester, for a L{crust.service.Service}.
 
 L{Bootstrapper.bootstrap} gathers candidates (LAN discovery replies, then
 the bootstrap cache, then the hard-coded contacts, minus the blacklist), runs

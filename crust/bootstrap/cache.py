@@ -57,7 +57,7 @@ class CacheEntry:
 
     @ivar last_seen: when we last had evidence it was up (a connection or a
         liveness probe), in seconds since the epoch.
-    @ivar last_success: when a connection to it last succeeded, or L{None}.
+    @ivar last_success: when a connection to it last succeeded, or C{None}.
     @ivar failures: failed probes or attempts since it was last seen.
     """
 

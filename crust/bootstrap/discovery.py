@@ -86,7 +86,7 @@ class DiscoveredPeer(NamedTuple):
 
 def lan_network_key(name: Optional[str]) -> bytes:
     """
-    The 16-byte hash naming a network in discovery requests (L{None}: the
+    The 16-byte hash naming a network in discovery requests (C{None}: the
     unnamed network).  Not the HELLO's L{crust.wire.network_hash}.
     """
     data = b"" if name is None else b"\x01" + name.encode("utf-8")
@@ -553,10 +553,11 @@ class DiscoveryRequester:
 
     @param port: the responders' port (C{service_discovery_port}).
     @param destinations: where requests go: a list of C{(host, port)}, a
-        callable returning one, or L{None} for L{default_destinations}.
+        callable returning one, or C{None} for L{default_destinations}.
         Tests pass C{[("127.0.0.1", port)]}.
     @param exclude_peer_ids: replies naming these (ourselves) are dropped.
-    @param bind_v4, bind_v6: local addresses of the request sockets.
+    @param bind_v4: the local address of the IPv4 request socket.
+    @param bind_v6: the local address of the IPv6 request socket.
     @ivar stats: counts of C{"sent"}, C{"replies"}, and of ignored datagrams by reason.
     """
 

@@ -396,22 +396,22 @@ def classify_nat(
     """
     Classify the NAT in front of the socket C{stun_client} sends through.
 
-    1. Test I: a Binding request to each server in turn until one answers
-       (the primary).  None answers: UDP blocked.
-    2. If the primary returned OTHER-ADDRESS on another IP, the filtering
-       tests of RFC 5780 section 4.4: requests asking the primary to answer
-       from its other IP and port, and from its other port (in parallel).
-       They go from a fresh socket of their own (C{filter_socket}; default:
-       when the reactor can open one), which has sent to nothing else, so
-       no filter toward the other address is open.  And the answers a
-       filtering NAT drops never touch the classified socket's mapping: on
-       Linux a dropped inbound packet leaves a conntrack entry that makes
-       the NAT give that socket a new port toward the other address, which
-       would read as an address-dependent mapping.
-    3. Mapping: requests to the primary's other IP (primary port and other
-       port), the remaining servers and the echo sources, in parallel; the
-       mapped addresses are compared (L{mapping_behaviour}).
-    4. Hairpinning (when C{hairpin}): a request to our own mapped address.
+      1. Test I: a Binding request to each server in turn until one answers
+         (the primary).  None answers: UDP blocked.
+      2. If the primary returned OTHER-ADDRESS on another IP, the filtering
+         tests of RFC 5780 section 4.4: requests asking the primary to answer
+         from its other IP and port, and from its other port (in parallel).
+         They go from a fresh socket of their own (C{filter_socket}; default:
+         when the reactor can open one), which has sent to nothing else, so
+         no filter toward the other address is open.  And the answers a
+         filtering NAT drops never touch the classified socket's mapping: on
+         Linux a dropped inbound packet leaves a conntrack entry that makes
+         the NAT give that socket a new port toward the other address, which
+         would read as an address-dependent mapping.
+      3. Mapping: requests to the primary's other IP (primary port and other
+         port), the remaining servers and the echo sources, in parallel; the
+         mapped addresses are compared (L{mapping_behaviour}).
+      4. Hairpinning (when C{hairpin}): a request to our own mapped address.
 
     @param local_port: the port of the socket being classified.
     @param local_hosts: this host's IP addresses; C{None}: read from the

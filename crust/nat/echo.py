@@ -449,7 +449,7 @@ class UdpEcho:
         self.log.debug("dropping UDP echo answer from {addr}: it answers no request of ours", addr=_text(addr))
 
     def cancel_all(self) -> None:
-        """Abandon every request in flight (their Deferreds fail with L{CancelledError})."""
+        """Abandon every request in flight (their Deferreds fail with C{CancelledError})."""
         for request in list(self._pending.values()):
             request.deferred.cancel()
 

@@ -278,7 +278,7 @@ def run_netcheck(service_like: Any, udp_endpoint: Any, stun_servers: Iterable[An
     Check the node's network; fires with a L{NetcheckReport} (never fails
     for network reasons: what failed is in the report).
 
-    @param service_like: a L{crust.Service} (or anything with
+    @param service_like: a L{crust.service.Service} (or anything with
         C{probe(address, expected_peer)}, C{listen_addresses} and
         C{peer_id}), or None to skip TCP.
     @param udp_endpoint: the node's L{crust.transport.udp.UdpEndpoint}
@@ -294,7 +294,7 @@ def run_netcheck(service_like: Any, udp_endpoint: Any, stun_servers: Iterable[An
         are probed over TCP, C{udp:} ones asked for the UDP echo.
     @param port_mapper: a L{crust.nat.portmap.mapper.PortMapper} whose recorded
         probes are reported, or None.
-    @param clock: the L{IReactorTime}; the endpoint's (or the service's) by default.
+    @param clock: the C{IReactorTime}; the endpoint's (or the service's) by default.
     @param turn: returns the node's TURN allocations, reported as they are
         at the end (L{crust.nat.turn_wiring.TurnRelays.status}); nothing is sent for them.
     """

@@ -6,9 +6,9 @@ callable and is fed every incoming datagram through L{StunClient.datagram_receiv
 which returns C{True} only for the STUN responses it consumed, so the caller
 passes everything else on.  Requests are retransmitted on the RFC 8489
 schedule (RTO doubling, Rc transmissions, a final wait of Rm*RTO) using an
-injected L{IReactorTime}.
+injected C{IReactorTime}.
 
-L{StunProtocol} wraps a client in a L{DatagramProtocol} that owns its socket,
+L{StunProtocol} wraps a client in a C{DatagramProtocol} that owns its socket,
 and L{discover_external_address} is the one-call convenience built on it.
 """
 
@@ -133,7 +133,7 @@ class StunClient:
 
     @param send: C{send(datagram, (host, port))}, e.g. a UDP transport's
         C{write}.
-    @param clock: the L{IReactorTime} for retransmission timers.
+    @param clock: the C{IReactorTime} for retransmission timers.
     @param rto: initial retransmission timeout, seconds.
     @param rc: number of transmissions of a request.
     @param rm: the final wait after the last transmission is C{rm * rto}.
@@ -308,7 +308,7 @@ class StunClient:
         return True
 
     def cancel_all(self) -> None:
-        """Cancel every outstanding transaction (their Deferreds fail with L{CancelledError})."""
+        """Cancel every outstanding transaction (their Deferreds fail with C{CancelledError})."""
         for tx in list(self._transactions.values()):
             tx.deferred.cancel()
 

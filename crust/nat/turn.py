@@ -34,8 +34,8 @@ address reaches L{TurnClient.datagram_received} first (the endpoint's
 C{register_source}); what it does not take (a Binding response to the STUN
 client, say) goes on through the endpoint's first-byte map.
 
-It is a single-party machine, so its states are an L{enum.Enum} with guards
-(doc/hacking.md):
+It is a single-party machine, so its states are an C{enum.Enum} with guards
+(doc/hacking.md)::
 
     IDLE -start-> ALLOCATING -success-> ALLOCATED -refresh fails-> RETRYING
                       |                    ^                         |
@@ -44,7 +44,7 @@ It is a single-party machine, so its states are an L{enum.Enum} with guards
 
 Pure protocol logic on an injected clock: it sends through C{send(datagram,
 (host, port))} and is fed datagrams, so tests drive it with a fake server
-and a L{twisted.internet.task.Clock}.
+and a C{twisted.internet.task.Clock}.
 """
 
 from __future__ import annotations
@@ -221,10 +221,11 @@ class TurnClient:
 
     @param send: C{send(datagram, (host, port))} on the node's socket; it
         may return False or raise when the datagram cannot go.
-    @param clock: the L{IReactorTime} for retransmissions and refreshes.
+    @param clock: the C{IReactorTime} for retransmissions and refreshes.
     @param server: the TURN server's C{udp:} address.
-    @param username, password: long-term credentials (the password is used
-        as given: its OpaqueString preparation is a no-op for ASCII).
+    @param username: the long-term credentials' user name.
+    @param password: their password (used as given: its OpaqueString
+        preparation is a no-op for ASCII).
     @param on_data: C{on_data(data, (ip, port))} for each relayed datagram.
     @param on_allocation: called with the L{Allocation} when one is made and
         with None when it is lost or given up.

@@ -1,5 +1,5 @@
 """
-The C{crust} command: drive a running node through its control socket.
+The C{crust} command: drive a running node through its control socket::
 
     crust info                      crust connect '<their connection info>'
     crust peers                     crust send PEER_ID 'hello'   (or @file, @- for stdin)
@@ -176,7 +176,7 @@ class NodeClient:
             raise CliError(str(body.get("error") or "the request failed"), status, code, reasons)
 
     def events(self, timeout: Optional[float] = None) -> Iterator[dict[str, Any]]:
-        """Yield event lines until the connection ends (or C{timeout}, then L{socket.timeout})."""
+        """Yield event lines until the connection ends (or C{timeout}, then C{socket.timeout})."""
         deadline = time.monotonic() + timeout if timeout is not None else None
         while True:
             left = None if deadline is None else deadline - time.monotonic()

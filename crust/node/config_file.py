@@ -55,7 +55,7 @@ class ConfigFileError(ConfigError):
     The config file is invalid.
 
     @ivar source: the file (or C{"<config>"}).
-    @ivar field: the dotted path of the bad field, or L{None} for a problem
+    @ivar field: the dotted path of the bad field, or C{None} for a problem
         with the file as a whole (unreadable, not JSON).
     @ivar value: the offending value as it appeared in the file.
     """
@@ -686,7 +686,7 @@ def ip_allowed(ip: Any, whitelist: Optional[Iterable[Any]]) -> bool:
     @param ip: text (C{"10.0.0.7"}, C{"::ffff:10.0.0.7"}, C{"fe80::1%eth0"})
         or an C{ipaddress} object.  IPv4-mapped IPv6 addresses match IPv4
         entries.  Anything that is not an IP address is refused.
-    @param whitelist: L{None} allows everyone; otherwise IP addresses and
+    @param whitelist: C{None} allows everyone; otherwise IP addresses and
         CIDR networks (text or C{ipaddress} objects).  An empty list allows
         nobody.
     """

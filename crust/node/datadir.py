@@ -62,7 +62,7 @@ MAX_STATE_CONTAINERS = 1024
 
 
 def read_state_bytes(raw: bytes) -> Optional[dict[str, Any]]:
-    """The state in C{node.json}'s content C{raw}, or L{None} if it is not a JSON object within bounds."""
+    """The state in C{node.json}'s content C{raw}, or C{None} if it is not a JSON object within bounds."""
     try:
         return read_json_object(raw, max_size=MAX_STATE_BYTES, max_depth=MAX_STATE_DEPTH,
                                 max_containers=MAX_STATE_CONTAINERS)
@@ -192,7 +192,7 @@ class DataDir:
             raise
 
     def read_state(self) -> Optional[dict[str, Any]]:
-        """The running node's C{node.json}, or L{None} (missing or unreadable)."""
+        """The running node's C{node.json}, or C{None} (missing or unreadable)."""
         try:
             with open(self.state_path, "rb") as f:
                 raw = f.read(MAX_STATE_BYTES + 1)
@@ -275,7 +275,7 @@ def _read_pid(fd: int) -> Optional[int]:
 
 
 def unix_path_problem(path: PathLike) -> Optional[str]:
-    """Why C{path} cannot name a UNIX socket, or L{None}."""
+    """Why C{path} cannot name a UNIX socket, or C{None}."""
     encoded = os.fsencode(os.fspath(path))
     if len(encoded) > MAX_UNIX_PATH:
         return (f"the UNIX socket path {os.fspath(path)} is {len(encoded)} bytes long, "

@@ -1,10 +1,10 @@
 """
 L{Node}: a ready-to-run crust peer, as C{twistd -n crust node} runs it.
 
-A node is a L{MultiService} that owns a data directory (L{crust.node.datadir}):
+A node is a C{MultiService} that owns a data directory (L{crust.node.datadir}):
 its identity key, its config file, a lock (one node per directory), its
 state file, and the local control socket (L{crust.node.control}) through which
-the C{crust} command drives it.  Inside it runs a L{crust.Service}.
+the C{crust} command drives it.  Inside it runs a L{crust.service.Service}.
 
 L{Node.prepare} does everything that can fail for a reason a person must
 fix (the directory, the lock, a corrupt key, an invalid config, a port in

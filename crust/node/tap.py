@@ -1,5 +1,5 @@
 """
-C{twistd crust}: the twistd plugin's options and service maker.
+C{twistd crust}: the twistd plugin's options and service maker::
 
     twistd -n --pidfile= crust node [--data-dir DIR] [--listen-port N] ...
     twistd -n --pidfile= --logger=crust.node.tap.jsonLogObserver crust node   # JSON-lines log on stdout
@@ -107,7 +107,7 @@ class NodeOptions(usage.Options):
             self["control-path"] = "default"
 
     def overrides(self) -> dict[str, Any]:
-        """The L{crust.Config} fields the command line sets."""
+        """The L{crust.config.Config} fields the command line sets."""
         found: dict[str, Any] = {}
         if self["listen-port"] is not None:
             found["listen_port"] = self["listen-port"] or None
@@ -139,7 +139,7 @@ class Options(usage.Options):
 
 def makeService(options: Options, reactor: Any = None) -> Any:
     """
-    The node for C{options}.  A node that cannot start raises L{SystemExit}
+    The node for C{options}.  A node that cannot start raises C{SystemExit}
     with a one-line reason (twistd prints it and exits with status 1).
     """
     from crust.node.node import Node, StartupError

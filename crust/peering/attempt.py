@@ -54,7 +54,7 @@ class Leg:
 
 
 class ConnectAttempt(Purpose):
-    """One L{crust.Service.connect} in progress (shared by repeated calls)."""
+    """One L{crust.service.Service.connect} in progress (shared by repeated calls)."""
 
     log = Logger()
 

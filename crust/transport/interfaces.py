@@ -8,15 +8,16 @@ from typing import Optional
 
 from OpenSSL import crypto
 from twisted.internet.interfaces import IConsumer, ITransport
+from zope.interface import Interface
 
 
-class ISecureTransport(ITransport, IConsumer):
+class ISecureTransport(ITransport, IConsumer, Interface):  # (Interface named: the API docs see an interface)
     """
     A byte stream authenticated by TLS, as a L{crust.session.connection.PeerConnection}
     sees it: Twisted's TLS transport over TCP, or a QUIC lane
     (L{crust.transport.quic.driver.QuicLane}).
 
-    Beyond L{ITransport}, it takes a push producer (L{IConsumer}), can be
+    Beyond C{ITransport}, it takes a push producer (C{IConsumer}), can be
     aborted, and shows the peer's certificate.
     """
 

@@ -4,7 +4,7 @@ address echo, hole-punching probes and QUIC.
 
 The endpoint is only the socket, a first-byte demultiplexer and the send
 path.  Every incoming datagram goes to a handler by its first byte (the map,
-and why crust's own messages use 4..15, is in L{crust.transport.udp_messages}):
+and why crust's own messages use 4..15, is in L{crust.transport.udp_messages})::
 
     0..3     the STUN chain (L{UdpEndpoint.add_stun_handler})
     4..15    crust message handlers by type (L{UdpEndpoint.set_crust_handler})

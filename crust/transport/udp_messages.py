@@ -5,7 +5,7 @@ message types.
 The node has one UDP socket (L{crust.transport.udp.UdpEndpoint}) shared by
 STUN, crust's UDP messages and QUIC.  Every incoming datagram goes to its
 owner by its first byte, in the spirit of RFC 7983 (updated by RFC 9443 for
-QUIC):
+QUIC)::
 
     first byte  owner
     0..3        STUN (when C{crust.nat.stun.is_stun} agrees): the STUN client,

@@ -177,7 +177,7 @@ def event_to_json(name: str, args: tuple[Any, ...], time: Optional[float] = None
 @implementer(ICrustObserver)
 class EventHub:
     """
-    An observer of a L{crust.Service} that hands every event, as a JSON
+    An observer of a L{crust.service.Service} that hands every event, as a JSON
     object, to its subscribers (the watching control connections).
     """
 

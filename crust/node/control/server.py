@@ -75,7 +75,7 @@ class ControlFactory(Factory):
 
 def parse_control_endpoint(description: str) -> Optional[str]:
     """
-    The UNIX socket path named by a C{--control} value, or L{None} for
+    The UNIX socket path named by a C{--control} value, or C{None} for
     C{"none"} (no control interface).  Accepted: C{unix:PATH} (or
     C{unix:address=PATH}; C{\\:} escapes a colon) and a plain path.
 

@@ -51,7 +51,7 @@ class AioquicIncompatible(CrustError):
 
 class CrustQuicConnection(QuicConnection):
     """
-    A L{QuicConnection} whose server side requests (mutual TLS) the client's
+    A C{QuicConnection} whose server side requests (mutual TLS) the client's
     certificate, which tells as soon as it starts closing, and which paces
     with L{crust.transport.quic.congestion.CrustPacer} when its congestion controller
     is crust's (C{crust-bbr}, the default of L{make_configuration}).

@@ -230,17 +230,17 @@ class ServiceMetrics:
             outcome, path = "failure", "none"
         self.connects.labels(outcome, path).inc()
         self.connect_time.labels(outcome).observe(max(0.0, seconds))
-        started = set(attempt.started)
+        targets: dict[str, list[Any]] = {}  # a strategy may have several legs (the rendezvous adds some)
         for leg in attempt.legs:
-            if leg.name not in started:
-                continue
-            if leg.name == winner:
+            targets.setdefault(leg.name, []).extend(leg.targets)
+        for name in set(attempt.started):
+            if name == winner:
                 result = "won"
-            elif all(target in attempt.reasons for target in leg.targets):
+            elif all(target in attempt.reasons for target in targets.get(name, ())):
                 result = "failed"
             else:
                 result = "other"
-            self.legs.labels(leg.name, result).inc()
+            self.legs.labels(name, result).inc()
 
     # -- observer events ------------------------------------------------------------------
 

@@ -162,6 +162,25 @@ class EventCountTests(SynchronousTestCase):
         self.assertEqual(value(found, "crust_path_changes_total", before="relayed", after="punched-udp"), 1)
         self.assertEqual(value(found, "crust_listener_failures_total", transport="udp"), 1)
 
+    def test_each_strategy_of_an_attempt_counts_once(self):
+        peer = Identity.generate().peer_id
+        legs = [SimpleNamespace(name="tcp", targets=("a1",)), SimpleNamespace(name="quic", targets=("q1",)),
+                SimpleNamespace(name="rendezvous", targets=("r",)),
+                SimpleNamespace(name="tcp", targets=("a2",)),  # added by the rendezvous
+                SimpleNamespace(name="udp-punch", targets=("p",))]
+        attempt = SimpleNamespace(peer_id=peer, error=None, legs=legs, reasons={"a1": "refused", "a2": "refused"},
+                                  started=("tcp", "quic", "rendezvous", "tcp", "udp-punch"))
+        self.service.peers.active[peer] = SimpleNamespace(path=PathInfo("punched-udp", "udp-punch"), initiator=True)
+        self.service.metrics.attempt_ended(attempt, 1.5)
+        del self.service.peers.active[peer]
+        found = self.scrape()
+        self.assertEqual(value(found, "crust_connect_attempts_total", outcome="success", path="punched-udp"), 1)
+        self.assertEqual(value(found, "crust_connect_duration_seconds_sum", outcome="success"), 1.5)
+        self.assertEqual(value(found, "crust_connect_strategies_total", strategy="tcp", outcome="failed"), 1)
+        self.assertEqual(value(found, "crust_connect_strategies_total", strategy="udp-punch", outcome="won"), 1)
+        self.assertEqual(value(found, "crust_connect_strategies_total", strategy="quic", outcome="other"), 1)
+        self.assertEqual(value(found, "crust_connect_strategies_total", strategy="rendezvous", outcome="other"), 1)
+
     def test_port_mappings_are_read_from_the_mapper(self):
         self.service.port_mapper = SimpleNamespace(
             mappings={("tcp", 1): SimpleNamespace(transport="tcp", method="natpmp")},

@@ -11,6 +11,8 @@ import os
 from collections import Counter as Tally
 from types import SimpleNamespace
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, protocol, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -68,6 +70,13 @@ class LabelTests(SynchronousTestCase):
         for text, code in cases.items():
             self.assertEqual(reason_code(text), code, text)
             self.assertIn(reason_code(text), REASONS)
+
+    @given(st.text(max_size=2000))
+    @settings(max_examples=300, deadline=None)
+    def test_any_reason_text_becomes_a_known_code(self, text):
+        # the text after "peer closed:" or "refused by the peer:" is the peer's to choose
+        for candidate in (text, f"peer closed: {text}", f"refused by the peer: {text}", f"{text}: detail"):
+            self.assertIn(reason_code(candidate), REASONS)
 
     def test_drop_reasons(self):
         self.assertEqual(drop_reason("connection closed"), "closed")

@@ -158,6 +158,7 @@ class Service(MultiService):
                                 our_info=lambda: (self.peer_id, self.candidate_addresses()), parent=self)
         self._inflight: set[Deferred] = set()  # bootstraps and discovery rounds, cancelled on stop
         self.metrics = ServiceMetrics(self)  # Prometheus figures, in a registry of this service's own (doc/metrics.md)
+        self._sent_counts, self._sent_bytes = self.metrics.sent_messages, self.metrics.sent_bytes  # send()'s
 
     @property
     def running_for_peers(self) -> bool:
@@ -375,8 +376,8 @@ class Service(MultiService):
         except MessageTooLarge as e:
             self._emit("message_too_large", peer_id, e.size, e.limit)
             raise
-        self.metrics.sent_messages[priority] += 1
-        self.metrics.sent_bytes[priority] += len(data)
+        self._sent_counts[priority] += 1
+        self._sent_bytes[priority] += len(data)
 
     def when_writable(self, peer_id: PeerId) -> Deferred:
         """Fires once the peer's queue is at most half full (at once if it is)."""

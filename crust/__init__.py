@@ -3,7 +3,8 @@ crust: reliable, encrypted peer-to-peer connections with NAT traversal, on Twist
 
 The public API: L{Service}, L{Config}, L{Identity}, L{PeerId}, the observer
 interface L{ICrustObserver} (with the no-op base L{CrustObserver}), connection
-info, and the errors in L{crust.errors}.
+info, signed messages' proofs (L{SignedMessage}, L{verify_signed}), and the
+errors in L{crust.errors}.
 """
 
 from crust._version import __version__
@@ -21,6 +22,8 @@ _LAZY = {
     "PubConnectionInfo": "crust.connection_info",
     "Role": "crust.roles",
     "Service": "crust.service",
+    "SignedMessage": "crust.signed",
+    "verify_signed": "crust.signed",
 }
 
 __all__ = ["__version__", "Address", "Config", "CrustObserver", "ICrustObserver", "Identity", "PeerId",

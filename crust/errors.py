@@ -74,3 +74,15 @@ class InvalidConnectionInfo(CrustError, ValueError):
 
 class ServiceNotRunning(CrustError):
     """The service is not started (or is stopping)."""
+
+
+class SignedMessageError(CrustError, ValueError):
+    """A signed message's proof is malformed, or not the one expected (L{crust.signed.verify_signed})."""
+
+
+class BadSignature(SignedMessageError):
+    """A signed message's signature does not hold: it was changed, or someone else signed it."""
+
+
+class SignedNotSupported(CrustError):
+    """The peer did not say it takes signed messages (an older crust); nothing was sent."""

@@ -22,7 +22,7 @@ ROOT = Path(crust.__file__).parent
 LAYERS = (
     ("foundations", ("crust._util", "crust._version", "crust.errors", "crust.interfaces", "crust.observer",
                      "crust.address", "crust.identity", "crust.roles", "crust.config", "crust.candidates",
-                     "crust.connection_info", "crust.wire")),
+                     "crust.connection_info", "crust.wire", "crust.signed")),
     ("transport", ("crust.transport",)),
     ("session", ("crust.session",)),
     ("nat", ("crust.nat",)),

@@ -69,6 +69,10 @@ class Config:
     max_message_size: int = 2 * MIB
     max_queued_bytes: int = 32 * MIB
     drop_after: float = 60.0  # a queue of priority >= 2 whose oldest message waited longer is dropped
+    # signed messages sent with signed="batch": one signature for the messages of one priority to one peer
+    # within this many seconds (they wait that long at most), or for this many (doc/signed.md)
+    signed_batch_window: float = 0.005
+    signed_batch_max: int = 64
 
     # liveness
     heartbeat_interval: float = 20.0
@@ -118,6 +122,10 @@ class Config:
                      "connect_timeout", "handshake_timeout", "bootstrap_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if not 0 < self.signed_batch_window <= 1.0:
+            raise ValueError("signed_batch_window must be more than 0 and at most 1 second")
+        if type(self.signed_batch_max) is not int or not 1 <= self.signed_batch_max <= 256:
+            raise ValueError("signed_batch_max must be an integer in 1..256")
         if not 0 <= self.quic_dial_delay <= self.connect_timeout:
             raise ValueError("quic_dial_delay must be in 0..connect_timeout")
         if not 0 <= self.relay_delay <= self.connect_timeout:

@@ -29,6 +29,16 @@ class ICrustObserver(Interface):
     def new_message(peer_id, data):
         """A message (bytes) arrived from C{peer_id}, in order."""
 
+    def new_signed_message(peer_id, data, proof):
+        """
+        A signed message arrived from C{peer_id}, in order with the others,
+        its signature checked: C{proof} is a L{crust.signed.SignedMessage}
+        (export it with C{proof.to_json()}; anyone can check it with
+        L{crust.verify_signed}).  Optional: an observer without it gets the
+        message through L{new_message}; L{crust.observer.CrustObserver}'s
+        default does the same.  Each message reaches an observer once.
+        """
+
     def message_dropped(peer_id, priority, count, size, reason):
         """C{count} queued messages (C{size} bytes) of C{priority} to C{peer_id} were dropped."""
 

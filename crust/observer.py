@@ -19,6 +19,7 @@ EVENT_NAMES = (
     "connect_failure",
     "lost_peer",
     "new_message",
+    "new_signed_message",
     "message_dropped",
     "message_too_large",
     "bootstrap_connect",
@@ -40,6 +41,9 @@ class CrustObserver:
     def connect_failure(self, peer_id: Any, reason: Any) -> None: ...
     def lost_peer(self, peer_id: Any, reason: str) -> None: ...
     def new_message(self, peer_id: Any, data: bytes) -> None: ...
+    def new_signed_message(self, peer_id: Any, data: bytes, proof: Any) -> None:
+        """By default, a signed message is a message: override to get its proof."""
+        self.new_message(peer_id, data)
     def message_dropped(self, peer_id: Any, priority: int, count: int, size: int, reason: str) -> None: ...
     def message_too_large(self, peer_id: Any, size: int, limit: int) -> None: ...
     def bootstrap_connect(self, peer_id: Any, address: Any) -> None: ...
@@ -72,7 +76,9 @@ class Observers:
     The observers of one service, and the fan-out of its events to them.
 
     An observer is any object with the L{ICrustObserver} methods; one that
-    raises is logged and the others still hear the event.
+    raises is logged and the others still hear the event.  A signed message
+    reaches an observer once: through its C{new_signed_message}, with the
+    proof, if it has one, else through its C{new_message}.
     """
 
     log = Logger()
@@ -81,6 +87,7 @@ class Observers:
         self._observers: list[Any] = []
         self._message_handlers: list[Callable[[Any, bytes], object]] = []
         self._message_observers: list[Any] = []  # whose each handler is
+        self._signed_handlers: list[Callable[[Any, bytes, Any], object]] = []  # theirs, for signed messages
 
     def add(self, observer: Any) -> None:
         """Register C{observer} (once); one whose C{new_message} is None is not told of messages."""
@@ -90,6 +97,7 @@ class Observers:
             if handler is not None:
                 self._message_handlers.append(handler)
                 self._message_observers.append(observer)
+                self._signed_handlers.append(_signed_handler(observer, handler))
 
     def remove(self, observer: Any) -> None:
         if observer in self._observers:
@@ -98,6 +106,7 @@ class Observers:
             i = self._message_observers.index(observer)
             del self._message_observers[i]
             del self._message_handlers[i]
+            del self._signed_handlers[i]
 
     def emit(self, event: str, *args: Any) -> None:
         """Tell every observer of C{event} (one of L{EVENT_NAMES})."""
@@ -121,3 +130,19 @@ class Observers:
                     log.failure("observer failed on new_message from {peer}", peer=str(peer_id))
 
         return deliver
+
+    def deliver_signed(self, peer_id: Any, payload: bytes, proof: Any) -> None:
+        """Hand a verified signed message and its proof to every observer."""
+        for handler in list(self._signed_handlers):
+            try:
+                handler(peer_id, payload, proof)
+            except Exception:
+                self.log.failure("observer failed on a signed message from {peer}", peer=str(peer_id))
+
+
+def _signed_handler(observer: Any, new_message: Callable[[Any, bytes], object]) -> Callable[[Any, bytes, Any], object]:
+    """The observer's C{new_signed_message}, or its C{new_message} without the proof."""
+    method = getattr(observer, "new_signed_message", None)
+    if method is not None:
+        return method
+    return lambda peer_id, data, proof: new_message(peer_id, data)

@@ -58,6 +58,7 @@ from crust.nat.reflexive import ReflexiveDiscovery
 from crust.observer import Observers
 from crust.punch.wiring import install as install_punching
 from crust.relay.wiring import install as install_relaying
+from crust.session.signing import install as install_signing
 from crust.peering.table import PeerTable
 from crust.roles import Role
 from crust.transport.tcp import TcpTransport
@@ -154,6 +155,8 @@ class Service(MultiService):
             rendezvous=self.punch.rendezvous, creator=lambda: self._creator, emit=self.observers.emit, parent=self)
         # told of promotions last: the cache and the connection's path are up to date when connect() fires
         self.connector = Connector(self.dialer, self.peers, self.clock, lambda: self.config, self.observers.emit)
+        self.signing = install_signing(identity=identity, network=self.config.network_name or "", clock=self.clock,
+                                       config=lambda: self.config, table=self.peers, events=self.observers)
         self.lan = LanDiscovery(peer_id=self.peer_id, config=lambda: self.config, reactor=reactor,
                                 our_info=lambda: (self.peer_id, self.candidate_addresses()), parent=self)
         self._inflight: set[Deferred] = set()  # bootstraps and discovery rounds, cancelled on stop
@@ -197,6 +200,7 @@ class Service(MultiService):
         self.listeners.stop()
         self.reflexive.stop()
         self.punch.stop()
+        self.signing.flush_all()  # open signed batches go out before CLOSE
         for conn in list(self.peers.connections):
             conn.close(CloseReason.SHUTDOWN, "the node is stopping")
         d = self.peers.wait_all_closed()  # each sent CLOSE, then closed (aborted if it stalls)
@@ -361,17 +365,25 @@ class Service(MultiService):
 
     # -- messages ---------------------------------------------------------------------------
 
-    def send(self, peer_id: PeerId, data: bytes, priority: int) -> None:
+    def send(self, peer_id: PeerId, data: bytes, priority: int, signed: Union[bool, str] = False) -> None:
         """
         Queue C{data} for C{peer_id}.  Lower C{priority} numbers go first;
         0 and 1 are never dropped.  Raises L{PeerNotConnected},
         L{MessageTooLarge}, L{crust.errors.SendQueueFull} or
         L{crust.errors.InvalidPriority} at once, queueing nothing.
+        C{signed=True} signs it, C{signed="batch"} signs it with the others of
+        its priority sent within C{Config.signed_batch_window} (one
+        signature): the peer gets a proof anyone can check (doc/signed.md).
         """
         conn = self.peers.active.get(peer_id)
         if conn is None or conn.closing:
             raise PeerNotConnected(f"not connected to {peer_id}")
         try:
+            if signed:
+                self.signing.send(conn, peer_id, data, priority, signed)
+                return
+            if self.signing.batches:  # a signed batch of this priority goes first: order is kept
+                self.signing.flush(peer_id, priority)
             conn.send_message(data, priority)
         except MessageTooLarge as e:
             self._emit("message_too_large", peer_id, e.size, e.limit)
@@ -385,7 +397,7 @@ class Service(MultiService):
 
     def queued_bytes(self, peer_id: PeerId) -> int:
         conn = self.peers.active.get(peer_id)
-        return conn.queued_bytes if conn is not None else 0
+        return conn.queued_bytes + self.signing.pending(peer_id) if conn is not None else 0
 
     def disconnect(self, peer_id: PeerId) -> bool:
         """Close the connection to C{peer_id}; True if there was one.  C{lost_peer} follows."""
@@ -517,4 +529,4 @@ class Service(MultiService):
     def _hello_for(self, conn: PeerConnection) -> Hello:
         return Hello(network=self.network, intent=conn.handshake.intent, role=conn.purpose.role or self.role,
                      observed=conn.peer_address, listeners=tuple(self.addresses.listeners(self._forced_tcp_port())),
-                     echo_alt=self.listeners.echo_port(), handover=True)
+                     echo_alt=self.listeners.echo_port(), handover=True, signed=True)

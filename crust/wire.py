@@ -144,6 +144,7 @@ class Hello:
     listeners: tuple[Address, ...] = ()  # our listening addresses, for reachability tests
     echo_alt: Optional[int] = None  # a second UDP port of ours that answers address echoes (doc/protocol.md)
     handover: bool = False  # we can move an active connection onto another one (doc/protocol.md §5b)
+    signed: bool = False  # we take signed messages (doc/protocol.md §6a)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def encode(self) -> bytes:
@@ -164,6 +165,8 @@ class Hello:
             body["echo_alt"] = self.echo_alt
         if self.handover:
             body["handover"] = True
+        if self.signed:
+            body["signed"] = True
         body.update(self.extra)
         return frame(FrameType.HELLO, _encode_json(body))
 
@@ -209,8 +212,11 @@ class Hello:
         handover = body.get("handover", False)
         if not isinstance(handover, bool):
             raise ProtocolViolation("HELLO has a bad handover flag")
+        signed = body.get("signed", False)
+        if not isinstance(signed, bool):
+            raise ProtocolViolation("HELLO has a bad signed flag")
         known = {"proto", "version", "min_version", "network", "intent", "role", "observed", "listeners", "echo_alt",
-                 "handover"}
+                 "handover", "signed"}
         extra = {k: v for k, v in body.items() if k not in known}
         return cls(
             network=network,
@@ -222,6 +228,7 @@ class Hello:
             listeners=tuple(listeners),
             echo_alt=echo_alt,
             handover=handover,
+            signed=signed,
             extra=extra,
         )
 

@@ -40,6 +40,14 @@ class HelloTests(SynchronousTestCase):
         for payload in bad:
             self.assertRaises(ProtocolViolation, Hello.decode, payload)
 
+    def test_signed_flag(self):
+        h = Hello(network="ab", signed=True)
+        self.assertIn(b'"signed":true', h.encode())
+        self.assertTrue(Hello.decode(h.encode()[5:]).signed)
+        self.assertFalse(Hello.decode(Hello(network="ab").encode()[5:]).signed)  # an older crust says nothing
+        base = {"proto": "crust", "version": 1, "network": "ab"}
+        self.assertRaises(ProtocolViolation, Hello.decode, json.dumps({**base, "signed": 1}).encode())
+
     def test_unknown_intent_decodes_as_none(self):
         h = Hello.decode(json.dumps({"proto": "crust", "version": 1, "network": "ab", "intent": "relay"}).encode())
         self.assertIsNone(h.intent)

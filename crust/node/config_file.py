@@ -145,6 +145,13 @@ def _delay(value: Any, path: str, source: str) -> float:
     return float(value)
 
 
+def _batch_window(value: Any, path: str, source: str) -> float:
+    seconds = _duration(value, path, source)
+    if seconds > 1.0:
+        raise ConfigFileError(source, path, "must be more than 0 and at most 1 second", value)
+    return seconds
+
+
 _listen_port = _integer(1, 65535, "; use null for a random port")
 
 
@@ -315,6 +322,8 @@ _FIELDS: dict[str, _Validator] = {
     "max_message_size": _integer(1, 1 << 30),
     "max_queued_bytes": _integer(1, 1 << 34),
     "drop_after": _duration,
+    "signed_batch_window": _batch_window,
+    "signed_batch_max": _integer(1, 256),
     "heartbeat_interval": _duration,
     "inactivity_timeout": _duration,
     "connect_timeout": _duration,

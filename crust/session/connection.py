@@ -31,6 +31,7 @@ from crust.session.handshake import Handshake, HandshakeState
 from crust.identity import PeerId
 from crust.session.purpose import ACCEPTED, Purpose
 from crust.session.send_queue import Dropped, SendQueues
+from crust.session.signed_frames import MESSAGE_FRAME_TYPES
 from crust.transport.interfaces import ISecureTransport
 from crust.transport.tls import cert_info, peer_id_from_certificate
 from crust.wire import (
@@ -178,7 +179,8 @@ class PeerConnection(Protocol):
         self.path: Optional[PathInfo] = None  # how this connection was made (set when it is promoted)
         self.handover_chosen = False  # chosen to replace the peer's active connection (doc/protocol.md §5b)
         self._move_pending: list[str] = []  # lanes whose MOVE waits for their queued data to go out
-        self._held: Optional[list[bytes]] = None  # messages received while held (handover)
+        # messages received while held (handover): DATA payloads, and (type, payload) of other message frames
+        self._held: Optional[list[Any]] = None
 
     # -- identity -----------------------------------------------------------
 
@@ -275,14 +277,19 @@ class PeerConnection(Protocol):
         self._last_received = self.clock.seconds()
         try:
             decoder.feed(data)
-        except FrameTooLarge as e:
+        except ProtocolViolation as e:
+            self._violation(e)
+
+    def _violation(self, e: ProtocolViolation) -> None:
+        """The peer broke the protocol: say why, and close."""
+        if isinstance(e, FrameTooLarge):
             self.log.warn("{conn}: {error}; closing", conn=repr(self), error=str(e))
             self.close(CloseReason.OVERSIZE, str(e))
-        except ProtocolViolation as e:
-            self.log.warn("{conn}: protocol violation: {error}; closing", conn=repr(self), error=str(e))
-            if self.handshake.state is not HandshakeState.CLOSED:
-                self.handshake.closed()
-            self.close(CloseReason.PROTOCOL_ERROR, str(e))
+            return
+        self.log.warn("{conn}: protocol violation: {error}; closing", conn=repr(self), error=str(e))
+        if self.handshake.state is not HandshakeState.CLOSED:
+            self.handshake.closed()
+        self.close(CloseReason.PROTOCOL_ERROR, str(e))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
@@ -385,6 +392,41 @@ class PeerConnection(Protocol):
         self._sent = True
         self._update_direct()
 
+    def send_frame(self, ftype: int, prefix: bytes, payload: bytes, priority: int, bounded: bool = True) -> None:
+        """
+        Send a frame that carries messages (L{MESSAGE_FRAME_TYPES}: a signed
+        message, a signed batch): C{prefix} then C{payload}, queued by
+        C{priority} and sent on its lane as a message of that priority is.
+        Raises as L{send_message}, queueing nothing; with C{bounded} false
+        it is queued even past L{max_queued_bytes} (its messages were
+        counted against the bound when they were sent).
+        """
+        size = len(prefix) + len(payload)
+        if size > self.max_message_size:
+            raise MessageTooLarge(size, self.max_message_size)
+        if type(priority) is not int or not 0 <= priority <= 255:
+            raise InvalidPriority(f"priority must be an integer in 0..255, not {priority!r}")
+        if self._close_reason is not None or not self.connected or not self.is_active:
+            raise PeerNotConnected(f"the connection is not active ({self._close_reason or self.state.value})")
+        header = pack_header(size + 1, ftype) + prefix
+        bulk = priority >= 2 and self._bulk is not None
+        queues = self.bulk_queues if bulk else self.queues
+        if (self._bulk_paused if bulk else self._paused) or queues.count:
+            now = self.clock.seconds()
+            if bounded and self.queued_bytes + size > self.max_queued_bytes:
+                self._expire(now)
+                if self.queued_bytes + size > self.max_queued_bytes:
+                    raise SendQueueFull(
+                        f"{self.queued_bytes} bytes already queued for this peer (bound {self.max_queued_bytes})"
+                    )
+            queues.push(priority, header, payload, now)
+            return
+        transport = self.transport
+        assert transport is not None  # connected
+        (self._bulk.write if bulk else transport.write)(header + payload)
+        self._sent = True
+        self._update_direct()
+
     def _update_direct(self) -> None:
         """May sends go straight to the transport?  (Active, not paused, nothing queued, not closing.)"""
         usable = self._usable = (self.connected and self._close_reason is None
@@ -444,7 +486,14 @@ class PeerConnection(Protocol):
         self.set_deliver(deliver)
         self._pause_reading(False)
         for message in held:
-            deliver(message)
+            if type(message) is bytes:
+                deliver(message)
+                continue
+            try:
+                self._control(*message)  # a signed message, held in its place among the others
+            except ProtocolViolation as e:
+                self._violation(e)
+                return
 
     def set_deliver(self, deliver: Callable[[bytes], object], keep: bool = False) -> None:
         """Where messages go from now on (C{keep}: the owner's C{deliver} stays what it was)."""
@@ -634,7 +683,14 @@ class PeerConnection(Protocol):
         handler = _CONTROL_HANDLERS.get(ftype)
         if handler is not None:
             handler(self, payload)
-        elif not self.owner.control_received(self, ftype, payload):
+            return
+        if ftype in MESSAGE_FRAME_TYPES:  # messages, like DATA: only once chosen, held with DATA
+            if not self.is_active:
+                raise ProtocolViolation("a message frame before the connection was chosen")
+            if self._held is not None:
+                self._held.append((ftype, payload))
+                return
+        if not self.owner.control_received(self, ftype, payload):
             raise ProtocolViolation(f"unknown frame type {ftype}")
 
     def _heartbeat_received(self, payload: bytes) -> None:
@@ -738,9 +794,11 @@ def _bulk_control(ftype: int, payload: bytes) -> None:
 
 
 def _bulk_control_for(conn: "PeerConnection") -> Callable[[int, bytes], None]:
-    """The bulk lane's control frames: MOVE only (the lane's last frame in a handover)."""
+    """The bulk lane's control frames: message frames, and MOVE (the lane's last frame in a handover)."""
     def control(ftype: int, payload: bytes) -> None:
-        if ftype == FrameType.MOVE:
+        if ftype in MESSAGE_FRAME_TYPES:
+            conn._control(ftype, payload)
+        elif ftype == FrameType.MOVE:
             conn.owner.moved(conn, "bulk")
         else:
             _bulk_control(ftype, payload)

@@ -5,6 +5,7 @@ The C{crust} command: drive a running node through its control socket::
     crust peers                     crust send PEER_ID 'hello'   (or @file, @- for stdin)
     crust connection-info           crust disconnect PEER_ID
     crust watch                     crust --json <command>  (machine-readable output)
+    crust verify PROOF_FILE         (a signed message's proof; needs no node)
 
 Exit status: 0 ok; 1 the operation failed (reason on stderr); 2 usage
 error; 3 the node cannot be reached.
@@ -463,6 +464,11 @@ def _configure_send(p: argparse.ArgumentParser) -> None:
                    help="the message text; @FILE sends a file's bytes, @- standard input, @@x the text @x")
     p.add_argument("--priority", type=int, default=1, metavar="N",
                    help="0-255, lower goes first; 0 and 1 are never dropped (default 1)")
+    signing = p.add_mutually_exclusive_group()
+    signing.add_argument("--signed", action="store_const", const=True, default=False, dest="signed",
+                         help="sign it: the peer gets a proof anyone can check (crust verify)")
+    signing.add_argument("--batch", action="store_const", const="batch", dest="signed",
+                         help="sign it with the others sent within a few milliseconds (one signature)")
 
 
 @register("send", "send a message to a connected peer", _configure_send)
@@ -472,13 +478,16 @@ def cmd_send(ctx: Context) -> int:
         raise CliError("--priority must be between 0 and 255", EXIT_USAGE, "bad-request")
     data = _read_argument(ctx.args.message, "the message")
     args: dict[str, Any] = {"peer_id": peer_id, "priority": ctx.args.priority}
+    if ctx.args.signed:
+        args["signed"] = ctx.args.signed
     try:
         args["text"] = data.decode("utf-8")
     except UnicodeDecodeError:
         args["data_b64"] = base64.b64encode(data).decode("ascii")
     result = ctx.call("send", **args)
+    how = {True: ", signed", "batch": ", signed in a batch"}.get(result.get("signed"), "")
     ctx.emit(result, f"queued {result.get('size')} bytes for {result.get('peer_id')} "
-                     f"(priority {result.get('priority')})")
+                     f"(priority {result.get('priority')}{how})")
     return EXIT_OK
 
 
@@ -496,8 +505,8 @@ def cmd_disconnect(ctx: Context) -> int:
 
 EVENT_NAMES = (
     "listener_started", "listener_failed", "connect_success", "connect_failure", "lost_peer",
-    "new_message", "message_dropped", "message_too_large", "bootstrap_connect", "bootstrap_accept",
-    "bootstrap_failed", "path_changed", "relay_circuit_opened", "relay_circuit_closed",
+    "new_message", "new_signed_message", "message_dropped", "message_too_large", "bootstrap_connect",
+    "bootstrap_accept", "bootstrap_failed", "path_changed", "relay_circuit_opened", "relay_circuit_closed",
 )
 
 
@@ -522,6 +531,9 @@ def format_event(event: dict[str, Any]) -> str:
             body = _safe(str(event["text"]))
         else:
             body = f"({event.get('size')} bytes, not text; --json shows them as base64)"
+        proof = event.get("proof")
+        if isinstance(proof, dict):
+            return f"{stamp} signed message from {peer} (sequence number {proof.get('seq')}): {body}"
         return f"{stamp} message from {peer}: {body}"
     if name == "connect_success":
         return f"{stamp} connected to {peer}"
@@ -569,6 +581,80 @@ def cmd_watch(ctx: Context) -> int:
     finally:
         client.close()
     return EXIT_OK  # pragma: no cover - events() ends by raising
+
+
+def _configure_verify(p: argparse.ArgumentParser) -> None:
+    p.add_argument("proof", metavar="FILE",
+                   help="the proof: a file, or - for standard input; a proof's JSON (SignedMessage.to_json), "
+                        "or a `crust watch --json` line of a signed message")
+    p.add_argument("--network", metavar="NAME", help="fail unless it was signed in this network")
+    p.add_argument("--sender", metavar="PEER_ID", help="fail unless this peer signed it")
+    p.add_argument("--recipient", metavar="PEER_ID", help="fail unless it was signed for this peer")
+
+
+def _read_proof(name: str, limit: int) -> bytes:
+    try:
+        if name == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(name, "rb") as f:
+                data = f.read(limit + 1)
+    except OSError as e:
+        raise CliError(f"cannot read {name}: {e.strerror or e}", EXIT_USAGE, "bad-request") from None
+    if len(data) > limit:
+        raise CliError(f"{name} is over {limit} bytes: not a proof", EXIT_FAILED, "invalid-proof")
+    return data
+
+
+def _unwrap_event(data: bytes, limit: int) -> Any:
+    """The proof in a C{crust watch --json} event line, or C{data} itself."""
+    try:
+        body = read_json_object(data, max_size=limit, max_depth=3, max_containers=4)
+    except JsonRefused:
+        return data  # the proof reader says what is wrong
+    proof = body.get("proof")
+    if "event" in body and isinstance(proof, dict):
+        return json.dumps(proof)
+    return data
+
+
+@register("verify", "check a signed message's proof: who signed what for whom (needs no node)", _configure_verify)
+def cmd_verify(ctx: Context) -> int:
+    from crust.errors import BadSignature, SignedMessageError
+    from crust.signed import MAX_EXPORT_SIZE, verify_signed
+
+    args = ctx.args
+    sender = _check_peer_id(args.sender) if args.sender is not None else None
+    recipient = _check_peer_id(args.recipient) if args.recipient is not None else None
+    data = _unwrap_event(_read_proof(args.proof, MAX_EXPORT_SIZE), MAX_EXPORT_SIZE)
+    try:
+        message = verify_signed(data, network_name=args.network, expected_sender=sender,
+                                expected_recipient=recipient)
+    except BadSignature as e:
+        raise CliError(f"bad signature: {e}", EXIT_FAILED, "bad-signature") from None
+    except SignedMessageError as e:
+        raise CliError(f"not verified: {e}", EXIT_FAILED, "invalid-proof") from None
+    result: dict[str, Any] = {"ok": True, "verified": True, "sender": str(message.sender),
+                              "recipient": str(message.recipient), "network": message.network,
+                              "priority": message.priority, "seq": message.seq, "kind": message.kind}
+    result["size"] = len(message.payload)
+    try:
+        text = result["text"] = message.payload.decode("utf-8")
+    except UnicodeDecodeError:
+        result["data_b64"] = base64.b64encode(message.payload).decode("ascii")
+        shown = "(not text; --json shows it as base64)"
+    else:
+        text = _safe(text)
+        shown = text if len(text) <= 200 else text[:200] + f"... ({len(text) - 200} more characters)"
+    how = "signed alone" if message.kind == "message" else f"signed in a batch, {len(message.later)} after it"
+    ctx.emit(result, "\n".join([
+        f"good signature by {message.sender}",
+        f"  for:       {message.recipient}",
+        f"  network:   {_safe(repr(message.network))}",
+        f"  sequence:  {message.seq} (priority {message.priority}, {how})",
+        f"  message:   {len(message.payload)} bytes: {shown}",
+    ]))
+    return EXIT_OK
 
 
 # -- main ---------------------------------------------------------------------------------

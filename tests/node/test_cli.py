@@ -228,8 +228,21 @@ class ScriptedTests(SynchronousTestCase):
         self.run_cli("send", PEER, "@@literal")
         self.assertEqual(self.node.requests[-1]["text"], "@literal")
 
+    def test_send_signed(self) -> None:
+        self.answers["send"] = lambda r: [ok(r, {"peer_id": r["peer_id"], "size": 1, "priority": 1,
+                                                 **({"signed": r["signed"]} if "signed" in r else {})})]
+        status, out, _ = self.run_cli("send", PEER, "x", "--signed")
+        self.assertEqual((status, out), (0, f"queued 1 bytes for {PEER} (priority 1, signed)\n"))
+        self.assertIs(self.node.requests[-1]["signed"], True)
+        status, out, _ = self.run_cli("send", PEER, "x", "--batch")
+        self.assertEqual((status, out), (0, f"queued 1 bytes for {PEER} (priority 1, signed in a batch)\n"))
+        self.assertEqual(self.node.requests[-1]["signed"], "batch")
+        self.run_cli("send", PEER, "x")
+        self.assertNotIn("signed", self.node.requests[-1])
+
     def test_send_usage_errors_never_reach_the_node(self) -> None:
         for args in (["send", "not-a-peer", "x"], ["send", PEER, "x", "--priority", "300"],
+                     ["send", PEER, "x", "--signed", "--batch"],
                      ["send", PEER, "@/nonexistent/file"], ["send", PEER], ["send", PEER, "x", "--priority", "hi"]):
             status, _, err = self.run_cli(*args)
             self.assertEqual(status, 2, args)
@@ -268,6 +281,9 @@ class ScriptedTests(SynchronousTestCase):
         self.assertNotIn("\x1b", out)  # a peer's text cannot drive the terminal
         self.assertIn("\\x1b[2J", lines[2])
         self.assertIn("not text", lines[3])
+        self.assertEqual(cli.format_event({"event": "new_message", "time": 0, "peer_id": PEER, "size": 2,
+                                           "text": "hi", "proof": {"seq": 42}}).split(" ", 1)[1],
+                         f"signed message from {PEER} (sequence number 42): hi")
         status, out, _ = self.run_cli("watch", "--json", "--count", "1", "--events", "new_message,lost_peer")
         self.assertEqual(json.loads(out.splitlines()[0])["event"], "connect_success")
         self.assertEqual(self.node.requests[-1]["events"], ["new_message", "lost_peer"])
@@ -315,7 +331,7 @@ class CommandLineTests(SynchronousTestCase):
         self.assertEqual(json.loads(out)["code"], "unreachable")
 
     def test_registry(self) -> None:
-        for name in ("info", "peers", "connection-info", "connect", "send", "disconnect", "watch"):
+        for name in ("info", "peers", "connection-info", "connect", "send", "disconnect", "watch", "verify"):
             self.assertIn(name, cli.COMMANDS)
         ran: list[Any] = []
 
@@ -367,6 +383,97 @@ class CommandLineTests(SynchronousTestCase):
         self.assertIn("crust.node.datadir", imported)
         self.assertEqual({m for m in imported if m.startswith(("twisted", "nacl", "OpenSSL", "crust.service"))},
                          set())
+
+
+class VerifyTests(SynchronousTestCase):
+    """C{crust verify}: a proof's signer, recipient, network and sequence number; no node needed."""
+
+    def setUp(self) -> None:
+        from crust.identity import Identity
+        from crust.signed import open_batch, open_message, sign_batch, sign_message
+
+        self.dir = temp_dir(self)
+        self.alice, self.bob = Identity.generate(), Identity.generate()
+        proof = open_message("demo", self.alice.peer_id, self.bob.peer_id, 1, 77, b"pay Bob 10",
+                             sign_message(self.alice, "demo", self.bob.peer_id, 1, 77, b"pay Bob 10"))
+        self.proof = json.loads(proof.to_json())
+        entries = [(5, b"\xff\x00"), (6, b"second")]
+        self.batched = [p.to_dict() for p in open_batch(
+            "demo", self.alice.peer_id, self.bob.peer_id, 4, entries,
+            sign_batch(self.alice, "demo", self.bob.peer_id, 4, entries))]
+
+    def write(self, body: Any, name: str = "proof.json") -> str:
+        path = self.dir / name
+        path.write_text(body if isinstance(body, str) else json.dumps(body))
+        return str(path)
+
+    def run_cli(self, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stderr", err)
+        self.patch(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+        status = cli.main(["--control", str(self.dir / "no-node.sock"), *args], out=out, err=err)
+        return status, out.getvalue(), err.getvalue()
+
+    def test_good(self) -> None:
+        status, out, err = self.run_cli("verify", self.write(self.proof))
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(out.splitlines(), [
+            f"good signature by {self.alice.peer_id}",
+            f"  for:       {self.bob.peer_id}",
+            "  network:   'demo'",
+            "  sequence:  77 (priority 1, signed alone)",
+            "  message:   10 bytes: pay Bob 10",
+        ])
+        status, out, _ = self.run_cli("--json", "verify", self.write(self.proof), "--sender", str(self.alice.peer_id),
+                                      "--recipient", str(self.bob.peer_id), "--network", "demo")
+        self.assertEqual(status, 0)
+        self.assertEqual(json.loads(out), {"ok": True, "verified": True, "sender": str(self.alice.peer_id),
+                                           "recipient": str(self.bob.peer_id), "network": "demo", "priority": 1,
+                                           "seq": 77, "kind": "message", "size": 10, "text": "pay Bob 10"})
+
+    def test_batched_from_standard_input(self) -> None:
+        status, out, _ = self.run_cli("verify", "-", stdin=json.dumps(self.batched[0]).encode())
+        self.assertEqual(status, 0)
+        self.assertIn("  sequence:  5 (priority 4, signed in a batch, 1 after it)", out)
+        self.assertIn("(not text; --json shows it as base64)", out)
+        self.assertEqual(json.loads(self.run_cli("--json", "verify", self.write(self.batched[1]))[1])["text"],
+                         "second")
+
+    def test_a_watch_event_line(self) -> None:
+        event = {"event": "new_message", "id": 1, "time": 0, "peer_id": str(self.alice.peer_id), "size": 10,
+                 "text": "pay Bob 10", "proof": self.proof}
+        status, out, _ = self.run_cli("verify", self.write(event))
+        self.assertEqual(status, 0)
+        self.assertIn(f"good signature by {self.alice.peer_id}", out)
+
+    def test_tampered_exit_1(self) -> None:
+        for change in ({"payload": "cGF5IEJvYiAxMDA="}, {"seq": 78}, {"recipient": str(self.alice.peer_id)},
+                       {"network": "other"}, {"sender": str(self.bob.peer_id)},
+                       {"signature": self.batched[0]["signature"]}):
+            status, out, err = self.run_cli("verify", self.write({**self.proof, **change}))
+            self.assertEqual((status, out), (1, ""), change)
+            self.assertIn("crust verify: bad signature: the signature does not hold", err)
+        status, out, _ = self.run_cli("--json", "verify", self.write({**self.proof, "seq": 78}))
+        self.assertEqual(json.loads(out)["code"], "bad-signature")
+
+    def test_not_what_was_expected_exit_1(self) -> None:
+        for args, words in ((["--sender", str(self.bob.peer_id)], "signed by"),
+                            (["--recipient", str(self.alice.peer_id)], "signed for"),
+                            (["--network", "other"], "signed in network 'demo', not 'other'")):
+            status, _, err = self.run_cli("verify", self.write(self.proof), *args)
+            self.assertEqual(status, 1, args)
+            self.assertIn(f"crust verify: not verified: {words}", err)
+
+    def test_not_a_proof(self) -> None:
+        for text, words in (("", "not a signed message"), ("{}", "no \"crust-signed\": 1"),
+                            ('{"event": "lost_peer", "proof": 5}', "no \"crust-signed\": 1"),
+                            ("[" * 10000, "not a signed message")):
+            status, out, err = self.run_cli("verify", self.write(text))
+            self.assertEqual((status, out), (1, ""))
+            self.assertIn(words, err)
+        self.assertEqual(self.run_cli("verify", str(self.dir / "missing"))[0], 2)
+        self.assertEqual(self.run_cli("verify", self.write(self.proof), "--sender", "nope")[0], 2)
+        self.assertEqual(self.run_cli("verify")[0], 2)
 
 
 # -- end to end ------------------------------------------------------------------------------
@@ -458,7 +565,7 @@ class RealNodesTests(SynchronousTestCase):
 
         # B watches for messages
         watch = subprocess.Popen(
-            [sys.executable, "-m", "crust.node.cli", "--data-dir", str(b), "watch", "--json", "--count", "1",
+            [sys.executable, "-m", "crust.node.cli", "--data-dir", str(b), "watch", "--json", "--count", "2",
              "--events", "new_message", "--timeout", "25"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, cwd=str(self.root))
         self.addCleanup(self.stop, watch)
@@ -487,11 +594,23 @@ class RealNodesTests(SynchronousTestCase):
         self.assertIn("crust_peers 1.0", scraped.splitlines())
         self.assertIn('crust_messages_sent_total{priority="2"} 1.0', scraped.splitlines())
         self.assertIn('crust_message_bytes_sent_total{priority="2"} 12.0', scraped.splitlines())
+        self.assertIn("signed", self.ok(a, "send", info_b["peer_id"], "signed by a", "--signed"))
         out, err = watch.communicate(timeout=25)
         self.assertEqual(watch.returncode, 0, err)
-        event = json.loads(out.decode().splitlines()[0])
+        event, signed = [json.loads(line) for line in out.decode().splitlines()[:2]]
         self.assertEqual((event["event"], event["peer_id"], event["text"]),
                          ("new_message", info_a["peer_id"], "hello from a"))
+        self.assertNotIn("proof", event)
+        # the signed one carries its proof: anyone checks it with A's peer id (the event line itself will do)
+        self.assertEqual((signed["event"], signed["text"]), ("new_message", "signed by a"))
+        (self.root / "signed.json").write_text(json.dumps(signed))
+        verified = self.crust(a, "verify", str(self.root / "signed.json"), "--sender", info_a["peer_id"],
+                              "--recipient", info_b["peer_id"], "--network", "cli-test")
+        self.assertEqual(verified.returncode, 0, verified.stderr)
+        self.assertIn(f"good signature by {info_a['peer_id']}", verified.stdout)
+        signed["proof"]["payload"] = "c2lnbmVkIGJ5IGI="  # "signed by b"
+        (self.root / "signed.json").write_text(json.dumps(signed))
+        self.assertEqual(self.crust(a, "verify", str(self.root / "signed.json")).returncode, 1)
 
         self.assertIn("disconnected", self.ok(a, "disconnect", info_b["peer_id"]))
         deadline = time.monotonic() + 10

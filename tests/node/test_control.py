@@ -81,17 +81,17 @@ class FakeService:
         d = self.active.get(peer_id)
         return None if d is None else dict(d, peer_id=str(peer_id))
 
-    def send(self, peer_id: PeerId, data: bytes, priority: int) -> None:
+    def send(self, peer_id: PeerId, data: bytes, priority: int, signed: Any = False) -> None:
         if self.send_error is not None:
             raise self.send_error
         if peer_id not in self.active:
             raise PeerNotConnected(f"not connected to {peer_id}")
         if not 0 <= priority <= 255:
             raise InvalidPriority("bad priority")
-        self.sent.append((peer_id, data, priority))
+        self.sent.append((peer_id, data, priority, signed) if signed else (peer_id, data, priority))
 
     def queued_bytes(self, peer_id: PeerId) -> int:
-        return sum(len(d) for (p, d, _) in self.sent if p == peer_id)
+        return sum(len(sent[1]) for sent in self.sent if sent[0] == peer_id)
 
     def disconnect(self, peer_id: PeerId) -> bool:
         if peer_id in self.active:
@@ -248,6 +248,18 @@ class ProtocolTests(SynchronousTestCase):
         self.assertTrue(self.one(body)["ok"])
         self.assertEqual(self.node.service.sent, [(PEER, data, 3)])
 
+    def test_send_signed(self) -> None:
+        self.node.service.active[PEER] = {}
+        for signed in (True, "batch"):
+            result = self.one({"id": 1, "cmd": "send", "peer_id": str(PEER), "text": "x", "signed": signed})
+            self.assertEqual(result["result"]["signed"], signed)
+        self.one({"id": 1, "cmd": "send", "peer_id": str(PEER), "text": "y", "signed": False})
+        self.assertEqual(self.node.service.sent, [(PEER, b"x", 1, True), (PEER, b"x", 1, "batch"), (PEER, b"y", 1)])
+        for bad in (1, 0, 1.0, "yes", "true", [], {}):
+            self.assertError(self.one({"id": 1, "cmd": "send", "peer_id": str(PEER), "text": "x", "signed": bad}),
+                             "bad-request", "'signed' must be false, true or \"batch\"")
+        self.assertEqual(len(self.node.service.sent), 3)
+
     def test_send_bad_arguments(self) -> None:
         self.node.service.active[PEER] = {}
         p = str(PEER)
@@ -307,6 +319,26 @@ class ProtocolTests(SynchronousTestCase):
         self.assertEqual(self.node.events.subscriber_count, 0)
         self.node.events.lost_peer(PEER, "gone")
         self.assertEqual(self.lines(), [])
+
+    def test_signed_messages_are_messages_with_a_proof(self) -> None:
+        from crust.signed import open_message, sign_message, verify_signed
+
+        sender, recipient = Identity.generate(), Identity.generate()
+        proof = open_message("demo", sender.peer_id, recipient.peer_id, 1, 5, b"hi",
+                             sign_message(sender, "demo", recipient.peer_id, 1, 5, b"hi"))
+        for watched, seen in ((["new_message"], True), (["new_signed_message"], True), (["lost_peer"], False)):
+            self.one({"id": 1, "cmd": "watch", "events": watched})
+            self.node.events.new_message(PEER, b"plain")
+            self.node.events.new_signed_message(PEER, b"hi", proof)
+            lines = self.lines()
+            if not seen:
+                self.assertEqual(lines, [])
+                continue
+            signed = [e for e in lines if "proof" in e]
+            self.assertEqual(len(signed), 1, watched)
+            self.assertEqual((signed[0]["event"], signed[0]["text"]), ("new_message", "hi"))
+            self.assertEqual(verify_signed(json.dumps(signed[0]["proof"])).payload, b"hi")
+            self.assertEqual(len(lines), 2 if watched == ["new_message"] else 1)
 
     def test_watch_bad_events(self) -> None:
         self.assertError(self.one({"id": 1, "cmd": "watch", "events": ["nope"]}), "bad-request", "unknown event")
@@ -743,7 +775,9 @@ class EventEncodingTests(SynchronousTestCase):
         for name in EVENT_NAMES:
             args = (b"x",) * len(ICrustObserver[name].positional)
             getattr(hub, name)(*args)
-        self.assertEqual([event["event"] for event in seen], list(EVENT_NAMES))
+        # a signed message is a new_message event with its proof
+        self.assertEqual([event["event"] for event in seen],
+                         [name if name != "new_signed_message" else "new_message" for name in EVENT_NAMES])
 
 
 class EndpointTests(SynchronousTestCase):

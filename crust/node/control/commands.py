@@ -99,7 +99,7 @@ def _cmd_connect(proto: ControlProtocol, req: Request) -> Deferred:
 
 
 def _cmd_send(proto: ControlProtocol, req: Request) -> dict[str, Any]:
-    req.allow("peer_id", "text", "data_b64", "priority")
+    req.allow("peer_id", "text", "data_b64", "priority", "signed")
     peer_id = req.peer_id()
     has_text, has_data = req.args.get("text") is not None, req.args.get("data_b64") is not None
     if has_text == has_data:
@@ -112,10 +112,16 @@ def _cmd_send(proto: ControlProtocol, req: Request) -> dict[str, Any]:
         except ValueError:
             raise RequestError(BAD_REQUEST, "'data_b64' is not valid base64") from None
     priority = req.integer("priority", 1, 0, 255)
+    signed = req.args.get("signed", False)
+    if not (signed is False or signed is True or signed == "batch"):
+        raise RequestError(BAD_REQUEST, "'signed' must be false, true or \"batch\"")
     service = proto.node.service
-    service.send(peer_id, data, priority)
-    return {"peer_id": str(peer_id), "size": len(data), "priority": priority,
-            "queued_bytes": service.queued_bytes(peer_id)}
+    service.send(peer_id, data, priority, signed=signed)
+    result = {"peer_id": str(peer_id), "size": len(data), "priority": priority,
+              "queued_bytes": service.queued_bytes(peer_id)}
+    if signed:
+        result["signed"] = signed
+    return result
 
 
 def _cmd_disconnect(proto: ControlProtocol, req: Request) -> dict[str, Any]:
@@ -192,7 +198,8 @@ STANDARD_COMMANDS = (
     Command("connection-info", _cmd_connection_info, "our public connection info, to hand to a peer"),
     Command("connect", _cmd_connect, "connect to a peer: info (connection info) or peer_id (through a common "
                                      "peer), timeout (s)"),
-    Command("send", _cmd_send, "send a message: peer_id, text or data_b64, priority (default 1)"),
+    Command("send", _cmd_send, "send a message: peer_id, text or data_b64, priority (default 1), "
+                               "signed (false, true or \"batch\")"),
     Command("disconnect", _cmd_disconnect, "close the connection to peer_id"),
     Command("watch", _cmd_watch, "stream events on this connection: events (names; default all)"),
     Command("unwatch", _cmd_unwatch, "stop streaming events"),

@@ -204,7 +204,9 @@ class EventHub:
     def publish(self, name: str, *args: Any) -> None:
         if not self._subscribers:
             return
-        body = event_to_json(name, args, self._clock.seconds())
+        self._publish(event_to_json(name, args, self._clock.seconds()), name)
+
+    def _publish(self, body: dict[str, Any], name: str) -> None:
         for callback in list(self._subscribers):
             try:
                 callback(body)
@@ -230,6 +232,15 @@ class EventHub:
 
     def new_message(self, peer_id: Any, data: bytes) -> None:
         self.publish("new_message", peer_id, data)
+
+    def new_signed_message(self, peer_id: Any, data: bytes, proof: Any) -> None:
+        """A signed message is a C{new_message} event with its C{proof} (the object C{crust verify} reads)."""
+        if not self._subscribers:
+            return
+        body = event_to_json("new_message", (peer_id, data), self._clock.seconds())
+        to_dict = getattr(proof, "to_dict", None)
+        body["proof"] = to_dict() if to_dict is not None else plain(proof)
+        self._publish(body, "new_signed_message")
 
     def message_dropped(self, peer_id: Any, priority: int, count: int, size: int, reason: str) -> None:
         self.publish("message_dropped", peer_id, priority, count, size, reason)
@@ -717,7 +728,10 @@ class ControlProtocol(Protocol):
             unsubscribe()
 
     def _event(self, body: dict[str, Any]) -> None:
-        if self._watch_events is None or self._gone or self._closing or body["event"] not in self._watch_events:
+        if self._watch_events is None or self._gone or self._closing:
+            return
+        if body["event"] not in self._watch_events and not (
+                "proof" in body and "new_signed_message" in self._watch_events):  # a signed new_message
             return
         if self._paused:
             self.dropped_events += 1

@@ -120,11 +120,13 @@ def batch_leaves(network: str, sender: bytes, recipient: bytes, priority: int,
                  entries: Sequence[tuple[int, bytes]]) -> list[bytes]:
     """The leaves of a batch of C{(seq, payload)} entries, in order."""
     net = _network_bytes(network)
+    # the fields before the sequence number are the batch's: hashed once, the state copied per message
+    base = hashlib.sha256(LEAF_CONTEXT + _NETWORK_LENGTH.pack(len(net)) + net + sender + recipient)
+    pack = _TAIL.pack
     out = []
-    sha256 = hashlib.sha256
     for seq, payload in entries:
-        h = sha256(LEAF_CONTEXT)
-        h.update(_fields(net, sender, recipient, priority, seq, len(payload)))
+        h = base.copy()
+        h.update(pack(priority, seq, len(payload)))
         h.update(payload)
         out.append(h.digest())
     return out

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """
 crust benchmarks, one command: crust over TCP against plain Twisted TLS 1.3,
-crust over QUIC against aioquic's own asyncio client and server, and crust
-relayed through a third node against crust over TCP directly, same run.
+crust over QUIC against aioquic's own asyncio client and server, crust
+relayed through a third node against crust over TCP directly, and signed
+100-byte messages (each signed, and in batches) against unsigned ones, same run.
 
     python bench/run.py                 # full run (~2.5 minutes), tables on stdout
     python bench/run.py --quick         # smoke run (~15 s): short, 1 repetition
@@ -55,10 +56,10 @@ from _common import (  # noqa: E402
     ratio,
 )
 
-IMPLS = ("crust", "tls", "quic", "aioquic", "relay")
+IMPLS = ("crust", "tls", "quic", "aioquic", "relay", "signed", "batched")
 TESTS = ("bulk", "rate", "setup")
 NAMES = {"crust": "crust", "tls": "TLS baseline", "quic": "crust/QUIC", "aioquic": "aioquic",
-         "relay": "crust relayed"}
+         "relay": "crust relayed", "signed": "crust signed", "batched": "crust batched"}
 
 # what each implementation is: the worker kind, its section, and the tests it runs
 KINDS = {
@@ -67,9 +68,18 @@ KINDS = {
     "quic": ("quic", "quic"),
     "aioquic": ("aioquic", "quic"),
     "relay": ("relay", "relay"),
+    "signed": ("crust", "signed"),
+    "batched": ("crust", "signed"),
 }
-# a raw QUIC stream has no messages to count; the relayed case measures what a relay costs in bulk
-KIND_TESTS = {"aioquic": ("bulk", "setup"), "relay": ("bulk",)}
+# a raw QUIC stream has no messages to count; the relayed case measures what a relay costs in bulk;
+# signing costs per message: the signed cases measure the 100-byte rate
+IMPL_TESTS = {"aioquic": ("bulk", "setup"), "relay": ("bulk",), "signed": ("rate",), "batched": ("rate",)}
+# crust over TCP sending with Service.send(..., signed=...): each message signed, or in batches
+SIGNING = {"signed": "message", "batched": "batch"}
+# their Config.max_queued_bytes: the sender stops 1 MiB over half of it, and the end marker waits behind
+# that backlog, which a receiver checking signatures drains at its own pace (the bound does not change
+# the rate: doc/benchmarks.md)
+SIGNING_MAX_QUEUED = 2 * 1024 * 1024
 
 # a section: crust on one transport ("subject") against its baseline
 SECTIONS = {
@@ -81,6 +91,9 @@ SECTIONS = {
                        "directly"},
     "quic": {"subject": "quic", "baseline": "aioquic",
              "title": "crust over QUIC vs aioquic's own asyncio client and server (one stream)"},
+    # the baseline is the tcp section's crust (unsigned), measured just before in the same repetition
+    "signed": {"subject": "signed", "baseline": "crust", "base_short": "unsigned",
+               "title": "signed messages over TCP (Ed25519: each message signed, or in batches) vs unsigned"},
 }
 
 # targets for subject/baseline per section; "min": the ratio must be at least this, "max": at most
@@ -95,7 +108,8 @@ QUIC_TARGETS = {
 RELAY_TARGETS = {
     "bulk_mib_s": ("min", 0.50),
 }
-SECTION_TARGETS = {"tcp": TARGETS, "quic": QUIC_TARGETS, "relay": RELAY_TARGETS}
+SECTION_TARGETS: dict[str, dict[str, tuple[str, float]]] = {
+    "tcp": TARGETS, "quic": QUIC_TARGETS, "relay": RELAY_TARGETS, "signed": {}}
 
 # measured on this kind of machine with the same shape of test (Twisted TLS 1.3
 # + Int32StringReceiver), quoted for comparison only
@@ -239,6 +253,8 @@ class Runner:
             "--connections", str(o.connections), "--certdir", self.certdir,
             "--max-queued", str(max_queued), "--priority", str(priority),
         ]
+        if impl in SIGNING:
+            common += ["--signed", SIGNING[impl]]
         script = "worker.py"
         if kind == "aioquic":
             script = "aioquic_worker.py"
@@ -333,7 +349,7 @@ class Runner:
     def run(self) -> dict[str, Any]:
         o = self.opts
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {
-            t: {i: [] for i in o.impls if t in _tests_of(o.specs[i]["kind"])} for t in o.tests}
+            t: {i: [] for i in o.impls if t in _tests_of(i)} for t in o.tests}
         started = time.monotonic()
         self.load_before = _loadavg()
         for rep in range(o.runs):
@@ -401,6 +417,7 @@ class Runner:
                     verdicts[figure] = r >= target if kind == "min" else r <= target
             sections[name] = {
                 "title": sec["title"], "subject": subject, "baseline": baseline, "impls": members,
+                "base_short": sec.get("base_short"),
                 "ratios": got,
                 "alternatives": alt_ratios,
                 "targets": {k: {"kind": v[0], "ratio": v[1], "met": verdicts.get(k)}
@@ -450,8 +467,8 @@ class Runner:
         }
 
 
-def _tests_of(kind: str) -> tuple[str, ...]:
-    return KIND_TESTS.get(kind, TESTS)
+def _tests_of(impl: str) -> tuple[str, ...]:
+    return IMPL_TESTS.get(impl, TESTS)
 
 
 def _loadavg() -> Optional[float]:
@@ -500,8 +517,8 @@ def _section_lines(summary: dict[str, Any], name: str) -> list[str]:
     sec = summary["sections"][name]
     impls = sec["impls"]
     subject, baseline = sec["subject"], sec["baseline"]
-    short = {"crust": "crust", "quic": "QUIC", "relay": "relayed"}[subject]
-    base_short = {"tls": "baseline", "aioquic": "aioquic", "crust": "direct"}[baseline]
+    short = {"crust": "crust", "quic": "QUIC", "relay": "relayed", "signed": "signed"}[subject]
+    base_short = sec.get("base_short") or {"tls": "baseline", "aioquic": "aioquic", "crust": "direct"}[baseline]
     alts = [i for i in impls if i not in (subject, baseline)]
     head = ["measurement"] + [NAMES.get(i, i) for i in impls]
     pair = subject in impls and baseline in impls
@@ -559,6 +576,10 @@ def render(summary: dict[str, Any]) -> str:
     for name in SECTIONS:
         if name in summary["sections"]:
             lines += [""] + _section_lines(summary, name)
+            if name == "signed":
+                lines.append("signed: every message signed (Ed25519, PyNaCl) and checked by the receiver; batched: "
+                             "one signature per batch (Config.signed_batch_max 64, signed_batch_window 5 ms); "
+                             "crust over TCP, priority 1")
             if name == "relay":
                 lines.append("relayed: 64 KiB messages from one node to another through a third (no rate or byte "
                              "limit; the default window); its CPU counts the relay's process too")
@@ -623,7 +644,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [t for t in o.tests if t not in TESTS] + [i for i in o.impls if i not in IMPLS]
     if bad or not o.tests or not o.impls:
         p.error(f"unknown or empty --tests/--impls: {bad}")
-    o.specs = {i: {"kind": KINDS[i][0], "section": KINDS[i][1], "path": "", "max_queued": 0} for i in o.impls}
+    o.specs = {i: {"kind": KINDS[i][0], "section": KINDS[i][1], "path": "",
+                   "max_queued": SIGNING_MAX_QUEUED if i in SIGNING else 0} for i in o.impls}
     sections = {o.specs[i]["section"] for i in o.impls}
     alt_names: set[str] = set()
     for spec in o.alt:

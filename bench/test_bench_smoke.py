@@ -4,10 +4,10 @@ tests/ only).  Run it from the repository root:
 
     python -m twisted.trial bench/test_bench_smoke.py
 
-It runs ``python bench/run.py --quick --json`` (about 15 s: one short
+It runs ``python bench/run.py --quick --json`` (about 20 s: one short
 repetition of every measurement, crust over TCP and the TLS baseline, crust
 over QUIC and the aioquic baseline, each in its own pair of processes on
-127.0.0.1, and crust relayed through a third process) and ``python bench/micro.py --quick --json``,
+127.0.0.1, crust relayed through a third process, and signed messages) and ``python bench/micro.py --quick --json``,
 and checks that every figure was measured and is plausible.  It asserts no
 performance target: those depend on the machine.
 """
@@ -75,6 +75,15 @@ class QuickBench(unittest.TestCase):
         self.assertTrue(math.isfinite(relay["ratios"]["bulk_mib_s"]))
         self.assertIn(relay["targets"]["bulk_mib_s"]["met"], (True, False))
         self.assertTrue(math.isfinite(summary["runs"]["bulk"]["relay"][0]["cpu_relay_s"]))
+        # signed messages: the 100-byte rate only, each signed and in batches, against unsigned crust over TCP
+        for impl in ("signed", "batched"):
+            value = figures["rate_msg_s"][impl]
+            self.assertTrue(value > 100 and math.isfinite(value), f"rate_msg_s/{impl} = {value}")
+            self.assertNotIn(impl, figures["bulk_mib_s"])
+        signed = summary["sections"]["signed"]
+        self.assertEqual((signed["baseline"], signed["subject"]), ("crust", "signed"))
+        self.assertTrue(math.isfinite(signed["ratios"]["rate_msg_s"]))
+        self.assertTrue(math.isfinite(signed["alternatives"]["batched"]["rate_msg_s"]))
         # every setup iteration was its own connection
         for impl in ("crust", "tls", "quic", "aioquic"):
             self.assertEqual(summary["runs"]["setup"][impl][0]["connections"], summary["settings"]["connections"])

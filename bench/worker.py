@@ -22,6 +22,9 @@ Implementations (C{--impl}):
     client connects to the server by peer id with only the C{relay} dial
     strategy: the connection is a circuit through the relay, the secure
     channel end to end inside it.
+  - C{crust} with C{--signed message} or C{--signed batch}: the client sends
+    with C{Service.send(..., signed=True)} or C{signed="batch"}; the server
+    checks every signature (its observer gets the messages as any others).
 (aioquic's own asyncio client and server, the QUIC baseline, are in
 C{bench/aioquic_worker.py}.)
 
@@ -72,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--certdir", default="", help="baseline certificates (server.*, client.*)")
     p.add_argument("--max-queued", type=int, default=0,
                    help="crust Config.max_queued_bytes (0: the Config default)")
+    p.add_argument("--signed", choices=("", "message", "batch"), default="",
+                   help="crust client: send with signed=True (message) or signed=\"batch\"")
     p.add_argument("--priority", type=int, default=1,
                    help="crust: the priority of the stream tests' messages (on QUIC, >= 2 is the bulk lane)")
     p.add_argument("--profile", default="", help="write a cProfile dump here (and a .txt summary)")
@@ -384,6 +389,11 @@ def crust_client(args, reactor) -> None:
         half = service.config.max_queued_bytes // 2
         high = min(half + (1 << 20), service.config.max_queued_bytes - 2 * len(batch) * (len(message) + 16))
         send = service.send
+        if args.signed:  # each message signed, or in batches; the receiver checks every signature
+            mode = True if args.signed == "message" else "batch"
+
+            def send(peer, data, priority, _send=service.send):
+                _send(peer, data, priority, mode)
         queued = service.queued_bytes
         state = {"stopping": False, "sent": 0}
 

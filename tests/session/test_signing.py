@@ -4,6 +4,8 @@ with a Clock: what is sent (alone, in batches), what is checked and
 delivered, what is refused.
 """
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -383,6 +385,32 @@ class ReceivingTests(SynchronousTestCase):
         for n in range(3):
             h.signing._received_up_to(Identity.generate().peer_id, 1, n)
         self.assertEqual(len(h.signing._received), 2)
+
+
+class HostileFrameTests(SynchronousTestCase):
+    """Whatever a peer puts in a signed frame: a protocol-error close, or a checked message."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.sampled_from([SIGNED_FRAME, SIGNED_BATCH_FRAME]), st.binary(max_size=300))
+    def test_random_bodies(self, ftype, body):
+        h = Harness(self)
+        h.conn.dataReceived(frame(ftype, body))  # raises nothing
+        if h.conn.closing:
+            self.assertIn("protocol-error", h.conn._close_reason)
+        self.assertEqual(h.signed_received(), [])  # nobody can sign for the peer by chance
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.integers(0, 10_000), st.binary(min_size=1, max_size=4), st.booleans())
+    def test_mutated_good_frames(self, where, junk, batch):
+        h = Harness(self)
+        good = h.batch([b"one", b"two"]) if batch else h.single(b"one")
+        where = 5 + where % (len(good) - 5)  # the body, not the frame header
+        mutated = good[:where] + junk + good[where + len(junk):]
+        mutated = mutated[:len(good)]
+        h.conn.dataReceived(mutated)
+        if mutated != good:
+            self.assertEqual(h.signed_received(), [])
+            self.assertIn("protocol-error", h.conn._close_reason)
 
 
 class ObserverTests(SynchronousTestCase):

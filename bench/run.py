@@ -337,6 +337,7 @@ class Runner:
                 "cpu_receiver_s": received["cpu"],
                 "cpu_sender_s": sent["cpu"],
                 "cpu_ms_per_mib": cpu * 1000 / mib if mib else math.nan,
+                "cpu_us_per_message": cpu * 1e6 / received["messages"] if received["messages"] else math.nan,
                 "minflt_receiver": received.get("minflt"),
                 "minflt_sender": sent.get("minflt"),
             }
@@ -376,7 +377,7 @@ class Runner:
             "bulk": {"bulk_mib_s": "mib_s", "bulk_cpu_ms_per_mib": "cpu_ms_per_mib",
                      "bulk_lost_percent": "lost_percent"},
             "rate": {"rate_msg_s": "msg_s", "rate_mib_s": "mib_s", "rate_cpu_ms_per_mib": "cpu_ms_per_mib",
-                     "rate_lost_percent": "lost_percent"},
+                     "rate_cpu_us_per_msg": "cpu_us_per_message", "rate_lost_percent": "lost_percent"},
             "setup": {"setup_median_ms": "median_ms", "setup_p99_ms": "p99_ms",
                       "setup_cpu_ms": "cpu_ms_per_connection"},
         }
@@ -495,6 +496,7 @@ ROWS = [
     ("bulk_lost_percent", "  UDP datagrams lost (%)", 2, False),
     ("rate_msg_s", "100-byte messages (msg/s)", 0, True),
     ("rate_cpu_ms_per_mib", "  CPU, both processes (ms per MiB)", 2, False),
+    ("rate_cpu_us_per_msg", "  CPU, both processes (us per message)", 2, False),
     ("rate_lost_percent", "  UDP datagrams lost (%)", 2, False),
     ("setup_median_ms", "setup + 1 round trip, median (ms)", 2, False),
     ("setup_p99_ms", "setup + 1 round trip, p99 (ms)", 2, False),

@@ -77,8 +77,7 @@ IMPL_TESTS = {"aioquic": ("bulk", "setup"), "relay": ("bulk",), "signed": ("rate
 # crust over TCP sending with Service.send(..., signed=...): each message signed, or in batches
 SIGNING = {"signed": "message", "batched": "batch"}
 # their Config.max_queued_bytes: the sender stops 1 MiB over half of it, and the end marker waits behind
-# that backlog, which a receiver checking signatures drains at its own pace (the bound does not change
-# the rate: doc/benchmarks.md)
+# that backlog, which a receiver checking signatures drains at its own pace
 SIGNING_MAX_QUEUED = 2 * 1024 * 1024
 
 # a section: crust on one transport ("subject") against its baseline

@@ -27,7 +27,8 @@ _LAZY = {
 }
 
 __all__ = ["__version__", "Address", "Config", "CrustObserver", "ICrustObserver", "Identity", "PeerId",
-           "PrivConnectionInfo", "ProbeResult", "PubConnectionInfo", "Role", "Service"]  # _LAZY's names, spelled out
+           "PrivConnectionInfo", "ProbeResult", "PubConnectionInfo", "Role", "Service", "SignedMessage",
+           "verify_signed"]  # _LAZY's names, spelled out
 
 
 def __getattr__(name: str):

@@ -34,7 +34,7 @@ class ICrustObserver(Interface):
         A signed message arrived from C{peer_id}, in order with the others,
         its signature checked: C{proof} is a L{crust.signed.SignedMessage}
         (export it with C{proof.to_json()}; anyone can check it with
-        L{crust.verify_signed}).  Optional: an observer without it gets the
+        L{crust.signed.verify_signed}).  Optional: an observer without it gets the
         message through L{new_message}; L{crust.observer.CrustObserver}'s
         default does the same.  Each message reaches an observer once.
         """

@@ -381,10 +381,10 @@ class Service(MultiService):
         try:
             if signed:
                 self.signing.send(conn, peer_id, data, priority, signed)
-                return
-            if self.signing.batches:  # a signed batch of this priority goes first: order is kept
-                self.signing.flush(peer_id, priority)
-            conn.send_message(data, priority)
+            else:
+                if self.signing.batches:  # a signed batch of this priority goes first: order is kept
+                    self.signing.flush(peer_id, priority)
+                conn.send_message(data, priority)
         except MessageTooLarge as e:
             self._emit("message_too_large", peer_id, e.size, e.limit)
             raise

@@ -70,6 +70,22 @@ class RoundTripTests(TestCase):
         return self.check_round_trip("quic")
 
     @defer.inlineCallbacks
+    def test_signed_messages_count_in_the_metrics(self):
+        a, b = make_service(self), make_service(self)
+        peer = yield connect_pair(self, a, b)
+        a.send(peer, b"plain", 1)
+        a.send(peer, b"alone", 1, signed=True)
+        for _ in range(3):
+            a.send(peer, b"in a batch", 1, signed="batch")
+        yield wait_for(lambda: len(received(b)) == 5)
+        sent = a.metrics.registry.get_sample_value
+        got = b.metrics.registry.get_sample_value
+        self.assertEqual(sent("crust_messages_sent_total", {"priority": "1"}), 5)
+        self.assertEqual(sent("crust_message_bytes_sent_total", {"priority": "1"}), 40)
+        self.assertEqual(got("crust_messages_received_total"), 5)
+        self.assertEqual(got("crust_message_bytes_received_total"), 40)
+
+    @defer.inlineCallbacks
     def test_an_open_batch_goes_out_before_the_service_stops(self):
         a, b = make_service(self), make_service(self, signed_batch_window=1.0)
         yield connect_pair(self, a, b)

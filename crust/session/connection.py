@@ -175,6 +175,8 @@ class PeerConnection(Protocol):
         self.peer_address: Optional[Address] = None
         self.local_address: Optional[Address] = None
         self.deliver: Callable[[bytes], object] = _discard
+        # messages (and their bytes) that came in message frames, counted by the frames' handler (signed ones)
+        self.frame_messages = [0, 0]
         self.connected = False
         self.path: Optional[PathInfo] = None  # how this connection was made (set when it is promoted)
         self.handover_chosen = False  # chosen to replace the peer's active connection (doc/protocol.md §5b)
@@ -562,9 +564,11 @@ class PeerConnection(Protocol):
 
     @property
     def received(self) -> tuple[int, int]:
-        """The messages received on every lane so far, and their bytes."""
+        """The messages received on every lane so far (signed ones too), and their bytes."""
         decoders = (self._decoder, self._bulk_decoder) if self._bulk_decoder is not None else (self._decoder,)
-        return sum(d.data_frames for d in decoders), sum(d.data_bytes for d in decoders)
+        messages, nbytes = self.frame_messages
+        return (messages + sum(d.data_frames for d in decoders),
+                nbytes + sum(d.data_bytes for d in decoders))
 
     @property
     def queued_bytes(self) -> int:

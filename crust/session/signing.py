@@ -261,6 +261,9 @@ class Signing:
             raise SignedFrameError(f"the signature of signed message {seq} does not hold")
         self._received_up_to(peer_id, priority, seq)
         self.received_messages += 1
+        counts = conn.frame_messages
+        counts[0] += 1
+        counts[1] += len(payload)
         self._events.deliver_signed(peer_id, payload, proof)
 
     def batch_received(self, conn: "PeerConnection", body: bytes) -> None:
@@ -275,6 +278,9 @@ class Signing:
                                    f"{entries[-1][0]} does not hold")
         self._received_up_to(peer_id, priority, entries[-1][0])
         self.received_messages += len(entries)
+        counts = conn.frame_messages
+        counts[0] += len(entries)
+        counts[1] += sum(len(payload) for _, payload in entries)
         deliver = self._events.deliver_signed
         for (_, payload), proof in zip(entries, proofs):
             deliver(peer_id, payload, proof)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.trial.unittest import SynchronousTestCase
 
 from crust.address import Address
+
+from tests import examples
 
 ports = st.integers(1, 65535)
 ipv4s = st.builds(ipaddress.IPv4Address, st.integers(0, 2**32 - 1))
@@ -57,14 +59,14 @@ class FromSockaddrTests(SynchronousTestCase):
     def test_unknown_transport_is_an_error(self):
         self.assertRaises(ValueError, Address.from_sockaddr, "sctp", ("127.0.0.1", 5))
 
-    @settings(max_examples=300, deadline=None)
+    @examples(300)
     @given(ipv4s, ports, st.sampled_from(["tcp", "udp"]))
     def test_ipv4(self, ip, port, transport):
         self.assertEqual(Address.from_sockaddr(transport, (str(ip), port)), Address(transport, str(ip), port))
         self.assertEqual(Address.from_sockaddr(transport, IPv4Address(transport.upper(), str(ip), port)),
                          Address(transport, str(ip), port))
 
-    @settings(max_examples=300, deadline=None)
+    @examples(300)
     @given(ipv4s, ports, st.booleans())
     def test_ipv4_mapped_becomes_ipv4(self, ip, port, compressed):
         v6 = mapped(ip)
@@ -73,7 +75,7 @@ class FromSockaddrTests(SynchronousTestCase):
         self.assertEqual(got, Address("udp", str(ip), port))
         self.assertFalse(got.family_is_v6)
 
-    @settings(max_examples=300, deadline=None)
+    @examples(300)
     @given(ipv6s, ports, st.one_of(st.none(), scopes), st.integers(0, 2**20 - 1))
     def test_ipv6_with_or_without_scope(self, ip, port, scope, flowinfo):
         text = str(ip) if scope is None else f"{ip}%{scope}"
@@ -81,7 +83,7 @@ class FromSockaddrTests(SynchronousTestCase):
         self.assertEqual(got, Address("udp", str(ip), port))
         self.assertNotIn("%", got.host)
 
-    @settings(max_examples=500, deadline=None)
+    @examples(500)
     @given(st.one_of(
         st.tuples(st.one_of(st.text(max_size=50), st.binary(max_size=20), st.none(), st.integers()),
                   st.one_of(st.integers(), st.text(max_size=5), st.none(), st.floats())),

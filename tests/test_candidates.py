@@ -5,7 +5,7 @@ Candidates and NAT behaviour: their JSON, alone and inside connection info.
 import json
 import time
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -26,6 +26,8 @@ from crust.candidates import (
 from crust.connection_info import PubConnectionInfo
 from crust.errors import InvalidConnectionInfo
 from crust.identity import Identity
+
+from tests import examples
 
 PEER = Identity.generate().peer_id
 
@@ -320,33 +322,33 @@ class ParserPropertyTests(SynchronousTestCase):
             pass
         self.assertLess(time.perf_counter() - started, 1.0)
 
-    @settings(max_examples=500, deadline=None)
+    @examples(500)
     @given(_CANDS)
     def test_candidates_from_json(self, value):
         self.check(candidates_from_json, value)
 
-    @settings(max_examples=500, deadline=None)
+    @examples(500)
     @given(_NAT)
     def test_nat_info_from_json(self, value):
         self.check(nat_info_from_json, value)
 
-    @settings(max_examples=500, deadline=None)
+    @examples(500)
     @given(_BODY)
     def test_connection_info_from_json(self, body):
         self.check(PubConnectionInfo.from_json, json.dumps(body))
         self.check(PubConnectionInfo.from_dict, body)
 
-    @settings(max_examples=300, deadline=None)
+    @examples(300)
     @given(_ANY_BODY)
     def test_connection_info_from_anything(self, body):
         self.check(PubConnectionInfo.from_json, json.dumps(body))
 
-    @settings(max_examples=300, deadline=None)
+    @examples(300)
     @given(st.one_of(st.text(max_size=200), st.binary(max_size=200)))
     def test_connection_info_from_text(self, text):
         self.check(PubConnectionInfo.from_json, text)
 
-    @settings(max_examples=200, deadline=None)
+    @examples(200)
     @given(_BODY)
     def test_accepted_info_round_trips(self, body):
         try:

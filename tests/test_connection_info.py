@@ -1,6 +1,6 @@
 import json
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -8,6 +8,7 @@ from crust.address import Address
 from crust.connection_info import PubConnectionInfo
 from crust.errors import InvalidConnectionInfo
 from crust.identity import Identity
+from tests import examples
 from tests.hostile_json import HOSTILE_DOCUMENTS, hostile_json, only_refused
 
 
@@ -90,7 +91,7 @@ class HostileJsonTests(SynchronousTestCase):
                                (json.dumps(_INFO)[:-1] + ', "id": "x"}', "repeated")):
             self.assertIn(fragment, str(self.assertRaises(InvalidConnectionInfo, PubConnectionInfo.from_json, text)))
 
-    @settings(max_examples=300, deadline=None)
+    @examples(300)
     @given(hostile_json(_INFO), st.booleans())
     def test_hostile(self, doc, as_text):
         text = doc.decode("utf-8", "replace") if as_text else doc

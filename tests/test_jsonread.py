@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from crust._util.jsonread import MAX_NUMBER_LENGTH, JsonRefused, nesting_problem, read_json_object
+from tests import examples
 from tests.hostile_json import HOSTILE_DOCUMENTS, hostile_json, only_refused
 
 
@@ -114,17 +115,17 @@ class ReadTests(SynchronousTestCase):
             for limits in ({}, {"max_depth": 64, "max_containers": 10**6}):
                 only_refused(self, lambda: read(data, **limits), JsonRefused)
 
-    @settings(max_examples=500, deadline=None)
+    @examples(500)
     @given(st.binary(max_size=400))
     def test_random_bytes(self, data: bytes) -> None:
         only_refused(self, lambda: read(data), JsonRefused)
 
-    @settings(max_examples=500, deadline=None)
+    @examples(500)
     @given(hostile_json({"a": [1, {"b": "c"}], "d": 2.5, "e": None}))
     def test_hostile(self, data: bytes) -> None:
         only_refused(self, lambda: read(data), JsonRefused)
 
-    @settings(max_examples=300, deadline=None)
+    @examples(300)
     @given(st.dictionaries(st.text(max_size=6), json_values, max_size=5))
     def test_valid_json_reads_back(self, body: dict[str, Any]) -> None:
         """What Python writes (within the limits) reads back equal."""
@@ -136,7 +137,7 @@ class ReadTests(SynchronousTestCase):
             return
         self.assertEqual(value, body)
 
-    @settings(max_examples=500, deadline=None)
+    @examples(500)
     @given(st.recursive(st.none() | st.integers() | st.text(alphabet='[]{}"\\ab', max_size=12),
                         lambda children: st.lists(children, max_size=3)
                         | st.dictionaries(st.text(alphabet='[]{}"\\a', max_size=4), children, max_size=3),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from crust._util.ratelimit import RateLimiter
+
+from tests import examples
 
 
 class RateLimiterTests(SynchronousTestCase):
@@ -72,7 +74,7 @@ class RateLimiterTests(SynchronousTestCase):
         clock.advance(0.01)
         self.assertTrue(limiter.allow("a"))
 
-    @settings(max_examples=200, deadline=None)
+    @examples(200)
     @given(
         rate=st.floats(0.1, 50.0), burst=st.integers(1, 20), max_keys=st.integers(1, 5),
         events=st.lists(st.tuples(st.integers(0, 7), st.floats(0.0, 2.0)), max_size=200),

@@ -1,6 +1,6 @@
 import json
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -16,6 +16,7 @@ from crust.wire import (
     negotiate_version,
     network_hash,
 )
+from tests import examples
 from tests.hostile_json import HOSTILE_DOCUMENTS, hostile_json, only_refused
 
 
@@ -121,7 +122,7 @@ class HostileJsonTests(SynchronousTestCase):
             e = self.assertRaises(ProtocolViolation, Hello.decode, payload)
             self.assertIn(fragment, str(e))
 
-    @settings(max_examples=200, deadline=None)
+    @examples(200)
     @given(st.data())
     def test_hostile(self, data):
         decoder, base = data.draw(st.sampled_from(_DECODERS))

@@ -146,6 +146,8 @@ class Handshake:
             return RejectReason.NETWORK_MISMATCH, "the peer belongs to another network (network name differs)"
         if self.peer_id == self.local_id:
             return RejectReason.CONNECT_TO_SELF, "the peer is this node itself"
+        if self.expected_peer is not None and self.peer_id != self.expected_peer:
+            return RejectReason.WRONG_PEER, f"expected {self.expected_peer}, got {self.peer_id}"
         return None
 
     def _check_hello(self, hello: Hello) -> Optional[tuple[RejectReason, str]]:
@@ -153,8 +155,6 @@ class Handshake:
         problem = self._check_node(hello)
         if problem is not None:
             return problem
-        if self.expected_peer is not None and self.peer_id != self.expected_peer:
-            return RejectReason.WRONG_PEER, f"expected {self.expected_peer}, got {self.peer_id}"
         if hello.intent is None:
             return RejectReason.UNSUPPORTED_INTENT, "the peer asked for an intent we do not know"
         return None

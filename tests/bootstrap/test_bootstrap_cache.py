@@ -7,7 +7,7 @@ import os
 import stat
 from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import given
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
@@ -17,6 +17,7 @@ from crust.address import Address
 from crust.bootstrap.cache import BootstrapCache, CacheEntry, cache_path, parse_cache, CorruptCacheFile
 from crust.config import BootstrapCacheConfig, Config, HardCodedContact
 from crust.identity import Identity
+from tests import examples
 from tests.hostile_json import HOSTILE_DOCUMENTS, hostile_json, only_refused
 
 T0 = 1_700_000_000.0
@@ -346,7 +347,7 @@ class CorruptionTests(CacheTestCase):
         e = self.assertRaises(CorruptCacheFile, parse_cache, b'{"crust_bootstrap_cache": ' + b"1" * 5000 + b"}")
         self.assertIn("number too long", str(e))
 
-    @settings(max_examples=200, deadline=None)
+    @examples(200)
     @given(hostile_json({"crust_bootstrap_cache": 1,
                          "peers": [{"peer_id": "a" * 52, "address": "tcp:1.2.3.4:5", "last_seen": 1.5}]}))
     def test_hostile(self, doc: bytes) -> None:

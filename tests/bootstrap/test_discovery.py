@@ -6,7 +6,7 @@ import os
 import socket
 from types import SimpleNamespace
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from nacl.public import PrivateKey, PublicKey, SealedBox
 from twisted.internet import defer, error, reactor
@@ -34,6 +34,8 @@ from crust.bootstrap.discovery import (
 )
 from crust.identity import Identity
 from crust._util.ratelimit import RateLimiter
+
+from tests import examples
 
 ME = Identity.from_seed(b"\x01" * 32).peer_id
 OTHER = Identity.from_seed(b"\x02" * 32).peer_id
@@ -137,7 +139,7 @@ def sealed_reply(key: PrivateKey, plain: bytes) -> bytes:
 class ParserPropertyTests(unittest.TestCase):
     """Discovery datagrams from the LAN: only DiscoveryError, never anything else, whatever they hold."""
 
-    @settings(max_examples=500, deadline=None)
+    @examples(500)
     @given(st.binary(max_size=MAX_DATAGRAM + 50))
     def test_requests(self, data: bytes) -> None:
         try:
@@ -146,7 +148,7 @@ class ParserPropertyTests(unittest.TestCase):
             return
         self.assertEqual(request.size, len(data))
 
-    @settings(max_examples=300, deadline=None)
+    @examples(300)
     @given(st.binary(max_size=400), st.booleans())
     def test_reply_bytes(self, data: bytes, with_header: bool) -> None:
         key = PrivateKey.generate()
@@ -155,7 +157,7 @@ class ParserPropertyTests(unittest.TestCase):
         except DiscoveryError:
             pass
 
-    @settings(max_examples=500, deadline=None)
+    @examples(500)
     @given(st.integers(0, 255), st.lists(_ADDRESS_ITEMS, max_size=6), st.binary(max_size=20), st.booleans())
     def test_reply_payloads(self, count: int, items: list[bytes], tail: bytes, our_id: bool) -> None:
         """Sealed to us (so past decryption), any payload is a peer or a DiscoveryError."""
@@ -167,7 +169,7 @@ class ParserPropertyTests(unittest.TestCase):
             return
         self.assertEqual(len(peer.addresses), count)
 
-    @settings(max_examples=300, deadline=None)
+    @examples(300)
     @given(st.binary(max_size=MAX_DATAGRAM + 50) | st.builds(
         lambda size, at, piece: (lambda good: good[:at] + piece + good[at + len(piece):])(
             make_request("net", size)[2]), st.integers(MIN_REQUEST_SIZE, MAX_DATAGRAM), st.integers(0, 300),
@@ -183,7 +185,7 @@ class ParserPropertyTests(unittest.TestCase):
         for reply, _ in transport.sent:
             self.assertLessEqual(len(reply), len(data))
 
-    @settings(max_examples=300, deadline=None)
+    @examples(300)
     @given(st.integers(0, 255), st.lists(_ADDRESS_ITEMS, max_size=6), st.binary(max_size=8), SOURCES)
     def test_requester(self, count: int, items: list[bytes], tail: bytes, source: tuple) -> None:
         """A round takes any reply sealed to it, or counts it as ignored; nothing raises."""

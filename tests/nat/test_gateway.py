@@ -2,12 +2,14 @@
 Tests for L{crust.nat.portmap.gateway}: parsing the Linux routing tables.
 """
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from crust.nat.portmap import gateway
 from crust.nat.portmap.gateway import Gateway
+
+from tests import examples
 
 HEADER = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
 
@@ -71,7 +73,7 @@ _V6_FIELDS = st.sampled_from(["0" * 32, "fd" + "0" * 29 + "1", "fe80" + "0" * 27
 class ShapedRouteTests(SynchronousTestCase):
     """Lines with the right number of fields, of values a parser may trip on: skipped or read, never raised."""
 
-    @settings(max_examples=500)
+    @examples(500)
     @given(st.lists(st.lists(_V4_FIELDS, min_size=7, max_size=12), max_size=4))
     def test_ipv4(self, lines: list[list[str]]) -> None:
         text = HEADER + "".join("\t".join(fields) + "\n" for fields in lines)
@@ -79,7 +81,7 @@ class ShapedRouteTests(SynchronousTestCase):
             for g in gateway.parse_ipv4_routes(text, byteorder):
                 self.assertFalse(g.is_v6)
 
-    @settings(max_examples=500)
+    @examples(500)
     @given(st.lists(st.lists(_V6_FIELDS, min_size=9, max_size=11), max_size=4))
     def test_ipv6(self, lines: list[list[str]]) -> None:
         text = "".join(" ".join(fields) + "\n" for fields in lines)

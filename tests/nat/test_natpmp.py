@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Optional
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
@@ -23,6 +23,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from crust.nat.portmap import natpmp, pcp
 from crust.nat.portmap.gateway import GatewayTimeout, MalformedResponse, MappingRefused, NoService
+
+from tests import examples
 
 GW = "192.168.1.1"
 ME = "192.168.1.10"
@@ -113,7 +115,7 @@ class CodecTests(SynchronousTestCase):
         except MalformedResponse:
             pass
 
-    @settings(max_examples=500)
+    @examples(500)
     @given(st.sampled_from([0x80, 0x81, 0x82, 0x83]), st.sampled_from([0, 1, 3, 0xFFFF]), st.binary(max_size=20))
     def test_decode_response_shaped(self, opcode: int, result: int, rest: bytes) -> None:
         """Past the version and opcode checks (which random bytes seldom pass): a response or MalformedResponse."""
@@ -312,7 +314,7 @@ class UnsolicitedTests(SynchronousTestCase):
         self.assertEqual(self.client.rejected["wrong source"], 1000)
         self.assertEqual(len([e for e in self.events if e.get("reason") == "wrong source"]), 10)
 
-    @settings(max_examples=300)
+    @examples(300)
     @given(st.sampled_from([b"\x00\x80", b"\x00\x81", b"\x00\x82"]), st.binary(max_size=20),
            st.sampled_from(["tcp", "udp"]))
     def test_fuzz_shaped(self, prefix: bytes, rest: bytes, transport: str) -> None:
@@ -326,7 +328,7 @@ class UnsolicitedTests(SynchronousTestCase):
         d.addErrback(lambda _: None)
         d.cancel()
 
-    @settings(max_examples=300)
+    @examples(300)
     @given(st.binary(max_size=64), st.sampled_from([(GW, 5351), (GW, 1), ("10.1.1.1", 5351)]))
     def test_fuzz(self, data: bytes, source: tuple[str, int]) -> None:
         clock = Clock()

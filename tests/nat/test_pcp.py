@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from crust.nat.portmap import pcp
 from crust.nat.portmap.gateway import GatewayTimeout, MalformedResponse, MappingRefused, NoService
+from tests import examples
 from tests.nat.test_natpmp import GW, ME, FakeUDP, listen_fake_gateway
 
 NONCE = bytes(range(12))
@@ -84,7 +85,7 @@ class CodecTests(SynchronousTestCase):
         for data in bad:
             self.assertRaises(MalformedResponse, pcp.decode_map_response, data)
 
-    @settings(max_examples=300)
+    @examples(300)
     @given(st.binary(max_size=120))
     def test_decode_garbage(self, data: bytes) -> None:
         try:
@@ -92,7 +93,7 @@ class CodecTests(SynchronousTestCase):
         except MalformedResponse:
             pass
 
-    @settings(max_examples=300)
+    @examples(300)
     @given(st.binary(min_size=58, max_size=200).map(lambda b: b"\x02\x81" + b))
     def test_decode_with_options(self, data: bytes) -> None:
         """Past the version and opcode checks, with options of any kind: a response or MalformedResponse."""
@@ -237,7 +238,7 @@ class ClientTests(SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(self.client.epoch_resets, 1)
 
-    @settings(max_examples=300)
+    @examples(300)
     @given(st.builds(response, result=st.sampled_from([0, 1, 2, 8, 255]), lifetime=st.sampled_from([0, 1, 2**32 - 1]),
                      protocol=st.sampled_from([0, 6, 17, 255]), internal=st.sampled_from([0, 4242, 65535]),
                      external=st.sampled_from([0, 4242, 65535]), options=st.binary(max_size=40),
@@ -256,7 +257,7 @@ class ClientTests(SynchronousTestCase):
         d.addErrback(lambda _: None)
         d.cancel()
 
-    @settings(max_examples=300)
+    @examples(300)
     @given(st.binary(max_size=128))
     def test_fuzz(self, data: bytes) -> None:
         clock = Clock()

@@ -7,12 +7,14 @@ import os
 import random
 import struct
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from crust.nat import stun
 from crust.address import Address
+
+from tests import examples
 
 PASSWORD = "VOkJxbRl1RmTxUk/WvJxBt"
 TID = bytes.fromhex("b7e7a701bc34d686fa87dfae")
@@ -367,14 +369,14 @@ def _decode_or_parse_error(data: bytes) -> None:
 
 
 class FuzzTests(SynchronousTestCase):
-    @settings(max_examples=1000, deadline=None)
+    @examples(1000)
     @given(st.binary(max_size=200))
     def test_random_bytes(self, data):
         """Arbitrary bytes either parse or raise StunParseError; is_stun never raises."""
         stun.is_stun(data)
         _decode_or_parse_error(data)
 
-    @settings(max_examples=1000, deadline=None)
+    @examples(1000)
     @given(st.binary(min_size=0, max_size=120))
     def test_random_body_behind_valid_header(self, body):
         """A valid header in front of random attribute bytes: only StunParseError."""
@@ -382,7 +384,7 @@ class FuzzTests(SynchronousTestCase):
         self.assertTrue(stun.is_stun(data))
         _decode_or_parse_error(data)
 
-    @settings(max_examples=500, deadline=None)
+    @examples(500)
     @given(st.sampled_from([SAMPLE_REQUEST, SAMPLE_IPV4_RESPONSE, SAMPLE_IPV6_RESPONSE, SAMPLE_LONG_TERM_REQUEST]),
            st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=6),
            st.integers(0, 200))
@@ -402,7 +404,7 @@ class FuzzTests(SynchronousTestCase):
                     value = bytes(rng.randrange(256) for _ in range(length))
                     _decode_or_parse_error(_message(_attr(attr_type, value)))
 
-    @settings(max_examples=300, deadline=None)
+    @examples(300)
     @given(
         st.sampled_from(list(stun.MessageClass)),
         st.integers(0, 0xFFF),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -16,6 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from crust.nat import stun
 from crust.address import Address
 from crust.nat.stun_responder import STUN_RESPONSE_OVERHEAD, StunResponder
+
+from tests import examples
 
 PEER = ("192.0.2.9", 5000)
 
@@ -128,7 +130,7 @@ class StunResponderTests(SynchronousTestCase):
         responder.datagram_received(request_bytes()[1], PEER)
         self.assertEqual(responder.counters["answered"], 6)
 
-    @settings(max_examples=300, deadline=None)
+    @examples(300)
     @given(
         unknown=st.lists(st.tuples(st.integers(0x0030, 0x7FFF).filter(lambda t: t not in stun.ATTRIBUTE_NAMES),
                                    st.binary(max_size=12)), max_size=6),
@@ -147,7 +149,7 @@ class StunResponderTests(SynchronousTestCase):
         self.assertEqual(len(answers), 1)
         self.endpoint.clock.advance(10)  # keep the rate limit out of it
 
-    @settings(max_examples=500, deadline=None)
+    @examples(500)
     @given(st.binary(max_size=120))
     def test_any_bytes(self, data):
         """Whatever arrives: a bool back, no exception, and an answer only to a Binding request."""

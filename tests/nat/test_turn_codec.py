@@ -5,13 +5,15 @@ encoding by hand-built vectors, strict parsing, ChannelData framing, and fuzzing
 
 import struct
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from crust.address import Address
 from crust.nat import stun, turn_codec
 from crust.nat.turn_codec import TurnParseError
+
+from tests import examples
 
 TID = bytes.fromhex("0102030405060708090a0b0c")
 
@@ -203,7 +205,7 @@ class ChannelDataTests(SynchronousTestCase):
 
 
 class FuzzTests(SynchronousTestCase):
-    @settings(max_examples=1000, deadline=None)
+    @examples(1000)
     @given(st.binary(max_size=80))
     def test_channel_data_random_bytes(self, data):
         """Arbitrary bytes either parse as ChannelData or raise TurnParseError."""
@@ -215,7 +217,7 @@ class FuzzTests(SynchronousTestCase):
         self.assertTrue(0x4000 <= channel <= 0x4FFF)
         self.assertLessEqual(len(payload), len(data) - 4)
 
-    @settings(max_examples=500, deadline=None)
+    @examples(500)
     @given(st.integers(0x4000, 0x4FFF), st.binary(max_size=300), st.booleans())
     def test_channel_data_roundtrip(self, channel, payload, pad):
         data = turn_codec.encode_channel_data(channel, payload, pad=pad)
@@ -223,7 +225,7 @@ class FuzzTests(SynchronousTestCase):
         self.assertTrue(turn_codec.is_channel_data(data))
         self.assertEqual(turn_codec.decode_channel_data(data), (channel, payload))
 
-    @settings(max_examples=500, deadline=None)
+    @examples(500)
     @given(st.sampled_from([stun.CHANNEL_NUMBER, stun.LIFETIME, stun.XOR_PEER_ADDRESS, stun.DATA,
                             stun.XOR_RELAYED_ADDRESS, stun.REQUESTED_ADDRESS_FAMILY, stun.EVEN_PORT,
                             stun.REQUESTED_TRANSPORT, stun.DONT_FRAGMENT, stun.RESERVATION_TOKEN]),
@@ -232,7 +234,7 @@ class FuzzTests(SynchronousTestCase):
         """Every TURN attribute with random bytes: a value or StunParseError, nothing else."""
         _decode_or_parse_error(_message(_attr(attr_type, value)))
 
-    @settings(max_examples=300, deadline=None)
+    @examples(300)
     @given(st.lists(st.one_of(
         st.builds(lambda t, h, p: stun.Attribute(t, Address("udp", h, p)),
                   st.sampled_from([stun.XOR_PEER_ADDRESS, stun.XOR_RELAYED_ADDRESS]),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import encodings.aliases
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, succeed
@@ -27,6 +27,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from crust.nat.portmap import upnp_igd
 from crust.nat.portmap.gateway import GatewayTimeout, MalformedResponse, NoService
 from crust.nat.portmap.upnp_igd import BodyTooLarge, IGDClient, IGDNotFound, UPnPError, XMLRejected
+from tests import examples
 from tests.nat.test_natpmp import FakeUDP
 
 WANIP1 = "urn:schemas-upnp-org:service:WANIPConnection:1"
@@ -148,7 +149,7 @@ class SSDPParsingTests(SynchronousTestCase):
                                   SSDP_OK.replace(b"http://192.168.1.1:5000/rootDesc.xml", location))
             self.assertIn("LOCATION", str(e))
 
-    @settings(max_examples=500, deadline=None)
+    @examples(500)
     @given(mutations(SSDP_OK))
     def test_mutated(self, data: bytes) -> None:
         try:
@@ -181,7 +182,7 @@ class XMLTests(SynchronousTestCase):
         for data in (b"", b"<a>", b"<a></b>", b"\xff\xfe\x00", b"<a/><b/>", b"text"):
             self.assertRaises(XMLRejected, upnp_igd.parse_xml, data)
 
-    @settings(max_examples=300)
+    @examples(300)
     @given(st.binary(max_size=300))
     def test_garbage(self, data: bytes) -> None:
         try:
@@ -204,7 +205,7 @@ class XMLTests(SynchronousTestCase):
             self.assertIn("XML", str(e))
         self.assertEqual(upnp_igd.parse_xml(b'<?xml version="1.0" encoding="iso-8859-1"?><a>\xe9</a>').text, "\u00e9")
 
-    @settings(max_examples=500, deadline=None)
+    @examples(500)
     @given(st.sampled_from(ENCODINGS) | st.text(max_size=20), st.binary(max_size=40))
     def test_any_declared_encoding(self, name: str, body: bytes) -> None:
         data = b'<?xml version="1.0" encoding="' + name.encode("utf-8", "replace") + b'"?><a>' + body + b"</a>"
@@ -266,7 +267,7 @@ class DescriptionTests(SynchronousTestCase):
                                (UNKNOWN_ENCODING, self.LOCATION)):
             self.assertRaises(MalformedResponse, upnp_igd.parse_device_description, body, location)
 
-    @settings(max_examples=500, deadline=None)
+    @examples(500)
     @given(mutations(description(url_base="http://192.168.1.1:6000/dev/")))
     def test_mutated(self, data: bytes) -> None:
         try:
@@ -310,7 +311,7 @@ class SOAPTests(SynchronousTestCase):
             body = soap_fault(0).replace(b">0<", f">{digits}<".encode())
             self.assertEqual(upnp_igd.parse_soap_fault(body), (None, "Error"), digits)
 
-    @settings(max_examples=500, deadline=None)
+    @examples(500)
     @given(mutations(soap_fault(718, "ConflictInMappingEntry")))
     def test_mutated_fault(self, data: bytes) -> None:
         try:
@@ -320,7 +321,7 @@ class SOAPTests(SynchronousTestCase):
         self.assertTrue(code is None or 0 <= code < 100000)
         self.assertIsInstance(description, str)
 
-    @settings(max_examples=500, deadline=None)
+    @examples(500)
     @given(mutations(soap_response("AddAnyPortMapping", NewReservedPort=4242)))
     def test_mutated_response(self, data: bytes) -> None:
         try:
@@ -491,7 +492,7 @@ class ActionTests(SynchronousTestCase):
         client = igd(lambda a, args: (200, soap_response(a, NewReservedPort=4242)), WANIP2)
         self.assertEqual(self.successResultOf(client.add_any_port_mapping("tcp", 1, 1, 60)), 4242)
 
-    @settings(max_examples=200, deadline=None)
+    @examples(200)
     @given(mutations(soap_response("GetExternalIPAddress", NewExternalIPAddress="203.0.113.5")), st.booleans())
     def test_mutated_answers(self, body: bytes, ok: bool) -> None:
         """Whatever the gateway answers, an action fails only with the module's errors."""
@@ -658,7 +659,7 @@ class SSDPSearchTests(SynchronousTestCase):
         self.failureResultOf(self.search.result, CancelledError)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    @settings(max_examples=200)
+    @examples(200)
     @given(st.binary(max_size=300))
     def test_fuzz(self, data: bytes) -> None:
         search = upnp_igd.SSDPSearch(Clock(), ("192.168.1.1", 1900))
@@ -666,7 +667,7 @@ class SSDPSearchTests(SynchronousTestCase):
         search.datagramReceived(data, ("192.168.1.1", 1900))
         self.assertEqual(sum(search.rejected.values()), 1)
 
-    @settings(max_examples=300, deadline=None)
+    @examples(300)
     @given(mutations(SSDP_OK))
     def test_mutated(self, data: bytes) -> None:
         """A mutated answer is found or rejected; nothing raises."""

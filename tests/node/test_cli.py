@@ -24,11 +24,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from hypothesis import given, settings
+from hypothesis import given
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from crust.node import cli
 from crust.node.cli import CliError
+from tests import examples
 from tests.hostile_json import HOSTILE_DOCUMENTS, hostile_json, only_refused
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -102,7 +103,7 @@ class HostileLineTests(SynchronousTestCase):
     def test_a_good_line(self) -> None:
         self.assertEqual(self.client_reading(b'{"id": 1, "ok": true}\n').read(), {"id": 1, "ok": True})
 
-    @settings(max_examples=200, deadline=None)
+    @examples(200)
     @given(hostile_json({"id": 1, "ok": True, "result": {"peers": [{"peer_id": PEER}]}}))
     def test_hostile(self, doc: bytes) -> None:
         client = self.client_reading(doc.replace(b"\n", b" ") + b"\n")

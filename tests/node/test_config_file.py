@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import given
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
@@ -31,6 +31,7 @@ from crust.node.config_file import (
 from crust.errors import ConfigError
 from crust.identity import Identity
 from crust.roles import Role
+from tests import examples
 from tests.hostile_json import HOSTILE_DOCUMENTS, hostile_json, only_refused
 
 
@@ -211,7 +212,7 @@ class ValidationTests(unittest.TestCase):
         for doc in HOSTILE_DOCUMENTS:
             only_refused(self, lambda: parse_config(doc), ConfigFileError)
 
-    @settings(max_examples=200, deadline=None)
+    @examples(200)
     @given(hostile_json({"listen_port": 4000, "enable_tcp": True, "stun_servers": ["udp:1.2.3.4:3478"],
                          "relay_limits": {"max_sessions": 4}, "_comment": ["x"]}))
     def test_hostile(self, doc: bytes) -> None:

@@ -22,7 +22,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
-from hypothesis import given, settings
+from hypothesis import given
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -57,6 +57,7 @@ from crust.interfaces import ICrustObserver
 from crust.observer import EVENT_NAMES
 from crust.node.control.protocol import CLOSE_GRACE, IDLE_TIMEOUT, REQUEST_TIMEOUT
 from crust.roles import Role
+from tests import examples
 from tests.hostile_json import HOSTILE_DOCUMENTS, hostile_json, only_refused
 
 ME = Identity.from_seed(b"\x01" * 32).peer_id
@@ -568,7 +569,7 @@ class HostileRequestTests(SynchronousTestCase):
             self.assertIn("nested deeper", answer["error"])  # the info object, or the request it is in
         self.assertEqual(self.node.connects, [])
 
-    @settings(max_examples=200, deadline=None)
+    @examples(200)
     @given(hostile_json({"id": 1, "cmd": "connect", "info": json.loads(THEIR_INFO.to_json()), "timeout": 5}))
     def test_hostile(self, doc: bytes) -> None:
         line = doc.replace(b"\n", b" ").replace(b"\r", b" ")
@@ -600,7 +601,7 @@ class ClientHostileLineTests(SynchronousTestCase):
         self.client.request("ping")
         self.assertEqual(strict_json(self.transport.value()), {"id": 1, "cmd": "ping"})
 
-    @settings(max_examples=200, deadline=None)
+    @examples(200)
     @given(hostile_json({"id": 1, "ok": True, "result": {"pong": True}}))
     def test_hostile(self, doc: bytes) -> None:
         self.client._pending.clear()

@@ -14,7 +14,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import given
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
@@ -35,6 +35,7 @@ from crust.node.datadir import (
 from crust.errors import ConnectFailed
 from crust.identity import Identity
 from crust.node.node import MIN_MAX_REQUEST, Node, StartupError, _with_timeout, max_request_for
+from tests import examples
 from tests.hostile_json import HOSTILE_DOCUMENTS, hostile_json, only_refused
 
 
@@ -125,7 +126,7 @@ class DataDirTests(SynchronousTestCase):
 
 
 class StateBytesTests(SynchronousTestCase):
-    @settings(max_examples=200, deadline=None)
+    @examples(200)
     @given(hostile_json({"pid": 5, "control": "/x", "addresses": ["tcp:1.2.3.4:5"]}))
     def test_hostile(self, data: bytes) -> None:
         state = only_refused(self, lambda: read_state_bytes(data))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -32,6 +32,8 @@ from crust.punch.checks import (
     static_shared,
     verify,
 )
+
+from tests import examples
 
 ALICE = Identity.from_seed(bytes(range(32)))
 BOB = Identity.from_seed(bytes(range(32, 64)))
@@ -187,7 +189,7 @@ class CodecTests(SynchronousTestCase):
         self.assertTrue(verify(key, check) and verify(key, ack))
         self.assertFalse(verify(KEY if key != KEY else pair_key(SHARED, bytes(8)), check))
 
-    @settings(max_examples=500)
+    @examples(500)
     @given(st.binary(max_size=80))
     def test_random_bytes(self, data: bytes) -> None:
         """Random input decodes or raises CheckError, nothing else; it never verifies."""
@@ -198,7 +200,7 @@ class CodecTests(SynchronousTestCase):
         self.assertIn(len(data), (CHECK_SIZE, ACK_SIZE))
         self.assertFalse(verify(KEY, msg))
 
-    @settings(max_examples=500)
+    @examples(500)
     @given(st.sampled_from([(CHECK, CHECK_SIZE), (ACK, ACK_SIZE)]), st.binary(min_size=48, max_size=48),
            st.sampled_from([4, 6, 0, 255]))
     def test_random_bodies(self, kind: tuple[int, int], rest: bytes, family: int) -> None:

@@ -11,7 +11,7 @@ import os
 import struct
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from nacl.bindings import crypto_box_afternm
 from twisted.trial.unittest import SynchronousTestCase
@@ -20,6 +20,7 @@ from crust.errors import CrustError, ProtocolViolation
 from crust.identity import Identity, PeerId
 from crust.punch import messages as m
 from crust.punch.checks import static_shared
+from tests import examples
 from tests.hostile_json import HOSTILE_DOCUMENTS, hostile_json, only_refused
 from crust.punch.messages import (
     CONTEXT,
@@ -213,14 +214,14 @@ class FrameTests(SynchronousTestCase):
         e = self.assertRaises(ProtocolViolation, m.decode_query, b'{"q": ' + b"9" * 5000 + b', "peer": "x"}')
         self.assertIn("number too long", str(e))
 
-    @settings(max_examples=300, deadline=None)
+    @examples(300)
     @given(st.sampled_from(JSON_DECODERS),
            hostile_json({"q": 1, "peer": "a" * 52, "connected": True, "relay": False, "to": "a" * 52,
                          "blob": "AAAA", "reason": "disabled"}))
     def test_hostile(self, decoder: Any, payload: bytes) -> None:
         only_refused(self, lambda: decoder(payload), ProtocolViolation)
 
-    @settings(max_examples=300)
+    @examples(300)
     @given(st.sampled_from(JSON_DECODERS), st.binary(max_size=200))
     def test_random_bytes(self, decoder: Any, payload: bytes) -> None:
         """Random bytes decode or raise ProtocolViolation, nothing else."""
@@ -229,7 +230,7 @@ class FrameTests(SynchronousTestCase):
         except ProtocolViolation:
             pass
 
-    @settings(max_examples=500)
+    @examples(500)
     @given(st.sampled_from(JSON_DECODERS),
            st.dictionaries(st.sampled_from(["q", "peer", "connected", "relay", "to", "from", "blob", "reason",
                                             "detail", "other"]), field_values, max_size=6))
@@ -240,7 +241,7 @@ class FrameTests(SynchronousTestCase):
         except ProtocolViolation:
             pass
 
-    @settings(max_examples=200)
+    @examples(200)
     @given(st.sampled_from(JSON_DECODERS), json_values)
     def test_random_json_values(self, decoder: Any, value: Any) -> None:
         try:
@@ -403,14 +404,14 @@ class EnvelopeTests(SynchronousTestCase):
     def test_integer_time_stamp(self) -> None:
         self.assertEqual(open_t(craft(canonical(inner_doc(ts=int(NOW))))).ts, NOW)
 
-    @settings(max_examples=200)
+    @examples(200)
     @given(st.binary(max_size=600))
     def test_random_blobs(self, blob: bytes) -> None:
         """Random blobs raise EnvelopeError, nothing else."""
         with self.assertRaises(EnvelopeError):
             open_t(blob)
 
-    @settings(max_examples=300)
+    @examples(300)
     @given(st.fixed_dictionaries({}, optional={
         "v": st.sampled_from([1, 2, "1", None]), "t": st.sampled_from(["connect", "sync", "result", "x", 1]),
         "from": st.sampled_from([str(A), str(R), "x"]), "to": st.sampled_from([str(T), str(A), ""]),

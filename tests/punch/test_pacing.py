@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
@@ -14,6 +14,8 @@ from crust.punch.pacing import (
     SendBudget,
     SendRate,
 )
+
+from tests import examples
 
 EPS = 1e-6
 
@@ -240,7 +242,7 @@ _ops = st.lists(
 
 
 class ScheduleProperties(unittest.TestCase):
-    @settings(deadline=None, max_examples=300)
+    @examples(300)
     @given(
         n=st.integers(1, 12),
         interval=st.sampled_from([0.005, 0.025, 0.1]),
@@ -369,7 +371,7 @@ class BudgetTests(unittest.TestCase):
         self.assertRaises(ValueError, SendRate, rate=0)
         self.assertRaises(ValueError, SendRate, burst=0)
 
-    @settings(deadline=None, max_examples=200)
+    @examples(200)
     @given(
         steps=st.lists(st.tuples(st.floats(0, 0.5), st.integers(0, 1500), st.integers(0, 1)), max_size=300),
         max_packets=st.integers(0, 200),

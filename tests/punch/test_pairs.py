@@ -2,13 +2,15 @@
 Candidate pair ordering (pure: no reactor, no sockets).
 """
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from crust.address import Address
 from crust.candidates import Candidate, CandidateKind
 from crust.punch.pairs import MAX_PAIRS, MAX_REMOTE, pair_order, remote_targets
+
+from tests import examples
 
 
 def A(text):
@@ -195,7 +197,7 @@ _CANDIDATE = st.builds(_candidate, _HOSTS, st.integers(1, 4), st.sampled_from(li
 
 
 class PairPropertyTests(SynchronousTestCase):
-    @settings(max_examples=300, deadline=None)
+    @examples(300)
     @given(st.lists(st.tuples(st.integers(0, 3), _CANDIDATE), max_size=8), st.lists(_CANDIDATE, max_size=80),
            st.integers(0, 40))
     def test_invariants(self, local, remote, max_pairs):
@@ -211,7 +213,7 @@ class PairPropertyTests(SynchronousTestCase):
             if r.address.is_loopback:
                 self.assertTrue(any(m.is_loopback for m in mates))
 
-    @settings(max_examples=300, deadline=None)
+    @examples(300)
     @given(st.lists(_CANDIDATE, max_size=80), st.sampled_from(["udp", "tcp"]), st.lists(_HOSTS, max_size=4))
     def test_targets_invariants(self, remote, transport, ours):
         local = [Address("udp", h, 1) for h in ours]

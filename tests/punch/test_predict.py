@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from enum import Enum
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
@@ -31,6 +31,8 @@ from crust.punch.predict import (
     plan_for,
     predict_sequential,
 )
+
+from tests import examples
 
 
 class SequentialTests(unittest.TestCase):
@@ -67,7 +69,7 @@ class SequentialTests(unittest.TestCase):
         self.assertRaises(ValueError, predict_sequential, [65536], 1, 4)
         self.assertRaises(ValueError, predict_sequential, [5000], 1, -1)
 
-    @settings(max_examples=300)
+    @examples(300)
     @given(
         observed=st.lists(st.integers(1, 65535), min_size=1, max_size=5),
         delta=st.integers(-1000, 1000),
@@ -124,7 +126,7 @@ class BirthdayProbeTests(unittest.TestCase):
         self.assertRaises(ValueError, BirthdayProbe, random.Random(), high=65536)
         self.assertRaises(ValueError, BirthdayProbe(random.Random()).next, -1)
 
-    @settings(max_examples=100)
+    @examples(100)
     @given(seed=st.integers(0, 2**32), low=st.integers(1, 200), span=st.integers(0, 300),
            exclude=st.sets(st.integers(1, 600), max_size=50), sizes=st.lists(st.integers(0, 80), max_size=6))
     def test_draws_are_a_sample_without_repeats(self, seed, low, span, exclude, sizes) -> None:

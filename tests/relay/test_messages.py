@@ -6,7 +6,7 @@ import json
 import struct
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -27,6 +27,8 @@ from crust.relay.messages import (
     RelayReady,
 )
 from crust.session.framing import FrameDecoder
+
+from tests import examples
 
 A = Identity.from_seed(bytes(range(32))).peer_id
 T = Identity.from_seed(bytes(range(32, 64))).peer_id
@@ -192,7 +194,7 @@ class DecoderTests(SynchronousTestCase):
         for ftype in (RelayFrame.DATA, RelayFrame.CREDIT, 1, 20, 28):
             self.assertRaises(ProtocolViolation, m.decode_frame, ftype, b"{}")
 
-    @settings(max_examples=300)
+    @examples(300)
     @given(st.sampled_from(JSON_DECODERS + [m.data_circuit, m.decode_data, m.decode_credit]),
            st.binary(max_size=200))
     def test_random_bytes(self, decoder: Any, payload: bytes) -> None:
@@ -202,7 +204,7 @@ class DecoderTests(SynchronousTestCase):
         except ProtocolViolation:
             pass
 
-    @settings(max_examples=500)
+    @examples(500)
     @given(st.sampled_from(JSON_DECODERS),
            st.dictionaries(st.sampled_from(["c", "to", "from", "window", "limits", "reason", "detail", "other"]),
                            field_values,
@@ -214,7 +216,7 @@ class DecoderTests(SynchronousTestCase):
         except ProtocolViolation:
             pass
 
-    @settings(max_examples=200)
+    @examples(200)
     @given(st.sampled_from(JSON_DECODERS), json_values)
     def test_random_json_values(self, decoder: Any, value: Any) -> None:
         try:
@@ -222,7 +224,7 @@ class DecoderTests(SynchronousTestCase):
         except ProtocolViolation:
             pass
 
-    @settings(max_examples=200)
+    @examples(200)
     @given(u32, st.sampled_from([A, T]), st.integers(1, 10**12), st.floats(0.001, 1e9),
            st.none() | st.integers(1, 10**10), st.integers(MIN_WINDOW, MAX_WINDOW), st.text(max_size=600))
     def test_round_trips_of_any_value(self, c: int, peer: Any, nbytes: int, seconds: float, rate: Any,
@@ -234,7 +236,7 @@ class DecoderTests(SynchronousTestCase):
         close = m.decode_close(split(m.encode_close(c, m.REASON_PEER_LOST, detail))[1])
         self.assertEqual(close, RelayClose(c, m.REASON_PEER_LOST, detail[:m.MAX_DETAIL]))
 
-    @settings(max_examples=200)
+    @examples(200)
     @given(u32, st.binary(min_size=1, max_size=300), st.integers(1, MAX_WINDOW))
     def test_binary_round_trips(self, c: int, chunk: bytes, credit: int) -> None:
         self.assertEqual(m.decode_data(split(m.encode_data(c, chunk))[1]), (c, chunk))

@@ -1,11 +1,16 @@
 import os
 import struct
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from crust.errors import ProtocolViolation
 from crust.session.framing import FrameDecoder, FrameTooLarge
-from crust.wire import DATA, FrameType, frame
+from crust.wire import DATA, HEADER_SIZE, FrameType, frame
+
+from tests import examples
+from tests.mutate import chunks, cuts, mutated
 
 
 class Collector:
@@ -74,3 +79,51 @@ class FrameDecoderTests(SynchronousTestCase):
         decoder.set_handlers(lambda p: got.append(("first", p)), control)
         decoder.feed(frame(DATA, b"a") + frame(FrameType.CHOOSE) + frame(DATA, b"b"))
         self.assertEqual(got, [("first", b"a"), ("second", b"b")])
+
+
+_LIMIT = 64
+_frames = st.lists(st.tuples(st.integers(1, 255), st.binary(max_size=_LIMIT)), max_size=8)
+_streams = _frames.map(lambda fs: b"".join(frame(t, p) for t, p in fs))
+
+
+class FrameDecoderPropertyTests(SynchronousTestCase):
+    """Any stream, cut anywhere: frames, or L{ProtocolViolation}; never more buffered than one frame."""
+
+    def feed_all(self, collector, stream, where):
+        """Feed C{stream} in the chunks C{where} cuts: True if it was refused (then nothing more is fed)."""
+        decoder = collector.decoder
+        for chunk in chunks(stream, where):
+            try:
+                decoder.feed(chunk)
+            except ProtocolViolation:
+                return True
+            # at most one incomplete frame is held, however the stream is cut
+            self.assertLess(decoder.buffered, HEADER_SIZE + _LIMIT)
+        return False
+
+    @examples(300)
+    @given(_frames, cuts)
+    def test_valid_streams_decode_however_cut(self, frames, where):
+        c = Collector(limit=_LIMIT)
+        stream = b"".join(frame(t, p) for t, p in frames)
+        self.assertFalse(self.feed_all(c, stream, where))
+        self.assertEqual(c.frames, frames)
+        self.assertEqual(c.decoder.buffered, 0)
+
+    @examples(500)
+    @given(st.one_of(mutated(_streams), st.binary(max_size=400)), cuts)
+    def test_mutated_streams(self, stream, where):
+        c = Collector(limit=_LIMIT)
+        refused = self.feed_all(c, stream, where)
+        for ftype, payload in c.frames:
+            self.assertLessEqual(len(payload), _LIMIT)
+        if not refused:
+            # what was not decoded is the start of one frame, still incomplete
+            self.assertEqual(sum(4 + 1 + len(p) for _, p in c.frames) + c.decoder.buffered, len(stream))
+
+    @examples(100)
+    @given(st.integers(_LIMIT + 2, 2**32 - 1), st.binary(min_size=1, max_size=20))
+    def test_oversize_header_refused_before_the_payload(self, length, rest):
+        c = Collector(limit=_LIMIT)
+        e = self.assertRaises(FrameTooLarge, c.decoder.feed, struct.pack("!I", length) + rest)
+        self.assertEqual(e.size, length - 1)

@@ -1,8 +1,14 @@
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from crust.session.handshake import Handshake, HandshakeState
 from crust.identity import PeerId
+from crust.errors import ProtocolViolation
 from crust.wire import CertInfo, CloseReason, Hello, Intent, RejectReason, network_hash
+
+from tests import examples
+from tests.mutate import mutated
 
 NET = network_hash("test")
 LOW = PeerId(b"\x01" * 32)
@@ -279,3 +285,112 @@ class EarlyClaimTests(SynchronousTestCase):
         hs, rec = self.make(local=HIGH)
         hs.tls_complete(HIGH, CertInfo(network=NET))
         self.assertWaits(hs, rec)
+
+    def test_unexpected_peer_is_never_claimed(self):
+        """
+        The machine itself refuses a peer other than the one expected, early
+        claim or not (it used to claim early on the certificate alone, relying
+        on the TLS layer's key check).
+        """
+        rec = Recorder()
+        hs = Handshake(rec, HIGH, NET, Intent.CONNECT, OTHER, (1, 1), initiator=True)
+        hs.tls_complete(LOW, CertInfo(network=NET))
+        self.assertWaits(hs, rec)
+        hs.hello_received(hello())
+        self.assertEqual(rec.names(), ["send_hello", "reject", "refused"])
+        self.assertEqual(rec.calls[1][1], RejectReason.WRONG_PEER)
+
+
+# -- property tests: any order of inputs, from a peer that may be anything ----------------------------------
+
+
+
+def _mostly(good, *others):
+    """C{good} half the time (so that runs get past the checks), else any of C{others}."""
+    return st.one_of(st.just(good), st.sampled_from((good,) + others))
+
+
+_networks = _mostly(NET, network_hash("other"), "")
+_versions = _mostly((1, 1), (0, 1), (2, 3), (0, 0), (1, 7))
+_hellos = st.builds(
+    lambda network, versions, intent: Hello(network=network, min_version=versions[0], version=versions[1],
+                                            intent=intent),
+    _networks, _versions, _mostly(Intent.CONNECT, Intent.PROBE, Intent.BOOTSTRAP, None))
+
+
+def _decoded_hello(data):
+    """What a peer's HELLO frame, maybe damaged, decodes to: a L{Hello}, or None if it is refused."""
+    try:
+        return Hello.decode(data)
+    except ProtocolViolation:
+        return None
+
+
+# HELLOs as they come off the wire: a valid one's payload, mutated (most are refused; some change a field)
+_wire_hellos = mutated(_hellos.filter(lambda h: h.intent is not None).map(lambda h: h.encode()[5:]), 2) \
+    .map(_decoded_hello).filter(lambda h: h is not None)
+
+_tls = st.tuples(st.just("tls"), _mostly(OTHER, LOW, HIGH),
+                 st.none() | st.builds(lambda n, v: CertInfo(network=n, min_version=v[0], version=v[1]),
+                                       _networks, _versions))
+_input = st.one_of(
+    _tls,
+    st.tuples(st.just("hello"), _hellos | _wire_hellos),
+    st.tuples(st.just("choose")),
+    st.tuples(st.just("grant")),
+    st.tuples(st.just("reject"), st.text(max_size=10)),
+    st.tuples(st.just("admission"), st.booleans()),
+    st.tuples(st.just("timeout")),
+    st.tuples(st.just("closed")),
+)
+# mostly a plausible start (TLS, then a HELLO), then anything: random orders close at once, and stop there
+_inputs = st.one_of(
+    st.lists(_input, max_size=8),
+    st.builds(lambda tls, hello, rest: [tls, ("hello", hello)] + rest,
+              _tls, _hellos | _wire_hellos, st.lists(_input, max_size=4)),
+    st.builds(lambda tls, hello, rest: [tls, ("hello", hello)] + rest,
+              _tls, _hellos | _wire_hellos, st.lists(_input, max_size=4)),
+)
+
+
+class HandshakePropertyTests(SynchronousTestCase):
+    """
+    The machine fed any sequence of inputs: it never raises, CLOSED is
+    final, and a connection is promoted at most once, only to a peer that
+    passed every check.
+    """
+
+    @examples(500)
+    @given(st.sampled_from([LOW, HIGH]), _mostly(Intent.CONNECT, Intent.PROBE, Intent.BOOTSTRAP),
+           st.none() | st.sampled_from([LOW, OTHER]),
+           st.booleans(), st.booleans(), _inputs)
+    def test_any_inputs(self, local, intent, expected, initiator, claim, inputs):
+        rec = Recorder(claim)
+        hs = Handshake(rec, local, NET, intent, expected, (1, 1), initiator=initiator)
+        closed_at = None
+        for i, (name, *args) in enumerate(inputs):
+            before = len(rec.calls)
+            {"tls": hs.tls_complete, "hello": hs.hello_received, "choose": hs.choose_received,
+             "grant": hs.grant_received, "reject": lambda reason: hs.reject_received(reason, ""),
+             "admission": hs.admission_result, "timeout": hs.choice_timed_out, "closed": hs.closed}[name](*args)
+            if closed_at is not None:
+                self.assertIs(hs.state, HandshakeState.CLOSED)  # final
+                # nothing the peer says now gets anywhere (it may only be refused again)
+                self.assertEqual({c[0] for c in rec.calls[before:]} - {"reject", "refused"}, set())
+            elif hs.state is HandshakeState.CLOSED:
+                closed_at = i
+            if hs.state is HandshakeState.ACTIVE:
+                self.assertIsNotNone(hs.peer_id)
+                self.assertEqual(hs.version, 1)
+        promotions = [c for c in rec.calls if c[0] == "promote"]
+        self.assertLessEqual(len(promotions), 1)
+        if promotions:
+            [(_, peer)] = promotions
+            self.assertNotEqual(peer, local)
+            if expected is not None:
+                self.assertEqual(peer, expected)
+            said = hs.peer_hello if hs.peer_hello is not None else hs.peer_info
+            self.assertIsNotNone(said)
+            self.assertEqual(said.network, NET)
+            self.assertNotEqual(said.intent if isinstance(said, Hello) else Intent.CONNECT, Intent.PROBE)
+            self.assertNotIn(intent, (Intent.PROBE,))

@@ -3,7 +3,7 @@
 import json
 
 from cryptography import x509
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -18,6 +18,7 @@ from crust.transport.tls import (
 )
 from crust.errors import ProtocolViolation
 from crust.wire import CertInfo, network_hash
+from tests import examples
 from tests.hostile_json import HOSTILE_DOCUMENTS, hostile_json, only_refused
 
 
@@ -52,7 +53,7 @@ class CertificateTests(SynchronousTestCase):
             self.assertIsNone(only_refused(self, lambda: cert_info(cert)), payload[:20])
         self.assertIsNotNone(cert_info(self._with_extension(identity, _der_octets(json.dumps(info).encode()))))
 
-    @settings(max_examples=50, deadline=None)
+    @examples(50)
     @given(hostile_json({"proto": "crust", "version": 1, "min_version": 1, "network": "ab", "role": "node"}),
            st.booleans())
     def test_hostile_info_never_raises(self, payload, wrap):

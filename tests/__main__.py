@@ -25,8 +25,19 @@ from twisted.trial import reporter, runner
 from twisted.trial._asyncrunner import _iterateTests
 
 
-class _TimingReporter(reporter.TreeReporter):
-    """A tree reporter that also keeps how long each test took."""
+class _Reporter(reporter.TreeReporter):
+    """Trial's tree reporter, showing the notes of an exception too (Hypothesis's falsifying example)."""
+
+    def _formatFailureTraceback(self, fail: Any) -> str:
+        text = super()._formatFailureTraceback(fail)
+        notes = getattr(getattr(fail, "value", None), "__notes__", None)
+        if notes:
+            text += "".join(f"{note}\n" for note in notes)
+        return text
+
+
+class _TimingReporter(_Reporter):
+    """A reporter that also keeps how long each test took."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -56,7 +67,7 @@ def main(argv: list[str]) -> int:
     if properties:
         suite = runner.TestSuite([t for t in _iterateTests(suite) if is_property_test(t)])
     trial = runner.TrialRunner(
-        _TimingReporter if properties else reporter.TreeReporter,
+        _TimingReporter if properties else _Reporter,
         stream=sys.stdout,
         workingDirectory="_trial_temp",
         realTimeErrors=True,

@@ -599,6 +599,10 @@ class PeerConnection(Protocol):
 
     def _lose(self) -> None:
         self._direct = self._direct_bulk = self._queue_bulk = self._usable = False
+        # closing: nothing more the peer sent is read, not even the rest of the chunk at hand
+        self._decoder.stop()
+        if self._bulk_decoder is not None:
+            self._bulk_decoder.stop()
         if self._close_timer is None and self.connected:
             transport = self.transport
             assert transport is not None
@@ -609,7 +613,7 @@ class PeerConnection(Protocol):
             self._close_timer = self.clock.callLater(_CLOSE_GRACE, self._abort)
 
     def _abort(self) -> None:
-        self._close_timer = None
+        # _close_timer stays set (called): closing starts once, however long the transport takes to go
         if self.connected:
             transport = self.transport
             assert transport is not None
@@ -739,6 +743,8 @@ class PeerConnection(Protocol):
 
     def _handshake_timed_out(self) -> None:
         self._timer = None
+        if self._close_reason is not None:
+            return  # closing already, for the reason it has
         if self.handshake.state is HandshakeState.AWAIT_CHOICE:
             self.handshake.choice_timed_out()
             return

@@ -34,7 +34,8 @@ class FrameDecoder:
 
     DATA payloads go to C{on_data(payload)}, every other frame to
     C{on_control(type, payload)}.  Errors raise L{ProtocolViolation}; the
-    decoder is then unusable, as is the stream it read.
+    decoder is then unusable, as is the stream it read.  After L{stop}
+    (a handler may call it), nothing more is delivered.
 
     @ivar data_frames: the DATA frames decoded so far (those of a chunk whose
         handler raised are not counted).
@@ -42,7 +43,7 @@ class FrameDecoder:
     """
 
     __slots__ = ("_max_length", "_on_data", "_on_control", "_buffer", "_pending", "_pending_size", "_need",
-                 "data_frames", "data_bytes")
+                 "data_frames", "data_bytes", "_stopped")
 
     def __init__(
         self,
@@ -59,6 +60,7 @@ class FrameDecoder:
         self._need = 0  # total bytes the pending frame needs (header included)
         self.data_frames = 0  # DATA frames decoded so far
         self.data_bytes = 0  # and their payload bytes
+        self._stopped = False
 
     def set_handlers(self, on_data: Callable[[bytes], object], on_control: Callable[[int, bytes], object]) -> None:
         self._on_data = on_data
@@ -68,7 +70,16 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buffer) + self._pending_size
 
+    def stop(self) -> None:
+        """Deliver no more frames, not even the rest of the chunk being read; drop what is buffered."""
+        self._stopped = True
+        self._buffer = b""
+        self._pending = []
+        self._pending_size = self._need = 0
+
     def feed(self, data: bytes) -> None:
+        if self._stopped:
+            return
         if self._need:
             self._pending.append(data)
             self._pending_size += len(data)
@@ -108,11 +119,15 @@ class FrameDecoder:
             else:
                 self._on_control(ftype, buf[offset + 5 : end])
             offset = end
+            if self._stopped:  # a handler closed the stream: what follows is not read
+                break
             # a handler may have swapped handlers (state change): pick them up
             on_data = self._on_data
         if frames:
             self.data_frames += frames
             self.data_bytes += lengths - frames
+        if self._stopped:
+            return
         rest = buf[offset:] if offset else buf
         if len(rest) >= HEADER_SIZE:
             (length,) = unpack(rest, 0)

@@ -3,6 +3,8 @@
 import json
 import struct
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -13,7 +15,11 @@ from crust.session.connection import PeerConnection
 from crust.errors import InvalidPriority, MessageTooLarge, SendQueueFull
 from crust.identity import PeerId
 from crust.session.send_queue import Dropped
-from crust.wire import DATA, FrameType, Hello, frame, network_hash
+from crust.wire import (DATA, CHOOSE_HANDOVER_FRAME, CloseReason, FrameType, Hello, Intent, RejectReason, frame,
+                        encode_close, encode_reject, network_hash)
+
+from tests import examples
+from tests.mutate import chunks, cuts, mutated
 
 NET = network_hash(None)
 HIGH = PeerId(b"\x09" * 32)
@@ -248,6 +254,44 @@ class ConnectionTests(SynchronousTestCase):
         self.clock.advance(0.1)
         self.assertEqual(aborted, [True])
 
+    def test_slow_to_go_keeps_its_reason(self):
+        """
+        A connection closed during the handshake whose transport is slow to
+        go is neither closed again nor re-reasoned as a handshake timeout
+        (the timeout used to unregister the producer a second time).
+        """
+        self.clock = Clock()
+        owner = FakeOwner()
+        conn = PeerConnection(owner, self.clock, local_id=HIGH, network=NET, initiator=False,
+                              max_message_size=10, max_queued_bytes=10, drop_after=60, heartbeat_interval=20,
+                              inactivity_timeout=120, handshake_timeout=10)
+        transport = StringTransport()
+        transport.abortConnection = lambda: None  # it never goes by itself
+        conn.makeConnection(transport)
+        conn.handshake.tls_complete(LOW)
+        conn.dataReceived(struct.pack("!IB", 1000, DATA))  # oversize: closed, the handshake not over
+        self.clock.advance(30)  # the abort at 5 s, the handshake timer at 10 s
+        conn.connectionLost(Failure(ConnectionDone()))
+        [(reason,)] = owner.named("lost")
+        self.assertIn("oversize", reason)
+
+    def test_nothing_is_read_after_a_refusal(self):
+        """Frames after the one that got the connection refused, in the same chunk, are not acted on."""
+        self.clock = Clock()
+        owner = FakeOwner()
+        conn = PeerConnection(owner, self.clock, local_id=HIGH, network=NET, initiator=False,
+                              max_message_size=100, max_queued_bytes=100, drop_after=60, heartbeat_interval=20,
+                              inactivity_timeout=120, handshake_timeout=10)
+        transport = StringTransport()
+        conn.makeConnection(transport)
+        conn.handshake.tls_complete(LOW)
+        transport.clear()
+        conn.dataReceived(frame(FrameType.CHOOSE) + Hello(network=NET).encode() + frame(FrameType.MOVE)
+                          + frame(FrameType.CHOOSE))
+        # one REJECT, for the first CHOOSE; the HELLO is not refused again, nor the MOVE reported
+        self.assertEqual([t for t, _ in parse_frames(transport.value())], [FrameType.REJECT])
+        self.assertEqual([c[0] for c in owner.calls], ["refused"])
+
 
 class HostileHelloTests(SynchronousTestCase):
     """A HELLO of hostile JSON closes the connection with a protocol-error CLOSE, and nothing unhandled."""
@@ -270,3 +314,69 @@ class HostileHelloTests(SynchronousTestCase):
             conn.connectionLost(Failure(ConnectionDone()))
             self.assertIn("protocol-error", owner.named("lost")[0][0])
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+# -- property test: a peer that sends anything -------------------------------------------------------------
+
+_frames = st.one_of(
+    st.builds(lambda intent: Hello(network=NET, intent=intent).encode(),
+              st.sampled_from([Intent.CONNECT, Intent.CONNECT, Intent.PROBE, Intent.BOOTSTRAP])),
+    st.just(frame(FrameType.CHOOSE)),
+    st.just(CHOOSE_HANDOVER_FRAME),
+    st.just(frame(FrameType.GRANT)),
+    st.just(frame(FrameType.HEARTBEAT)),
+    st.just(frame(FrameType.MOVE)),
+    st.builds(lambda data: frame(DATA, data), st.binary(max_size=40)),
+    st.builds(encode_reject, st.sampled_from(list(RejectReason)), st.text(max_size=10)),
+    st.builds(encode_close, st.sampled_from(list(CloseReason)), st.text(max_size=10)),
+    st.builds(frame, st.integers(0, 255), st.binary(max_size=20)),
+)
+_peer_streams = st.lists(st.one_of(_frames, mutated(_frames, 2)), max_size=8).map(b"".join)
+
+
+class HostilePeerTests(SynchronousTestCase):
+    """
+    After TLS, the peer sends any stream of frames, valid, damaged or out
+    of order, in any chunks: the connection never raises, is promoted at
+    most once, delivers messages only while active and not closing, and
+    what it writes is whole frames.
+    """
+
+    @examples(300)
+    @given(st.sampled_from([HIGH, LOW]), st.booleans(), _peer_streams, cuts)
+    def test_any_stream(self, local, initiator, stream, where):
+        peer = LOW if local == HIGH else HIGH
+        clock = Clock()
+        owner = FakeOwner()
+        delivered = []
+
+        def promote(conn, peer_id):
+            owner.calls.append(("promote", peer_id))
+
+            def deliver(message):
+                self.assertTrue(conn.is_active and not conn.closing)
+                delivered.append(message)
+
+            conn.deliver = deliver
+
+        owner.promote = promote
+        conn = PeerConnection(owner, clock, local_id=local, network=NET, initiator=initiator,
+                              max_message_size=64, max_queued_bytes=3000, drop_after=60.0, heartbeat_interval=20.0,
+                              inactivity_timeout=120.0, handshake_timeout=10.0)
+        transport = StringTransport()
+        conn.makeConnection(transport)
+        conn.handshake.tls_complete(peer)
+        for chunk in chunks(stream, where):
+            conn.dataReceived(chunk)
+            clock.advance(1)
+        self.assertLessEqual(len(owner.named("promote")), 1)
+        written = parse_frames(transport.value())  # whole frames only (it raises on a partial one)
+        self.assertEqual(written[0][0], FrameType.HELLO)
+        if conn.closing:
+            # it said why, at most once, and nothing after
+            ends = [i for i, (t, _) in enumerate(written) if t in (FrameType.CLOSE, FrameType.REJECT)]
+            self.assertLessEqual(len(ends), 1)
+            if ends:
+                self.assertEqual(ends[0], len(written) - 1)
+            self.assertTrue(transport.disconnecting)
+        clock.advance(120)  # every timer runs out without error

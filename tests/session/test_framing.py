@@ -80,6 +80,14 @@ class FrameDecoderTests(SynchronousTestCase):
         decoder.feed(frame(DATA, b"a") + frame(FrameType.CHOOSE) + frame(DATA, b"b"))
         self.assertEqual(got, [("first", b"a"), ("second", b"b")])
 
+    def test_stop_in_a_handler_ends_the_chunk(self):
+        got = []
+        decoder = FrameDecoder(100, got.append, lambda ftype, payload: decoder.stop())
+        decoder.feed(frame(DATA, b"a") + frame(FrameType.CLOSE) + frame(DATA, b"b") + b"\x00\x00")
+        decoder.feed(frame(DATA, b"c"))
+        self.assertEqual(got, [b"a"])
+        self.assertEqual(decoder.buffered, 0)
+
 
 _LIMIT = 64
 _frames = st.lists(st.tuples(st.integers(1, 255), st.binary(max_size=_LIMIT)), max_size=8)

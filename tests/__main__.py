@@ -16,8 +16,10 @@ comes from the Hypothesis profile (C{CRUST_HYPOTHESIS_PROFILE}, see
 L{tests}).
 """
 
+import builtins
 import sys
 import time
+import traceback
 from typing import Any
 
 from hypothesis.internal.detection import is_hypothesis_test
@@ -25,14 +27,19 @@ from twisted.trial import reporter, runner
 from twisted.trial._asyncrunner import _iterateTests
 
 
+_GROUP = getattr(builtins, "BaseExceptionGroup", ())
+
+
 class _Reporter(reporter.TreeReporter):
     """Trial's tree reporter, showing the notes of an exception too (Hypothesis's falsifying example)."""
 
     def _formatFailureTraceback(self, fail: Any) -> str:
         text = super()._formatFailureTraceback(fail)
-        notes = getattr(getattr(fail, "value", None), "__notes__", None)
-        if notes:
-            text += "".join(f"{note}\n" for note in notes)
+        value = getattr(fail, "value", None)
+        if isinstance(value, _GROUP):  # Hypothesis found several: show each (Python 3.11 and later)
+            text += "".join(traceback.format_exception(type(value), value, value.__traceback__))
+        elif getattr(value, "__notes__", None):
+            text += "".join(f"{note}\n" for note in value.__notes__)
         return text
 
 

@@ -13,10 +13,13 @@ import subprocess
 import tempfile
 from typing import Any, Optional
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock, deferLater
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from crust.address import Address
@@ -24,11 +27,15 @@ from crust.nat import stun, turn_codec
 from crust.nat.stun import Attribute, ErrorCode, MessageClass, StunMessage
 from crust.nat.turn import (
     TurnClient,
+    TurnError,
     TurnErrorResponse,
     TurnOptions,
     TurnState,
     TurnTimeout,
 )
+
+from tests import examples
+from tests.mutate import apply_edits, valid_or_mutated
 
 SERVER = Address("udp", "192.0.2.1", 3478)
 RELAYED = Address("udp", "192.0.2.1", 50000)
@@ -656,3 +663,85 @@ class CoturnTurnTests(TestCase):
         else:
             self.fail("allocated with a wrong password")
         await client.stop()
+
+
+# -- property test: a TURN server (or someone spoofing its address) that answers anything ----------------------
+
+
+class DamagingServer(FakeTurnServer):
+    """The fake server, whose answers a test may damage (C{damage(datagram)} returns what is sent instead)."""
+
+    damage: Any = None
+
+    def to_client(self, datagram: bytes) -> None:
+        if self.damage is not None:
+            datagram = self.damage(datagram)
+        super().to_client(datagram)
+
+
+_peers = st.sampled_from([PEER, Address("udp", "198.51.100.8", 7001), Address("udp", "198.51.100.7", 7002)])
+_turn_steps = st.lists(st.one_of(
+    st.tuples(st.just("permit"), _peers),
+    st.tuples(st.just("send"), _peers, st.binary(max_size=20)),
+    st.tuples(st.just("relay"), _peers, st.binary(max_size=20)),
+    st.tuples(st.just("damage"), st.lists(st.tuples(st.sampled_from(["flip", "put", "insert", "delete", "truncate",
+                                                                       "repeat"]),
+                                                     st.integers(0, 1 << 16), st.integers(1, 255)),
+                                           min_size=1, max_size=3)),
+    st.tuples(st.just("spoof"), valid_or_mutated(st.builds(
+        lambda tid, peer, data: stun.encode(turn_codec.data_indication(peer, data)) if tid is None
+        else turn_codec.encode_channel_data(0x4000, data), st.none() | st.just(1), _peers, st.binary(max_size=20)))),
+    st.tuples(st.just("time"), st.sampled_from([0.3, 2.0, 60.0, 400.0])),
+), max_size=10)
+
+
+def _damage_with(edits: list[tuple[str, int, int]]) -> Any:
+    """A damage function applying C{edits} (with byte arguments where an edit takes bytes)."""
+    edits = [(kind, at, bytes([arg]) if kind in ("put", "insert") else arg) for kind, at, arg in edits]
+    return lambda datagram: apply_edits(datagram, edits)
+
+
+class HostileServerTests(SynchronousTestCase):
+    """
+    A client whose server's answers are damaged at any point, and datagrams
+    from the server's address made by anyone: the client never raises or
+    logs an error, its Deferreds fail only with L{TurnError}s, and it keeps
+    within its caps.
+    """
+
+    @examples(150)
+    @given(st.booleans(), _turn_steps)
+    def test_any_answers(self, damage_from_start: bool, steps: list[tuple[Any, ...]]) -> None:
+        clock = Clock()
+        server = DamagingServer()
+        client, data, _ = make_client(self, server, clock, max_peers=2, max_permissions=2)
+        outcomes: list[Any] = []
+
+        def keep(d: Deferred) -> None:
+            d.addBoth(outcomes.append)
+
+        if damage_from_start:
+            server.damage = _damage_with([("flip", 30, 1)])
+        keep(client.start())
+        for kind, *args in steps:
+            if kind == "permit":
+                keep(client.permit([args[0]]))
+            elif kind == "send":
+                client.send(args[1], args[0].sockaddr())
+            elif kind == "relay":
+                server.relay_from(args[0], args[1])
+            elif kind == "damage":
+                server.damage = _damage_with(args[0])
+            elif kind == "spoof":
+                client.datagram_received(args[0], SERVER.sockaddr())
+            else:
+                step(clock, args[0], tick=0.3)
+            self.assertLessEqual(len(client.relayed_peers()), 2)
+            self.assertLessEqual(len(client.permitted()), 2)
+            self.assertEqual(self.flushLoggedErrors(), [])
+        keep(client.stop())
+        step(clock, 5, tick=0.5)
+        for outcome in outcomes:
+            if isinstance(outcome, Failure):
+                self.assertIsInstance(outcome.value, (TurnError, CancelledError), outcome.getTraceback())
+        self.assertEqual(self.flushLoggedErrors(), [])

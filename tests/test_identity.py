@@ -1,10 +1,14 @@
 import os
 import stat
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from crust.errors import IdentityFileError
 from crust.identity import Identity, PeerId
+
+from tests import examples
 
 
 class PeerIdTests(SynchronousTestCase):
@@ -21,6 +25,23 @@ class PeerIdTests(SynchronousTestCase):
         for bad in ["", "abc", good[:-1], good + "a", good[:-1] + "1", 42, None]:
             with self.assertRaises(ValueError):
                 PeerId.from_text(bad)
+
+    @examples(300)
+    @given(st.one_of(
+        st.text(max_size=60),
+        # a peer id's text, damaged: a character changed, added or taken away, case and spaces changed
+        st.builds(lambda raw, at, char, cut: (str(PeerId(raw))[:at] + char + str(PeerId(raw))[at + cut:]),
+                  st.binary(min_size=32, max_size=32), st.integers(0, 52), st.characters(), st.integers(0, 1)),
+        st.none() | st.integers() | st.binary(max_size=52),
+    ))
+    def test_any_text(self, text):
+        """Any text (or anything else) is a peer id or a ValueError; a peer id's text gives it back."""
+        try:
+            peer = PeerId.from_text(text)
+        except ValueError:
+            return
+        self.assertEqual(len(peer.raw), 32)
+        self.assertEqual(PeerId.from_text(str(peer)), peer)
 
     def test_bytes_length(self):
         self.assertRaises(ValueError, PeerId, b"x" * 31)

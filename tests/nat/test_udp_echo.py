@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from nacl.bindings import crypto_box_afternm, crypto_box_beforenm, crypto_box_keypair
 from nacl.exceptions import CryptoError
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -38,6 +41,8 @@ from crust.nat.echo import (
     open_response,
 )
 from crust.nat.udp_stack import UdpStack, build_udp_stack
+from tests import examples
+from tests.mutate import valid_or_mutated
 from tests.transport.test_udp_endpoint import LOOPBACK, VirtualNet, fake_stack, net_stack, run_for
 
 A = ("127.0.0.10", 4000)
@@ -109,6 +114,23 @@ class CodecTests(SynchronousTestCase):
 
     def test_invalid_peer_id(self):
         self.assertRaises(ValueError, curve_public_key, PeerId(b"\xff" * 32))
+
+
+_addresses = st.builds(lambda family, port, raw: bytes([family]) + port.to_bytes(2, "big") + raw,
+                       st.sampled_from([4, 6]), st.integers(0, 65535), st.binary(min_size=16, max_size=16))
+
+
+class AddressFieldTests(SynchronousTestCase):
+    @examples(300)
+    @given(valid_or_mutated(_addresses, max_size=30))
+    def test_any_bytes(self, data: bytes) -> None:
+        """An address field decodes to a UDP address that encodes back, or is a ValueError."""
+        try:
+            address = decode_address(data)
+        except ValueError:
+            return
+        self.assertEqual(address.transport, "udp")
+        self.assertEqual(decode_address(encode_address(address)), address)
 
 
 class _EchoNet:
@@ -241,6 +263,25 @@ class EchoTests(_EchoNet, SynchronousTestCase):
         self.assertEqual(self.a.echo.counters["responses_malformed"], 2)
         d.cancel()
         self.failureResultOf(d, CancelledError)
+
+    @examples(100)
+    @given(st.lists(valid_or_mutated(st.builds(lambda: b""), max_size=60), min_size=1, max_size=4))
+    def test_authentic_answers_with_any_content(self, contents: list[bytes]) -> None:
+        """Answers made with the request's key, whatever is inside: a result or a drop, never an error."""
+        self.net.drop = lambda src, dst, data: dst == B
+        d = self.a.echo.echo(udp(B), self.ids["b"].peer_id)
+        results: list[Any] = []
+        d.addBoth(results.append)
+        key, request_id = open_request(self.sent_by(A, 4)[-1], curve_secret_key(self.ids["b"]))
+        for content in contents:
+            plaintext = (request_id + content).ljust(40, b"\x00")[:40]
+            nonce = os.urandom(24)
+            self.a.endpoint.datagramReceived(b"\x05cr\x01" + nonce + crypto_box_afternm(plaintext, nonce, key), B)
+        self.assertEqual(self.a.endpoint.counters["handler_errors"], 0)
+        if not results:
+            d.cancel()
+        self.assertEqual(len(results), 1)
+        self.assertTrue(not isinstance(results[0], Failure) or results[0].check(CancelledError))
 
     def test_concurrent_requests_are_told_apart(self):
         d1 = self.a.echo.query(udp(B), self.ids["b"].peer_id)

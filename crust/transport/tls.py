@@ -23,6 +23,7 @@ import datetime
 from typing import Optional, Protocol
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID
@@ -117,8 +118,11 @@ def cert_info(cert: x509.Certificate) -> Optional[CertInfo]:
 
 
 def peer_id_from_certificate(cert: x509.Certificate) -> Optional[PeerId]:
-    """The L{PeerId} a certificate proves, or None if its key is not Ed25519."""
-    key = cert.public_key()
+    """The L{PeerId} a certificate proves, or None if its key is not Ed25519 (or of no type known here)."""
+    try:
+        key = cert.public_key()
+    except (UnsupportedAlgorithm, ValueError):  # OpenSSL takes keys of any type into a handshake
+        return None
     if not isinstance(key, Ed25519PublicKey):
         return None
     return PeerId(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))

@@ -71,6 +71,46 @@ class CertificateTests(SynchronousTestCase):
                    .add_extension(x509.UnrecognizedExtension(CERT_INFO_OID, payload), critical=False))
         return builder.sign(Ed25519PrivateKey.from_private_bytes(identity.seed), None)
 
+    def test_key_of_an_unknown_type_proves_no_peer(self):
+        """
+        A certificate whose key is of a type cryptography does not know (OpenSSL
+        takes it into the handshake) proves no peer id, and the TLS verify
+        callback refuses it with a reason: it used to raise UnsupportedAlgorithm
+        out of the callback, an unhandled error that closed the connection
+        without a word.
+        """
+        from cryptography.hazmat.primitives.serialization import Encoding
+        from OpenSSL import crypto
+
+        from crust.transport.tls import _verify_callback
+
+        der = make_certificate(self.identity).public_bytes(Encoding.DER)
+        ed25519 = bytes.fromhex("06032b6570")  # OID 1.3.101.112
+        # the signature's algorithm (twice: signed, and outside) and, second, the key's
+        self.assertEqual(der.count(ed25519), 3)
+        at = der.index(ed25519, der.index(ed25519) + 1)
+        der = der[:at] + bytes.fromhex("06032b6d70") + der[at + 5:]  # the key's: 1.3.109.112, unknown
+        cert = x509.load_der_x509_certificate(der)
+        self.assertIsNone(peer_id_from_certificate(cert))
+        self.assertIsNone(cert_info(cert))
+
+        refused = []
+
+        class Peer:
+            tls_verdict = None
+
+            def tls_verify_peer(self, peer_id, problem, info=None):
+                refused.append((peer_id, problem))
+                return False
+
+        class Connection:
+            def get_app_data(self):
+                return type("TLSProtocol", (), {"wrappedProtocol": Peer()})()
+
+        openssl_cert = crypto.load_certificate(crypto.FILETYPE_ASN1, der)
+        self.assertFalse(_verify_callback(Connection(), openssl_cert, 0, 0, 1))
+        self.assertEqual(refused, [(None, "the peer's certificate key is not Ed25519")])
+
     def test_der_octets_round_trip(self):
         for n in (0, 1, 127, 128, 255, 256, 5000):
             payload = bytes(range(256)) * (n // 256) + bytes(n % 256)

@@ -33,7 +33,7 @@ from crust.session.purpose import ACCEPTED, Purpose
 from crust.session.send_queue import Dropped, SendQueues
 from crust.session.signed_frames import MESSAGE_FRAME_TYPES
 from crust.transport.interfaces import ISecureTransport
-from crust.transport.tls import cert_info, peer_id_from_certificate
+from crust.transport.tls import cert_info, peer_id_from_certificate, readable_certificate
 from crust.wire import (
     CHOOSE_FRAME,
     CHOOSE_HANDOVER_FRAME,
@@ -257,7 +257,7 @@ class PeerConnection(Protocol):
             cert = getattr(driver, "peer_certificate", None)
             if cert is None:
                 x509 = transport.getPeerCertificate()
-                cert = x509.to_cryptography() if x509 is not None else None
+                cert = readable_certificate(x509) if x509 is not None else None
             if cert is not None:
                 peer_id, info = peer_id_from_certificate(cert), cert_info(cert)
         problem = self.handshake.check_key(peer_id)

@@ -128,6 +128,18 @@ def peer_id_from_certificate(cert: x509.Certificate) -> Optional[PeerId]:
     return PeerId(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
 
 
+def readable_certificate(cert: crypto.X509) -> Optional[x509.Certificate]:
+    """
+    A certificate OpenSSL took from a peer, as cryptography reads it; None
+    if it cannot (OpenSSL takes some that cryptography refuses, such as an
+    unknown X.509 version).
+    """
+    try:
+        return cert.to_cryptography()
+    except Exception:  # cryptography's InvalidVersion, ValueError...: whatever it is, it is no crust identity
+        return None
+
+
 def _verify_callback(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
     peer = conn.get_app_data().wrappedProtocol  # Twisted attaches its TLS protocol
     verdict = getattr(peer, "tls_verdict", None)
@@ -136,7 +148,9 @@ def _verify_callback(conn: SSL.Connection, cert: crypto.X509, errno: int, depth:
     if depth != 0:
         # crust certificates are self-signed leaves; a chain is not ours
         return peer.tls_verify_peer(None, "the peer presented a certificate chain, not a crust identity")
-    crypto_cert = cert.to_cryptography()
+    crypto_cert = readable_certificate(cert)
+    if crypto_cert is None:
+        return peer.tls_verify_peer(None, "the peer's certificate is not a valid X.509 certificate")
     peer_id = peer_id_from_certificate(crypto_cert)
     if peer_id is None:
         return peer.tls_verify_peer(None, "the peer's certificate key is not Ed25519")

@@ -595,6 +595,17 @@ class ClientHostileLineTests(SynchronousTestCase):
         self.client.dataReceived(b'{"id": 1, "ok": true, "result": {"pong": true}}\n')
         self.assertEqual(answers, [{"pong": True}])
 
+    def test_an_id_that_is_no_key_answers_nothing(self) -> None:
+        """An answer whose id is a list or an object is no answer of ours (it raised TypeError: unhashable)."""
+        answers: list[Any] = []
+        self.client.request("ping").addCallback(answers.append)
+        for line in (b'{"id": ["n"], "ok": true}\n', b'{"id": {"a": 1}, "ok": true}\n'):
+            self.client.dataReceived(line)
+        self.assertEqual(answers, [])
+        self.assertEqual(len(self.client.errors), 2)
+        self.client.dataReceived(b'{"id": 1, "ok": true, "result": {"pong": true}}\n')
+        self.assertEqual(answers, [{"pong": True}])
+
     def test_requests_are_json(self) -> None:
         self.assertRaises(ValueError, self.client.request, "send", priority=float("nan"))
         self.assertEqual((self.client._pending, self.transport.value()), ({}, b""))

@@ -111,6 +111,38 @@ class CertificateTests(SynchronousTestCase):
         self.assertFalse(_verify_callback(Connection(), openssl_cert, 0, 0, 1))
         self.assertEqual(refused, [(None, "the peer's certificate key is not Ed25519")])
 
+    def test_certificate_cryptography_cannot_read_is_refused(self):
+        """
+        OpenSSL takes a certificate of X.509 version 121, cryptography does not:
+        the verify callback refuses it with a reason (it raised InvalidVersion
+        out of the callback).
+        """
+        from cryptography.hazmat.primitives.serialization import Encoding
+        from OpenSSL import crypto
+
+        from crust.transport.tls import _verify_callback
+
+        der = make_certificate(self.identity).public_bytes(Encoding.DER)
+        version = bytes.fromhex("a003020102")  # [0] EXPLICIT INTEGER 2 (v3)
+        self.assertIn(version, der[:20])
+        der = der.replace(version, bytes.fromhex("a003020179"), 1)  # version 121
+        refused = []
+
+        class Peer:
+            tls_verdict = None
+
+            def tls_verify_peer(self, peer_id, problem, info=None):
+                refused.append((peer_id, problem))
+                return False
+
+        class Connection:
+            def get_app_data(self):
+                return type("TLSProtocol", (), {"wrappedProtocol": Peer()})()
+
+        openssl_cert = crypto.load_certificate(crypto.FILETYPE_ASN1, der)
+        self.assertFalse(_verify_callback(Connection(), openssl_cert, 0, 0, 1))
+        self.assertEqual(refused, [(None, "the peer's certificate is not a valid X.509 certificate")])
+
     def test_der_octets_round_trip(self):
         for n in (0, 1, 127, 128, 255, 256, 5000):
             payload = bytes(range(256)) * (n // 256) + bytes(n % 256)

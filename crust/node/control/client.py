@@ -86,7 +86,9 @@ class ControlClient(Protocol):
             if "event" in body and "ok" not in body:
                 self.on_event(body)
                 continue
-            d = self._pending.pop(body.get("id"), None)
+            rid = body.get("id")
+            # an id we sent is a number: anything else (a list, say, which is no key) answers nothing of ours
+            d = self._pending.pop(rid, None) if isinstance(rid, (int, float, str)) else None
             if d is None:
                 self.errors.append(body)
             elif body.get("ok"):

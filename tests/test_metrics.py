@@ -11,7 +11,7 @@ import os
 from collections import Counter as Tally
 from types import SimpleNamespace
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, protocol, reactor
@@ -33,6 +33,7 @@ from crust.metrics import (
 )
 from crust.observer import CrustObserver, Observers, RecordingObserver
 from crust.session.connection import PathInfo
+from tests import examples
 from tests.util import connect_pair, loopback_config, make_service, wait_for
 
 
@@ -72,7 +73,7 @@ class LabelTests(SynchronousTestCase):
             self.assertIn(reason_code(text), REASONS)
 
     @given(st.text(max_size=2000))
-    @settings(max_examples=300, deadline=None)
+    @examples(300)
     def test_any_reason_text_becomes_a_known_code(self, text):
         # the text after "peer closed:" or "refused by the peer:" is the peer's to choose
         for candidate in (text, f"peer closed: {text}", f"refused by the peer: {text}", f"{text}: detail"):

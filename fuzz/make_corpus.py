@@ -42,6 +42,7 @@ from crust.punch import messages as rdv  # noqa: E402
 from crust.punch.messages import EnvelopeType, RendezvousFrame, seal  # noqa: E402
 from crust.relay import messages as relay  # noqa: E402
 from crust.relay.messages import CircuitLimits, RelayFrame  # noqa: E402
+from crust.session.signed_frames import encode_batch, encode_single_head  # noqa: E402
 from crust.transport.quic.dispatcher import QuicDispatcher  # noqa: E402
 from crust.transport.tls import make_certificate  # noqa: E402
 from crust.wire import (CHOOSE_FRAME, DATA, GRANT_FRAME, HEARTBEAT_FRAME, CertInfo, CloseReason, FrameType,  # noqa: E402
@@ -232,6 +233,12 @@ def relay_messages() -> Iterable[bytes]:
         yield _selector(choices, RelayFrame(encoded[4])) + encoded[5:]
 
 
+def signed_frames() -> Iterable[bytes]:
+    signature = b"s" * 64
+    yield b"\x00" + encode_single_head(1, 7, signature) + b"a signed message"
+    yield b"\x01" + encode_batch(2, signature, [(1, b"first"), (2, b""), (5, b"third")])
+
+
 def state() -> Iterable[bytes]:
     yield json.dumps({"pid": 1234, "peer_id": str(A.peer_id), "control": "/run/crust/control.sock",
                       "listening": ["tcp:0.0.0.0:4242"]}).encode()
@@ -265,7 +272,7 @@ TARGETS: dict[str, Callable[[], Iterable[bytes]]] = {
     "turn": turn, "echo": echo_, "natpmp": natpmp, "pcp": pcp, "upnp": upnp, "discovery": discovery_,
     "connection_info": connection_info, "config_file": config_file, "bootstrap_cache": bootstrap_cache,
     "jsonread": jsonread, "address": address, "punch_checks": punch_checks, "punch_messages": punch_messages,
-    "relay_messages": relay_messages, "state": state, "control": control, "udp": udp,
+    "relay_messages": relay_messages, "signed_frames": signed_frames, "state": state, "control": control, "udp": udp,
 }
 
 

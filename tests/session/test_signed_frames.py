@@ -2,7 +2,7 @@
 
 import struct
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -20,6 +20,8 @@ from crust.session.signed_frames import (
     encode_single_head,
 )
 from crust.signed import MAX_BATCH
+
+from tests import examples
 
 SIG = bytes(range(64))
 
@@ -73,7 +75,7 @@ _ENTRIES = st.lists(st.tuples(st.integers(0, 1000), st.binary(max_size=20)), min
 
 
 class ParserPropertyTests(SynchronousTestCase):
-    @settings(max_examples=500, deadline=None)
+    @examples(500)
     @given(st.binary(max_size=300))
     def test_random_bytes(self, body):
         for decode in (decode_single, decode_batch):
@@ -82,14 +84,14 @@ class ParserPropertyTests(SynchronousTestCase):
             except SignedFrameError:
                 pass
 
-    @settings(max_examples=300, deadline=None)
+    @examples(300)
     @given(_ENTRIES, st.integers(0, 255))
     def test_round_trip(self, entries, priority):
         seqs = sorted({seq for seq, _ in entries})
         entries = list(zip(seqs, [payload for _, payload in entries]))
         self.assertEqual(decode_batch(encode_batch(priority, SIG, entries)), (priority, SIG, entries))
 
-    @settings(max_examples=500, deadline=None)
+    @examples(500)
     @given(_ENTRIES, st.integers(0, 10_000), st.binary(min_size=1, max_size=6), st.booleans())
     def test_mutated_batches(self, entries, where, junk, insert):
         seqs = sorted({seq for seq, _ in entries})

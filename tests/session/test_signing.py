@@ -4,7 +4,7 @@ with a Clock: what is sent (alone, in batches), what is checked and
 delivered, what is refused.
 """
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -33,6 +33,7 @@ from crust.session.signing import install
 from crust.signed import open_batch, open_message, sign_batch, sign_message, verify_signed
 from crust.wire import DATA, Hello, frame, network_hash
 
+from tests import examples
 from tests.util import ordered_identities
 
 NET = network_hash("demo")
@@ -390,7 +391,7 @@ class ReceivingTests(SynchronousTestCase):
 class HostileFrameTests(SynchronousTestCase):
     """Whatever a peer puts in a signed frame: a protocol-error close, or a checked message."""
 
-    @settings(max_examples=200, deadline=None)
+    @examples(200)
     @given(st.sampled_from([SIGNED_FRAME, SIGNED_BATCH_FRAME]), st.binary(max_size=300))
     def test_random_bodies(self, ftype, body):
         h = Harness(self)
@@ -399,7 +400,7 @@ class HostileFrameTests(SynchronousTestCase):
             self.assertIn("protocol-error", h.conn._close_reason)
         self.assertEqual(h.signed_received(), [])  # nobody can sign for the peer by chance
 
-    @settings(max_examples=200, deadline=None)
+    @examples(200)
     @given(st.integers(0, 10_000), st.binary(min_size=1, max_size=4), st.booleans())
     def test_mutated_good_frames(self, where, junk, batch):
         h = Harness(self)

@@ -35,6 +35,13 @@ MAGIC_COOKIE = 0x2112A442
 HEADER_SIZE = 20
 MAX_BODY_SIZE = 0xFFFC  # the largest multiple of 4 the 16-bit length field holds
 MAX_MESSAGE_SIZE = HEADER_SIZE + MAX_BODY_SIZE
+#: The most attributes L{decode} reads in one message: real messages carry a
+#: dozen at most, and a 64 KiB message of empty attributes holds over 16,000.
+MAX_ATTRIBUTES = 32
+#: The largest Binding message the STUN client and responder read: a Binding
+#: request or response fits in one datagram of the path MTU (RFC 8489 section
+#: 6.1); TURN's Data indications, which carry whole datagrams, may be larger.
+MAX_BINDING_SIZE = 1500
 TRANSACTION_ID_SIZE = 12
 FINGERPRINT_XOR = 0x5354554E
 
@@ -387,13 +394,14 @@ is_stun = _is_stun
 # --- decoding ---------------------------------------------------------------
 
 
-def decode(datagram: bytes, transport: str = "udp") -> StunMessage:
+def peek(datagram: bytes, max_size: int = MAX_MESSAGE_SIZE) -> tuple[int, MessageClass, bytes]:
     """
-    Parse one STUN message; addresses in it get C{transport}.
-
-    Attributes after MESSAGE-INTEGRITY other than MESSAGE-INTEGRITY-SHA256
-    and FINGERPRINT are ignored (RFC 8489 section 14.5); FINGERPRINT must be
-    last and correct.
+    The C{(method, message class, transaction id)} of a STUN message, from
+    its 20-byte header alone: what a receiver needs to decide whether the
+    message is worth decoding (a response to a transaction it runs, a request
+    it answers) before it spends anything on the attributes.  Checks the
+    size (at most C{max_size} bytes), the first two bits, the magic cookie,
+    and that the length field is a multiple of 4 matching the datagram.
 
     @raise StunParseError: with a message naming the defect.
     """
@@ -404,7 +412,9 @@ def decode(datagram: bytes, transport: str = "udp") -> StunMessage:
     n = len(datagram)
     if n < HEADER_SIZE:
         raise StunParseError(f"truncated: {n} bytes is shorter than the 20-byte STUN header")
-    if n > MAX_MESSAGE_SIZE:
+    if n > max_size:
+        if max_size < MAX_MESSAGE_SIZE:
+            raise StunParseError(f"oversize: {n} bytes is more than the {max_size} read here")
         raise StunParseError(f"oversize: {n} bytes is more than a STUN message can hold ({MAX_MESSAGE_SIZE})")
     msg_type, length, cookie, transaction_id = _HEADER.unpack_from(datagram)
     if msg_type & 0xC000:
@@ -418,22 +428,65 @@ def decode(datagram: bytes, transport: str = "udp") -> StunMessage:
     if HEADER_SIZE + length < n:
         raise StunParseError(f"{n - HEADER_SIZE - length} trailing bytes after the {length}-byte body")
     method, message_class = _split_type(msg_type)
+    return method, MessageClass(message_class), transaction_id
+
+
+def _count_attributes(datagram: bytes, limit: int) -> None:
+    """
+    Walk the attribute headers (nothing is decoded) and refuse a message
+    with more than C{limit} attributes, or one whose attributes overrun it:
+    a bound checked before any attribute costs anything.
+    """
+    n = len(datagram)
+    offset = HEADER_SIZE
+    count = 0
+    unpack = _ATTR_HEADER.unpack_from
+    while offset < n:
+        if count == limit:
+            raise StunParseError(f"more than {limit} attributes")
+        if n - offset < 4:
+            raise StunParseError(f"truncated attribute header at offset {offset}")
+        attr_type, attr_len = unpack(datagram, offset)
+        padded_end = offset + 4 + ((attr_len + 3) & ~3)
+        if padded_end > n:
+            raise StunParseError(
+                f"attribute {attribute_name(attr_type)} of {attr_len} bytes at offset {offset} "
+                f"overruns the message ({n - offset - 4} bytes left)"
+            )
+        offset = padded_end
+        count += 1
+
+
+def decode(datagram: bytes, transport: str = "udp", *, max_size: int = MAX_MESSAGE_SIZE,
+           max_attributes: int = MAX_ATTRIBUTES) -> StunMessage:
+    """
+    Parse one STUN message; addresses in it get C{transport}.
+
+    Cheap bounds come first, before any attribute is decoded: the size (at
+    most C{max_size} bytes), the header (L{peek}), and the number of
+    attributes (at most C{max_attributes}), so a message built to cost
+    (64 KiB of empty attributes) is refused in microseconds.
+
+    Attributes after MESSAGE-INTEGRITY other than MESSAGE-INTEGRITY-SHA256
+    and FINGERPRINT are ignored (RFC 8489 section 14.5); FINGERPRINT must be
+    last and correct.
+
+    @raise StunParseError: with a message naming the defect.
+    """
+    if isinstance(datagram, (bytearray, memoryview)):
+        datagram = bytes(datagram)
+    method, message_class, transaction_id = peek(datagram, max_size)
+    _count_attributes(datagram, max_attributes)
+    n = len(datagram)
 
     attributes: list[Attribute] = []
     integrity_offset: Optional[int] = None
     offset = HEADER_SIZE
-    while offset < n:
-        if n - offset < 4:
-            raise StunParseError(f"truncated attribute header at offset {offset}")
+    while offset < n:  # every attribute header is inside the message (_count_attributes)
         attr_type, attr_len = _ATTR_HEADER.unpack_from(datagram, offset)
         start = offset + 4
         end = start + attr_len
         padded_end = start + ((attr_len + 3) & ~3)
-        if padded_end > n:
-            raise StunParseError(
-                f"attribute {attribute_name(attr_type)} of {attr_len} bytes at offset {offset} "
-                f"overruns the message ({n - start} bytes left)"
-            )
         value = datagram[start:end]
         if attr_type == FINGERPRINT:
             if padded_end != n:
@@ -462,7 +515,7 @@ def decode(datagram: bytes, transport: str = "udp") -> StunMessage:
                 attributes.append(Attribute(attr_type, decoder(attr_type, value, transaction_id, transport)))
         offset = padded_end
     return StunMessage(
-        MessageClass(message_class),
+        message_class,
         method,
         transaction_id,
         tuple(attributes),

@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from crust._util.ratelimit import RateLimiter
 from crust.nat import stun
 from crust.address import Address
 from crust.errors import CrustError
@@ -169,6 +170,7 @@ class StunClient:
         self._fingerprint = fingerprint
         self._transactions: dict[bytes, _Transaction] = {}
         self._completed: OrderedDict[bytes, None] = OrderedDict()
+        self._logs = RateLimiter(clock, per_key=(0.2, 3.0), total=(1.0, 10.0), max_keys=8)  # lines about input
         self.counters = dict.fromkeys(
             (
                 "sent",
@@ -253,56 +255,53 @@ class StunClient:
         a response (or, for a hairpin probe, our own request) of an
         outstanding transaction, or a late duplicate of one.  Anything else
         is counted and left to the caller.
+
+        Only the header is read until the transaction id matches one of
+        ours: a stranger's message costs a dictionary look-up, never a
+        decode, whatever its size.
         """
         if not stun.is_stun(data):
             self.counters["not_stun"] += 1
             return False
-        source = Address.from_sockaddr("udp", addr)
-        if source is None:
-            self.counters["malformed"] += 1
-            log.info("ignoring STUN datagram from unusable source {source!r}", source=addr)
-            return False
         try:
-            message = stun.decode(data)
-        except stun.StunParseError as e:
+            method, message_class, tid = stun.peek(data)
+        except stun.StunParseError:  # is_stun passed: cannot happen, but a header is all we trust
             self.counters["malformed"] += 1
-            log.info("ignoring malformed STUN datagram from {source}: {reason}", source=str(source), reason=str(e))
             return False
-        tid = message.transaction_id
         tx = self._transactions.get(tid)
         if tx is None:
-            if tid in self._completed and message.message_class in (
-                stun.MessageClass.SUCCESS,
-                stun.MessageClass.ERROR,
-            ):
+            if tid in self._completed and message_class in (stun.MessageClass.SUCCESS, stun.MessageClass.ERROR):
                 self.counters["duplicates"] += 1
                 return True
             self.counters["unmatched"] += 1
-            if message.message_class != stun.MessageClass.REQUEST:
-                log.info(
-                    "ignoring unsolicited STUN {cls} {tid} from {source}",
-                    cls=message.message_class.name.lower(),
-                    tid=tid.hex(),
-                    source=str(source),
-                )
+            if message_class != stun.MessageClass.REQUEST and self._logs.allow("unsolicited"):
+                log.info("ignoring unsolicited STUN {cls} {tid} from {source}",
+                         cls=message_class.name.lower(), tid=tid.hex(), source=_addr_text(addr))
+            return False
+        source = Address.from_sockaddr("udp", addr)
+        if source is None:
+            self.counters["malformed"] += 1
+            if self._logs.allow("source"):
+                log.info("ignoring STUN datagram from unusable source {source!r}", source=addr)
             return False
         if tx.kind == "hairpin":
-            if message.message_class == stun.MessageClass.REQUEST and message.method == stun.BINDING:
+            if message_class == stun.MessageClass.REQUEST and method == stun.BINDING and data == tx.datagram:
                 self._finish(tid, True)
                 return True
             self.counters["unmatched"] += 1
             return False
-        if message.method != stun.BINDING or message.message_class not in (
-            stun.MessageClass.SUCCESS,
-            stun.MessageClass.ERROR,
-        ):
+        if method != stun.BINDING or message_class not in (stun.MessageClass.SUCCESS, stun.MessageClass.ERROR):
             self.counters["unmatched"] += 1
-            log.info(
-                "ignoring STUN {cls} with our transaction id {tid} from {source}",
-                cls=message.message_class.name.lower(),
-                tid=tid.hex(),
-                source=str(source),
-            )
+            if self._logs.allow("mismatch"):
+                log.info("ignoring STUN {cls} with our transaction id {tid} from {source}",
+                         cls=message_class.name.lower(), tid=tid.hex(), source=str(source))
+            return False
+        try:
+            message = stun.decode(data, max_size=stun.MAX_BINDING_SIZE)
+        except stun.StunParseError as e:
+            self.counters["malformed"] += 1
+            if self._logs.allow("malformed"):
+                log.info("ignoring malformed STUN datagram from {source}: {reason}", source=str(source), reason=str(e))
             return False
         self._complete_binding(tx, message, source)
         return True
@@ -529,6 +528,13 @@ def discover_external_address(
 async def _maybe_deferred(value: Any) -> None:
     if isinstance(value, Deferred):
         await value
+
+
+def _addr_text(addr: Any) -> str:
+    try:
+        return f"{addr[0]}:{addr[1]}"
+    except (TypeError, IndexError, KeyError):
+        return repr(addr)
 
 
 def _check_schedule(rto: float, rc: int, rm: float) -> None:

@@ -8,7 +8,8 @@ comprehension-required attributes get 420 (RFC 5780 asks this of a server
 without an alternate address).  Answers are rate limited per source IP and
 in total, and never larger than the request plus L{STUN_RESPONSE_OVERHEAD}
 bytes (no amplification).  Responses, indications and malformed STUN are
-never answered.
+never answered.  A request is only decoded once its source is within the
+rate limit, so a flood of large requests costs a header check each.
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ class StunResponder:
 
     @ivar counters: C{answered} (success responses sent), C{errors_sent}
         (420 responses sent), C{rate_limited} (requests not answered for the
-        rate limit).  What it leaves alone (not a Binding request, malformed,
-        or while disabled) the endpoint counts as C{stun_dropped}.
+        rate limit, which is applied before they are decoded), C{malformed}
+        (Binding requests within the rate limit that failed to decode).
+        What it leaves alone (not a Binding request, malformed, or while
+        disabled) the endpoint counts as C{stun_dropped}.
     """
 
     log = Logger()
@@ -56,7 +59,8 @@ class StunResponder:
         self.endpoint = endpoint
         self.enabled = enabled
         self._limiter = RateLimiter(endpoint.clock, rate[0], rate[1])
-        self.counters = dict.fromkeys(("answered", "errors_sent", "rate_limited"), 0)
+        self._logs = RateLimiter(endpoint.clock, per_key=(0.2, 3.0), total=(1.0, 10.0), max_keys=8)
+        self.counters = dict.fromkeys(("answered", "errors_sent", "rate_limited", "malformed"), 0)
         self._unregister: Callable[[], None] = endpoint.add_stun_handler(self.datagram_received, "stun responder")
 
     def unregister(self) -> None:
@@ -68,21 +72,36 @@ class StunResponder:
         Answer a Binding request with its source address, within the rate
         limits.  Returns True when the request was ours to answer (answered,
         or not for the rate limit), False for anything else.
+
+        What it costs comes in order: the header (a Binding request of at
+        most L{stun.MAX_BINDING_SIZE} bytes), the rate limit of the source,
+        and only then the attributes.
         """
         if not self.enabled:
             return False
-        source = Address.from_sockaddr("udp", addr)
         try:
-            request = stun.decode(data)
+            method, message_class, _ = stun.peek(data, stun.MAX_BINDING_SIZE)
         except stun.StunParseError as e:
-            self.log.debug("dropping malformed STUN from {addr}: {reason}", addr=str(source or addr), reason=str(e))
+            if self._logs.allow("header"):
+                self.log.debug("dropping STUN from {addr}: {reason}", addr=_text(addr), reason=str(e))
             return False
-        if source is None or request.message_class != stun.MessageClass.REQUEST or request.method != stun.BINDING:
+        if message_class != stun.MessageClass.REQUEST or method != stun.BINDING or not isinstance(addr, tuple):
             return False
-        if not self._limiter.allow(source.host):
+        if not self._limiter.allow(addr[0]):
             self.counters["rate_limited"] += 1
-            self.log.debug("not answering STUN from {addr}: rate limited", addr=str(source))
+            if self._logs.allow("rate"):
+                self.log.debug("not answering STUN from {addr}: rate limited", addr=_text(addr))
             return True
+        source = Address.from_sockaddr("udp", addr)
+        if source is None:
+            return False
+        try:
+            request = stun.decode(data, max_size=stun.MAX_BINDING_SIZE)
+        except stun.StunParseError as e:
+            self.counters["malformed"] += 1
+            if self._logs.allow("malformed"):
+                self.log.debug("dropping malformed STUN from {addr}: {reason}", addr=str(source), reason=str(e))
+            return False
         unknown = list(request.unknown_comprehension_required())
         change = request.get(stun.CHANGE_REQUEST)
         if change is not None and (change.change_ip or change.change_port):
@@ -101,6 +120,13 @@ class StunResponder:
         if self.endpoint.send(out, addr):
             self.counters["errors_sent" if unknown else "answered"] += 1
         return True
+
+
+def _text(addr: Any) -> str:
+    try:
+        return f"{addr[0]}:{addr[1]}"
+    except (TypeError, IndexError, KeyError):
+        return repr(addr)
 
 
 __all__ = ["STUN_RESPONSE_OVERHEAD", "StunResponder"]

@@ -663,13 +663,29 @@ class TurnClient:
         if first > 3 or not stun.is_stun(data):
             return False
         try:
-            message = stun.decode(data)
+            # the header first: only a Data indication or a response to one of our
+            # transactions is worth decoding (the attributes are bounded by stun.decode)
+            method, cls, tid = stun.peek(data)
         except stun.StunParseError:
             return False  # the STUN chain counts it
-        cls = message.message_class
+        if cls is MessageClass.REQUEST:
+            return False
         if cls is MessageClass.INDICATION:
-            if message.method != stun.DATA_INDICATION:
+            if method != stun.DATA_INDICATION:
                 return False
+        elif tid not in self._transactions:
+            if tid in self._completed:
+                self.counters["duplicates"] += 1
+                return True
+            return False  # a Binding response for the STUN client, say
+        try:
+            message = stun.decode(data)
+        except stun.StunParseError as e:
+            if cls is MessageClass.INDICATION:
+                self._malformed(str(e))
+                return True
+            return False  # the STUN chain counts it
+        if cls is MessageClass.INDICATION:
             try:
                 peer_address, payload = turn_codec.parse_data_indication(message)
             except TurnParseError as e:
@@ -678,15 +694,7 @@ class TurnClient:
             self.counters["data_indications_in"] += 1
             self._relayed(peer_address.sockaddr(), payload, None)
             return True
-        if cls is MessageClass.REQUEST:
-            return False
-        tid = message.transaction_id
-        tx = self._transactions.get(tid)
-        if tx is None:
-            if tid in self._completed:
-                self.counters["duplicates"] += 1
-                return True
-            return False  # a Binding response for the STUN client, say
+        tx = self._transactions[tid]
         if message.method != tx.method:
             return False
         if tx.key is not None and (not message.verify_integrity(tx.key) if message.integrity_offset is not None

@@ -5,7 +5,10 @@ Pure logic, no I/O.
 
 The TURN methods and attributes themselves (ALLOCATE, XOR-RELAYED-ADDRESS,
 LIFETIME, CHANNEL-NUMBER...) are part of L{crust.nat.stun}: L{stun.decode}
-parses them strictly like every other attribute.
+parses them strictly like every other attribute, within the same bounds
+(the header checked first, at most L{stun.MAX_ATTRIBUTES} attributes), and
+the TURN client reads a message's header (L{stun.peek}) to decide whether it
+is a Data indication or a response of its own before decoding anything.
 
 ChannelData (RFC 8656 section 12.4) is not STUN::
 

@@ -6,6 +6,7 @@ demultiplexing, and fuzzing.
 import os
 import random
 import struct
+import time
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -341,6 +342,72 @@ class StrictParsingTests(SynchronousTestCase):
     def test_no_integrity(self):
         m = stun.decode(stun.encode(stun.make_binding_request()))
         self.assertFalse(m.verify_integrity(b"k"))
+
+
+def _many_empty_attributes(count: int, msg_type: int = 0x0001) -> bytes:
+    """A message of C{count} empty optional attributes (16383 fill the 64 KiB a STUN message holds)."""
+    return _message(struct.pack("!HH", 0x8001, 0) * count, msg_type=msg_type)
+
+
+class BoundsTests(SynchronousTestCase):
+    """Cheap bounds before any attribute is decoded (hardening: 64 KiB of empty attributes burnt a core)."""
+
+    def test_big_message_of_empty_attributes_is_refused_in_microseconds(self):
+        data = _many_empty_attributes(0xFFFC // 4)
+        self.assertEqual(len(data), stun.MAX_MESSAGE_SIZE)
+        self.assertTrue(stun.is_stun(data))
+        e = self.assertRaises(stun.StunParseError, stun.decode, data)
+        self.assertIn(f"more than {stun.MAX_ATTRIBUTES} attributes", str(e))
+        rounds = 200
+        start = time.perf_counter()
+        for _ in range(rounds):
+            self.assertRaises(stun.StunParseError, stun.decode, data)
+        each = (time.perf_counter() - start) / rounds
+        # decoding every attribute took 15-60 ms; the bound holds it to a few microseconds (1 ms: a loaded machine)
+        self.assertLess(each, 0.001)
+
+    def test_attribute_count_at_the_bound(self):
+        self.assertEqual(len(stun.decode(_many_empty_attributes(stun.MAX_ATTRIBUTES)).attributes),
+                         stun.MAX_ATTRIBUTES)
+        self.assertRaises(stun.StunParseError, stun.decode, _many_empty_attributes(stun.MAX_ATTRIBUTES + 1))
+        self.assertEqual(len(stun.decode(_many_empty_attributes(40), max_attributes=40).attributes), 40)
+
+    def test_attributes_after_integrity_count(self):
+        body = _attr(stun.MESSAGE_INTEGRITY, bytes(20)) + struct.pack("!HH", 0x8001, 0) * stun.MAX_ATTRIBUTES
+        self.assertRaises(stun.StunParseError, stun.decode, _message(body))
+
+    def test_size_bound(self):
+        data = _message(_attr(stun.SOFTWARE, b"x" * 600) * 3)
+        self.assertEqual(len(stun.decode(data).attributes), 3)
+        e = self.assertRaises(stun.StunParseError, stun.decode, data, max_size=stun.MAX_BINDING_SIZE)
+        self.assertIn(f"the {stun.MAX_BINDING_SIZE} read here", str(e))
+
+    def test_peek_reads_the_header_only(self):
+        method, cls, tid = stun.peek(SAMPLE_REQUEST)
+        self.assertEqual((method, cls, tid), (stun.BINDING, stun.MessageClass.REQUEST, TID))
+        # attributes are not looked at: a message that decode() refuses still has a header
+        body = struct.pack("!HH", stun.SOFTWARE, 40) + b"x" * 8
+        self.assertEqual(stun.peek(_message(body))[1], stun.MessageClass.SUCCESS)
+        for bad, fragment in ((SAMPLE_REQUEST[:19], "truncated"), (SAMPLE_REQUEST + bytes(4), "trailing"),
+                              (b"\x80" + SAMPLE_REQUEST[1:], "first two bits"),
+                              (_many_empty_attributes(400), "oversize")):
+            e = self.assertRaises(stun.StunParseError, stun.peek, bad, stun.MAX_BINDING_SIZE)
+            self.assertIn(fragment, str(e))
+
+    @examples(300)
+    @given(st.binary(max_size=200))
+    def test_peek_agrees_with_decode(self, data):
+        """peek raises only StunParseError, and whatever decode reads, peek read the same header."""
+        try:
+            header = stun.peek(data)
+        except stun.StunParseError:
+            self.assertRaises(stun.StunParseError, stun.decode, data)
+            return
+        try:
+            message = stun.decode(data)
+        except stun.StunParseError:
+            return
+        self.assertEqual(header, (message.method, message.message_class, message.transaction_id))
 
 
 class IsStunTests(SynchronousTestCase):

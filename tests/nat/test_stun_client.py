@@ -4,6 +4,7 @@ L{Clock}, and loopback tests (127.0.0.1 only) with a tiny in-test STUN server.
 """
 
 import os
+import struct
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError
@@ -209,6 +210,26 @@ class ResponseTests(ClientTestMixin, SynchronousTestCase):
         self.assertEqual(self.client.counters["malformed"], 1)
         self.assertGreaterEqual(self.client.counters["not_stun"], 1)
         self.assertTrue(self.respond(req))
+        self.successResultOf(d)
+
+    def test_strangers_messages_are_not_decoded(self):
+        """Only a message with the transaction id of one of ours is decoded: a 64 KiB stranger costs a look-up."""
+        d = self.client.binding_request(SERVER)
+        tid = self.sender.request().transaction_id
+        big = (struct.pack("!HHI12s", 0x0101, 0xFFFC, stun.MAGIC_COOKIE, os.urandom(12))
+               + b"\x80\x01\x00\x00" * 0x3FFF)
+        decoded = []
+        real = stun.decode
+        self.patch(stun, "decode", lambda *a, **kw: decoded.append(1) or real(*a, **kw))
+        for _ in range(20):
+            self.assertFalse(self.client.datagram_received(big, SERVER.sockaddr()))
+        self.assertEqual((decoded, self.client.counters["unmatched"]), ([], 20))
+        # with our transaction id it is decoded, within the bounds: refused as malformed, the request still waits
+        ours = big[:8] + tid + big[20:]
+        self.assertFalse(self.client.datagram_received(ours, SERVER.sockaddr()))
+        self.assertEqual((len(decoded), self.client.counters["malformed"]), (1, 1))
+        self.assertNoResult(d)
+        self.assertTrue(self.respond(self.sender.request()))
         self.successResultOf(d)
 
     def test_request_with_our_transaction_id_is_not_a_response(self):

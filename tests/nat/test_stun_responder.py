@@ -6,6 +6,8 @@ and that no request ever gets a larger answer than the rule allows.
 
 from __future__ import annotations
 
+import struct
+import time
 from typing import Any, Callable
 
 from hypothesis import given
@@ -20,6 +22,7 @@ from crust.nat.stun_responder import STUN_RESPONSE_OVERHEAD, StunResponder
 from tests import examples
 
 PEER = ("192.0.2.9", 5000)
+_REAL_DECODE = stun.decode
 
 
 class FakeEndpoint:
@@ -76,7 +79,7 @@ class StunResponderTests(SynchronousTestCase):
         self.assertEqual(answer.transaction_id, request.transaction_id)
         self.assertEqual(answer.mapped_address, Address("udp", *PEER))
         self.assertEqual(answer.types(), (stun.XOR_MAPPED_ADDRESS, stun.FINGERPRINT))
-        self.assertEqual(self.responder.counters, {"answered": 1, "errors_sent": 0, "rate_limited": 0})
+        self.assertEqual(self.responder.counters, {"answered": 1, "errors_sent": 0, "rate_limited": 0, "malformed": 0})
 
     def test_ipv6_and_mapped_sources(self):
         _, [answer] = self.offer(request_bytes()[1], ("2001:db8::7", 9, 0, 0))
@@ -99,7 +102,7 @@ class StunResponderTests(SynchronousTestCase):
         other_method = stun.encode(stun.StunMessage(stun.MessageClass.REQUEST, 0x003, request.transaction_id))
         for data in (success, indication, other_method, b"\x00\x01\x00\x00" + b"\x21\x12\xa4\x42" + b"x" * 5):
             self.assertEqual(self.offer(data), (False, []))
-        self.assertEqual(self.responder.counters, {"answered": 0, "errors_sent": 0, "rate_limited": 0})
+        self.assertEqual(self.responder.counters, {"answered": 0, "errors_sent": 0, "rate_limited": 0, "malformed": 0})
 
     def test_leaves_unusable_sources(self):
         for source in (("192.0.2.9", 0), ("not an address", 5), None):
@@ -129,6 +132,32 @@ class StunResponderTests(SynchronousTestCase):
         responder.datagram_received(request_bytes()[1], PEER)
         responder.datagram_received(request_bytes()[1], PEER)
         self.assertEqual(responder.counters["answered"], 6)
+
+    def test_rate_limit_comes_before_decoding(self):
+        """A flood of requests costs a header check each once the source is over its rate: nothing is decoded."""
+        responder = StunResponder(self.endpoint, rate=((2.0, 3.0), (4.0, 5.0)))
+        decoded = []
+        real = stun.decode
+        self.patch(stun, "decode", lambda *a, **kw: decoded.append(1) or real(*a, **kw))
+        for _ in range(50):
+            self.assertTrue(responder.datagram_received(request_bytes()[1], PEER))
+        self.assertEqual((len(decoded), responder.counters["answered"], responder.counters["rate_limited"]), (3, 3, 47))
+
+    def test_oversize_and_many_attributes_are_dropped_cheaply(self):
+        big = struct.pack("!HHI12s", 0x0001, 0xFFFC, stun.MAGIC_COOKIE, bytes(12)) + b"\x80\x01\x00\x00" * 0x3FFF
+        self.assertTrue(stun.is_stun(big))
+        decoded = []
+        self.patch(stun, "decode", lambda *a, **kw: decoded.append(1))
+        start = time.perf_counter()
+        for _ in range(100):
+            self.assertEqual(self.offer(big), (False, []))
+        self.assertLess((time.perf_counter() - start) / 100, 0.001)  # 15-60 ms each when it was decoded
+        self.assertEqual(decoded, [])  # over the Binding size bound: refused by its header
+        self.assertEqual(self.responder.counters["answered"], 0)
+        self.patch(stun, "decode", _REAL_DECODE)
+        many = struct.pack("!HHI12s", 0x0001, 4 * 40, stun.MAGIC_COOKIE, bytes(12)) + b"\x80\x01\x00\x00" * 40
+        self.assertEqual(self.offer(many), (False, []))  # within the size bound, over the attribute bound
+        self.assertEqual(self.responder.counters["malformed"], 1)
 
     @examples(300)
     @given(

@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from crust.address import Address
 from crust.errors import CrustError
 from crust._util.local_addresses import addresses_for_listener
+from crust._util.ratelimit import RateLimiter
 from crust.transport.udp_messages import CRUST_LAST, STUN_LAST, check_message_type, is_stun
 
 Classifier = Callable[[bytes], bool]
@@ -144,6 +145,8 @@ class UdpEndpoint(DatagramProtocol):
             0,
         )
         self.send_errors: dict[str, int] = {}
+        # lines about what came in (unknown types, not STUN, failed handlers): at a bounded rate
+        self._logs = RateLimiter(reactor, per_key=(0.2, 3.0), total=(1.0, 10.0), max_keys=8)
 
     # -- the socket --------------------------------------------------------------
 
@@ -410,8 +413,9 @@ class UdpEndpoint(DatagramProtocol):
             handler = self._crust_handlers.get(first)
             if handler is None:
                 counters["crust_unknown_type"] += 1
-                self.log.debug("dropping crust UDP message of unknown type {type} from {addr}",
-                               type=first, addr=_text(addr))
+                if self._logs.allow("type"):
+                    self.log.debug("dropping crust UDP message of unknown type {type} from {addr}",
+                                   type=first, addr=_text(addr))
             else:
                 self._call(handler, data, addr)
         else:
@@ -427,8 +431,9 @@ class UdpEndpoint(DatagramProtocol):
                     self._call(handler, data, addr)
                     return
             counters["unknown"] += 1
-            self.log.debug("dropping unrecognised UDP datagram ({size} bytes, first byte {first}) from {addr}",
-                           size=len(data), first=first, addr=_text(addr))
+            if self._logs.allow("unknown"):
+                self.log.debug("dropping unrecognised UDP datagram ({size} bytes, first byte {first}) from {addr}",
+                               size=len(data), first=first, addr=_text(addr))
 
     def _call(self, handler: Handler, data: bytes, addr: Any) -> None:
         try:
@@ -455,8 +460,9 @@ class UdpEndpoint(DatagramProtocol):
         counters["stun"] += 1
         if not is_stun(data):
             counters["stun_dropped"] += 1
-            self.log.debug("dropping datagram from {addr}: first byte {first} says STUN but it is not",
-                           addr=_text(addr), first=data[0])
+            if self._logs.allow("stun"):
+                self.log.debug("dropping datagram from {addr}: first byte {first} says STUN but it is not",
+                               addr=_text(addr), first=data[0])
             return
         for handler, name in self._stun_handlers:
             try:

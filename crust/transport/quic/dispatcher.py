@@ -26,18 +26,28 @@ Typical wiring on the node's L{crust.transport.udp.UdpEndpoint}::
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Optional
 
 from aioquic.buffer import Buffer
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
-from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
+from aioquic.quic.connection import QuicConnectionState
+from aioquic.quic.packet import (
+    QuicHeader,
+    QuicPacketType,
+    encode_quic_retry,
+    encode_quic_version_negotiation,
+    pull_quic_header,
+)
+from aioquic.quic.retry import QuicRetryTokenHandler
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from crust._util.ratelimit import RateLimiter
 from crust._util.reactor import maybe_global_reactor
-from crust.errors import CrustError
+from crust.errors import CrustError, HandshakeRefused
 from crust.identity import Identity, PeerId
 from crust.transport.quic.driver import (
     ABORTED,
@@ -50,6 +60,7 @@ from crust.transport.quic.driver import (
     QuicOptions,
     _text,
 )
+from crust.transport.quic.admission import RETRY, InboundAdmission, Refusal
 from crust.transport.quic.tls import ALPN, CID_LENGTH, CrustQuicConnection, check_aioquic, make_configuration
 from crust.transport.tls import make_certificate
 from crust.transport.udp_messages import QUIC_FIRST
@@ -87,9 +98,23 @@ class QuicDispatcher:
 
     @ivar drivers: the connections, by nothing in particular.
     @ivar counters: datagrams by fate: C{datagrams} (QUIC ones),
-        C{malformed}, C{unknown_cid}, C{initial_too_small}, C{refused_full},
-        C{refused_not_accepting}, C{version_negotiation}; connections:
-        C{connects}, C{accepted}, C{handshake_failures}.
+        C{malformed}, C{unknown_cid}, C{initial_too_small}, C{refused_full}
+        (the inbound share of the connections is taken), C{refused_pending}
+        (too many handshakes pending, from all or from one validated IP),
+        C{refused_not_accepting}, C{version_negotiation}, C{retries}
+        (Retry packets sent), C{invalid_token} (an Initial's token is not
+        one of our Retry tokens, or has expired, or names another address),
+        C{undecryptable} (an Initial that opened nothing: it does not
+        decrypt); connections: C{connects}, C{accepted},
+        C{handshake_failures}.
+    @ivar admission: the L{InboundAdmission} deciding on new Initials.
+
+    Initials from addresses not yet validated open a connection only while
+    that is cheap, and get a Retry otherwise (L{crust.transport.quic.admission});
+    an Initial that does not decrypt is dropped before a connection holds
+    anything for it; inbound connections never take the last
+    C{options.max_connections - options.max_inbound} slots, which stay for
+    our own connects.
     """
 
     log = Logger()
@@ -114,10 +139,15 @@ class QuicDispatcher:
         self._supported_versions = tuple(self._server_configuration.supported_versions)
         self._by_cid: dict[bytes, QuicDriver] = {}
         self._cids: dict[QuicDriver, set[bytes]] = {}
+        self._inbound: set[QuicDriver] = set()  # connections peers opened to us
+        self.admission = InboundAdmission(clock, self.options)
+        self._retry = QuicRetryTokenHandler()  # a key of this dispatcher's own: its tokens are good here only
+        # one line per kind of failed incoming handshake, a few a minute at most
+        self._early_log = RateLimiter(clock, per_key=(0.1, 3.0), total=(1.0, 10.0), max_keys=32)
         self.counters = dict.fromkeys(
-            ("datagrams", "malformed", "unknown_cid", "initial_too_small", "refused_full",
-             "refused_not_accepting", "version_negotiation", "connects", "accepted", "handshake_failures",
-             "closed"),
+            ("datagrams", "malformed", "unknown_cid", "initial_too_small", "refused_full", "refused_pending",
+             "refused_not_accepting", "version_negotiation", "retries", "invalid_token", "undecryptable",
+             "connects", "accepted", "handshake_failures", "closed"),
             0,
         )
         self.on_empty: Optional[Callable[[], None]] = None  # called when the last connection ends
@@ -188,17 +218,65 @@ class QuicDispatcher:
         if self._accepted is None:
             counters["refused_not_accepting"] += 1
             return
-        if len(self._cids) >= self.options.max_connections:
-            counters["refused_full"] += 1
-            self.log.debug("dropping a QUIC Initial from {addr}: {count} connections already",
-                           addr=_text(addr), count=len(self._cids))
+        host = addr[0]
+        now = self.clock.seconds()
+        original_cid, retry_cid = header.destination_cid, None
+        validated = bool(header.token)
+        if validated:
+            try:
+                original_cid = self._retry.validate_token(address=addr, destination_cid=header.destination_cid,
+                                                          token=header.token, now=now)
+            except ValueError as e:  # not our token, expired, another address (RFC 9000 section 8.1.3: discard)
+                counters["invalid_token"] += 1
+                self._early_failure(addr, "invalid-token", f"its Initial carries an invalid token ({e})")
+                return
+            retry_cid = header.destination_cid
+        decision = self.admission.decide(host, validated=validated, inbound=len(self._inbound))
+        if decision is RETRY:
+            self._send_retry(header, addr, now)
+            return
+        if isinstance(decision, Refusal):
+            counters[f"refused_{decision.kind}"] += 1
+            self._early_failure(addr, f"refused-{decision.kind}", decision.reason)
             return
         quic = CrustQuicConnection(configuration=self._server_configuration,
-                                   original_destination_connection_id=header.destination_cid)
+                                   original_destination_connection_id=original_cid,
+                                   retry_source_connection_id=retry_cid)
+        quic.receive_datagram(data, addr, now)
+        if quic._state is QuicConnectionState.FIRSTFLIGHT:
+            # nothing in it decrypted (random bytes behind an Initial's header): no connection, no slot
+            counters["undecryptable"] += 1
+            self._early_failure(addr, "undecryptable", "its Initial does not decrypt")
+            return
         driver = self._add(quic)
+        self._inbound.add(driver)
+        self.admission.add(driver, host, validated)
         self._register(driver, header.destination_cid)
         driver.ready.addCallbacks(self._accept, self._handshake_failed, errbackArgs=(driver,))
-        driver.datagram_received(data, addr)
+        driver.first_datagram_received(len(data), now)
+
+    def _send_retry(self, header: QuicHeader, addr: Any, now: float) -> None:
+        """Answer an Initial with a Retry: a token bound to its address and connection ids (stateless)."""
+        version = header.version
+        assert version is not None  # a long header of a version we speak
+        source_cid = os.urandom(CID_LENGTH)
+        try:
+            token = self._retry.create_token(address=addr, original_destination_connection_id=header.destination_cid,
+                                             retry_source_connection_id=source_cid, now=now)
+        except ValueError:  # an address the token cannot hold
+            self.counters["malformed"] += 1
+            return
+        self.counters["retries"] += 1
+        # smaller than the Initial (at least 1200 bytes) that asked: no amplification
+        self._send(encode_quic_retry(version=version, source_cid=source_cid,
+                                     destination_cid=header.source_cid,
+                                     original_destination_cid=header.destination_cid, retry_token=token), addr)
+
+    def _early_failure(self, addr: Any, kind: str, reason: str) -> None:
+        """An incoming handshake failed before it had a peer: one line, at a bounded rate for each kind."""
+        if self._early_log.allow(kind):
+            self.log.info("incoming QUIC handshake from {addr} failed: {reason}", addr=_text(addr), reason=reason,
+                          kind=kind)
 
     # -- connections ----------------------------------------------------------------------
 
@@ -248,6 +326,7 @@ class QuicDispatcher:
         return driver
 
     def _accept(self, driver: QuicDriver) -> None:
+        self.admission.settle(driver)
         accepted = self._accepted
         assert accepted is not None  # a server connection is made only when there is someone to accept it
         self.counters["accepted"] += 1
@@ -258,9 +337,18 @@ class QuicDispatcher:
             driver.abort_connection("internal error")
 
     def _handshake_failed(self, failure: Failure, driver: QuicDriver) -> None:
+        self.admission.settle(driver)
         self.counters["handshake_failures"] += 1
-        self.log.debug("incoming QUIC connection from {addr} failed: {reason}",
-                      addr=_text(driver.quic.get_peer_address()), reason=str(failure.value))
+        value = failure.value
+        if isinstance(value, HandshakeRefused):
+            kind = value.reason
+        elif isinstance(value, QuicConnectionLost) and value.reason.startswith("timeout"):
+            kind = "timeout"
+        elif getattr(value, "by_peer", False):
+            kind = "closed-by-peer"
+        else:
+            kind = "failed"
+        self._early_failure(driver.quic.get_peer_address(), kind, str(value))
 
     def close_all(self, reason: str = "shutting down") -> None:
         """
@@ -292,6 +380,8 @@ class QuicDispatcher:
             self._cids[driver].discard(cid)
 
     def driver_terminated(self, driver: QuicDriver) -> None:
+        self._inbound.discard(driver)
+        self.admission.settle(driver)
         for cid in self._cids.pop(driver, ()):
             if self._by_cid.get(cid) is driver:
                 del self._by_cid[cid]
@@ -299,7 +389,8 @@ class QuicDispatcher:
             self.on_empty()
 
     def stats(self) -> dict[str, Any]:
-        return {"connections": len(self._cids), "connection_ids": len(self._by_cid), **self.counters}
+        return {"connections": len(self._cids), "inbound": len(self._inbound), "connection_ids": len(self._by_cid),
+                "pending_inbound": self.admission.pending, **self.counters, **self.admission.counters}
 
 
 __all__ = [

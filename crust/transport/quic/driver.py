@@ -84,6 +84,20 @@ class QuicOptions:
         (or not yet attached) before the connection is aborted.
     @ivar max_connections: connections a dispatcher holds at once (both
         directions); further Initials are dropped and counted.
+    @ivar outbound_reserve: of those, how many connections the peers that
+        open connections to us can never take, so our own connects always
+        find room: inbound connections hold at most C{max_connections -
+        outbound_reserve}.  None (default): a quarter of C{max_connections}.
+    @ivar retry_threshold: once this many inbound handshakes are pending, an
+        Initial from an address not yet validated is answered with a Retry
+        (RFC 9000 section 8.1.2: a stateless token the client sends back from
+        its address) instead of a connection; 0 validates every address
+        first (one more round trip on every incoming connection).
+    @ivar max_pending_inbound: inbound handshakes pending at once (Initials
+        beyond it are dropped and counted).
+    @ivar max_pending_per_source: inbound handshakes pending from one IP
+        address; an Initial beyond it is answered with a Retry, or dropped
+        when its address was validated already.
     @ivar max_datagram_size: bytes per UDP datagram we send (1200..65527).
     @ivar max_data: the connection flow-control window we grant at first
         (aioquic raises it as data arrives).
@@ -101,6 +115,10 @@ class QuicOptions:
     low_water: int = 256 * 1024
     max_receive_buffer: int = 16 << 20
     max_connections: int = 256
+    outbound_reserve: Optional[int] = None
+    retry_threshold: int = 16
+    max_pending_inbound: int = 64
+    max_pending_per_source: int = 8
     max_datagram_size: int = 1200
     max_data: int = 1 << 20
     max_stream_data: int = 1 << 20
@@ -112,8 +130,20 @@ class QuicOptions:
                 raise ConfigError(f"QUIC option {name} must be a positive number, not {value!r}")
 
         for name in ("idle_timeout", "handshake_timeout", "close_timeout", "high_water", "max_receive_buffer",
-                     "max_connections", "max_data", "max_stream_data"):
+                     "max_connections", "max_data", "max_stream_data", "max_pending_inbound",
+                     "max_pending_per_source"):
             positive(name, getattr(self, name))
+        for name in ("max_connections", "max_pending_inbound", "max_pending_per_source"):
+            if not isinstance(getattr(self, name), int):
+                raise ConfigError(f"QUIC option {name} must be a whole number, not {getattr(self, name)!r}")
+        reserve = self.outbound_reserve
+        if reserve is not None and (isinstance(reserve, bool) or not isinstance(reserve, int)
+                                    or not 0 <= reserve < self.max_connections):
+            raise ConfigError(f"QUIC option outbound_reserve must be in 0..max_connections-1, not {reserve!r}")
+        threshold = self.retry_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, int) or \
+                not 0 <= threshold <= self.max_pending_inbound:
+            raise ConfigError(f"QUIC option retry_threshold must be in 0..max_pending_inbound, not {threshold!r}")
         if self.keepalive_interval is not None:
             positive("keepalive_interval", self.keepalive_interval)
         if not isinstance(self.low_water, int) or not 0 <= self.low_water < self.high_water:
@@ -123,6 +153,12 @@ class QuicOptions:
         if self.congestion_control not in CONGESTION_CONTROLS:
             raise ConfigError("QUIC option congestion_control must be one of {}, not {!r}".format(
                 ", ".join(CONGESTION_CONTROLS), self.congestion_control))
+
+    @property
+    def max_inbound(self) -> int:
+        """The most connections peers may open to us at once (L{max_connections} less the outbound reserve)."""
+        reserve = self.outbound_reserve if self.outbound_reserve is not None else self.max_connections // 4
+        return self.max_connections - reserve
 
     def configuration_options(self) -> dict[str, Any]:
         """The keyword arguments of L{crust.transport.quic.tls.make_configuration}."""
@@ -392,6 +428,18 @@ class QuicDriver:
         self.quic.receive_datagram(data, addr, now)
         if self._flush_call is None:  # events are handled in the flush, once per turn
             self._flush_call = self.clock.callLater(0, self._flush)
+
+    def first_datagram_received(self, size: int, now: float) -> None:
+        """
+        The connection's first datagram (of C{size} bytes) went to aioquic
+        already: the dispatcher hands an Initial over itself, to see that it
+        decrypts before it holds a connection for it.
+        """
+        counters = self.counters
+        counters["datagrams_received"] += 1
+        counters["bytes_received"] += size
+        self._last_received = now
+        self.schedule_flush()
 
     # -- application side ---------------------------------------------------------------
 
@@ -675,8 +723,10 @@ class QuicDriver:
         peer_id, problem = check_peer_certificate(self.quic, event.alpn_protocol, self.expected_peer)
         if problem is not None:
             error_code, reason, detail = problem
-            self.log.info("QUIC connection {driver} refused: {reason}: {detail}",
-                          driver=repr(self), reason=reason, detail=detail)
+            # a peer that connected to us is refused in the dispatcher's one line about failed handshakes
+            level = self.log.info if self.is_client else self.log.debug
+            level("QUIC connection {driver} refused: {reason}: {detail}", driver=repr(self), reason=reason,
+                  detail=detail)
             self._decide(HandshakeRefused(reason, detail))
             self.quic.close(error_code=error_code, frame_type=QuicFrameType.CRYPTO,
                             reason_phrase=f"{reason}: {detail}")

@@ -90,7 +90,8 @@ def check_aioquic() -> None:
     """
     Make sure the installed aioquic still has what crust uses beyond its
     public API: the client-certificate request flag, the peer certificate
-    attributes, the connection's stream table and C{_initialize}.
+    attributes, the connection's stream table, its state (the dispatcher
+    sees an Initial decrypt by it) and C{_initialize}.
 
     @raise AioquicIncompatible: naming what is missing.
     """
@@ -103,7 +104,10 @@ def check_aioquic() -> None:
         if not callable(getattr(QuicConnection, name, None)):
             missing.append(f"aioquic.quic.connection.QuicConnection.{name}")
     probe = QuicConnection(configuration=QuicConfiguration(is_client=True))
-    for name, kind in (("_streams", dict), ("_close_event", type(None)), ("_is_client", bool)):
+    from aioquic.quic.connection import QuicConnectionState
+
+    for name, kind in (("_streams", dict), ("_close_event", type(None)), ("_is_client", bool),
+                       ("_state", QuicConnectionState)):
         if not isinstance(getattr(probe, name, ...), kind):
             missing.append(f"aioquic.quic.connection.QuicConnection.{name}")
     # crust-bbr's pacer replaces the recovery's (quic_congestion.install_pacer)

@@ -98,7 +98,7 @@ class Service(MultiService):
         self._creator = ConnectionCreator(make_context(identity, self.cert_info))
         self.observers = Observers()
         self.admission = Admission(lambda: self.config)
-        self.peers = PeerTable(self.admission, self.observers, lambda conn: self._hello_for(conn))
+        self.peers = PeerTable(self.admission, self.observers, lambda conn: self._hello_for(conn), reactor)
         self.dialer = Dialer(self.peers, self.clock, self.peer_id, self.network, lambda: self.config,
                              self.admission.may_dial)
         self.tcp = TcpTransport(reactor, lambda: self._creator, lambda: self.config.connect_timeout,

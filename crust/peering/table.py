@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from crust._util.ratelimit import RateLimiter
+from crust._util.reactor import maybe_global_reactor
 from crust.identity import PeerId
+from crust.session.purpose import ACCEPTED
 from crust.session.send_queue import Dropped
 from crust.peering.handover import Handovers
 from crust.peering.handover import describe as describe_path
@@ -56,6 +59,7 @@ class PeerTable:
     @param admission: the whitelist policy (L{crust.peering.admission.Admission}).
     @param events: the observers' fan-out (L{crust.observer.Observers}).
     @param hello_for: builds the HELLO we send on a connection.
+    @param clock: for the rate of log lines about peers' input; the global reactor by default.
     @ivar accepting: whether connections may become active (the node runs).
     @ivar control_frames: the control frame types subsystems claimed.
     """
@@ -63,7 +67,7 @@ class PeerTable:
     log = Logger()
 
     def __init__(self, admission: AdmissionPolicy, events: PeerEvents,
-                 hello_for: Callable[["PeerConnection"], Hello]) -> None:
+                 hello_for: Callable[["PeerConnection"], Hello], clock: Any = None) -> None:
         self._admission = admission
         self._events = events
         self._hello_for = hello_for
@@ -82,6 +86,10 @@ class PeerTable:
         self._closed_waiters: dict["PeerConnection", list[Deferred]] = {}
         self._pending: dict["PeerConnection", str] = {}  # accepted connections in their handshake, and their host
         self._pending_per_host: dict[str, int] = {}
+        # lines about what peers sent or failed to send: a few a minute for each kind, 10 a second at most
+        self._input_log = RateLimiter(clock if clock is not None else maybe_global_reactor(None),
+                                      per_key=(0.1, 3.0), total=(1.0, 10.0), max_keys=64)
+        self.counters: dict[str, int] = {}  # early failures of connections, by kind (early_timeout...)
 
     # -- registration ------------------------------------------------------------
 
@@ -262,8 +270,24 @@ class PeerTable:
 
     def refused(self, conn: "PeerConnection", reason: str, detail: str) -> None:
         text = f"{reason}: {detail}" if detail else reason
-        self.log.info("handshake with {address} refused: {reason}", address=str(conn.peer_address), reason=text)
+        if self._input_log.allow(f"refused-{reason}"):
+            self.log.info("handshake with {address} refused: {reason}", address=str(conn.peer_address), reason=text)
         conn.purpose.refused(conn, reason, detail)
+
+    def bad_input(self, conn: "PeerConnection", kind: str, reason: str) -> None:
+        if self._input_log.allow(kind):
+            self.log.warn("{conn}: {reason}; closing", conn=repr(conn), reason=reason, kind=kind)
+
+    def failed_early(self, conn: "PeerConnection", kind: str, reason: str) -> None:
+        """
+        An incoming connection failed before its handshake got anywhere: one
+        line naming the address and the reason, at a bounded rate for each
+        kind of failure (our own connects report to whoever made them).
+        """
+        self.counters[f"early_{kind}"] = self.counters.get(f"early_{kind}", 0) + 1
+        if conn.purpose is ACCEPTED and self._input_log.allow(kind):
+            self.log.info("incoming {transport} connection from {address} failed: {reason}",
+                          transport=conn.transport_name, address=str(conn.peer_address), reason=reason, kind=kind)
 
     def admit(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None:
         if self._admitter is None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol as TypingProtocol
 
+from OpenSSL import SSL
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -73,6 +74,13 @@ class ConnectionOwner(TypingProtocol):
     def probed(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None: ...
     def late_hello(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None: ...
     def refused(self, conn: "PeerConnection", reason: str, detail: str) -> None: ...
+    def bad_input(self, conn: "PeerConnection", kind: str, reason: str) -> None:
+        """What the peer sent ends C{conn} (a protocol violation, an oversize frame): say so, at a bounded rate."""
+    def failed_early(self, conn: "PeerConnection", kind: str, reason: str) -> None:
+        """
+        C{conn} ended before its handshake got anywhere (no TLS, a foreign
+        certificate, a timeout before HELLO): nothing else said so.
+        """
     def lost(self, conn: "PeerConnection", reason: str) -> None: ...
     def dropped(self, conn: "PeerConnection", drops: list[Dropped], reason: str) -> None: ...
     def writable(self, conn: "PeerConnection") -> None: ...
@@ -153,6 +161,8 @@ class PeerConnection(Protocol):
         self._timer: Optional[IDelayedCall] = None
         self._close_timer: Optional[IDelayedCall] = None
         self._tls_problem = ""
+        self._early: Optional[tuple[str, str]] = None  # (kind, reason) of an early failure (see failed_early)
+        self._reported = False  # a line about how this connection failed was asked for already
         self._verified_peer: Optional[PeerId] = None
         self._verified_info: Optional[CertInfo] = None
         self.tls_verdict: Optional[bool] = None
@@ -283,12 +293,13 @@ class PeerConnection(Protocol):
             self._violation(e)
 
     def _violation(self, e: ProtocolViolation) -> None:
-        """The peer broke the protocol: say why, and close."""
+        """The peer broke the protocol: say why (at a bounded rate: the owner's), and close."""
+        self._reported = True
         if isinstance(e, FrameTooLarge):
-            self.log.warn("{conn}: {error}; closing", conn=repr(self), error=str(e))
+            self.owner.bad_input(self, "oversize", str(e))
             self.close(CloseReason.OVERSIZE, str(e))
             return
-        self.log.warn("{conn}: protocol violation: {error}; closing", conn=repr(self), error=str(e))
+        self.owner.bad_input(self, "protocol-violation", f"protocol violation: {e}")
         if self.handshake.state is not HandshakeState.CLOSED:
             self.handshake.closed()
         self.close(CloseReason.PROTOCOL_ERROR, str(e))
@@ -310,6 +321,18 @@ class PeerConnection(Protocol):
             text = f"TLS handshake failed: {_failure_text(reason)}"
         else:
             text = f"connection lost: {_failure_text(reason)}"
+        early = self._early
+        if early is None and not self._reported and was in _EARLY_STATES and self._close_reason is None:
+            if self._tls_problem:
+                early = ("certificate", self._tls_problem)
+            elif was is HandshakeState.AWAIT_TLS:
+                # OpenSSL refused what came (random bytes, an HTTP request...), or it ended mid-handshake
+                early = ("not-tls" if isinstance(reason.value, SSL.Error) else "closed-during-tls", text)
+            else:
+                early = ("closed-during-handshake", text)
+        if early is not None and not self._reported:
+            self._reported = True
+            self.owner.failed_early(self, *early)
         lost = self.queues.clear() + self.bulk_queues.clear()
         if lost:
             self.owner.dropped(self, lost, "connection closed")
@@ -644,7 +667,8 @@ class PeerConnection(Protocol):
         self.handshake.admission_result(granted, reason, detail)
 
     def reject(self, reason: RejectReason, detail: str) -> None:
-        self.log.info("{conn}: refusing: {reason}: {detail}", conn=repr(self), reason=reason.value, detail=detail)
+        self._reported = True
+        self.owner.bad_input(self, f"refusing-{reason.value}", f"refusing: {reason.value}: {detail}")
         self._close_reason = f"{reason.value}: {detail}"
         self._send_frame(encode_reject(reason, detail))
         self._lose()
@@ -677,6 +701,7 @@ class PeerConnection(Protocol):
         self.owner.late_hello(self, peer_id, hello)
 
     def refused(self, reason: str, detail: str) -> None:
+        self._reported = True  # the owner says why
         self._close_reason = f"{reason}: {detail}" if detail else reason
         self.owner.refused(self, reason, detail)
         self._lose()
@@ -748,9 +773,9 @@ class PeerConnection(Protocol):
         if self.handshake.state is HandshakeState.AWAIT_CHOICE:
             self.handshake.choice_timed_out()
             return
-        if self.handshake.state in (HandshakeState.AWAIT_TLS, HandshakeState.AWAIT_HELLO,
-                                    HandshakeState.AWAIT_GRANT, HandshakeState.ADMITTING):
+        if self.handshake.state in _EARLY_STATES:
             self._close_reason = f"timeout: handshake not complete after {self.handshake_timeout:g} s"
+            self._early = ("timeout", f"{self._close_reason} ({self.handshake.state.value})")
             self.handshake.closed()
             self._lose()
 
@@ -781,6 +806,11 @@ class PeerConnection(Protocol):
             self._write_control(HEARTBEAT_FRAME)
             self._last_sent = now
         self._schedule_liveness(now, sending)
+
+
+# States where nothing about the peer is settled: a failure here is "early" (ConnectionOwner.failed_early)
+_EARLY_STATES = frozenset((HandshakeState.AWAIT_TLS, HandshakeState.AWAIT_HELLO,
+                           HandshakeState.AWAIT_GRANT, HandshakeState.ADMITTING))
 
 
 def _discard(payload: bytes) -> None:

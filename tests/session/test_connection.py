@@ -290,7 +290,7 @@ class ConnectionTests(SynchronousTestCase):
                           + frame(FrameType.CHOOSE))
         # one REJECT, for the first CHOOSE; the HELLO is not refused again, nor the MOVE reported
         self.assertEqual([t for t, _ in parse_frames(transport.value())], [FrameType.REJECT])
-        self.assertEqual([c[0] for c in owner.calls], ["refused"])
+        self.assertEqual([c[0] for c in owner.calls], ["bad_input", "refused"])  # one line saying why, one refusal
 
 
 class HostileHelloTests(SynchronousTestCase):
@@ -380,3 +380,78 @@ class HostilePeerTests(SynchronousTestCase):
                 self.assertEqual(ends[0], len(written) - 1)
             self.assertTrue(transport.disconnecting)
         clock.advance(120)  # every timer runs out without error
+
+
+class EarlyFailureTests(SynchronousTestCase):
+    """
+    Hardening, defect 9: a connection that fails before its handshake got
+    anywhere tells its owner once (C{failed_early}, which logs one line); one
+    that the peer's input ended tells it C{bad_input}; our own closes neither.
+    """
+
+    def make(self, **kw):
+        self.clock = Clock()
+        self.owner = FakeOwner()
+        settings = dict(max_message_size=1000, max_queued_bytes=3000, drop_after=60.0, heartbeat_interval=20.0,
+                        inactivity_timeout=120.0, handshake_timeout=10.0)
+        settings.update(kw)
+        conn = PeerConnection(self.owner, self.clock, local_id=HIGH, network=NET, initiator=False, **settings)
+        conn.makeConnection(StringTransport())
+        return conn
+
+    def test_timeout_before_tls(self):
+        conn = self.make()
+        self.clock.advance(10)
+        conn.connectionLost(Failure(ConnectionDone()))
+        (kind, reason), = self.owner.named("failed_early")
+        self.assertEqual(kind, "timeout")
+        self.assertIn("handshake not complete after 10 s (await-tls)", reason)
+        self.assertEqual(self.owner.named("bad_input"), [])
+
+    def test_timeout_before_hello(self):
+        conn = self.make()
+        conn.handshake.tls_complete(LOW)
+        self.clock.advance(10)
+        conn.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual([k for k, _ in self.owner.named("failed_early")], ["timeout"])
+
+    def test_not_tls(self):
+        from OpenSSL import SSL
+
+        conn = self.make()
+        conn.connectionLost(Failure(SSL.Error([("SSL routines", "", "http request")])))
+        (kind, reason), = self.owner.named("failed_early")
+        self.assertEqual(kind, "not-tls")
+        self.assertIn("http request", reason)
+
+    def test_closed_mid_tls_and_foreign_certificate(self):
+        conn = self.make()
+        conn.connectionLost(Failure(ConnectionDone()))
+        conn = self.make()
+        self.assertFalse(conn.tls_verify_peer(None, "the peer's certificate key is not Ed25519"))
+        conn.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.owner.named("failed_early"),
+                         [("certificate", "the peer's certificate key is not Ed25519")])
+
+    def test_protocol_violation_is_bad_input_only(self):
+        conn = self.make()
+        conn.handshake.tls_complete(LOW)
+        conn.dataReceived(frame(FrameType.HELLO, b"[" * 900))
+        conn.connectionLost(Failure(ConnectionDone()))
+        (kind, reason), = self.owner.named("bad_input")
+        self.assertEqual(kind, "protocol-violation")
+        self.assertEqual(self.owner.named("failed_early"), [])
+
+    def test_our_own_close_is_not_a_failure(self):
+        conn = self.make()
+        conn.close(CloseReason.SHUTDOWN, "stopping")
+        conn.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.owner.named("failed_early") + self.owner.named("bad_input"), [])
+
+    def test_candidate_that_loses_is_not_a_failure(self):
+        conn = self.make()
+        conn.handshake.tls_complete(HIGH.__class__(b"\x0a" * 32))  # the peer chooses
+        conn.dataReceived(Hello(network=NET).encode())
+        conn.close_duplicate()
+        conn.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.owner.named("failed_early"), [])

@@ -172,9 +172,10 @@ class TcpTransport:
 class _PausingPort(tcp.Port):
     """
     A listening port that, out of file descriptors (EMFILE/ENFILE: every
-    descriptor in use), stops accepting for L{ACCEPT_PAUSE} seconds, saying
-    so once, instead of spinning on a socket it cannot accept from and
-    logging every try (Twisted's own port logs each one).
+    descriptor in use), stops accepting for L{ACCEPT_PAUSE} seconds at a
+    time until it can accept again, saying so once for the whole shortage,
+    instead of spinning on a socket it cannot accept from and logging every
+    try (Twisted's own port logs each one).
     """
 
     def __init__(self, port: Any, factory: Any, backlog: int, interface: str, reactor: Any,
@@ -182,6 +183,7 @@ class _PausingPort(tcp.Port):
         super().__init__(port, factory, backlog, interface, reactor)
         self._owner = owner
         self._out_of_fds = False
+        self._said = False  # the shortage was logged
         self._paused: Any = None
         self._clock = reactor
         self._logger = Logger(namespace="crust.transport.tcp.accept", observer=_AcceptEvents(self))
@@ -195,10 +197,14 @@ class _PausingPort(tcp.Port):
     def doRead(self) -> None:
         self._out_of_fds = False
         super().doRead()
-        if self._out_of_fds and self._paused is None and self.connected:
+        if not self._out_of_fds:
+            self._said = False  # descriptors again: a later shortage is news
+        elif self._paused is None and self.connected:
             self._owner.counters["accept_pauses"] += 1
-            self._owner.log.warn("out of file descriptors: not accepting TCP connections for {pause:g} s",
-                                 pause=ACCEPT_PAUSE)
+            if not self._said:  # once for as long as the shortage lasts
+                self._said = True
+                self._owner.log.warn("out of file descriptors: not accepting TCP connections, trying again "
+                                     "every {pause:g} s", pause=ACCEPT_PAUSE)
             self.stopReading()
             self._paused = self._clock.callLater(ACCEPT_PAUSE, self._resume)
 

@@ -4,7 +4,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from crust.address import Address
@@ -116,3 +116,76 @@ def deferLater(seconds):
     from twisted.internet.task import deferLater as later
 
     return later(reactor, seconds, lambda: None)
+
+
+class _OutOfDescriptors:
+    """A listening socket whose accept() fails with C{error} while C{failing}, then has nothing to accept."""
+
+    def __init__(self, error: int) -> None:
+        self.error = error
+        self.failing = True
+        self.accepts = 0
+
+    def accept(self):
+        import errno
+
+        self.accepts += 1
+        raise OSError(self.error if self.failing else errno.EAGAIN, "accept")
+
+    def fileno(self):
+        return -1
+
+
+class AcceptPauseTests(SynchronousTestCase):
+    """The accept loop out of file descriptors (hardening: 9,411 EMFILE lines in 25 s): pause 1 s, say so once."""
+
+    def port(self, error):
+        from twisted.internet.testing import MemoryReactorClock
+
+        from crust.transport.tcp import _PausingPort
+
+        self.reactor = MemoryReactorClock()
+        self.transport = TcpTransport(self.reactor, lambda: None, lambda: 5.0)
+        port = _PausingPort(0, Factory(), 5, "127.0.0.1", self.reactor, self.transport)
+        port.socket = self.socket = _OutOfDescriptors(error)
+        port.connected = True
+        port.numberAccepts = 100  # as startListening sets it
+        port.startReading()
+        return port
+
+    def test_pauses_and_resumes_saying_so_once(self):
+        import errno
+
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        for error in (errno.EMFILE, errno.ENFILE):
+            logged: list = []
+            globalLogPublisher.addObserver(logged.append)
+            self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+            port = self.port(error)
+            port.doRead()
+            self.assertNotIn(port, self.reactor.readers)  # paused: the reactor does not call it
+            self.assertEqual(self.transport.counters["accept_pauses"], 1)
+            self.reactor.advance(0.99)
+            self.assertNotIn(port, self.reactor.readers)
+            self.reactor.advance(0.01)
+            self.assertIn(port, self.reactor.readers)  # resumed after 1 s
+            port.doRead()  # still out of descriptors: paused again, no new line
+            self.assertNotIn(port, self.reactor.readers)
+            self.assertEqual(self.transport.counters["accept_pauses"], 2)
+            warnings = [e for e in logged if e.get("log_level") == LogLevel.warn]
+            self.assertEqual(len(warnings), 1, warnings)
+            self.assertIn("out of file descriptors", warnings[0]["log_format"])
+            # Twisted's own lines about each failed accept stay with the port
+            self.assertEqual([e for e in logged if "accept" in str(e.get("log_format", "")).lower()
+                              and e.get("log_level") != LogLevel.warn], [])
+            self.reactor.advance(1.0)
+            self.socket.failing = False
+            port.doRead()  # descriptors again
+            self.assertIn(port, self.reactor.readers)
+            self.socket.failing = True
+            port.doRead()  # a new shortage is news again
+            warnings = [e for e in logged if e.get("log_level") == LogLevel.warn]
+            self.assertEqual(len(warnings), 2)
+            port.stopListening()  # the pause's timer goes with it
+            self.assertEqual([c for c in self.reactor.getDelayedCalls() if c.getTime() > self.reactor.seconds()], [])

@@ -315,6 +315,8 @@ class ServiceCollector:
             yield from self._turn(svc.turn)
         if svc.udp_endpoint is not None:
             yield from self._udp(svc.udp_endpoint)
+        if svc.quic is not None:
+            yield from self._quic(svc.quic)
         yield from self._port_mapping(svc.port_mapper)
 
     def _connections(self, svc: "Service") -> Iterator[Metric]:
@@ -443,6 +445,18 @@ class ServiceCollector:
             ((["in"], counters["received_bytes"]), (["out"], counters["sent_bytes"])))
         yield _counter("crust_udp_send_failures", "Datagrams the UDP socket could not send.",
                        counters["send_failures"])
+
+    def _quic(self, dispatcher: Any) -> Iterator[Metric]:
+        counters = dispatcher.counters
+        yield _labelled(CounterMetricFamily(
+            "crust_quic_initials_turned_away", "QUIC Initials that opened no connection, by fate (retry: answered "
+            "with a Retry; undecryptable; invalid-token; refused-full: the inbound connections are all taken; "
+            "refused-pending: too many handshakes pending).", labels=["fate"]),
+            (([fate], counters[key]) for fate, key in (
+                ("retry", "retries"), ("undecryptable", "undecryptable"), ("invalid-token", "invalid_token"),
+                ("refused-full", "refused_full"), ("refused-pending", "refused_pending"))))
+        yield GaugeMetricFamily("crust_quic_handshakes_pending", "Incoming QUIC handshakes under way.",
+                                value=dispatcher.admission.pending)
 
     def _port_mapping(self, mapper: Any) -> Iterator[Metric]:
         mappings = GaugeMetricFamily("crust_port_mappings", "Ports the gateway forwards to us now, by transport "

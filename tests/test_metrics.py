@@ -337,6 +337,26 @@ class ScrapeTests(TestCase):
         self.assertEqual(value(found_b, "crust_handshake_failures_total", transport="tcp", reason="tls"), 1)
 
     @defer.inlineCallbacks
+    def test_quic_initials_turned_away(self):
+        import random
+        import socket
+
+        from tests.hostile.attacker import junk_initial
+
+        a = make_service(self)
+        url = self.serve(a)
+        info = yield a.prepare_connection_info()
+        udp = [x for x in info.public.addresses if x.transport == "udp"][0].sockaddr()
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(s.close)
+        s.sendto(junk_initial(random.Random(1)), udp)
+        yield wait_for(lambda: a.quic.counters["undecryptable"])
+        found = yield self.scrape(url)
+        self.assertEqual(value(found, "crust_quic_initials_turned_away_total", fate="undecryptable"), 1)
+        self.assertEqual(value(found, "crust_quic_initials_turned_away_total", fate="retry"), 0)
+        self.assertEqual(value(found, "crust_quic_handshakes_pending"), 0)
+
+    @defer.inlineCallbacks
     def test_the_page(self):
         a = make_service(self)
         url = self.serve(a)

@@ -71,6 +71,33 @@ class RateLimiter:
         self._total[0] -= 1
         return True
 
+    def _buckets(self, key: Hashable) -> list[float]:
+        now = self._clock.seconds()
+        bucket = self._keys.get(key)
+        if bucket is None:
+            bucket = self._keys[key] = [float(self.per_key[1]), now]
+            while len(self._keys) > self.max_keys:
+                self._keys.popitem(last=False)
+        else:
+            self._keys.move_to_end(key)
+        self._refill(bucket, self.per_key, now)
+        self._refill(self._total, self.total, now)
+        return bucket
+
+    def would_allow(self, key: Hashable) -> bool:
+        """Whether L{allow} would now; takes nothing."""
+        return self._buckets(key)[0] >= 1 and self._total[0] >= 1
+
+    def charge(self, key: Hashable) -> None:
+        """
+        Take one token from C{key}'s bucket and one from the total, as far
+        as there are any (for limits on what went wrong, counted after the
+        fact: see L{would_allow}).
+        """
+        bucket = self._buckets(key)
+        bucket[0] = max(0.0, bucket[0] - 1)
+        self._total[0] = max(0.0, self._total[0] - 1)
+
     def __len__(self) -> int:
         """The number of keys remembered (at most C{max_keys})."""
         return len(self._keys)

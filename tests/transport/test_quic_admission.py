@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from crust.errors import ConfigError
 from crust.identity import Identity
-from crust.transport.quic.admission import ACCEPT, RETRY, UNVALIDATED_RATE, InboundAdmission, Refusal
+from crust.transport.quic.admission import ACCEPT, RETRY, FAILURE_RATE, InboundAdmission, Refusal
 from crust.transport.quic.dispatcher import QuicConnectionLost, QuicOptions
 from crust.transport.quic.tls import CrustQuicConnection, make_configuration
 from tests.transport.test_quic import START, QuicTestCase, Recorder, results
@@ -74,15 +74,36 @@ class AdmissionTests(SynchronousTestCase):
         self.assertEqual((self.admission.pending_from("192.0.2.1", False),
                           self.admission.pending_from("192.0.2.1", True)), (2, 2))
 
-    def test_rate_of_unvalidated_connections(self):
+    def test_rate_of_failures_from_unvalidated_sources(self):
         options = QuicOptions(retry_threshold=64, max_pending_inbound=64, max_pending_per_source=64)
         admission = InboundAdmission(self.clock, options)
-        per_ip_burst = int(UNVALIDATED_RATE[0][1])
-        decisions = [admission.decide("192.0.2.1", validated=False, inbound=0) for _ in range(per_ip_burst + 5)]
-        self.assertEqual(decisions.count(ACCEPT), per_ip_burst)
-        self.assertEqual(admission.counters["retry_rate"], 5)
+        per_ip_burst = int(FAILURE_RATE[0][1])
+        # handshakes that complete cost nothing, however many
+        for i in range(per_ip_burst * 5):
+            self.assertIs(admission.decide("192.0.2.1", validated=False, inbound=0), ACCEPT, i)
+            admission.add(i, "192.0.2.1", False)
+            admission.settle(i)
+        # Initials that do not decrypt, and handshakes that fail, do
+        for i in range(per_ip_burst - 1):
+            admission.failed("192.0.2.1")
+        admission.add("x", "192.0.2.1", False)
+        admission.handshake_failed("x")
+        self.assertEqual(admission.pending, 0)
+        self.assertIs(admission.decide("192.0.2.1", validated=False, inbound=0), RETRY)
+        self.assertEqual(admission.counters["retry_rate"], 1)
+        self.assertIs(admission.decide("192.0.2.2", validated=False, inbound=0), ACCEPT)  # another IP
+        self.assertIs(admission.decide("192.0.2.1", validated=True, inbound=0), ACCEPT)  # a token proves it
         self.clock.advance(1.0)
         self.assertIs(admission.decide("192.0.2.1", validated=False, inbound=0), ACCEPT)
+        # failures from many sources exhaust the total
+        for i in range(int(FAILURE_RATE[1][1])):
+            admission.failed(f"198.51.100.{i}")
+        self.assertIs(admission.decide("203.0.113.7", validated=False, inbound=0), RETRY)
+        # a validated source's failed handshake is not counted
+        self.clock.advance(10.0)
+        admission.add("v", "192.0.2.9", True)
+        admission.handshake_failed("v")
+        self.assertIs(admission.decide("192.0.2.9", validated=False, inbound=0), ACCEPT)
 
     def test_inbound_share(self):
         full = self.admission.decide("192.0.2.1", validated=True, inbound=self.options.max_inbound)

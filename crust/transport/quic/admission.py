@@ -9,9 +9,12 @@ opens a connection only while that is cheap to grant:
 
   - fewer than C{retry_threshold} inbound handshakes pending;
   - fewer than C{max_pending_per_source} of them from its IP;
-  - within a rate of such connections per IP and in total
-    (L{UNVALIDATED_RATE}: an Initial that does not decrypt holds nothing,
-    but still costs a connection's setup, some 0.4 ms);
+  - while its IP, and all sources together, stay within a rate of
+    failures (L{FAILURE_RATE}): Initials from addresses not yet validated
+    that did not decrypt, and handshakes of such connections that failed or
+    timed out.  An Initial that does not decrypt holds nothing, but still
+    costs a connection's setup, some 0.4 ms; a peer whose handshakes
+    complete is never held to this rate, however often it connects;
 
 otherwise it gets a Retry (RFC 9000 section 8.1.2): a stateless token
 bound to its address and connection id, which only a sender that receives
@@ -35,9 +38,9 @@ from typing import Any, Hashable, NamedTuple, Union
 from crust._util.ratelimit import RateLimiter
 from crust.transport.quic.driver import QuicOptions
 
-#: C{(per IP, total)} token buckets (rate per second, burst) of connections opened for Initials from
-#: addresses not yet validated; beyond them, such Initials get a Retry.
-UNVALIDATED_RATE = ((5.0, 10.0), (50.0, 50.0))
+#: C{(per IP, total)} token buckets (rate per second, burst) of failures of connections opened for
+#: Initials from addresses not yet validated; beyond them, such Initials get a Retry.
+FAILURE_RATE = ((5.0, 10.0), (50.0, 50.0))
 
 
 class _Decision:
@@ -73,12 +76,12 @@ class InboundAdmission:
     @param options: the dispatcher's L{QuicOptions}.
     @ivar counters: C{retry_threshold} (Retries because many handshakes are
         pending), C{retry_source} (because its IP has many pending),
-        C{retry_rate} (because of the rate of unvalidated connections).
+        C{retry_rate} (because of the rate of failures from unvalidated sources).
     """
 
     def __init__(self, clock: Any, options: QuicOptions) -> None:
         self.options = options
-        self._rate = RateLimiter(clock, *UNVALIDATED_RATE, max_keys=4096)
+        self._failures = RateLimiter(clock, *FAILURE_RATE, max_keys=4096)
         self._pending: dict[Hashable, tuple[str, bool]] = {}
         self._by_source: dict[tuple[str, bool], int] = {}  # (host, validated) -> pending handshakes
         self.counters = dict.fromkeys(("retry_threshold", "retry_source", "retry_rate"), 0)
@@ -115,10 +118,21 @@ class InboundAdmission:
         if self._by_source.get((host, False), 0) >= options.max_pending_per_source:
             counters["retry_source"] += 1
             return RETRY
-        if not self._rate.allow(host):
+        if not self._failures.would_allow(host):
             counters["retry_rate"] += 1
             return RETRY
         return ACCEPT
+
+    def failed(self, host: str) -> None:
+        """An Initial from C{host}, not yet validated, opened nothing (it did not decrypt)."""
+        self._failures.charge(host)
+
+    def handshake_failed(self, key: Hashable) -> None:
+        """C{key}'s handshake failed or timed out (and is settled); counts if its source was not validated."""
+        source = self._pending.get(key)
+        self.settle(key)
+        if source is not None and not source[1]:
+            self._failures.charge(source[0])
 
     def add(self, key: Hashable, host: str, validated: bool) -> None:
         """A connection C{key} was opened for an Initial from C{host}: its handshake is pending."""
@@ -140,4 +154,4 @@ class InboundAdmission:
             del self._by_source[source]
 
 
-__all__ = ["ACCEPT", "Decision", "InboundAdmission", "RETRY", "Refusal", "UNVALIDATED_RATE"]
+__all__ = ["ACCEPT", "Decision", "InboundAdmission", "RETRY", "Refusal", "FAILURE_RATE"]

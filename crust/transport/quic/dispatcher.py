@@ -246,6 +246,8 @@ class QuicDispatcher:
         if quic._state is QuicConnectionState.FIRSTFLIGHT:
             # nothing in it decrypted (random bytes behind an Initial's header): no connection, no slot
             counters["undecryptable"] += 1
+            if not validated:
+                self.admission.failed(host)
             self._early_failure(addr, "undecryptable", "its Initial does not decrypt")
             return
         driver = self._add(quic)
@@ -337,7 +339,7 @@ class QuicDispatcher:
             driver.abort_connection("internal error")
 
     def _handshake_failed(self, failure: Failure, driver: QuicDriver) -> None:
-        self.admission.settle(driver)
+        self.admission.handshake_failed(driver)
         self.counters["handshake_failures"] += 1
         value = failure.value
         if isinstance(value, HandshakeRefused):

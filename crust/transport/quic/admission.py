@@ -24,7 +24,7 @@ C{max_pending_inbound} handshakes are pending in all and fewer than
 C{max_pending_per_source} validated ones from its IP; otherwise it is
 dropped.  Either way, inbound connections never hold more than
 L{crust.transport.quic.driver.QuicOptions.max_inbound}: the rest of
-C{max_connections} is the reserve of the node's own connects.
+C{max_connections} is the reserve of the node's own connects.  In use::
 
     decision = admission.decide(host, validated=..., inbound=...)
     if decision is ACCEPT: ...; admission.add(driver, host, validated)

@@ -282,7 +282,7 @@ class SpliceSession:
                 continue
             if was == "spliced" and self.graceful:
                 transport.loseConnection()
-                self._close_timers.append(self.clock.callLater(CLOSE_GRACE, _abort, socket))
+                socket.abort_timer = self.clock.callLater(CLOSE_GRACE, socket.abort)
             else:
                 transport.abortConnection()
 
@@ -315,12 +315,6 @@ def _send(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
-def _abort(socket: "SpliceSocket") -> None:
-    transport: Any = socket.transport
-    if not socket.lost and transport is not None:
-        transport.abortConnection()
-
-
 class SpliceSocket(Protocol):
     """One end's spliced connection, at the relay."""
 
@@ -328,7 +322,7 @@ class SpliceSocket(Protocol):
         self.session = session
         self.side = side
         self.lost = False
-        self.pump: Optional[SplicePump] = None
+        self.abort_timer: Any = None  # closing: aborted if it does not flush in time
 
     def connectionMade(self) -> None:
         self.session.socket_made()
@@ -341,8 +335,17 @@ class SpliceSocket(Protocol):
             # an end sends nothing before SPLICED: this one does not follow the protocol
             self.session.fall_back()
 
+    def abort(self) -> None:
+        self.abort_timer = None
+        transport: Any = self.transport
+        if not self.lost and transport is not None:
+            transport.abortConnection()
+
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         self.lost = True
+        if self.abort_timer is not None and self.abort_timer.active():
+            self.abort_timer.cancel()
+        self.abort_timer = None
         self.session.socket_lost(self.side, reason)
 
 

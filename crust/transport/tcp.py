@@ -125,13 +125,20 @@ class _FirstBytes(Protocol):
         self._done = False
 
     def connectionMade(self) -> None:
-        self._owner.first_bytes_started(self._host)
+        self._owner.first_bytes_started(self, self._host)
         self._timer = self._owner.reactor.callLater(PREAMBLE_TIMEOUT, self._timed_out)
+
+    def abort(self) -> None:
+        """Close it now (the listener stopped)."""
+        self._finish()
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
 
     def _finish(self) -> None:
         if not self._done:
             self._done = True
-            self._owner.first_bytes_ended(self._host)
+            self._owner.first_bytes_ended(self, self._host)
             if self._timer is not None and self._timer.active():
                 self._timer.cancel()
             self._timer = None
@@ -219,7 +226,7 @@ class TcpTransport:
         self._refusal_log = RateLimiter(reactor, (0.2, 3.0), (1.0, 10.0))
         self._preambles: dict[int, _Preamble] = {}  # by first byte
         self._first_bytes: dict[Any, int] = {}  # accepted connections waiting for their first bytes, by host
-        self._first_bytes_total = 0
+        self._waiting: set[_FirstBytes] = set()
 
     def available(self) -> bool:
         return self._available()
@@ -265,19 +272,19 @@ class TcpTransport:
 
     def first_bytes_refusal(self, addr: Any) -> Optional[str]:
         """Why a connection just accepted may not wait for its first bytes (the caps), or None."""
-        if self._first_bytes_total >= MAX_FIRST_BYTES:
-            return f"{self._first_bytes_total} connections already waiting for their first bytes"
+        if len(self._waiting) >= MAX_FIRST_BYTES:
+            return f"{len(self._waiting)} connections already waiting for their first bytes"
         host = getattr(addr, "host", None)
         if self._first_bytes.get(host, 0) >= MAX_FIRST_BYTES_PER_HOST:
             return f"{MAX_FIRST_BYTES_PER_HOST} connections from {host} already waiting for their first bytes"
         return None
 
-    def first_bytes_started(self, host: Any) -> None:
-        self._first_bytes_total += 1
+    def first_bytes_started(self, waiting: "_FirstBytes", host: Any) -> None:
+        self._waiting.add(waiting)
         self._first_bytes[host] = self._first_bytes.get(host, 0) + 1
 
-    def first_bytes_ended(self, host: Any) -> None:
-        self._first_bytes_total -= 1
+    def first_bytes_ended(self, waiting: "_FirstBytes", host: Any) -> None:
+        self._waiting.discard(waiting)
         left = self._first_bytes.get(host, 0) - 1
         if left > 0:
             self._first_bytes[host] = left
@@ -399,6 +406,8 @@ class _PausingPort(tcp.Port):
         if self._paused is not None and self._paused.active():
             self._paused.cancel()
         self._paused = None
+        for waiting in list(self._owner._waiting):  # accepted, still without their first bytes
+            waiting.abort()
         return super().stopListening() if connDone is None else super().stopListening(connDone)
 
 

@@ -24,8 +24,8 @@ from tests.util import connect_pair, make_service, wait_for
 OTHER_STRATEGIES = ("tcp", "quic", "rendezvous", "tcp-punch", "udp-punch")
 
 
-class RelayLoopbackTests(TestCase):
-    """Spliced circuits."""
+class RelayNodes(TestCase):
+    """Three nodes on loopback (no tests of its own)."""
 
     timeout = 60
     splice = True
@@ -51,6 +51,10 @@ class RelayLoopbackTests(TestCase):
         self.assertEqual(peer, b.peer_id)
         yield wait_for(lambda: a.peer_id in b.peers.active)
         return r, a, b
+
+
+class RelayLoopbackTests(RelayNodes):
+    """Spliced circuits."""
 
     @defer.inlineCallbacks
     def test_connect_by_peer_id_goes_through_the_relay(self):

@@ -49,6 +49,7 @@ from crust.identity import PeerId
 from crust.relay import messages
 from crust.relay.circuit import CircuitTransport, RelayAddress, RelayClosed
 from crust.relay.preamble import SPLICED, encode_preamble
+from crust.relay.splicer import no_delay
 
 if TYPE_CHECKING:
     from crust.session.connection import PeerConnection
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT = 3.0  # seconds to connect to the relay's listener, else the circuit goes on frames
 ANSWER_TIMEOUT = 15.0  # seconds for the relay's answer to the preamble (it answers within its token lifetime)
 CLOSE_GRACE = 2.0  # seconds between the socket's end and the circuit's CLOSE, either way round
-SOCKET_IO_SIZE = 256 * 1024
 
 #: C{build(transport)}: the secure connection run on C{transport} (a circuit or a link), its handshake started.
 Build = Callable[[Any], "PeerConnection"]
@@ -230,8 +230,7 @@ class SpliceLink(Protocol):
     def connectionMade(self) -> None:
         transport: Any = self.transport
         self.raw = transport
-        if hasattr(transport, "bufferSize"):
-            transport.bufferSize = SOCKET_IO_SIZE
+        no_delay(transport)
         self.state = "presented"
         transport.write(encode_preamble(self._attempt.token))
         self._arm(ANSWER_TIMEOUT, self._attempt.answer_timed_out)

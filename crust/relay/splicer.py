@@ -181,8 +181,7 @@ class SpliceSession:
         for socket in sockets:
             transport = socket.transport
             assert transport is not None
-            if hasattr(transport, "bufferSize"):
-                transport.bufferSize = SOCKET_IO_SIZE
+            no_delay(transport)
             transport.write(SPLICED)
         a, t = sockets
         self.pumps = [SplicePump(self, A, a.transport, t.transport), SplicePump(self, T, t.transport, a.transport)]
@@ -285,6 +284,22 @@ class SpliceSession:
                 socket.abort_timer = self.clock.callLater(CLOSE_GRACE, socket.abort)
             else:
                 transport.abortConnection()
+
+
+def no_delay(transport: Any) -> None:
+    """
+    Big reads, and no Nagle on a spliced socket: what comes in goes out at
+    once (held back for an acknowledgement, a small TLS record, the end of a
+    handshake, would wait for the other side's delayed ACK at each hop).
+    """
+    if hasattr(transport, "bufferSize"):
+        transport.bufferSize = SOCKET_IO_SIZE
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:  # pragma: no cover - a socket already closing
+            pass
 
 
 def _send(transport: Any, data: bytes) -> None:

@@ -285,7 +285,9 @@ class SpliceLink(Protocol):
             self._deliver(self._we_closed or failure)
             return
         self._relay_closed = failure
-        if self._timer is None:
+        if not failure.check(RelayClosed):  # we ended the circuit ourselves (the node stops): the socket goes now
+            self._abort_socket()
+        elif self._timer is None:
             self._arm(CLOSE_GRACE, self._abort_socket)
 
     def _abort_socket(self) -> None:

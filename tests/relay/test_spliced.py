@@ -257,3 +257,12 @@ class EndTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertTrue(self.lost().check(Exception))
         self.assertEqual(len(self.protocol.lost), 1)
+
+    def test_our_own_end_of_the_circuit_takes_the_socket_at_once(self) -> None:
+        link, raw = self.spliced()
+        self.circuit.abortConnection()  # (the node stops: its circuits are aborted)
+        self.clock.advance(0)
+        self.assertTrue(raw.aborted)
+        link.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(len(self.protocol.lost), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -117,7 +117,7 @@ class SpliceLoopbackTests(RelayNodes):
 
     @defer.inlineCallbacks
     def test_the_time_limit_ends_a_spliced_circuit_with_the_reason_at_both_ends(self):
-        r, a, b = yield self.relayed(RelayLimits(seconds_per_circuit=1.0))
+        r, a, b = yield self.relayed(RelayLimits(seconds_per_circuit=2.0))
         yield wait_for(lambda: a.events.named("lost_peer") and b.events.named("lost_peer"))
         for node, other in ((a, b), (b, a)):
             self.assertEqual(node.events.named("relay_circuit_closed"),

@@ -50,6 +50,8 @@ class RelayNodes(TestCase):
         peer = yield a.connect(b.peer_id)
         self.assertEqual(peer, b.peer_id)
         yield wait_for(lambda: a.peer_id in b.peers.active)
+        # spliced, or on frames, as the test class says
+        self.assertEqual(r.relay.stats()["splice_spliced"], 1 if self.splice else 0)
         return r, a, b
 
 

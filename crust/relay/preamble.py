@@ -2,7 +2,7 @@
 The splice preamble (pure: no I/O): what an end of a relayed circuit sends
 first on the plain TCP connection it opens to the relay's listening port, so
 that the relay can join it to the circuit's other end (L{crust.relay.splicer},
-doc/protocol.md section 12).
+doc/protocol.md section 12)::
 
     offset  size  what
     0       4     MAGIC, "CRSP" (0x43 0x52 0x53 0x50)

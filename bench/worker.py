@@ -22,8 +22,8 @@ Implementations (C{--impl}):
     client connects to the server by peer id with only the C{relay} dial
     strategy: the connection is a circuit through the relay (spliced onto
     TCP connections to it, unless C{--relay-frames}), the secure channel end
-    to end inside it.  The relay's and the invited end's rate limits on new
-    circuits are lifted, for the setup test.
+    to end inside it.  The relay's and the invited end's rate limits on
+    queries and new circuits are lifted, for the setup test.
   - C{crust} with C{--signed message} or C{--signed batch}: the client sends
     with C{Service.send(..., signed=True)} or C{signed="batch"}; the server
     checks every signature (its observer gets the messages as any others).
@@ -231,14 +231,17 @@ def _crust_config(args):
 
 def _lift_circuit_rates() -> None:
     """
-    The setup test opens a circuit per connection, one after the other: more
-    a second than a relay takes from one peer (and an end from one relay).
-    Lifted in these processes only, before their service is made.
+    The setup test finds a relay (a rendezvous QUERY) and opens a circuit
+    per connection, one after the other: more a second than a relay answers
+    and takes from one peer (and an end from one relay).  Lifted in these
+    processes only, before their service is made.
     """
+    from crust.punch import rendezvous
     from crust.relay import client, server
 
     server.OPEN_RATE = server.OPEN_TOTAL = (1e6, 1e6)
     client.INVITE_RATE = client.INVITE_TOTAL = (1e6, 1e6)
+    rendezvous.ANSWER_RATE = rendezvous.FORWARD_TOTAL = (1e6, 1e6)
 
 
 def crust_server(args, reactor) -> None:

@@ -5,8 +5,8 @@ crust over QUIC against aioquic's own asyncio client and server, crust
 relayed through a third node against crust over TCP directly, and signed
 100-byte messages (each signed, and in batches) against unsigned ones, same run.
 
-    python bench/run.py                 # full run (~2.5 minutes), tables on stdout
-    python bench/run.py --quick         # smoke run (~15 s): short, 1 repetition
+    python bench/run.py                 # full run (~3.5 minutes), tables on stdout
+    python bench/run.py --quick         # smoke run (~25 s): short, 1 repetition
     python bench/run.py --json          # the same figures as JSON on stdout
     python bench/run.py --profile DIR   # also cProfile every worker into DIR
 
@@ -56,10 +56,12 @@ from _common import (  # noqa: E402
     ratio,
 )
 
-IMPLS = ("crust", "tls", "quic", "aioquic", "relay", "signed", "batched")
+IMPLS = ("crust", "tls", "quic", "aioquic", "relay", "signed", "batched", "relay-frames")
+DEFAULT_IMPLS = IMPLS[:-1]  # relay-frames on request: the relayed case without splicing, for comparison
 TESTS = ("bulk", "rate", "setup")
 NAMES = {"crust": "crust", "tls": "TLS baseline", "quic": "crust/QUIC", "aioquic": "aioquic",
-         "relay": "crust relayed", "signed": "crust signed", "batched": "crust batched"}
+         "relay": "crust relayed", "signed": "crust signed", "batched": "crust batched",
+         "relay-frames": "relayed, frames"}
 
 # what each implementation is: the worker kind, its section, and the tests it runs
 KINDS = {
@@ -70,10 +72,11 @@ KINDS = {
     "relay": ("relay", "relay"),
     "signed": ("crust", "signed"),
     "batched": ("crust", "signed"),
+    "relay-frames": ("relay", "relay"),
 }
-# a raw QUIC stream has no messages to count; the relayed case measures what a relay costs in bulk;
-# signing costs per message: the signed cases measure the 100-byte rate
-IMPL_TESTS = {"aioquic": ("bulk", "setup"), "relay": ("bulk",), "signed": ("rate",), "batched": ("rate",)}
+# a raw QUIC stream has no messages to count; signing costs per message: the signed cases measure the
+# 100-byte rate
+IMPL_TESTS = {"aioquic": ("bulk", "setup"), "signed": ("rate",), "batched": ("rate",)}
 # crust over TCP sending with Service.send(..., signed=...): each message signed, or in batches
 SIGNING = {"signed": "message", "batched": "batch"}
 # their Config.max_queued_bytes: the sender stops 1 MiB over half of it, and the end marker waits behind
@@ -86,8 +89,8 @@ SECTIONS = {
             "title": "crust over TCP vs plain Twisted TLS 1.3 (Int32StringReceiver)"},
     # the baseline is the tcp section's crust, measured just before in the same repetition
     "relay": {"subject": "relay", "baseline": "crust",
-              "title": "crust relayed through a third node (a circuit, TLS end to end inside) vs crust over TCP "
-                       "directly"},
+              "title": "crust relayed through a third node (a circuit spliced onto TCP connections to it, TLS "
+                       "end to end) vs crust over TCP directly"},
     "quic": {"subject": "quic", "baseline": "aioquic",
              "title": "crust over QUIC vs aioquic's own asyncio client and server (one stream)"},
     # the baseline is the tcp section's crust (unsigned), measured just before in the same repetition
@@ -246,8 +249,9 @@ class Runner:
         env = self._env_for(spec["path"])
         max_queued = spec["max_queued"] or o.max_queued
         priority = o.quic_priority if kind == "quic" else 1
+        frames = ["--relay-frames"] if impl == "relay-frames" else []
         common = [
-            "--impl", kind, "--test", test, "--size", str(size),
+            *frames, "--impl", kind, "--test", test, "--size", str(size),
             "--duration", str(o.duration), "--warmup", str(o.warmup),
             "--connections", str(o.connections), "--certdir", self.certdir,
             "--max-queued", str(max_queued), "--priority", str(priority),
@@ -291,13 +295,22 @@ class Runner:
             if test == "setup":
                 result = client.wait("result", deadline)
                 times_ms = [t * 1000 for t in result["times"]]
-                server.stop()  # it reports its CPU time as it exits
-                try:
-                    server_cpu = server.wait("exit", time.monotonic() + 5)["cpu_since_listening"]
-                except BenchError:
-                    server_cpu = math.nan
+                server_cpu = relay_cpu = 0.0
+                for w in (server, relay):
+                    if w is None:
+                        continue
+                    w.stop()  # it reports its CPU time as it exits
+                    try:
+                        cpu = w.wait("exit", time.monotonic() + 5)["cpu_since_listening"]
+                    except BenchError:
+                        cpu = math.nan
+                    if w is server:
+                        server_cpu = cpu
+                    else:
+                        relay_cpu = cpu
                 return {
-                    "cpu_ms_per_connection": (result["cpu"] + server_cpu) * 1000 / len(times_ms),
+                    **({"cpu_relay_s": relay_cpu} if relay is not None else {}),
+                    "cpu_ms_per_connection": (result["cpu"] + server_cpu + relay_cpu) * 1000 / len(times_ms),
                     "client_cpu_s": result["cpu"],
                     "server_cpu_s": server_cpu,
                     "connections": len(times_ms),
@@ -582,8 +595,8 @@ def render(summary: dict[str, Any]) -> str:
                              "one signature per batch (Config.signed_batch_max 64, signed_batch_window 5 ms); "
                              "crust over TCP, priority 1")
             if name == "relay":
-                lines.append("relayed: 64 KiB messages from one node to another through a third (no rate or byte "
-                             "limit; the default window); its CPU counts the relay's process too")
+                lines.append("relayed: one node to another through a third (no rate or byte limit; its limits on "
+                             "new circuits lifted for the setup test); its CPU counts the relay's process too")
             if name == "quic":
                 q = s["quic_baseline"]
                 lines.append(f"QUIC: datagrams of {q['max_datagram_size']} bytes, {q['congestion_control']}, "
@@ -618,7 +631,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, help="unmeasured seconds first (default 0.5, quick 0.1)")
     p.add_argument("--connections", type=int, help="connections in the setup test (default 200, quick 20)")
     p.add_argument("--tests", default=",".join(TESTS), help="comma-separated subset of: " + ",".join(TESTS))
-    p.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of: " + ",".join(IMPLS))
+    p.add_argument("--impls", default=",".join(DEFAULT_IMPLS),
+                   help="comma-separated subset of: " + ",".join(IMPLS) + " (default: all but relay-frames)")
     p.add_argument("--max-queued", type=int, default=0,
                    help="crust Config.max_queued_bytes for the stream tests (default: Config's)")
     p.add_argument("--quic-priority", type=int, default=2,

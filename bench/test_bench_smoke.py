@@ -7,7 +7,8 @@ tests/ only).  Run it from the repository root:
 It runs ``python bench/run.py --quick --json`` (about 20 s: one short
 repetition of every measurement, crust over TCP and the TLS baseline, crust
 over QUIC and the aioquic baseline, each in its own pair of processes on
-127.0.0.1, crust relayed through a third process, and signed messages) and ``python bench/micro.py --quick --json``,
+127.0.0.1, crust relayed through a third process on every test, and signed
+messages) and ``python bench/micro.py --quick --json``,
 and checks that every figure was measured and is plausible.  It asserts no
 performance target: those depend on the machine.
 """
@@ -65,16 +66,18 @@ class QuickBench(unittest.TestCase):
             self.assertTrue(math.isfinite(quic["ratios"][figure]), figure)
         self.assertIn(quic["targets"]["bulk_mib_s"]["met"], (True, False))
         self.assertTrue(math.isfinite(quic["vs_tcp"]["quic"]["bulk_mib_s"]))
-        # relayed: bulk only, against crust over TCP directly
-        for figure in ("bulk_mib_s", "bulk_cpu_ms_per_mib"):
+        # relayed: every test, against crust over TCP directly
+        for figure in ("bulk_mib_s", "bulk_cpu_ms_per_mib", "rate_msg_s", "rate_cpu_ms_per_mib",
+                       "setup_median_ms", "setup_p99_ms", "setup_cpu_ms"):
             value = figures[figure]["relay"]
             self.assertTrue(value > 0 and math.isfinite(value), f"{figure}/relay = {value}")
-        self.assertNotIn("relay", figures["rate_msg_s"])
         relay = summary["sections"]["relay"]
         self.assertEqual(relay["baseline"], "crust")
-        self.assertTrue(math.isfinite(relay["ratios"]["bulk_mib_s"]))
+        for figure in ("bulk_mib_s", "rate_msg_s", "setup_median_ms"):
+            self.assertTrue(math.isfinite(relay["ratios"][figure]), figure)
         self.assertIn(relay["targets"]["bulk_mib_s"]["met"], (True, False))
         self.assertTrue(math.isfinite(summary["runs"]["bulk"]["relay"][0]["cpu_relay_s"]))
+        self.assertTrue(math.isfinite(summary["runs"]["setup"]["relay"][0]["cpu_relay_s"]))
         # signed messages: the 100-byte rate only, each signed and in batches, against unsigned crust over TCP
         for impl in ("signed", "batched"):
             value = figures["rate_msg_s"][impl]
@@ -85,7 +88,7 @@ class QuickBench(unittest.TestCase):
         self.assertTrue(math.isfinite(signed["ratios"]["rate_msg_s"]))
         self.assertTrue(math.isfinite(signed["alternatives"]["batched"]["rate_msg_s"]))
         # every setup iteration was its own connection
-        for impl in ("crust", "tls", "quic", "aioquic"):
+        for impl in ("crust", "tls", "quic", "aioquic", "relay"):
             self.assertEqual(summary["runs"]["setup"][impl][0]["connections"], summary["settings"]["connections"])
 
     def test_micro_quick(self) -> None:

@@ -20,8 +20,10 @@ Implementations (C{--impl}):
     relay}) is a node that relays (C{serve_relay}, no rate or byte limit);
     the server and the client connect to it first (C{--relay-info}), and the
     client connects to the server by peer id with only the C{relay} dial
-    strategy: the connection is a circuit through the relay, the secure
-    channel end to end inside it.
+    strategy: the connection is a circuit through the relay (spliced onto
+    TCP connections to it, unless C{--relay-frames}), the secure channel end
+    to end inside it.  The relay's and the invited end's rate limits on
+    queries and new circuits are lifted, for the setup test.
   - C{crust} with C{--signed message} or C{--signed batch}: the client sends
     with C{Service.send(..., signed=True)} or C{signed="batch"}; the server
     checks every signature (its observer gets the messages as any others).
@@ -72,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=0, help="the server's port (client)")
     p.add_argument("--info", default="", help="the crust server's PubConnectionInfo JSON (client)")
     p.add_argument("--relay-info", default="", help="the relay's PubConnectionInfo JSON (relay: server, client)")
+    p.add_argument("--relay-frames", action="store_true",
+                   help="relay: circuits carry their bytes in frames (Config.relay_splice off)")
     p.add_argument("--certdir", default="", help="baseline certificates (server.*, client.*)")
     p.add_argument("--max-queued", type=int, default=0,
                    help="crust Config.max_queued_bytes (0: the Config default)")
@@ -219,7 +223,25 @@ def _crust_config(args):
         kw["max_queued_bytes"] = args.max_queued
         # the bound must hold one maximum-size message
         kw["max_message_size"] = min(Config.max_message_size, args.max_queued)
+    if args.impl == "relay":
+        kw["relay_splice"] = not args.relay_frames
+        _lift_circuit_rates()
     return Config(**kw)
+
+
+def _lift_circuit_rates() -> None:
+    """
+    The setup test finds a relay (a rendezvous QUERY) and opens a circuit
+    per connection, one after the other: more a second than a relay answers
+    and takes from one peer (and an end from one relay).  Lifted in these
+    processes only, before their service is made.
+    """
+    from crust.punch import rendezvous
+    from crust.relay import client, server
+
+    server.OPEN_RATE = server.OPEN_TOTAL = (1e6, 1e6)
+    client.INVITE_RATE = client.INVITE_TOTAL = (1e6, 1e6)
+    rendezvous.ANSWER_RATE = rendezvous.FORWARD_TOTAL = (1e6, 1e6)
 
 
 def crust_server(args, reactor) -> None:
@@ -350,20 +372,37 @@ def crust_client(args, reactor) -> None:
     service.add_observer(watcher)
     service.startService()
 
+    async def through_the_relay() -> None:
+        await service.connect(args.relay_info)
+        for name in ("tcp", "quic", "rendezvous", "tcp-punch", "udp-punch"):
+            service.dialer.unregister(name)  # through the relay, or not at all
+
+    def check_relayed(peer) -> None:
+        path = service.peer_details(peer)["path"]
+        if path["kind"] != "relayed":
+            raise RuntimeError(f"the connection is not relayed: {path}")
+
     async def setup() -> None:
         ours = await service.prepare_connection_info()
+        if args.impl == "relay":
+            await through_the_relay()
         message = b"p" * args.size
         times = []
         cpu0 = cpu_seconds()
         for _ in range(args.connections):
             t0 = perf_counter()
-            peer = await service.connect(ours, args.info)
+            if args.impl == "relay":
+                peer = await service.connect(their.peer_id)
+            else:
+                peer = await service.connect(ours, args.info)
             watcher.echo = Deferred()
             service.send(peer, message, 0)
             echoed = await watcher.echo
             times.append(perf_counter() - t0)
             if echoed != message:
                 raise RuntimeError("the echo differs from the message")
+            if args.impl == "relay" and len(times) == 1:
+                check_relayed(peer)
             watcher.lost = Deferred()
             service.disconnect(peer)
             await watcher.lost
@@ -372,13 +411,9 @@ def crust_client(args, reactor) -> None:
     async def stream() -> None:
         ours = await service.prepare_connection_info()
         if args.impl == "relay":
-            await service.connect(args.relay_info)
-            for name in ("tcp", "quic", "rendezvous", "tcp-punch", "udp-punch"):
-                service.dialer.unregister(name)  # through the relay, or not at all
+            await through_the_relay()
             peer = await service.connect(their.peer_id)
-            path = service.peer_details(peer)["path"]
-            if path["kind"] != "relayed":
-                raise RuntimeError(f"the connection is not relayed: {path}")
+            check_relayed(peer)
         else:
             peer = await service.connect(ours, args.info)
         message = b"x" * args.size
@@ -425,7 +460,8 @@ def relay_node(args, reactor) -> None:
     """
     A node that relays, with no limit that would end or slow the measured
     circuit.  Its CPU time (the C{exit} line) counts from C{--warmup}
-    seconds after the first relayed byte, as the receiver's measurement does.
+    seconds after the first relayed byte, as the receiver's measurement does
+    (the setup test: from the first relayed byte).
     """
     import crust
     from twisted.internet.task import LoopingCall
@@ -441,7 +477,7 @@ def relay_node(args, reactor) -> None:
     def watch():
         if service.relay.stats()["bytes_relayed"]:
             watching.stop()
-            reactor.callLater(args.warmup, _mark_listening)
+            reactor.callLater(0 if args.test == "setup" else args.warmup, _mark_listening)
 
     watching = LoopingCall(watch)
     watching.clock = reactor

@@ -106,6 +106,7 @@ class Config:
     relay_delay: float = 2.0  # a relayed connection starts after this unless everything else failed first
     relay_limits: RelayLimits = field(default_factory=RelayLimits)
     accept_relayed: bool = True  # take circuits a relay invites us to (connections to us through a relay)
+    relay_splice: bool = True  # splice circuits onto plain TCP connections to the relay (doc/relay.md)
     turn_servers: tuple[TurnServer, ...] = ()
 
     def replace(self, **changes) -> "Config":

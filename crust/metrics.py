@@ -415,6 +415,18 @@ class ServiceCollector:
             "crust_relay_end_circuits", "Relayed circuits as an end, by outcome: opened (as the side that "
             "connects), accepted (invited), refused (invitations we refused), failed (openings that failed).",
             labels=["outcome"]), (([name], value) for name, value in sorted(ends.counters.items())))
+        splicer, splice = getattr(relay, "splicer", None), getattr(ends, "splice", None)
+        if splicer is not None:
+            yield _labelled(CounterMetricFamily(
+                "crust_relay_splices", "Circuits we relay that were offered splicing, and the connections that "
+                "came for it, by outcome: spliced, fell_back (on frames after all), refused (a bad, unknown, used "
+                "or expired token).", labels=["outcome"]),
+                (([name], value) for name, value in sorted(splicer.counters.items())))
+        if splice is not None:
+            yield _labelled(CounterMetricFamily(
+                "crust_relay_end_splices", "Relayed circuits as an end that the relay offered to splice, by "
+                "outcome: spliced, fell_back (on frames after all).", labels=["outcome"]),
+                (([name], value) for name, value in sorted(splice.counters.items())))
 
     def _turn(self, turn: Any) -> Iterator[Metric]:
         states: dict[str, int] = {}

@@ -152,7 +152,8 @@ class Service(MultiService):
             our_info=self._public_info)
         self.relay = install_relaying(
             local_id=self.peer_id, reactor=reactor, config=lambda: self.config, table=self.peers, dialer=self.dialer,
-            rendezvous=self.punch.rendezvous, creator=lambda: self._creator, emit=self.observers.emit, parent=self)
+            rendezvous=self.punch.rendezvous, creator=lambda: self._creator, emit=self.observers.emit, tcp=self.tcp,
+            parent=self)
         # told of promotions last: the cache and the connection's path are up to date when connect() fires
         self.connector = Connector(self.dialer, self.peers, self.clock, lambda: self.config, self.observers.emit)
         self.signing = install_signing(identity=identity, network=self.config.network_name or "", clock=self.clock,

@@ -172,6 +172,17 @@ class EventCountTests(SynchronousTestCase):
         self.assertEqual(value(found, "crust_path_changes_total", before="relayed", after="punched-udp"), 1)
         self.assertEqual(value(found, "crust_listener_failures_total", transport="udp"), 1)
 
+    def test_splices(self):
+        relay = self.service.relay
+        relay.splicer.counters.update(spliced=3, fell_back=1, refused=2)
+        relay.ends.splice.counters.update(spliced=4)
+        found = self.scrape()
+        self.assertEqual(value(found, "crust_relay_splices_total", outcome="spliced"), 3)
+        self.assertEqual(value(found, "crust_relay_splices_total", outcome="fell_back"), 1)
+        self.assertEqual(value(found, "crust_relay_splices_total", outcome="refused"), 2)
+        self.assertEqual(value(found, "crust_relay_end_splices_total", outcome="spliced"), 4)
+        self.assertEqual(value(found, "crust_relay_end_splices_total", outcome="fell_back"), 0)
+
     def test_each_strategy_of_an_attempt_counts_once(self):
         peer = Identity.generate().peer_id
         legs = [SimpleNamespace(name="tcp", targets=("a1",)), SimpleNamespace(name="quic", targets=("q1",)),

@@ -321,8 +321,10 @@ def _turn_line(t: dict[str, Any]) -> str:
 def _relaying(relay: dict) -> str:
     """The C{info} result's relay figures, for a person."""
     if relay.get("serving"):
-        text = (f"yes: {relay.get('circuits', 0)} circuit(s) now, {relay.get('circuits_total', 0)} in all, "
-                f"{_size(relay.get('bytes_relayed') or 0)} relayed")
+        spliced = relay.get("splice_spliced") or 0
+        text = (f"yes: {relay.get('circuits', 0)} circuit(s) now, {relay.get('circuits_total', 0)} in all"
+                + (f" ({spliced} spliced)" if spliced else "")
+                + f", {_size(relay.get('bytes_relayed') or 0)} relayed")
     else:
         text = "no"
     ends = relay.get("ends") or 0

@@ -335,6 +335,7 @@ _FIELDS: dict[str, _Validator] = {
     "relay_delay": _delay,
     "relay_limits": _relay_limits,
     "accept_relayed": _boolean,
+    "relay_splice": _boolean,
     "turn_servers": _list_of(_turn_server, 8),
 }
 

@@ -29,6 +29,11 @@ Writes within one reactor turn are joined into as few DATA frames as they
 fill (the TLS layer writes one record, about 16 KiB, at a time): full chunks
 go at once, the rest at the end of the turn.
 
+Until a protocol is attached (L{CircuitTransport.attach}: while the end
+tries to splice the circuit, L{crust.relay.spliced}), what arrives is held,
+and credited only once the protocol takes it.  A spliced circuit carries no
+DATA: its frames only end it, and its C{watcher} hears of that.
+
 C{loseConnection} sends what is left (as credit allows), then CLOSE;
 C{abortConnection} sends CLOSE at once.  A CLOSE from the other side (passed
 on by R, or R's own: a limit, a refusal), or the end of the connection to
@@ -128,6 +133,9 @@ class CircuitTransport(Leg):
     @param window: the circuit's window (the relay said).
     @ivar bytes_sent: data bytes sent (the protocol's, once they went out as DATA).
     @ivar bytes_received: data bytes received.
+    @ivar splice_token: the relay's splice token for this end (INVITE or READY), if it offered one.
+    @ivar watcher: called with the failure when the circuit ends, besides the
+        protocol (the splice, L{crust.relay.spliced}, while it runs).
     """
 
     log = Logger()
@@ -165,6 +173,8 @@ class CircuitTransport(Leg):
         self.bytes_sent = 0
         self.bytes_received = 0
         self.close_reason: Optional[str] = None
+        self.splice_token: Optional[bytes] = None
+        self.watcher: Optional[Callable[[Failure], None]] = None
 
     def __repr__(self) -> str:
         peer = self.peer.short() if self.peer is not None else "?"
@@ -175,9 +185,11 @@ class CircuitTransport(Leg):
         return self.state is CircuitState.CLOSED
 
     def attach(self, protocol: Any) -> None:
-        """Run C{protocol} on this circuit (its C{makeConnection})."""
+        """Run C{protocol} on this circuit (its C{makeConnection}); then what was held for it."""
         self.protocol = protocol
         protocol.makeConnection(self)
+        if self._held and not self._reading_paused:
+            self.resumeProducing()
 
     # -- ITransport: writing ----------------------------------------------------------------
 
@@ -286,6 +298,10 @@ class CircuitTransport(Leg):
         self.log.info("{circuit}: ending it: {reason} ({detail})", circuit=repr(self), reason=reason, detail=detail)
         self._end(reason, detail, Failure(RelayClosed(reason, detail, self.via)))
 
+    def end(self, reason: str, detail: str) -> None:
+        """End the circuit with C{reason}: CLOSE to the relay; the protocol loses it with L{RelayClosed}."""
+        self._fail(reason, detail)
+
     def _gone(self, reason: str, detail: str) -> None:
         """The circuit ended elsewhere: nothing to send."""
         self._closed(reason, detail, Failure(RelayClosed(reason, detail, self.via)))
@@ -310,10 +326,13 @@ class CircuitTransport(Leg):
     def _connection_lost(self, failure: Failure) -> None:
         protocol, self.protocol = self.protocol, None
         producer, self._producer = self._producer, None
+        watcher, self.watcher = self.watcher, None
         if producer is not None:
             producer.stopProducing()
         if protocol is not None:
             protocol.connectionLost(failure)
+        if watcher is not None:
+            watcher(failure)
 
     # -- ITransport: addresses -------------------------------------------------------------
 
@@ -351,7 +370,8 @@ class CircuitTransport(Leg):
 
     def resumeProducing(self) -> None:
         self._reading_paused = False
-        while self._held and not self._reading_paused and self.state is CircuitState.OPEN:
+        while self._held and not self._reading_paused and self.protocol is not None \
+                and self.state is CircuitState.OPEN:
             self._deliver(self._held.popleft())
 
     def stopProducing(self) -> None:
@@ -370,7 +390,7 @@ class CircuitTransport(Leg):
                                                  f"over its window of {self.window}")
             return
         self.bytes_received += n
-        if self._reading_paused:
+        if self._reading_paused or self.protocol is None:
             self._held.append(data)
         else:
             self._deliver(data)

@@ -17,6 +17,11 @@ connects) and L{RelayEnds}, which opens circuits and answers invitations.
     the key of the peer the relay named: the relay cannot pass itself off
     as anyone.
 
+Where the relay offers it, both ends splice the circuit
+(L{crust.relay.spliced}): the secure connection then runs on a plain TCP
+connection to the relay that it joins to the other end's, and falls back to
+the circuit's frames when that cannot be made.
+
 Both ends' circuits are capped (L{MAX_ENDS}; L{MAX_ENDS_PER_RELAY} invited
 through one relay, and at most L{INVITE_RATE} invitations a second from
 each relay: each costs a TLS handshake), and both report
@@ -28,9 +33,9 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -55,6 +60,7 @@ if TYPE_CHECKING:
     from crust.peering.dialer import Dialer
     from crust.peering.table import PeerTable
     from crust.punch.rendezvous import Rendezvous
+    from crust.relay.spliced import EndSplicing
     from crust.session.connection import PeerConnection
     from crust.transport.tls import ConnectionCreator
 
@@ -79,6 +85,7 @@ class RelayEnds:
 
     @param creator: returns the node's TLS connection creator (its identity).
     @param emit: the observers' event fan-out.
+    @param splice: splices our circuits where the relay offers it (None: never).
     @ivar counters: C{opened} (as the side that connects), C{accepted}
         (invited), C{refused} (invitations we refused), C{failed} (opens that
         did not get READY).
@@ -88,8 +95,9 @@ class RelayEnds:
 
     def __init__(self, switch: CircuitSwitch, table: "PeerTable", dialer: "Dialer", clock: Any, *,
                  creator: Callable[[], "ConnectionCreator"], config: Callable[[], Config],
-                 emit: Callable[..., None]) -> None:
+                 emit: Callable[..., None], splice: Optional["EndSplicing"] = None) -> None:
         self.switch = switch
+        self.splice = splice
         self._table = table
         self._dialer = dialer
         self._clock = clock
@@ -132,12 +140,17 @@ class RelayEnds:
         opening = _Opening(self, conn, c, via, peer)
         self.switch.add(conn, c, opening)
         self._ends.add(opening)
-        if not conn.send_control(messages.encode_open(c, peer)):
+        opening.splice = splice = self.splice is not None and self.splice.can_splice(conn)
+        if not conn.send_control(messages.encode_open(c, peer, splice)):
             opening.fail(CrustError(f"the connection to the relay {via} is closing"))
         return opening.result
 
-    def connect_over(self, circuit: CircuitTransport, purpose: Purpose, *, tls_client: bool) -> "PeerConnection":
-        """Run a secure connection to the circuit's peer inside C{circuit}; return it (handshake running)."""
+    def connect_over(self, circuit: Any, purpose: Purpose, *, tls_client: bool) -> "PeerConnection":
+        """
+        Run a secure connection to the circuit's peer on C{circuit} (a
+        L{CircuitTransport}, or the circuit's splice,
+        L{crust.relay.spliced.SpliceLink}); return it (handshake running).
+        """
         factory = self._dialer.factory(purpose, initiator=tls_client, expected=circuit.peer, transport_name="tcp")
         tls = TLSMemoryBIOFactory(self._creator(), tls_client, factory, clock=self._clock)
         tls.protocol = CircuitTLS
@@ -147,9 +160,23 @@ class RelayEnds:
         circuit.attach(protocol)
         return conn
 
+    def run(self, circuit: CircuitTransport, purpose: Purpose, *, tls_client: bool) -> Deferred:
+        """
+        Run a secure connection to the circuit's peer: on its splice if the
+        relay offered one and it can be made, else on the circuit's frames.
+        Fires with the connection (handshake running), or fails with
+        L{RelayClosed} if the circuit ends before.
+        """
+        token = circuit.splice_token
+        if token is None or self.splice is None:
+            return succeed(self.connect_over(circuit, purpose, tls_client=tls_client))
+        return self.splice.start(circuit, token, circuit.conn,
+                                 lambda transport: self.connect_over(transport, purpose, tls_client=tls_client))
+
     def _ready(self, opening: "_Opening", ready: RelayReady) -> CircuitTransport:
         self._ends.discard(opening)
         circuit = self._circuit(opening.conn, opening.c, opening.peer, opening.via, ready.limits.window)
+        circuit.splice_token = ready.splice if opening.splice else None
         self.counters["opened"] += 1
         self.log.info("circuit to {peer} via {via} open (limits: {bytes} bytes, {seconds:g} s, rate {rate}, "
                       "window {window})", peer=str(opening.peer), via=str(opening.via), bytes=ready.limits.bytes,
@@ -206,11 +233,13 @@ class RelayEnds:
                               detail=detail)
             conn.send_control(messages.encode_close(invite.c, reason, detail))
             return
-        if not conn.send_control(messages.encode_accept(invite.c)):
+        splice = invite.splice is not None and self.splice is not None and self.splice.can_splice(conn)
+        if not conn.send_control(messages.encode_accept(invite.c, splice)):
             return
         self.counters["accepted"] += 1
         circuit = self._circuit(conn, invite.c, peer, via, invite.window, invited=True)
-        self.connect_over(circuit, ACCEPTED, tls_client=False)
+        circuit.splice_token = invite.splice if splice else None
+        self.run(circuit, ACCEPTED, tls_client=False).addErrback(lambda f: None)  # (the circuit's end says why)
 
     def stats(self) -> dict[str, Any]:
         return {"circuits": self.circuits, **self.counters}
@@ -225,6 +254,7 @@ class _Opening(Leg):
         self.c = c
         self.via = via
         self.peer = peer
+        self.splice = False  # we asked for a splice
         self.result: Deferred = Deferred(lambda d: self.cancel("the connect attempt ended"))
         self._waiting = True
         self._timer = ends._clock.callLater(OPEN_TIMEOUT, self._timed_out)
@@ -334,11 +364,15 @@ class RelayStrategy:
         def found(via: PeerId) -> Deferred:
             return step(self._ends.open(via, peer))
 
-        def ready(circuit: CircuitTransport) -> None:
+        def ready(circuit: CircuitTransport) -> Optional[Deferred]:
             if out.called:  # cancelled meanwhile
                 circuit.abortConnection()
-                return
-            out.callback(self._ends.connect_over(circuit, attempt, tls_client=True))
+                return None
+            return step(self._ends.run(circuit, attempt, tls_client=True))
+
+        def connected(conn: "PeerConnection") -> None:
+            if not out.called:
+                out.callback(conn)
 
         def failed(failure: Failure) -> None:
             if out.called:
@@ -349,7 +383,7 @@ class RelayStrategy:
                 out.errback(failure)
 
         step(self._rendezvous.find(peer, exclude=self._relayed(), want_relay=True))
-        running[0].addCallback(found).addCallbacks(ready, failed)
+        running[0].addCallback(found).addCallback(ready).addCallbacks(connected, failed)
         return out
 
 

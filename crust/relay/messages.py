@@ -6,11 +6,13 @@ R is also connected to; inside the circuit A and T run crust's ordinary
 secure channel, end to end.  On each connection to R, seven control
 frames::
 
-    21 OPEN    {"c": u32, "to": "<peer id>"}                        A -> R
-    22 INVITE  {"c": u32, "from": "<peer id>", "window": int}       R -> T
-    23 ACCEPT  {"c": u32}                                           T -> R
+    21 OPEN    {"c": u32, "to": "<peer id>", "splice"?: true}       A -> R
+    22 INVITE  {"c": u32, "from": "<peer id>", "window": int,
+                "splice"?: token}                                   R -> T
+    23 ACCEPT  {"c": u32, "splice"?: true}                          T -> R
     24 READY   {"c": u32, "limits": {"bytes": int, "seconds": number,
-                 "rate": int or null, "window": int}}               R -> A
+                 "rate": int or null, "window": int},
+                "splice"?: token}                                   R -> A
     25 DATA    c (u32, big-endian) | bytes                          both ways, through R
     26 CREDIT  c (u32) | credit (u32)                               both ways, through R
     27 CLOSE   {"c": u32, "reason": code, "detail": text}           any -> any
@@ -23,6 +25,14 @@ and tells both ends.  The side that picks an id (the sender of OPEN or INVITE) p
 in its half of the id space: ids picked by the side with the larger peer id
 have the top bit set (L{id_space}), so the two sides of a connection never
 pick the same id, whichever of them opens circuits through the other.
+
+C{splice} (optional, absent when not wanted): an end that can open a TCP
+connection to R says C{true} in OPEN or ACCEPT; R, when it can splice, gives
+each end a fresh single-use token (L{crust.relay.preamble}, 64 hexadecimal
+digits) in INVITE (if A asked) and READY (if T accepted with C{splice}).
+Each end then presents its token on a plain TCP connection to R, which
+joins the two connections (L{crust.relay.splicer}); the frames above still
+open, limit and close the circuit.
 
 JSON frames are read by the one bounded reader,
 L{crust._util.jsonread.read_json_object} (size capped before parsing,
@@ -47,6 +57,7 @@ from typing import Any, Callable, Optional
 from crust._util.jsonread import JsonRefused, read_json_object
 from crust.errors import ProtocolViolation
 from crust.identity import PeerId
+from crust.relay.preamble import token_from_text, token_text
 from crust.wire import HEADER_SIZE, MAX_CONTROL_PAYLOAD, frame
 
 
@@ -134,34 +145,41 @@ class CircuitLimits:
 
 @dataclass(frozen=True)
 class RelayOpen:
-    """OPEN: R, please open circuit C{c} (our id) to C{to}."""
+    """OPEN: R, please open circuit C{c} (our id) to C{to}; C{splice}: we can splice it."""
 
     c: int
     to: PeerId
+    splice: bool = False
 
 
 @dataclass(frozen=True)
 class RelayInvite:
-    """INVITE: C{from_peer} (as R names it) opens circuit C{c} (R's id) to you, with this C{window}."""
+    """
+    INVITE: C{from_peer} (as R names it) opens circuit C{c} (R's id) to you,
+    with this C{window}; C{splice}: your splice token, if R offers to splice.
+    """
 
     c: int
     from_peer: PeerId
     window: int
+    splice: Optional[bytes] = None
 
 
 @dataclass(frozen=True)
 class RelayAccept:
-    """ACCEPT: T takes circuit C{c}."""
+    """ACCEPT: T takes circuit C{c}; C{splice}: and will splice it."""
 
     c: int
+    splice: bool = False
 
 
 @dataclass(frozen=True)
 class RelayReady:
-    """READY: circuit C{c} is open, with C{limits}."""
+    """READY: circuit C{c} is open, with C{limits}; C{splice}: your splice token, if it is to be spliced."""
 
     c: int
     limits: CircuitLimits
+    splice: Optional[bytes] = None
 
 
 @dataclass(frozen=True)
@@ -211,9 +229,17 @@ def _json_frame(ftype: RelayFrame, body: dict[str, Any]) -> bytes:
     return frame(ftype, payload)
 
 
-def encode_open(c: int, to: PeerId) -> bytes:
-    """An OPEN frame."""
-    return _json_frame(RELAY_OPEN, {"c": _u32(c, "a circuit id"), "to": _peer(to)})
+def _with_splice(body: dict[str, Any], splice: Any) -> dict[str, Any]:
+    if splice is True:
+        body["splice"] = True
+    elif splice is not None and splice is not False:
+        body["splice"] = token_text(splice)
+    return body
+
+
+def encode_open(c: int, to: PeerId, splice: bool = False) -> bytes:
+    """An OPEN frame (C{splice}: we can splice the circuit)."""
+    return _json_frame(RELAY_OPEN, _with_splice({"c": _u32(c, "a circuit id"), "to": _peer(to)}, bool(splice)))
 
 
 def _window(window: int) -> int:
@@ -222,18 +248,18 @@ def _window(window: int) -> int:
     return window
 
 
-def encode_invite(c: int, from_peer: PeerId, window: int) -> bytes:
-    """An INVITE frame."""
-    return _json_frame(RELAY_INVITE, {"c": _u32(c, "a circuit id"), "from": _peer(from_peer),
-                                      "window": _window(window)})
+def encode_invite(c: int, from_peer: PeerId, window: int, splice: Optional[bytes] = None) -> bytes:
+    """An INVITE frame (C{splice}: the invitee's splice token)."""
+    return _json_frame(RELAY_INVITE, _with_splice({"c": _u32(c, "a circuit id"), "from": _peer(from_peer),
+                                                   "window": _window(window)}, splice))
 
 
-def encode_accept(c: int) -> bytes:
-    """An ACCEPT frame."""
-    return _json_frame(RELAY_ACCEPT, {"c": _u32(c, "a circuit id")})
+def encode_accept(c: int, splice: bool = False) -> bytes:
+    """An ACCEPT frame (C{splice}: we will splice the circuit)."""
+    return _json_frame(RELAY_ACCEPT, _with_splice({"c": _u32(c, "a circuit id")}, bool(splice)))
 
 
-def encode_ready(c: int, limits: CircuitLimits) -> bytes:
+def encode_ready(c: int, limits: CircuitLimits, splice: Optional[bytes] = None) -> bytes:
     """A READY frame. @raise ValueError: a limit is out of range."""
     if not isinstance(limits.bytes, int) or isinstance(limits.bytes, bool) or limits.bytes < 1:
         raise ValueError(f"a byte limit is a positive integer, not {limits.bytes!r}")
@@ -242,8 +268,9 @@ def encode_ready(c: int, limits: CircuitLimits) -> bytes:
     rate = limits.rate
     if rate is not None and (not isinstance(rate, int) or isinstance(rate, bool) or rate < 1):
         raise ValueError(f"a rate limit is a positive integer or None, not {rate!r}")
-    return _json_frame(RELAY_READY, {"c": _u32(c, "a circuit id"), "limits": {
-        "bytes": limits.bytes, "seconds": float(limits.seconds), "rate": rate, "window": _window(limits.window)}})
+    return _json_frame(RELAY_READY, _with_splice({"c": _u32(c, "a circuit id"), "limits": {
+        "bytes": limits.bytes, "seconds": float(limits.seconds), "rate": rate, "window": _window(limits.window)}},
+        splice))
 
 
 def encode_close(c: int, reason: str, detail: str = "") -> bytes:
@@ -358,22 +385,39 @@ def _get_peer(body: dict[str, Any], key: str, name: str) -> PeerId:
         raise ProtocolViolation(f"relay {name} has a bad peer id in {key!r}") from None
 
 
+def _get_flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get("splice", False)
+    if not isinstance(value, bool):
+        raise ProtocolViolation(f"relay {name} has a 'splice' that is not a boolean")
+    return value
+
+
+def _get_token(body: dict[str, Any], name: str) -> Optional[bytes]:
+    if "splice" not in body:
+        return None
+    try:
+        return token_from_text(body["splice"])
+    except ProtocolViolation as e:
+        raise ProtocolViolation(f"relay {name}: {e}") from None
+
+
 def decode_open(payload: bytes) -> RelayOpen:
     """The OPEN in a frame's payload. @raise ProtocolViolation: it is malformed."""
     body = _read_frame(payload, "OPEN")
-    return RelayOpen(_get_c(body, "OPEN"), _get_peer(body, "to", "OPEN"))
+    return RelayOpen(_get_c(body, "OPEN"), _get_peer(body, "to", "OPEN"), _get_flag(body, "OPEN"))
 
 
 def decode_invite(payload: bytes) -> RelayInvite:
     """The INVITE in a frame's payload. @raise ProtocolViolation: it is malformed."""
     body = _read_frame(payload, "INVITE")
     return RelayInvite(_get_c(body, "INVITE"), _get_peer(body, "from", "INVITE"),
-                       _get_int(body, "window", "INVITE", MIN_WINDOW, MAX_WINDOW))
+                       _get_int(body, "window", "INVITE", MIN_WINDOW, MAX_WINDOW), _get_token(body, "INVITE"))
 
 
 def decode_accept(payload: bytes) -> RelayAccept:
     """The ACCEPT in a frame's payload. @raise ProtocolViolation: it is malformed."""
-    return RelayAccept(_get_c(_read_frame(payload, "ACCEPT"), "ACCEPT"))
+    body = _read_frame(payload, "ACCEPT")
+    return RelayAccept(_get_c(body, "ACCEPT"), _get_flag(body, "ACCEPT"))
 
 
 def decode_ready(payload: bytes) -> RelayReady:
@@ -397,7 +441,7 @@ def decode_ready(payload: bytes) -> RelayReady:
     if rate is not None:
         rate = _get_int(limits, "rate", "READY", 1)
     window = _get_int(limits, "window", "READY", MIN_WINDOW, MAX_WINDOW)
-    return RelayReady(c, CircuitLimits(nbytes, float(seconds), rate, window))
+    return RelayReady(c, CircuitLimits(nbytes, float(seconds), rate, window), _get_token(body, "READY"))
 
 
 def decode_close(payload: bytes) -> RelayClose:

@@ -22,7 +22,12 @@ inside the circuit).  It counts, in each direction:
     window), it holds the DATA frames (at most a window: the sender runs out
     of credit) and passes them on as the bucket refills.  Pacing, not
     closing: a circuit over its rate is slowed to it, as a slow link would.
-After C{seconds_per_circuit} the circuit ends (C{time-limit}).  A circuit
+After C{seconds_per_circuit} the circuit ends (C{time-limit}).
+
+A circuit may instead be I{spliced} (L{crust.relay.splicer}): each end
+connects to our TCP listener and the two connections are joined, bytes
+copied as they come, the same limits held on them; the frames still open,
+limit and close it.  A circuit
 that a limit ends is closed toward both ends, with the reason; when a leg's
 connection is lost, the other end is told (C{peer-lost}); a CLOSE from one
 end is passed on to the other.
@@ -35,7 +40,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from automat import TypeMachineBuilder
 from twisted.logger import Logger
@@ -48,6 +53,7 @@ from crust.relay.messages import CircuitLimits, RelayOpen
 from crust.relay.switch import CircuitSwitch, Leg
 
 if TYPE_CHECKING:
+    from crust.relay.splicer import SpliceSession, Splicer
     from crust.peering.table import PeerTable
     from crust.session.connection import PeerConnection
 
@@ -66,8 +72,8 @@ def is_relayed(conn: "PeerConnection") -> bool:
 class CircuitInputs(Protocol):
     """The inputs of one relayed circuit at the relay."""
 
-    def accepted(self) -> None:
-        "T accepted the INVITE."
+    def accepted(self, splice: bool) -> None:
+        "T accepted the INVITE (C{splice}: and will splice)."
 
     def closed(self, side: int, reason: str, detail: str) -> None:
         "A CLOSE came from one end."
@@ -114,6 +120,8 @@ class CircuitCore:
     legs: list["_ServerLeg"] = field(default_factory=list)
     timer: Any = None
     open: bool = False
+    splice: Optional["SpliceSession"] = None  # offered or spliced (L{crust.relay.splicer})
+    input: Any = None  # the circuit's machine (L{CircuitInputs})
     dirs: tuple[_Direction, _Direction] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -149,6 +157,8 @@ class CircuitCore:
             d.held.clear()
         for leg in self.legs:
             self.server.switch.remove(leg.conn, leg.c, leg)
+        if self.splice is not None:
+            self.splice.end()  # (the CLOSE frames went out before)
         self.server._forget(self)
 
     # -- the hot path ----------------------------------------------------------------------
@@ -157,6 +167,9 @@ class CircuitCore:
         """A DATA frame from leg C{side}: check, count, pass on (or hold it for the rate)."""
         if not self.open:
             self.server.counters["dropped"] += 1  # before READY (or after the end): not for us to pass on
+            return
+        if self.splice is not None and not self.splice.data_frame():
+            machine.limit(messages.REASON_OVERFLOW, "an end sent DATA on a spliced circuit")
             return
         d = self.dirs[side]
         n = len(payload) - 4
@@ -226,11 +239,17 @@ _closed = _builder.state("closed")
 
 
 @_invited.upon(CircuitInputs.accepted).to(_open)
-def _accepted(circuit: CircuitInputs, core: CircuitCore) -> None:
+def _accepted(circuit: CircuitInputs, core: CircuitCore, splice: bool) -> None:
     limits = core.limits
     core.open = True
+    token = None
+    if core.splice is not None:
+        token = core.splice.ready() if splice else None
+        if token is None:
+            core.splice.fall_back()
+            core.splice = None
     core.send(A, messages.encode_ready(core.ids[A], CircuitLimits(
-        limits.bytes_per_circuit, limits.seconds_per_circuit, limits.rate_per_circuit, limits.window)))
+        limits.bytes_per_circuit, limits.seconds_per_circuit, limits.rate_per_circuit, limits.window), token))
     core.arm(limits.seconds_per_circuit,
              lambda: circuit.limit(messages.REASON_TIME_LIMIT,
                                    f"this relay carries a circuit for {limits.seconds_per_circuit:g} s"))
@@ -300,11 +319,14 @@ class _ServerLeg(Leg):
         self.core.credit(self.side, credit, self.machine)
 
     def close_received(self, reason: str, detail: str) -> None:
+        splice = self.core.splice
+        if splice is not None and not splice.close_frame(self.side, reason):
+            return  # its spliced socket's end closes it
         self.machine.closed(self.side, reason, detail)
 
-    def accept_received(self) -> None:
+    def accept_received(self, splice: bool = False) -> None:
         if self.side == T:
-            self.machine.accepted()
+            self.machine.accepted(splice)
 
     def leg_lost(self, reason: str) -> None:
         self.machine.lost(self.side, reason)
@@ -317,6 +339,7 @@ class RelayServer:
     @param limits: returns the limits for new circuits (C{Config.relay_limits}).
     @param frame_ok: returns whether our connections take DATA frames of
         L{crust.relay.messages.MAX_CHUNK} bytes (C{Config.max_message_size}).
+    @param splicer: splices circuits whose ends can (None: never).
     @ivar counters: C{circuits_total} (opened), C{bytes_relayed}, C{refused},
         C{limit_closed}, C{dropped} (DATA frames not ours to pass on).
     """
@@ -324,8 +347,10 @@ class RelayServer:
     log = Logger()
 
     def __init__(self, switch: CircuitSwitch, table: "PeerTable", clock: Any, *, serving: Callable[[], bool],
-                 limits: Callable[[], RelayLimits], frame_ok: Callable[[], bool] = lambda: True) -> None:
+                 limits: Callable[[], RelayLimits], frame_ok: Callable[[], bool] = lambda: True,
+                 splicer: Optional["Splicer"] = None) -> None:
         self.switch = switch
+        self.splicer = splicer
         self._table = table
         self._clock = clock
         self._serving = serving
@@ -351,7 +376,9 @@ class RelayServer:
             machine.stop()
 
     def stats(self) -> dict[str, Any]:
-        return {"serving": self.serving(), "circuits": self.circuits, **self.counters}
+        splice = self.splicer.counters if self.splicer is not None else {}
+        return {"serving": self.serving(), "circuits": self.circuits, **self.counters,
+                **{f"splice_{k}": v for k, v in splice.items()}}
 
     def open_received(self, conn: "PeerConnection", message: RelayOpen) -> None:
         opener = conn.peer_id
@@ -381,13 +408,17 @@ class RelayServer:
         t_id = self.switch.allocate(target_conn)
         core = CircuitCore(self, opener, message.to, (conn, target_conn), (message.c, t_id), limits, self._clock)
         machine = CircuitMachine(core)
+        core.input = machine
+        if message.splice and self.splicer is not None:
+            core.splice = self.splicer.offer(core)
         core.legs = [_ServerLeg(core, machine, A), _ServerLeg(core, machine, T)]
         for leg in core.legs:
             self.switch.add(leg.conn, leg.c, leg)
         self._circuits[core] = machine
         self._opened_by[opener] += 1
         core.arm(ACCEPT_TIMEOUT, machine.timed_out)
-        if not target_conn.send_control(messages.encode_invite(t_id, opener, limits.window)):
+        token = core.splice.tokens[T] if core.splice is not None else None
+        if not target_conn.send_control(messages.encode_invite(t_id, opener, limits.window, token)):
             machine.lost(T, "the connection is closing")
 
     def _opened(self, core: CircuitCore) -> None:

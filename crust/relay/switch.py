@@ -53,8 +53,8 @@ class Leg:
     def close_received(self, reason: str, detail: str) -> None:
         """A CLOSE frame: the circuit ended on the other side of this connection."""
 
-    def accept_received(self) -> None:
-        """An ACCEPT frame (the relay's leg toward the target)."""
+    def accept_received(self, splice: bool = False) -> None:
+        """An ACCEPT frame (the relay's leg toward the target); C{splice}: the target will splice."""
 
     def ready_received(self, ready: RelayReady) -> None:
         """A READY frame (an opening end)."""
@@ -201,7 +201,7 @@ class CircuitSwitch:
         message = self._decode(messages.decode_accept, payload)
         leg = self._routed(conn, message.c, "ACCEPT")
         if leg is not None:
-            leg.accept_received()
+            leg.accept_received(message.splice)
 
     def _ready_received(self, conn: "PeerConnection", payload: bytes) -> None:
         message = self._decode(messages.decode_ready, payload)

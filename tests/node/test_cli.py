@@ -184,6 +184,8 @@ class ScriptedTests(SynchronousTestCase):
         out = self.run_cli("info")[1]
         self.assertIn("relaying:         yes: 2 circuit(s) now, 7 in all, 3.0 MiB relayed; "
                       "1 relayed circuit(s) of ours", out)
+        info["relay"]["splice_spliced"] = 5
+        self.assertIn("yes: 2 circuit(s) now, 7 in all (5 spliced), 3.0 MiB relayed", self.run_cli("info")[1])
         info["relay"] = {"serving": False, "ends": 0}
         self.assertIn("relaying:         no\n", self.run_cli("info")[1])
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -24,6 +24,7 @@ from crust.relay import messages
 from crust.relay.circuit import CircuitTransport, RelayClosed
 from crust.relay.client import INVITE_RATE, MAX_ENDS_PER_RELAY, OPEN_TIMEOUT, RelayEnds, RelayStrategy, RelayTarget
 from crust.relay.messages import RelayFrame, id_space
+from crust.relay.spliced import EndSplicing
 from crust.relay.switch import CircuitSwitch
 from crust.session.connection import PathInfo
 from crust.session.purpose import Purpose
@@ -37,6 +38,7 @@ ME = Identity.from_seed(b"m" * 32)
 R = Identity.from_seed(b"r" * 32).peer_id
 R2 = Identity.from_seed(b"s" * 32).peer_id
 T = Identity.from_seed(b"t" * 32).peer_id
+TOKEN = bytes(range(32))
 
 
 class EndNode(TableNode):
@@ -293,3 +295,65 @@ class StrategyTests(SynchronousTestCase):
         [close] = self.node.sent(R)
         self.assertEqual((close.c, close.reason), (opened.c, messages.REASON_CLOSED))
         self.assertEqual(self.node.switch.leg_count, 0)
+
+
+class SpliceEndTests(SynchronousTestCase):
+    """The ends ask for splices, take the relay's tokens and try them (L{crust.relay.spliced}, faked here)."""
+
+    def setUp(self) -> None:
+        self.node = EndNode()
+        self.dials: list[tuple[Any, Any]] = []
+        self.enabled = True
+        self.node.ends.splice = EndSplicing(self.node.clock, self.connect_plain, lambda: self.enabled)
+        self.conn_r = self.node.connect(R)
+        self.node.table.accepting = True
+
+    def connect_plain(self, address: Any, factory: Any, timeout: float) -> Deferred:
+        d: Deferred = Deferred()
+        self.dials.append((address, d))
+        return d
+
+    def test_the_opener_asks_and_tries_the_token(self) -> None:
+        results: list[Any] = []
+        self.node.ends.open(R, T).addCallback(
+            lambda circuit: self.node.ends.run(circuit, Purpose(), tls_client=True)).addBoth(results.append)
+        [opened] = self.node.sent(R)
+        self.assertTrue(opened.splice)
+        self.conn_r.dataReceived(messages.encode_ready(opened.c, messages.CircuitLimits(10, 1.0, None, 65536),
+                                                       splice=TOKEN))
+        [(address, d)] = self.dials  # the relay's address, as we dialled it
+        self.assertEqual(address, self.conn_r.peer_address)
+        self.assertEqual(results, [])  # the secure connection waits for the splice, or its failure
+        d.errback(Failure(ConnectionLost()))
+        [conn] = results
+        self.assertIsInstance(conn.transport.transport, CircuitTransport)  # on frames, then
+
+    def test_no_token_no_try(self) -> None:
+        results: list[Any] = []
+        self.node.ends.open(R, T).addCallback(
+            lambda circuit: self.node.ends.run(circuit, Purpose(), tls_client=True)).addBoth(results.append)
+        [opened] = self.node.sent(R)
+        self.conn_r.dataReceived(messages.encode_ready(opened.c, messages.CircuitLimits(10, 1.0, None, 65536)))
+        self.assertEqual(self.dials, [])
+        self.assertEqual(len(results), 1)
+
+    def test_not_asked_when_off(self) -> None:
+        self.enabled = False
+        self.node.ends.open(R, T)
+        [opened] = self.node.sent(R)
+        self.assertFalse(opened.splice)
+
+    def test_the_invited_end_takes_the_token(self) -> None:
+        c = id_space(R, ME.peer_id) | 1
+        self.conn_r.dataReceived(messages.encode_invite(c, T, 65536, splice=TOKEN))
+        [accept] = self.node.sent(R)
+        self.assertEqual((accept.c, accept.splice), (c, True))
+        self.assertEqual(len(self.dials), 1)
+
+    def test_the_invited_end_declines_when_off(self) -> None:
+        self.enabled = False
+        c = id_space(R, ME.peer_id) | 1
+        self.conn_r.dataReceived(messages.encode_invite(c, T, 65536, splice=TOKEN))
+        [accept] = self.node.sent(R)
+        self.assertEqual((accept.c, accept.splice), (c, False))
+        self.assertEqual(self.dials, [])

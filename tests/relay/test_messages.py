@@ -84,6 +84,33 @@ class FrameTests(SynchronousTestCase):
         self.assertEqual(json.loads(split(m.encode_close(1, "timeout", "x"))[1]),
                          {"c": 1, "reason": "timeout", "detail": "x"})
 
+    def test_splice_fields(self) -> None:
+        token = bytes(range(32))
+        cases = [
+            (m.encode_open(7, T, splice=True), RelayOpen(7, T, splice=True), {"c": 7, "to": str(T), "splice": True}),
+            (m.encode_invite(9, A, WINDOW, splice=token), RelayInvite(9, A, WINDOW, splice=token),
+             {"c": 9, "from": str(A), "window": WINDOW, "splice": token.hex()}),
+            (m.encode_accept(3, splice=True), RelayAccept(3, splice=True), {"c": 3, "splice": True}),
+            (m.encode_ready(1, LIMITS, splice=token), RelayReady(1, LIMITS, splice=token), None),
+        ]
+        for data, expected, body in cases:
+            ftype, payload = split(data)
+            self.assertEqual(m.decode_frame(ftype, payload), expected)
+            if body is not None:
+                self.assertEqual(json.loads(payload), body)
+        self.assertEqual(json.loads(split(m.encode_ready(1, LIMITS, splice=token))[1])["splice"], token.hex())
+        # absent: not asked, not offered (an older node's frames read the same)
+        self.assertNotIn(b"splice", split(m.encode_open(7, T))[1] + split(m.encode_accept(7))[1])
+        # malformed
+        for decode, body in ((m.decode_open, {"c": 1, "to": str(T), "splice": 1}),
+                             (m.decode_accept, {"c": 1, "splice": "yes"}),
+                             (m.decode_invite, {"c": 1, "from": str(A), "window": WINDOW, "splice": "00"}),
+                             (m.decode_invite, {"c": 1, "from": str(A), "window": WINDOW, "splice": True}),
+                             (m.decode_ready, {"c": 1, "limits": {"bytes": 1, "seconds": 1.0, "rate": None,
+                                                                  "window": WINDOW}, "splice": token.hex().upper()})):
+            e = self.assertRaises(ProtocolViolation, decode, json.dumps(body).encode())
+            self.assertIn("splice", str(e))
+
     def test_data_and_credit(self) -> None:
         data = m.encode_data(0x01020304, b"ciphertext")
         self.assertEqual(data, struct.pack("!IBI", 15, 25, 0x01020304) + b"ciphertext")

@@ -1,7 +1,9 @@
 """
 Relayed connections on 127.0.0.1, real sockets and TLS: three services, R
 relaying, A and B both connected to it, A's and B's other dial strategies
-removed, so that A's connect to B's peer id can only go through R.
+removed, so that A's connect to B's peer id can only go through R.  Every
+test runs twice: circuits spliced onto TCP connections to R (the default),
+and circuits carrying their bytes in frames (C{relay_splice} off).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from twisted.trial.unittest import TestCase
 from crust.config import MIB, RelayLimits
 from crust.errors import ConnectFailed
 from crust.relay import messages
+from crust.relay.splicer import SplicePump
 from crust.session.purpose import Purpose
 
 from tests.util import connect_pair, make_service, wait_for
@@ -21,13 +24,17 @@ from tests.util import connect_pair, make_service, wait_for
 OTHER_STRATEGIES = ("tcp", "quic", "rendezvous", "tcp-punch", "udp-punch")
 
 
-class RelayLoopbackTests(TestCase):
+class RelayNodes(TestCase):
+    """Three nodes on loopback (no tests of its own)."""
+
     timeout = 60
+    splice = True
 
     @defer.inlineCallbacks
     def three(self, limits: RelayLimits | None = None, **config):
         """R (relaying), A and B, both connected to R; A and B can reach each other only through R."""
         config.setdefault("enable_udp", False)
+        config.setdefault("relay_splice", self.splice)
         r = make_service(self, serve_relay=True, relay_limits=limits or RelayLimits(), **config)
         a, b = make_service(self, **config), make_service(self, **config)
         yield connect_pair(self, a, r)
@@ -43,7 +50,13 @@ class RelayLoopbackTests(TestCase):
         peer = yield a.connect(b.peer_id)
         self.assertEqual(peer, b.peer_id)
         yield wait_for(lambda: a.peer_id in b.peers.active)
+        # spliced, or on frames, as the test class says
+        self.assertEqual(r.relay.stats()["splice_spliced"], 1 if self.splice else 0)
         return r, a, b
+
+
+class RelayLoopbackTests(RelayNodes):
+    """Spliced circuits."""
 
     @defer.inlineCallbacks
     def test_connect_by_peer_id_goes_through_the_relay(self):
@@ -62,6 +75,7 @@ class RelayLoopbackTests(TestCase):
         self.assertEqual(b.events.named("new_message"), [(a.peer_id, b"hello through the relay")])
         self.assertEqual(a.events.named("new_message"), [(b.peer_id, b"and back")])
         self.assertGreater(r.relay.stats()["bytes_relayed"], 0)
+        self.assertEqual(r.relay.stats()["splice_spliced"], 1 if self.splice else 0)
         # R saw A and B connected to it, never the relayed connection
         self.assertEqual(sorted(r.connected_peers()), sorted([a.peer_id, b.peer_id]))
 
@@ -86,13 +100,22 @@ class RelayLoopbackTests(TestCase):
     @defer.inlineCallbacks
     def test_a_10_mib_message_arrives_intact_and_the_relay_cannot_read_it(self):
         forwarded: list[bytes] = []
-        rewrite = messages.rewrite_data
+        if self.splice:
+            data = SplicePump.data
 
-        def recording(payload, c):
-            forwarded.append(bytes(payload))
-            return rewrite(payload, c)
+            def passing(pump, chunk):
+                forwarded.append(bytes(chunk))
+                return data(pump, chunk)
 
-        self.patch(messages, "rewrite_data", recording)
+            self.patch(SplicePump, "data", passing)
+        else:
+            rewrite = messages.rewrite_data
+
+            def recording(payload, c):
+                forwarded.append(bytes(payload))
+                return rewrite(payload, c)
+
+            self.patch(messages, "rewrite_data", recording)
         big = dict(max_message_size=16 * MIB, max_queued_bytes=32 * MIB)
         r, a, b = yield self.relayed(RelayLimits(rate_per_circuit=None), **big)
         marker = b"MARKER-" + os.urandom(16).hex().encode() + b"-END"
@@ -187,3 +210,9 @@ class RelayLoopbackTests(TestCase):
         a.send(b.peer_id, b"through the relay again", 0)
         yield wait_for(lambda: b.events.named("new_message")[-1][1] == b"through the relay again")
         self.assertEqual(a.events.named("lost_peer"), [])
+
+
+class FrameLoopbackTests(RelayLoopbackTests):
+    """The same, circuits on frames (C{relay_splice} off)."""
+
+    splice = False

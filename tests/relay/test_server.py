@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.python.failure import Failure
 from twisted.internet.error import ConnectionLost
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from crust.config import RelayLimits
@@ -17,7 +18,9 @@ from crust.errors import ProtocolViolation
 from crust.identity import Identity, PeerId
 from crust.relay import messages
 from crust.relay.messages import MAX_CHUNK, RelayFrame, id_space
+from crust.relay.preamble import SPLICED, encode_preamble
 from crust.relay.server import ACCEPT_TIMEOUT, OPEN_RATE, RelayServer
+from crust.relay.splicer import Splicer
 from crust.relay.switch import CircuitSwitch
 from crust.session.connection import PathInfo
 from crust.wire import FrameType, frame
@@ -363,3 +366,114 @@ class SwitchTests(SynchronousTestCase):
         self.conn_a.dataReceived(messages.encode_invite(c, T, WINDOW))
         [close] = self.r.sent(A)
         self.assertEqual((close.c, close.reason), (c, messages.REASON_REFUSED))
+
+
+class SocketAt(StringTransport):
+    """An end's spliced socket at the relay: on abort, notes what the relay had written to the ends by then."""
+
+    def __init__(self, node: "RelayNode") -> None:
+        super().__init__()
+        self.node = node
+        self.aborted_after: list[bytes] | None = None
+
+    def abortConnection(self) -> None:
+        self.aborted_after = [self.node.transports[p].value() for p in (A, T)]
+
+
+class SpliceServerTests(SynchronousTestCase):
+    """The relay's frames and splices together (L{crust.relay.splicer}, the sockets on StringTransports)."""
+
+    def setUp(self) -> None:
+        self.r = RelayNode(R, RelayLimits(bytes_per_circuit=1000, rate_per_circuit=None))
+        self.r.server.splicer = Splicer(self.r.clock, lambda: True)
+        self.conn_a = self.r.connect(A)
+        self.conn_t = self.r.connect(T)
+
+    def offered(self, accept_splice: bool = True) -> tuple[int, int, Any, Any]:
+        c = cid(A, R, 1)
+        self.conn_a.dataReceived(messages.encode_open(c, T, splice=True))
+        [invite] = self.r.sent(T)
+        self.conn_t.dataReceived(messages.encode_accept(invite.c, splice=accept_splice))
+        [ready] = self.r.sent(A)
+        return c, invite.c, invite.splice, ready.splice
+
+    def present(self, token: bytes) -> SocketAt:
+        claimed = self.r.server.splicer.claim(encode_preamble(token), None)  # type: ignore[union-attr]
+        transport = SocketAt(self.r)
+        claimed.makeConnection(transport)  # type: ignore[union-attr]
+        return transport
+
+    def test_tokens_for_both_ends(self) -> None:
+        c, t, t_token, a_token = self.offered()
+        self.assertEqual((len(t_token), len(a_token)), (32, 32))
+        self.assertNotEqual(t_token, a_token)
+        sa, st = self.present(a_token), self.present(t_token)
+        self.assertEqual((sa.value(), st.value()), (SPLICED, SPLICED))
+        self.assertEqual(self.r.server.stats()["splice_spliced"], 1)
+
+    def test_no_offer_unless_the_opener_asks(self) -> None:
+        self.conn_a.dataReceived(messages.encode_open(cid(A, R, 1), T))
+        [invite] = self.r.sent(T)
+        self.assertIsNone(invite.splice)
+        self.assertEqual(self.r.server.splicer.tokens.counters["issued"], 0)  # type: ignore[union-attr]
+
+    def test_no_token_for_the_opener_when_the_target_declines(self) -> None:
+        c, t, t_token, a_token = self.offered(accept_splice=False)
+        self.assertIsNone(a_token)
+        self.assertIn("unknown or used", self.r.server.splicer.claim(encode_preamble(t_token), None))  # type: ignore
+        self.conn_a.dataReceived(messages.encode_data(c, b"frames then"))
+        self.assertEqual(self.r.sent(T), [("DATA", t, b"frames then")])
+
+    def test_a_data_frame_before_the_splice_means_frames(self) -> None:
+        c, t, t_token, a_token = self.offered()
+        st = self.present(t_token)
+        self.conn_a.dataReceived(messages.encode_data(c, b"ClientHello"))
+        self.assertEqual(self.r.sent(T), [("DATA", t, b"ClientHello")])
+        self.assertTrue(st.disconnecting)  # T's splice connection closed without a byte: T goes on with frames
+        self.assertEqual(st.value(), b"")
+
+    def test_data_frames_on_a_spliced_circuit_end_it(self) -> None:
+        c, t, t_token, a_token = self.offered()
+        sa, st = self.present(a_token), self.present(t_token)
+        self.conn_a.dataReceived(messages.encode_data(c, b"confused"))
+        self.assert_both_closed(c, t, messages.REASON_OVERFLOW)
+        self.assertIsNotNone(sa.aborted_after)
+        self.assertIsNotNone(st.aborted_after)
+
+    def assert_both_closed(self, c: int, t: int, reason: str) -> None:
+        for peer, cc in ((A, c), (T, t)):
+            [close] = self.r.sent(peer)
+            self.assertEqual((close.c, close.reason), (cc, reason))
+        self.assertEqual(self.r.server.circuits, 0)
+
+    def test_the_byte_limit_closes_the_frames_first_then_the_sockets(self) -> None:
+        c, t, t_token, a_token = self.offered()
+        sa, st = self.present(a_token), self.present(t_token)
+        [core] = list(self.r.server._circuits)
+        core.splice.sockets[0].dataReceived(b"x" * 600)  # type: ignore[union-attr]
+        self.assertEqual(st.value(), SPLICED + b"x" * 600)
+        core.splice.sockets[0].dataReceived(b"x" * 600)  # type: ignore[union-attr]  # past 1000
+        for socket in (sa, st):
+            # when the sockets were aborted, both CLOSE frames had been written
+            written = socket.aborted_after
+            assert written is not None
+            self.assertTrue(all(b"byte-limit" in w for w in written), written)
+        self.assert_both_closed(c, t, messages.REASON_BYTE_LIMIT)
+        self.assertEqual(self.r.server.counters["limit_closed"], 1)
+
+    def test_the_time_limit_ends_a_spliced_circuit(self) -> None:
+        self.r.limits = RelayLimits(seconds_per_circuit=10.0)
+        c, t, t_token, a_token = self.offered()
+        sa, st = self.present(a_token), self.present(t_token)
+        self.r.clock.advance(self.r.limits.seconds_per_circuit)
+        self.assert_both_closed(c, t, messages.REASON_TIME_LIMIT)
+        self.assertIsNotNone(sa.aborted_after)
+        self.assertIsNotNone(st.aborted_after)
+
+    def test_the_relay_stopping_ends_spliced_circuits(self) -> None:
+        c, t, t_token, a_token = self.offered()
+        sa, st = self.present(a_token), self.present(t_token)
+        self.r.server.stop()
+        self.assert_both_closed(c, t, messages.REASON_SHUTDOWN)
+        self.assertIsNotNone(sa.aborted_after)
+        self.assertIsNotNone(st.aborted_after)

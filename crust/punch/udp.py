@@ -217,6 +217,7 @@ class _Run:
         self.budget = SendBudget(puncher.rate)
         self.extra: Optional[CheckSchedule] = None  # birthday probes (easy side) or the extra sockets (hard side)
         self.sockets: dict[Any, Any] = {}  # hard side: schedule target -> endpoint
+        self._handed: set[Any] = set()  # extra sockets a QUIC dial runs on: its dispatcher closes them, not us
         self.result: Deferred = Deferred(lambda d: self.finish(None))
         self.confirmed: list[Address] = []
         self.heard: set[Address] = set()
@@ -349,9 +350,9 @@ class _Run:
         self._nominated.add(key)
         self._dials += 1
         if socket is not None:
-            # the dial owns the socket from now on: its QUIC dispatcher closes it when its last
-            # connection ends, so ending this punch (the connection won, say) leaves it open
-            self.sockets = {i: s for i, s in self.sockets.items() if s is not socket}
+            # from now on the socket is the QUIC dispatcher's, which closes it with its last connection: the
+            # connection may become active (and stop this run) before the dial reports it
+            self._handed.add(socket)
         self.puncher.log.info("UDP punch to {peer}: {address} works both ways; opening QUIC",
                               peer=str(self.plan.peer_id), address=str(address))
         d = self.puncher._dial(address, self.purpose, self.plan.peer_id, socket)
@@ -410,7 +411,8 @@ class _Run:
         if self.extra is not None:
             self.extra.stop()
         for socket in list(self.sockets.values()):
-            socket.stop()
+            if socket not in self._handed:
+                socket.stop()
         self.sockets = {}
         if self.budget.refused:
             self.puncher.log.info("UDP punch to {peer}: {count} checks not sent (send budget)",

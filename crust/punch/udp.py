@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import random
+import weakref
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, fail
@@ -92,6 +93,10 @@ class UdpPuncher:
         self._rng = rng or random.SystemRandom()
         self._runs: dict[bytes, _Run] = {}
         self._shared: dict[PeerId, bytes] = {}
+        # extra sockets a QUIC dial runs on: the dispatcher's, which closes each with its last connection. Held
+        # here, not by a run: a run's socket may hear a check of another run to the same peer (both sides of a
+        # pasted connect probe at once), and that run dials on it
+        self.handed: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self.counters = dict.fromkeys(("checks_sent", "checks_received", "acks_sent", "acks_received",
                                        "unknown_attempt", "bad_mac", "malformed", "budget_refused"), 0)
         endpoint.set_crust_handler(checks.CHECK, lambda data, addr: self.datagram_received(data, addr, None))
@@ -217,7 +222,6 @@ class _Run:
         self.budget = SendBudget(puncher.rate)
         self.extra: Optional[CheckSchedule] = None  # birthday probes (easy side) or the extra sockets (hard side)
         self.sockets: dict[Any, Any] = {}  # hard side: schedule target -> endpoint
-        self._handed: set[Any] = set()  # extra sockets a QUIC dial runs on: its dispatcher closes them, not us
         self.result: Deferred = Deferred(lambda d: self.finish(None))
         self.confirmed: list[Address] = []
         self.heard: set[Address] = set()
@@ -351,8 +355,8 @@ class _Run:
         self._dials += 1
         if socket is not None:
             # from now on the socket is the QUIC dispatcher's, which closes it with its last connection: the
-            # connection may become active (and stop this run) before the dial reports it
-            self._handed.add(socket)
+            # connection may become active (and stop the run that opened the socket) before the dial reports it
+            self.puncher.handed.add(socket)
         self.puncher.log.info("UDP punch to {peer}: {address} works both ways; opening QUIC",
                               peer=str(self.plan.peer_id), address=str(address))
         d = self.puncher._dial(address, self.purpose, self.plan.peer_id, socket)
@@ -411,7 +415,7 @@ class _Run:
         if self.extra is not None:
             self.extra.stop()
         for socket in list(self.sockets.values()):
-            if socket not in self._handed:
+            if socket not in self.puncher.handed:
                 socket.stop()
         self.sockets = {}
         if self.budget.refused:

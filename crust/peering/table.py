@@ -21,7 +21,7 @@ from crust._util.reactor import maybe_global_reactor
 from crust.identity import PeerId
 from crust.session.purpose import ACCEPTED
 from crust.session.send_queue import Dropped
-from crust.peering.handover import Handovers
+from crust.peering.handover import Handovers, rank
 from crust.peering.handover import describe as describe_path
 from crust.session.signalling import ControlFrames
 from crust.wire import CloseReason, Hello, RejectReason
@@ -246,9 +246,11 @@ class PeerTable:
             self._superseded.add(old)
             old.close(CloseReason.DUPLICATE, "superseded by a newer connection")
             self._events.emit("lost_peer", peer_id, "superseded by a newer connection")
-        # other candidates for this peer will never be chosen now
+        # other candidates for this peer will never be chosen now; but a direct one may yet replace a relayed
+        # connection (the chooser claims it with a handover; else it times out waiting for CHOOSE)
         for other in list(self.candidates.get(peer_id, ())):
-            other.close_duplicate()
+            if not rank(other) > rank(conn):
+                other.close_duplicate()
         self.log.info(
             "connected to {peer} via {transport} {address}",
             peer=peer_id, transport=conn.transport_name, address=conn.peer_address,

@@ -39,7 +39,7 @@ import random
 import weakref
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -231,6 +231,7 @@ class _Run:
         self._acks = 0
         self._timer: Any = None
         self._nominated: set[tuple[Address, Any]] = set()
+        self._dialling: list[Deferred] = []  # the QUIC dials this run made
         self._dials = 0
         self.sent = 0
         self.done = False
@@ -360,6 +361,7 @@ class _Run:
         self.puncher.log.info("UDP punch to {peer}: {address} works both ways; opening QUIC",
                               peer=str(self.plan.peer_id), address=str(address))
         d = self.puncher._dial(address, self.purpose, self.plan.peer_id, socket)
+        self._dialling.append(d)
         d.addCallbacks(self._dialled, self._dial_failed, callbackArgs=(socket,), errbackArgs=(address,))
 
     def _dialled(self, conn: Any, socket: Any) -> None:
@@ -367,6 +369,8 @@ class _Run:
 
     def _dial_failed(self, failure: Failure, address: Address) -> None:
         self._dials -= 1
+        if failure.check(CancelledError):
+            return  # the run ended: another dial made the connection
         self.puncher.log.info("QUIC over the punched pair {address} failed: {reason}", address=str(address),
                               reason=str(failure.value))
 
@@ -414,6 +418,10 @@ class _Run:
         self.schedule.stop()
         if self.extra is not None:
             self.extra.stop()
+        # dials still running would make a second connection, after the first one (or after the peer left)
+        for d in self._dialling:
+            if not d.called:
+                d.cancel()
         for socket in list(self.sockets.values()):
             if socket not in self.puncher.handed:
                 socket.stop()

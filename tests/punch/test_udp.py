@@ -448,6 +448,29 @@ class BirthdayTests(SynchronousTestCase):
         self.assertFalse(socket.stopped)
         self.assertTrue(all(s.stopped for s in hard.sockets if s is not socket))
 
+    def test_dials_still_running_are_cancelled_when_the_run_ends(self):
+        """A second dial left running would connect again later: after the first connection, or after a disconnect."""
+        net = Network()
+        big, small = Node(net, BIG, "203.0.113.1"), Node(net, SMALL, "203.0.113.2")
+        start = net.clock.seconds() + 0.1
+        results = big.punch(small, start)
+        small.punch(big, start)
+        net.run(1.0)
+        [(address, socket, first)] = big.dials
+        big.puncher._runs[ATTEMPT]._nominate(Address("udp", "203.0.113.2", 6000), None)  # another pair confirmed
+        [_, (_, _, second)] = big.dials
+        first.callback("quic")
+        self.assertEqual(results, ["quic"])
+        self.assertTrue(second.called)  # cancelled
+        # stopped from outside (the connection became active first): the same
+        results = big.punch(small, net.clock.seconds(), attempt=b"\x01" * 8)
+        small.punch(big, net.clock.seconds(), attempt=b"\x01" * 8)
+        net.run(1.0)
+        [(_, _, third)] = big.dials[2:]
+        big.puncher.stop(SMALL.peer_id)
+        self.assertTrue(third.called)
+        self.assertEqual(results, [])
+
 
 class BirthdayWinnerTests(SynchronousTestCase):
     def test_punch_ended_from_outside_keeps_the_socket_that_carries_the_connection(self):

@@ -274,9 +274,11 @@ class PunchManager:
             return  # punches to the peer go on: a direct path they open replaces the relayed one
         self._relayed.pop(peer_id, None)
         address = conn.peer_address
-        if conn.path is None and address is not None:
+        path = conn.path
+        if (path is None or (path.kind == "incoming" and not path.strategy)) and address is not None:
             # made while we punch to that peer (whoever dialled: a direct dial to its NAT's address gets
-            # through only because the punch opened it), or from an address a punch confirmed
+            # through only because the punch opened it), or from an address a punch confirmed; "incoming"
+            # is what the connector calls a connection the peer opened when no connect of ours waited for it
             puncher = self.udp if address.transport == "udp" else self.tcp
             if puncher is not None and (puncher.punched_from(address) == peer_id or puncher.running(peer_id)):
                 udp = address.transport == "udp"

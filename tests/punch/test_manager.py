@@ -390,6 +390,13 @@ class ManagerTests(SynchronousTestCase):
         self.assertIsNone(conn.path)
         self.assertEqual(self.bob.tcp.stopped, [ALICE.peer_id])
 
+    def test_incoming_while_punching_is_punched(self):
+        """A connection the peer opened while we punch (the upgrade of a relayed connection) is the punch's."""
+        self.exchange(self.alice, self.bob)
+        self.hops(3)
+        conn = self.promoted(self.bob, "tcp:203.0.113.1:4242", PathInfo("incoming", ""))
+        self.assertEqual(conn.path, PathInfo("punched-tcp", "tcp-punch"))
+
     def test_a_known_path_is_kept(self):
         self.exchange(self.alice, self.bob)
         self.hops(3)

@@ -546,6 +546,9 @@ def punching_problems(results, median_bound=None, max_bound=MAX_BOUND, relay_id=
         if not r["ok"]:
             problems.append(issue + "{}: must connect, failed: {}".format(pair, brief(r)))
             continue
+        if r["seconds"] is not None and r["seconds"] < 0.02:
+            problems.append(ISSUE + "{}: connected at once ({:.3f} s): a connection of the pair's previous run "
+                            "came back after both disconnected".format(pair, r["seconds"]))
         if not all((r["messages"] or {}).values()):
             problems.append(RELAY_ISSUE + "{}: a message did not arrive ({})".format(pair, r["messages"]))
         finals = (("A", r["a_final_path"]), ("B", r["b_final_path"]))

@@ -88,9 +88,11 @@ class RelayLab:
         self.lab.block(self.nats[0].public_ip, self.nats[1].public_ip)
 
     def connect(self):
-        """A connects to B by peer id; returns A's ``connected`` event."""
+        """A connects to B by peer id; returns A's ``connected`` event once B has the connection too."""
+        mark = self.b.mark
         result = self.a.command(("connected", "connect_error"), 35, cmd="connect", peer=self.ids[self.b])
         self.case.assertEqual(result["event"], "connected", result)
+        self.b.event("connect_success", 10, mark)
         return result
 
     def path(self, node):

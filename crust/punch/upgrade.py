@@ -45,12 +45,14 @@ def is_relayed(conn: Optional["PeerConnection"]) -> bool:
 
 
 class Upgrader:
-    log = Logger()
-
     """
+    The background re-punch of a node's relayed connections (see the module docstring).
+
     @param intervals: returns the first wait and the longest
         (C{Config.upgrade_interval}, C{Config.upgrade_interval_max}).
     """
+
+    log = Logger()
 
     def __init__(self, manager: "PunchManager", table: "PeerTable", clock: Any,
                  intervals: Callable[[], tuple[float, float]] = lambda: (FIRST, LONGEST)) -> None:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 FIRST = 5.0
 LONGEST = 300.0
+WHILE_PUNCHING = 1.0  # seconds between looks while a punch to the peer (the connect's own) still runs
 
 
 class _Upgrade(Purpose):
@@ -93,7 +94,10 @@ class Upgrader:
             return  # direct (or gone): nothing to do; or the peer's to do (it opened the relayed connection)
         assert conn is not None
         if self._manager.punching(peer_id):
-            self._schedule(peer_id)  # a punch of the connect attempt (or the peer's) still runs: let it end
+            # a punch of the connect attempt (or the peer's) still runs: let it end, and try soon after if it
+            # failed (its window is long: birthday probing)
+            wait = min(self._waits.get(peer_id, self._intervals()[0]), WHILE_PUNCHING)
+            self._timers[peer_id] = self._clock.callLater(wait, self._try, peer_id)
             return
         self.tries += 1
         via = _peer_via(conn)

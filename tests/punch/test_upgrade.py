@@ -116,6 +116,16 @@ class UpgraderTests(SynchronousTestCase):
         self.clock.advance(1)
         self.assertEqual(len(self.manager.exchanges), 1)
 
+    def test_tries_soon_after_a_long_punch_ends(self):
+        self.upgrader = Upgrader(self.manager, self.table, self.clock, lambda: (5.0, 300.0))
+        self.manager.running = True
+        self.promote(relayed())
+        self.clock.advance(12.0)  # the connect's birthday punch runs for 15 s
+        self.assertEqual(self.manager.exchanges, [])
+        self.manager.running = False
+        self.clock.advance(1.0)
+        self.assertEqual(len(self.manager.exchanges), 1)
+
     def test_stops_once_direct(self):
         self.promote(relayed())
         self.clock.advance(1)

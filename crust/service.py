@@ -401,8 +401,12 @@ class Service(MultiService):
         return conn.queued_bytes + self.signing.pending(peer_id) if conn is not None else 0
 
     def disconnect(self, peer_id: PeerId) -> bool:
-        """Close the connection to C{peer_id}; True if there was one.  C{lost_peer} follows."""
-        return self.peers.disconnect(peer_id)
+        """
+        Close the connection to C{peer_id}; True if there was one.  C{lost_peer}
+        follows.  Connections to the peer still being made end too (a punch's
+        that completes afterwards does not connect it again).
+        """
+        return self.peers.disconnect(peer_id, pending=True)
 
     # -- bootstrap ---------------------------------------------------------------------------
 

@@ -336,6 +336,8 @@ _FIELDS: dict[str, _Validator] = {
     "relay_limits": _relay_limits,
     "accept_relayed": _boolean,
     "relay_splice": _boolean,
+    "upgrade_interval": _duration,
+    "upgrade_interval_max": _duration,
     "turn_servers": _list_of(_turn_server, 8),
 }
 
@@ -399,6 +401,10 @@ def config_from_dict(body: Any, source: str = "<config>") -> Config:
         raise ConfigFileError(source, "inactivity_timeout",
                               f"must be longer than heartbeat_interval ({merged['heartbeat_interval']:g} s)",
                               body.get("inactivity_timeout", merged["inactivity_timeout"]))
+    if merged["upgrade_interval_max"] < merged["upgrade_interval"]:
+        raise ConfigFileError(source, "upgrade_interval_max",
+                              f"must be at least upgrade_interval ({merged['upgrade_interval']:g} s)",
+                              body.get("upgrade_interval_max", merged["upgrade_interval_max"]))
     try:
         return Config(**merged)
     except (TypeError, ValueError) as e:  # a rule of Config this module does not know yet

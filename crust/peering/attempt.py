@@ -12,6 +12,11 @@ soon as the peer table has an active connection to the peer (from any try,
 ours or theirs) and fails once every try has failed, or at the deadline, with
 every reason.
 
+When the connection that ends it is relayed, the tries that could still
+make a direct one (a punch that takes longer than the relay's start delay)
+are not abandoned: they run to their own end, and a direct connection they
+make replaces the relayed one (L{crust.peering.handover}).
+
 The attempt is the L{crust.session.purpose.Purpose} of the connections its tries
 make: the peer table reports their refusals and losses to it.
 """
@@ -27,6 +32,7 @@ from twisted.python.failure import Failure
 
 from crust.errors import ConnectFailed
 from crust.identity import PeerId
+from crust.peering.handover import rank
 from crust.session.connection import PathInfo
 from crust.session.purpose import Purpose
 
@@ -86,6 +92,7 @@ class ConnectAttempt(Purpose):
         self._starting = 0
         self._promoted: Optional["PeerConnection"] = None
         self._promoted_at = 0.0
+        self._running_on: set[Hashable] = set()  # tries left running after a relayed success
         self.started_at = clock.seconds()
 
     def wait(self) -> Deferred:
@@ -171,7 +178,7 @@ class ConnectAttempt(Purpose):
         if conn is not None and conn is self._promoted and conn.path is None:
             self._set_path(conn, target)  # (QUIC: the connection was promoted before its dial fired)
         if self.done:
-            if conn.connected and not conn.is_active:
+            if conn.connected and not conn.is_active and target not in self._running_on:
                 conn.close_duplicate()
             return
         if conn.connected:
@@ -232,10 +239,11 @@ class ConnectAttempt(Purpose):
 
     # -- outcome -----------------------------------------------------------------
 
-    def succeeded(self) -> None:
+    def succeeded(self, conn: Optional["PeerConnection"] = None) -> None:
+        """The peer has an active connection (C{conn}, when known)."""
         if self.done:
             return
-        self._finish()
+        self._finish(relayed=conn is not None and rank(conn) == 0)
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(self.peer_id)
@@ -251,8 +259,11 @@ class ConnectAttempt(Purpose):
         for d in waiters:
             d.errback(Failure(error))
 
-    def _finish(self) -> None:
-        """Stop the clock and abandon the tries that did not win."""
+    def _finish(self, relayed: bool = False) -> None:
+        """
+        Stop the clock and abandon the tries that did not win (with a
+        C{relayed} winner, those that could make a direct connection run on).
+        """
         self.done = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -261,12 +272,33 @@ class ConnectAttempt(Purpose):
             if timer.active():
                 timer.cancel()
         self._held = []
+        if relayed:
+            self._running_on = {t for t in self._tries if self._kind_of(t) != "relayed"}
         self._on_done(self)
-        for d in list(self._tries.values()):
-            d.cancel()
-        for conn in list(self._connections):
-            if not conn.is_active:
+        for target, d in list(self._tries.items()):
+            if target not in self._running_on:
+                d.cancel()
+        for conn, target in list(self._connections.items()):
+            if not conn.is_active and not (relayed and rank(conn) > 0 and self._kind_of(target) != "relayed"):
                 conn.close_duplicate()
+
+    @property
+    def running_on(self) -> bool:
+        """Whether tries still run after a relayed success."""
+        return bool(self._running_on & self._tries.keys())
+
+    def abandon(self) -> None:
+        """Stop the tries left running after a relayed success (the peer is gone, or a direct path won)."""
+        running, self._running_on = self._running_on, set()
+        for target in running:
+            d = self._tries.get(target)
+            if d is not None:
+                d.cancel()
+
+    def _kind_of(self, target: Hashable) -> str:
+        """The path kind a connection C{target}'s try makes would have."""
+        leg = self._leg_of.get(target)
+        return "direct" if leg is None else leg.kinds.get(target, leg.path_kind)
 
     def check_done(self) -> None:
         """Fail if nothing is left to wait for (an incoming candidate of the peer may just have ended)."""

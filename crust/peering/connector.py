@@ -5,7 +5,9 @@ It plans each attempt with the dialer's strategies, shares a running attempt
 with repeated calls, and listens to the peer table: any connection to the
 peer that becomes active (ours or the peer's own to us) ends the attempt in
 success, and an incoming candidate that ends may leave an attempt with
-nothing left to wait for.
+nothing left to wait for.  An attempt that a relayed connection ended, with
+tries still running that could make a direct one, is kept until they end,
+a direct connection is active, or the peer is gone (then they stop).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from twisted.logger import Logger
 
 from crust.config import Config
 from crust.peering.attempt import ConnectAttempt
+from crust.peering.handover import rank
 from crust.session.connection import PathInfo
 from crust.connection_info import PubConnectionInfo
 from crust.identity import PeerId
@@ -44,6 +47,7 @@ class Connector:
         self._emit = emit
         self.attempts: dict[PeerId, ConnectAttempt] = {}
         self._watchers: list[Callable[[ConnectAttempt, float], object]] = []
+        self._running_on: dict[PeerId, ConnectAttempt] = {}  # done, relayed, with tries running on
         table.listen(self)
 
     def watch(self, watcher: Callable[[ConnectAttempt, float], object]) -> None:
@@ -67,12 +71,19 @@ class Connector:
         """Fail every attempt (the node is stopping)."""
         for attempt in list(self.attempts.values()):
             attempt.fail(summary)
+        for peer_id in list(self._running_on):
+            self._running_on.pop(peer_id).abandon()
 
     def _attempt_done(self, attempt: ConnectAttempt) -> None:
         if self.attempts.get(attempt.peer_id) is attempt:
             del self.attempts[attempt.peer_id]
         for watcher in self._watchers:
             watcher(attempt, self._clock.seconds() - attempt.started_at)
+        if attempt.running_on:
+            previous = self._running_on.pop(attempt.peer_id, None)
+            if previous is not None:
+                previous.abandon()
+            self._running_on[attempt.peer_id] = attempt
         if attempt.error is not None:
             self.log.warn("connect to {peer} failed: {reason}", peer=str(attempt.peer_id), reason=str(attempt.error))
             self._emit("connect_failure", attempt.peer_id, attempt.error)
@@ -80,6 +91,8 @@ class Connector:
     # -- PeerListener ------------------------------------------------------------------
 
     def peer_promoted(self, conn: "PeerConnection", peer_id: PeerId) -> None:
+        if rank(conn) > 0 and peer_id in self._running_on:
+            self._running_on.pop(peer_id).abandon()  # a direct path won: the other tries are not needed
         attempt = self.attempts.get(peer_id)
         if attempt is not None:
             elapsed = self._clock.seconds() - attempt.started_at
@@ -89,7 +102,7 @@ class Connector:
                 conn.path = PathInfo("direct" if conn.initiator else "incoming", "", elapsed)
             elif conn.path.elapsed is None:
                 conn.path = replace(conn.path, elapsed=elapsed)  # how another listener saw it made
-            attempt.succeeded()
+            attempt.succeeded(conn)
         elif conn.path is None and not conn.initiator:
             conn.path = PathInfo("incoming", "")
 
@@ -97,6 +110,8 @@ class Connector:
         peer_id = conn.peer_id
         if peer_id is None:
             return
+        if peer_id not in self._table.active and peer_id in self._running_on:
+            self._running_on.pop(peer_id).abandon()  # the peer is gone: no direct path to move to
         attempt = self.attempts.get(peer_id)
         if attempt is not None and not self._table.has_candidates(peer_id):
             attempt.check_done()

@@ -21,7 +21,7 @@ from crust._util.reactor import maybe_global_reactor
 from crust.identity import PeerId
 from crust.session.purpose import ACCEPTED
 from crust.session.send_queue import Dropped
-from crust.peering.handover import Handovers
+from crust.peering.handover import Handovers, rank
 from crust.peering.handover import describe as describe_path
 from crust.session.signalling import ControlFrames
 from crust.wire import CloseReason, Hello, RejectReason
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 MAX_PENDING_PER_HOST = 16  # accepted connections in their handshake, from one host
 MAX_PENDING = 512  # from all hosts together
+MAX_CUT = 1024  # peers remembered as disconnected by the user (their connections then in the making are refused)
 
 
 class AdmissionPolicy(Protocol):
@@ -90,6 +91,9 @@ class PeerTable:
         self._input_log = RateLimiter(clock if clock is not None else maybe_global_reactor(None),
                                       per_key=(0.1, 3.0), total=(1.0, 10.0), max_keys=64)
         self.counters: dict[str, int] = {}  # early failures of connections, by kind (early_timeout...)
+        self._serial: dict["PeerConnection", int] = {}  # each connection's number, in the order they were made
+        self._next_serial = 0
+        self._cut: dict[PeerId, int] = {}  # peer -> connections numbered below this were made before a disconnect
 
     # -- registration ------------------------------------------------------------
 
@@ -138,8 +142,21 @@ class PeerTable:
         return d
 
     def disconnect(self, peer_id: PeerId, reason: CloseReason = CloseReason.DISCONNECT,
-                   detail: str = "closed by the peer's user") -> bool:
-        """Close the active connection to C{peer_id}; True if there was one."""
+                   detail: str = "closed by the peer's user", pending: bool = False) -> bool:
+        """
+        Close the active connection to C{peer_id}; True if there was one.
+        With C{pending} (the user's disconnect), connections to the peer still
+        in their handshake are closed too, or refused when they complete (an
+        accepted one names its peer only then): a punch's or dial's
+        connection made before the disconnect does not bring the peer back.
+        """
+        if pending:
+            self._cut.pop(peer_id, None)
+            self._cut[peer_id] = self._next_serial
+            if len(self._cut) > MAX_CUT:
+                del self._cut[next(iter(self._cut))]
+            for other in list(self.candidates.get(peer_id, ())):
+                other.close(reason, detail)
         conn = self.usable(peer_id)
         if conn is None:
             return False
@@ -152,6 +169,8 @@ class PeerTable:
     def connection_made(self, conn: "PeerConnection", accepted_from: Any = None) -> None:
         """A connection was built; C{accepted_from}: the address an accepted one came from."""
         self.connections.add(conn)
+        self._serial[conn] = self._next_serial
+        self._next_serial += 1
         host = getattr(accepted_from, "host", None)
         if host is not None:
             self._pending[conn] = host
@@ -210,8 +229,12 @@ class PeerTable:
     def hello_for(self, conn: "PeerConnection") -> Hello:
         return self._hello_for(conn)
 
+    def _made_before_disconnect(self, conn: "PeerConnection", peer_id: PeerId) -> bool:
+        cut = self._cut.get(peer_id)
+        return cut is not None and self._serial.get(conn, cut) < cut
+
     def claim(self, conn: "PeerConnection", peer_id: PeerId) -> bool:
-        if not self.accepting:
+        if not self.accepting or self._made_before_disconnect(conn, peer_id):
             return False
         old = self.active.get(peer_id)
         if old is not None:
@@ -224,6 +247,9 @@ class PeerTable:
     def candidate(self, conn: "PeerConnection", peer_id: PeerId, hello: Hello) -> None:
         if not self._admission.admit(conn, peer_id):
             conn.close(CloseReason.NOT_WHITELISTED, "not allowed by this node's whitelist")
+            return
+        if self._made_before_disconnect(conn, peer_id):
+            conn.close(CloseReason.DISCONNECT, "made before our user disconnected this peer")
             return
         self.candidates.setdefault(peer_id, set()).add(conn)
         self._remember(peer_id, hello, replace=False)
@@ -246,9 +272,11 @@ class PeerTable:
             self._superseded.add(old)
             old.close(CloseReason.DUPLICATE, "superseded by a newer connection")
             self._events.emit("lost_peer", peer_id, "superseded by a newer connection")
-        # other candidates for this peer will never be chosen now
+        # other candidates for this peer will never be chosen now; but a direct one may yet replace a relayed
+        # connection (the chooser claims it with a handover; else it times out waiting for CHOOSE)
         for other in list(self.candidates.get(peer_id, ())):
-            other.close_duplicate()
+            if not rank(other) > rank(conn):
+                other.close_duplicate()
         self.log.info(
             "connected to {peer} via {transport} {address}",
             peer=peer_id, transport=conn.transport_name, address=conn.peer_address,
@@ -297,6 +325,7 @@ class PeerTable:
 
     def lost(self, conn: "PeerConnection", reason: str) -> None:
         self.connections.discard(conn)
+        self._serial.pop(conn, None)
         self._settled(conn)
         superseded = conn in self._superseded
         self._superseded.discard(conn)

@@ -44,6 +44,7 @@ class UdpSide:
         self._reactor = reactor
         self._cert_info = cert_info
         self._accepted = accepted
+        self._extra: dict[Any, QuicDispatcher] = {}  # extra sockets (birthday probing) -> their QUIC dispatcher
         now = config()
         self.stack = build_udp_stack(reactor, host=now.listen_host, port=now.udp_listen_port or 0,
                                      identity=identity)
@@ -66,12 +67,29 @@ class UdpSide:
         return transport.getHost()
 
     def quic_for_socket(self, socket: Any) -> QuicDispatcher:
-        """A QUIC dispatcher on an extra UDP socket (birthday probing); the socket closes with its last connection."""
+        """
+        The QUIC dispatcher on an extra UDP socket (birthday probing), made
+        on first use; the socket closes with its last connection.  One per
+        socket: two dials on one socket share it (a second dispatcher would
+        never see a datagram, and would close the socket when its dial failed).
+        """
+        dispatcher = self._extra.get(socket)
+        if dispatcher is not None and not dispatcher.closed:
+            return dispatcher
         dispatcher = QuicDispatcher(self._identity, socket.send, clock=self._reactor, accepted=self._accepted,
                                     host=lambda: socket.transport.getHost(), options=self.quic.options,
                                     cert_info=self._cert_info)
-        socket.register(is_quic, dispatcher.datagram_received, "quic", first_byte_at_least=QUIC_FIRST_BYTE)
-        dispatcher.on_empty = socket.stop
+        unregister = socket.register(is_quic, dispatcher.datagram_received, "quic",
+                                     first_byte_at_least=QUIC_FIRST_BYTE)
+        self._extra[socket] = dispatcher
+
+        def empty() -> None:
+            if self._extra.get(socket) is dispatcher:
+                del self._extra[socket]
+            unregister()
+            socket.stop()
+
+        dispatcher.on_empty = empty
         return dispatcher
 
 

@@ -10,9 +10,11 @@ exchanges (L{crust.punch.coordinator}) and the two punchers.
     L{REQUEST_RATE} per peer), and punches when SYNC arrives.
   - Envelopes that do not open, are not signed by their claimed sender,
     are stale or replayed are dropped with one rate-limited log line each.
-  - When a connection to a peer becomes active, every punch to it stops;
-    a connection that a punch of ours explains is marked C{punched-tcp} or
-    C{punched-udp}.
+  - When a direct connection to a peer becomes active, every punch to it
+    stops; a connection that a punch of ours explains is marked
+    C{punched-tcp} or C{punched-udp}.  A relayed one stops none: what a
+    punch then makes replaces it (L{crust.peering.handover}), and a peer
+    reached through a relay that asks to punch is answered with a punch.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from crust.punch.coordinator import EXCHANGE_TIMEOUT, ExchangeCore, ExchangeMach
 from crust.punch.messages import Envelope, EnvelopeError, EnvelopeType, ReplayGuard, open_envelope, seal
 from crust.punch.plan import ATTEMPT_SIZE, PunchPlan, blind_attempt
 from crust.punch.rendezvous import Rendezvous
+from crust.punch.upgrade import is_relayed
 from crust.session.connection import PathInfo
 from crust.session.purpose import Purpose
 
@@ -81,6 +84,7 @@ class PunchManager:
         self._logs = RateLimiter(clock, LOG_RATE, (2.0, 10.0))
         self.counters = dict.fromkeys(("exchanges", "answered", "dropped", "rate_limited", "punched"), 0)
         self.upgrader: Any = None  # crust.punch.upgrade.Upgrader, set by the wiring
+        self._relayed: dict[PeerId, Any] = {}  # peers whose active connection is relayed: punches to them go on
         table.listen(self)
 
     # -- as the side that connects -----------------------------------------------------------
@@ -125,6 +129,10 @@ class PunchManager:
         if self.tcp is None:
             return fail(CrustError("TCP is off on this node"))
         return self.tcp.punch(plan, purpose)
+
+    def punching(self, peer_id: PeerId) -> bool:
+        """Whether a punch to C{peer_id} runs (ours or one it asked for)."""
+        return any(p is not None and p.running(peer_id) for p in (self.udp, self.tcp))
 
     def stop(self) -> None:
         if self.upgrader is not None:
@@ -237,8 +245,9 @@ class PunchManager:
 
     def _punch_as_responder(self, plan: PunchPlan) -> None:
         """The peer that asked sent SYNC: punch both ways; its connect attempt waits on what comes of it."""
-        if self.table.usable(plan.peer_id) is not None:
-            return  # connected meanwhile
+        conn = self.table.usable(plan.peer_id)
+        if conn is not None and not is_relayed(conn):
+            return  # connected directly meanwhile (relayed: the punch is for a direct path to move to)
         purpose = _Responding()
         for name, d in (("udp", self.punch_udp(plan, purpose)), ("tcp", self.punch_tcp(plan, purpose))):
             d.addCallbacks(self._responder_punched, self._responder_failed, callbackArgs=(name,),
@@ -260,10 +269,16 @@ class PunchManager:
     # -- PeerListener -------------------------------------------------------------------
 
     def peer_promoted(self, conn: "PeerConnection", peer_id: PeerId) -> None:
+        if is_relayed(conn):
+            self._relayed[peer_id] = conn
+            return  # punches to the peer go on: a direct path they open replaces the relayed one
+        self._relayed.pop(peer_id, None)
         address = conn.peer_address
-        if conn.path is None and address is not None:
+        path = conn.path
+        if (path is None or (path.kind == "incoming" and not path.strategy)) and address is not None:
             # made while we punch to that peer (whoever dialled: a direct dial to its NAT's address gets
-            # through only because the punch opened it), or from an address a punch confirmed
+            # through only because the punch opened it), or from an address a punch confirmed; "incoming"
+            # is what the connector calls a connection the peer opened when no connect of ours waited for it
             puncher = self.udp if address.transport == "udp" else self.tcp
             if puncher is not None and (puncher.punched_from(address) == peer_id or puncher.running(peer_id)):
                 udp = address.transport == "udp"
@@ -273,4 +288,9 @@ class PunchManager:
                 puncher.stop(peer_id)
 
     def connection_ended(self, conn: "PeerConnection", reason: str) -> None:
-        pass
+        peer_id = conn.peer_id
+        if peer_id is not None and self._relayed.get(peer_id) is conn and self.table.usable(peer_id) is None:
+            del self._relayed[peer_id]  # the peer is gone: its punches would only connect it again
+            for puncher in (self.udp, self.tcp):
+                if puncher is not None:
+                    puncher.stop(peer_id)

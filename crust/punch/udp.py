@@ -36,9 +36,10 @@ from __future__ import annotations
 
 import os
 import random
+import weakref
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -92,6 +93,10 @@ class UdpPuncher:
         self._rng = rng or random.SystemRandom()
         self._runs: dict[bytes, _Run] = {}
         self._shared: dict[PeerId, bytes] = {}
+        # extra sockets a QUIC dial runs on: the dispatcher's, which closes each with its last connection. Held
+        # here, not by a run: a run's socket may hear a check of another run to the same peer (both sides of a
+        # pasted connect probe at once), and that run dials on it
+        self.handed: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self.counters = dict.fromkeys(("checks_sent", "checks_received", "acks_sent", "acks_received",
                                        "unknown_attempt", "bad_mac", "malformed", "budget_refused"), 0)
         endpoint.set_crust_handler(checks.CHECK, lambda data, addr: self.datagram_received(data, addr, None))
@@ -226,6 +231,7 @@ class _Run:
         self._acks = 0
         self._timer: Any = None
         self._nominated: set[tuple[Address, Any]] = set()
+        self._dialling: list[Deferred] = []  # the QUIC dials this run made
         self._dials = 0
         self.sent = 0
         self.done = False
@@ -349,12 +355,13 @@ class _Run:
         self._nominated.add(key)
         self._dials += 1
         if socket is not None:
-            # the dial owns the socket from now on: its QUIC dispatcher closes it when its last
-            # connection ends, so ending this punch (the connection won, say) leaves it open
-            self.sockets = {i: s for i, s in self.sockets.items() if s is not socket}
+            # from now on the socket is the QUIC dispatcher's, which closes it with its last connection: the
+            # connection may become active (and stop the run that opened the socket) before the dial reports it
+            self.puncher.handed.add(socket)
         self.puncher.log.info("UDP punch to {peer}: {address} works both ways; opening QUIC",
                               peer=str(self.plan.peer_id), address=str(address))
         d = self.puncher._dial(address, self.purpose, self.plan.peer_id, socket)
+        self._dialling.append(d)
         d.addCallbacks(self._dialled, self._dial_failed, callbackArgs=(socket,), errbackArgs=(address,))
 
     def _dialled(self, conn: Any, socket: Any) -> None:
@@ -362,6 +369,8 @@ class _Run:
 
     def _dial_failed(self, failure: Failure, address: Address) -> None:
         self._dials -= 1
+        if failure.check(CancelledError):
+            return  # the run ended: another dial made the connection
         self.puncher.log.info("QUIC over the punched pair {address} failed: {reason}", address=str(address),
                               reason=str(failure.value))
 
@@ -409,8 +418,13 @@ class _Run:
         self.schedule.stop()
         if self.extra is not None:
             self.extra.stop()
+        # dials still running would make a second connection, after the first one (or after the peer left)
+        for d in self._dialling:
+            if not d.called:
+                d.cancel()
         for socket in list(self.sockets.values()):
-            socket.stop()
+            if socket not in self.puncher.handed:
+                socket.stop()
         self.sockets = {}
         if self.budget.refused:
             self.puncher.log.info("UDP punch to {peer}: {count} checks not sent (send budget)",

@@ -4,14 +4,16 @@ direct one in the background, with backoff.
 
 A punch that succeeds makes a direct connection to the same peer; the peer
 table then moves the relayed connection onto it (L{crust.peering.handover}),
-without losing a message.  Tries come L{FIRST} seconds after the connection
-became relayed, then after twice as long each time, up to L{LONGEST}; they
-stop when the connection is not relayed any more or the peer is gone.
+without losing a message.  Tries come C{Config.upgrade_interval} (L{FIRST})
+seconds after the connection became relayed, then after twice as long each
+time (counted from the end of the previous try), up to
+C{Config.upgrade_interval_max} (L{LONGEST}); they stop when the connection is
+not relayed any more or the peer is gone.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 
 FIRST = 5.0
 LONGEST = 300.0
+WHILE_PUNCHING = 1.0  # seconds between looks while a punch to the peer (the connect's own) still runs
 
 
 class _Upgrade(Purpose):
@@ -35,18 +38,29 @@ class _Upgrade(Purpose):
 
 
 def is_relayed(conn: Optional["PeerConnection"]) -> bool:
+    """Whether C{conn} goes through a relay (a crust circuit or TURN)."""
     if conn is None:
         return False
-    return conn.transport_name == "relay" or (conn.path is not None and conn.path.kind == "relayed")
+    path = getattr(conn, "path", None)
+    return getattr(conn, "transport_name", None) == "relay" or (path is not None and path.kind == "relayed")
 
 
 class Upgrader:
+    """
+    The background re-punch of a node's relayed connections (see the module docstring).
+
+    @param intervals: returns the first wait and the longest
+        (C{Config.upgrade_interval}, C{Config.upgrade_interval_max}).
+    """
+
     log = Logger()
 
-    def __init__(self, manager: "PunchManager", table: "PeerTable", clock: Any) -> None:
+    def __init__(self, manager: "PunchManager", table: "PeerTable", clock: Any,
+                 intervals: Callable[[], tuple[float, float]] = lambda: (FIRST, LONGEST)) -> None:
         self._manager = manager
         self._table = table
         self._clock = clock
+        self._intervals = intervals
         self._timers: dict[PeerId, Any] = {}
         self._waits: dict[PeerId, float] = {}
         self._running: dict[PeerId, Deferred] = {}
@@ -58,7 +72,7 @@ class Upgrader:
     def peer_promoted(self, conn: "PeerConnection", peer_id: PeerId) -> None:
         # (the connection's path may be told after the listeners: look when the first try is due)
         if peer_id not in self._timers and peer_id not in self._running:
-            self._waits[peer_id] = FIRST
+            self._waits[peer_id] = self._intervals()[0]
             self._schedule(peer_id)
 
     def connection_ended(self, conn: "PeerConnection", reason: str) -> None:
@@ -69,16 +83,22 @@ class Upgrader:
     # -- trying -------------------------------------------------------------------------
 
     def _schedule(self, peer_id: PeerId) -> None:
-        wait = self._waits.get(peer_id, FIRST)
+        wait = self._waits.get(peer_id, self._intervals()[0])
         self._timers[peer_id] = self._clock.callLater(wait, self._try, peer_id)
 
     def _try(self, peer_id: PeerId) -> None:
         self._timers.pop(peer_id, None)
         conn = self._table.usable(peer_id)
-        if not is_relayed(conn):
+        if not is_relayed(conn) or not conn.initiator:  # type: ignore[union-attr]
             self._waits.pop(peer_id, None)
-            return  # direct (or gone): nothing to do
+            return  # direct (or gone): nothing to do; or the peer's to do (it opened the relayed connection)
         assert conn is not None
+        if self._manager.punching(peer_id):
+            # a punch of the connect attempt (or the peer's) still runs: let it end, and try soon after if it
+            # failed (its window is long: birthday probing)
+            wait = min(self._waits.get(peer_id, self._intervals()[0]), WHILE_PUNCHING)
+            self._timers[peer_id] = self._clock.callLater(wait, self._try, peer_id)
+            return
         self.tries += 1
         via = _peer_via(conn)
         self.log.info("{peer} is relayed: trying to punch a direct path", peer=str(peer_id))
@@ -102,7 +122,8 @@ class Upgrader:
     def _done(self, _: Any, peer_id: PeerId) -> None:
         self._running.pop(peer_id, None)
         if is_relayed(self._table.usable(peer_id)):
-            self._waits[peer_id] = min(LONGEST, self._waits.get(peer_id, FIRST) * 2)
+            first, longest = self._intervals()
+            self._waits[peer_id] = min(longest, self._waits.get(peer_id, first) * 2)
             self._schedule(peer_id)
         else:
             self._waits.pop(peer_id, None)

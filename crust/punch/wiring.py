@@ -71,7 +71,8 @@ def install(*, identity: Identity, network: str, reactor: Any, config: Callable[
     manager = PunchManager(identity=identity, network=network, clock=reactor, table=table,
                            serving=lambda: config().serve_rendezvous, our_info=our_info,
                            udp=udp_puncher, tcp=tcp_puncher)
-    manager.upgrader = Upgrader(manager, table, reactor)  # relayed connections try for a direct path
+    manager.upgrader = Upgrader(manager, table, reactor,  # relayed connections try for a direct path
+                                lambda: (config().upgrade_interval, config().upgrade_interval_max))
     dialer.register(RendezvousStrategy(manager, dialer))
     if tcp_puncher is not None:
         dialer.register(TcpPunchStrategy(manager))

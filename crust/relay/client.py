@@ -9,7 +9,11 @@ connects) and L{RelayEnds}, which opens circuits and answers invitations.
     opens a circuit through it (OPEN, then READY) and runs the secure
     handshake inside, as TLS client, expecting the target's key.  The
     connection's purpose is the connect attempt, its path
-    C{relayed} C{via} the relay.
+    C{relayed} C{via} the relay.  When a relay fails us (no READY, a CLOSE
+    other than the target's refusal, or a circuit that ends before the
+    secure handshake is done: a relay that drops or corrupts what it
+    carries), the attempt gets another leg through another relay, at most
+    L{MAX_RELAYS} in all.
   - L{RelayEnds.invite_received}: a relay invites us to a circuit from a
     peer.  Unless C{Config.accept_relayed} is off (or a node whitelist is
     set: a relayed connection has no IP address to check), we accept
@@ -35,7 +39,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -45,6 +49,7 @@ from crust.config import Config
 from crust.connection_info import PubConnectionInfo
 from crust.errors import CrustError
 from crust.identity import PeerId
+from crust.peering.attempt import Leg as AttemptLeg
 from crust.punch.rendezvous import NoCommonPeer
 from crust.relay import messages
 from crust.relay.circuit import CircuitTLS, CircuitTransport, RelayClosed
@@ -72,6 +77,7 @@ INVITE_TOTAL = (20.0, 60.0)
 LOG_RATE = (0.2, 5.0)  # log lines about refused invitations, per relay
 PATH_KIND = "relayed"
 STRATEGY = "relay"
+MAX_RELAYS = 3  # relays one connect attempt tries, one after the other
 
 
 def takes_circuits(config: Config) -> bool:
@@ -298,12 +304,18 @@ class _Opening(Leg):
 
 @dataclass(frozen=True)
 class RelayTarget:
-    """The relay leg's one target: the peer (which relay is found when the leg starts)."""
+    """
+    The relay leg's one target: the peer (which relay is found when the leg
+    starts), and the relays that failed this attempt already (not asked again).
+    """
 
     peer_id: PeerId
+    tried: tuple[PeerId, ...] = ()
 
     def __str__(self) -> str:
-        return STRATEGY
+        if not self.tried:
+            return STRATEGY
+        return f"{STRATEGY} (not via {', '.join(p.short() for p in self.tried)})"
 
 
 class RelayStrategy:
@@ -356,12 +368,14 @@ class RelayStrategy:
 
         out: Deferred = Deferred(cancel)
         peer = target.peer_id
+        relay: list[PeerId] = []
 
         def step(d: Deferred) -> Deferred:
             running[:] = [d]
             return d
 
         def found(via: PeerId) -> Deferred:
+            relay.append(via)
             return step(self._ends.open(via, peer))
 
         def ready(circuit: CircuitTransport) -> Optional[Deferred]:
@@ -371,18 +385,30 @@ class RelayStrategy:
             return step(self._ends.run(circuit, attempt, tls_client=True))
 
         def connected(conn: "PeerConnection") -> None:
-            if not out.called:
-                out.callback(conn)
+            if out.called:
+                return
+            # (told before the attempt hears of the loss: it has the next leg before it counts what is left)
+            self._table.when_closed(conn).addCallback(lambda _: None if conn.is_active else elsewhere())
+            out.callback(conn)
+
+        def elsewhere() -> None:
+            """This relay failed us: another leg through another relay, if the attempt still runs."""
+            if relay and not getattr(attempt, "done", True) and len(target.tried) + 1 < MAX_RELAYS:
+                retry = RelayTarget(peer, target.tried + (relay[0],))
+                attempt.extend([AttemptLeg(STRATEGY, 0.0, (retry,), self.dial, PATH_KIND)])
 
         def failed(failure: Failure) -> None:
             if out.called:
                 return
+            refused = isinstance(failure.value, RelayClosed) and failure.value.reason == messages.REASON_REFUSED
+            if not (refused or failure.check(NoCommonPeer, CancelledError)):
+                elsewhere()  # (the target's refusal would be the same through any relay)
             if failure.check(NoCommonPeer, RelayClosed):
                 out.errback(Failure(_ReasonError(str(failure.value))))
             else:
                 out.errback(failure)
 
-        step(self._rendezvous.find(peer, exclude=self._relayed(), want_relay=True))
+        step(self._rendezvous.find(peer, exclude=self._relayed() + target.tried, want_relay=True))
         running[0].addCallback(found).addCallback(ready).addCallbacks(connected, failed)
         return out
 

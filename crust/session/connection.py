@@ -799,6 +799,12 @@ class PeerConnection(Protocol):
             self._last_sent = now
         if now - self._last_received >= self.inactivity_timeout:
             self.close(CloseReason.TIMEOUT, f"nothing received for {self.inactivity_timeout:g} s")
+            # nothing came for that long: the path is dead, and waiting to flush would only delay what
+            # follows the loss (a standby connection taking over, a new connect)
+            if self.connected:
+                transport = self.transport
+                assert transport is not None
+                transport.abortConnection()
             return
         if self.queues or self.bulk_queues:
             self._expire(now)

@@ -1,7 +1,7 @@
-"""Hole punching acceptance (issue 12) in the NAT lab: every pair of NAT kinds.
+"""Hole punching and relays (issues 12 and 13) in the NAT lab: every pair of NAT kinds.
 
-The lab: one public seed node (``--accept-bootstrap --serve-rendezvous``,
-reachability test on)
+The lab: one public seed node (``--accept-bootstrap --serve-rendezvous
+--serve-relay``, reachability test on: what the ready node does by default)
 and, for each NAT kind below, two hosts each behind a NAT of its own (a
 same-kind pair is two different NATs): ``public`` (no NAT), ``full-cone``,
 ``restricted-cone``, ``port-restricted``, ``symmetric`` (random ports),
@@ -25,10 +25,16 @@ The matrix: for every unordered pair of kinds and each kind with its twin
 - ``paste``: both sides connect with each other's fresh connection info at
   the same moment (``Service.connect(our_info, their_info)``).
 
-Each connect records the path kind (``peer_details(peer)["path"]``), the
-transport, the seconds from the command to the result, and the reasons of a
-failure. Then both sides disconnect and the next pair starts once both have
-seen the connection gone. The matrix is printed for each mode (rows: A's
+Each connect records the path kind and strategy (``peer_details(peer)["path"]``,
+on both sides), the transport, the seconds from the command to the result,
+and the reasons of a failure. Once connected, a message goes each way. A
+pair that must be direct but connected through the relay (a punch slower
+than the relay's 2 s start delay: birthday probing) must move to a direct
+path (``path_changed``) within 25 s of the command (the punch's 15 s
+window, then, should that punch miss, one more try by the background
+re-punch): the seconds from the command to that are recorded too. Then both
+sides disconnect and the next pair starts once both have seen the
+connection gone. The matrix is printed for each mode (rows: A's
 kind; columns: B's kind) with the median and worst time, and written to
 ``_trial_temp/lab-punch-matrix.json``.
 
@@ -47,15 +53,19 @@ What is asserted (issue 12's requirements):
   after both sides disconnect;
 - hole punching (marked ``[issue 12]`` in failure messages; they need the
   library's hole punching): every pair where at least one side has an
-  endpoint-independent mapping connects with a direct path kind (not
-  relayed; ``incoming``, the peer's own dial winning, counts as direct);
-  ``symmetric x symmetric`` and ``udp-blocked x symmetric`` either connect
-  or fail with a reason naming the symmetric NAT or a relay;
+  endpoint-independent mapping ends up on a direct path kind on both sides
+  (not relayed; ``incoming``, the peer's own dial winning, counts as
+  direct): at once, or after starting relayed, within 25 s of the connect;
   ``udp-blocked`` pairs (other than with symmetric) connect over TCP; at
   20 ms RTT the median time to connect is under 2 s and the worst under
   15 s; at 100 ms RTT and 1 % loss the same pairs connect, worst under 15 s.
   A missing library API (one-argument ``connect``, ``path`` in
-  ``peer_details``, ``crust connect PEER_ID``) is named as such.
+  ``peer_details``, ``crust connect PEER_ID``) is named as such;
+- relays (marked ``[issue 13]``): every pair connects, zero failures;
+  ``symmetric x symmetric`` and ``udp-blocked x symmetric``, where nothing
+  direct works, connect relayed through the seed (path ``relayed`` via the
+  seed's peer id, strategy ``relay``, on both sides) and stay relayed; in
+  every pair a message goes each way.
 
 Root only (network namespaces, nftables, ``/dev/net/tun``); skipped
 elsewhere with the reason. See doc/natlab.md, "Hole punching matrix".
@@ -92,8 +102,8 @@ BEHAVIOUR = {
     "udp-blocked": ("blocked", "blocked"),
 }
 
-#: Pairs allowed to fail (both mappings endpoint-dependent, or no UDP against random ports).
-MAY_FAIL = {frozenset(["symmetric"]), frozenset(["udp-blocked", "symmetric"])}
+#: Pairs that only a relay connects (both mappings endpoint-dependent, or no UDP against random ports).
+RELAYED = {frozenset(["symmetric"]), frozenset(["udp-blocked", "symmetric"])}
 #: Path kinds that count as direct: not relayed. ``incoming``: the peer's own dial
 #: reached us (in the paste mode one side's dial wins; the other side sees it so).
 DIRECT = ("direct", "mapped", "punched-tcp", "punched-udp", "incoming")
@@ -105,9 +115,12 @@ CONNECT_TIMEOUT = 18.0   # the nodes' connect_timeout: over the 15 s birthday wi
 BOOTSTRAP_BOUND = 10.0   # seconds from a node's ready to bootstrapped
 MEDIAN_BOUND = 2.0
 MAX_BOUND = 15.0
+DIRECT_BOUND = 25.0      # seconds from connect to a direct path, for a pair that started relayed: the
+                         # punch's 15 s window and, should it miss (birthday probing may), one more try
 AGENT_DEADLINE = 1800
 MATRIX_FILE = "lab-punch-matrix.json"
 ISSUE = "[issue 12] "    # the prefix of every assertion that needs the library's hole punching
+RELAY_ISSUE = "[issue 13] "  # ... and of those that need its relays
 
 
 def pairs():
@@ -116,9 +129,9 @@ def pairs():
 
 
 def category(a, b):
-    """``"may-fail"``, ``"tcp"`` (must connect over TCP) or ``"direct"``."""
-    if frozenset([a, b]) in MAY_FAIL:
-        return "may-fail"
+    """``"relayed"`` (only a relay connects them), ``"tcp"`` (must be direct over TCP) or ``"direct"``."""
+    if frozenset([a, b]) in RELAYED:
+        return "relayed"
     if "udp-blocked" in (a, b):
         return "tcp"
     return "direct"
@@ -255,8 +268,10 @@ class PunchLab:
 
     def start(self):
         """Start the seed, then every node; bootstrap each as soon as it is ready."""
-        self.seed = self.agent(self.seed_host, "--accept-bootstrap", "--serve-rendezvous", label="seed")
+        self.seed = self.agent(self.seed_host, "--accept-bootstrap", "--serve-rendezvous", "--serve-relay",
+                               label="seed")
         seed_ready = self.seed.event("ready", timeout=30)
+        self.seed_id = seed_ready["peer_id"]
         info = json.loads(seed_ready["info"])
         contacts = ["{}@{}".format(info["id"], a) for a in info["addrs"]
                     if a.split(":")[1] == self.seed_host.ip]
@@ -339,6 +354,41 @@ class PunchLab:
             self.case.assertTrue(gone["gone"], "{} still connected to its peer 15 s after disconnect: {}".format(
                 node.name, gone))
 
+    def after(self, mode, a, b, ra, rb, marks):
+        """A connected pair: a message each way, both sides' paths, and a move to a direct path if one is due.
+
+        *marks*: each side's output mark from before the connect command. Returns the fields to add to the
+        pair's record.
+        """
+        out = {}
+        text = "{} {} x {}".format(mode, a.kind, b.kind)
+        got = {}
+        for sender, receiver, data in ((a, b, "ping " + text), (b, a, "pong " + text)):
+            mark = receiver.agent.mark
+            sender.agent.command(("sent", "send_error"), cmd="send", peer=receiver.peer_id, data=data)
+            try:
+                message = receiver.agent.event("new_message", 10, mark)
+            except ProcessError:
+                message = None
+            got[sender is a and "a_to_b" or "b_to_a"] = message is not None and message.get("data") == data
+        out["messages"] = got
+        kind = ((ra or {}).get("path") or {}).get("kind")
+        out["upgraded"] = None
+        if category(a.kind, b.kind) != "relayed" and kind == "relayed":
+            # a punch slower than the relay's delay: the connection must move to the direct path it opens
+            start = ra["t"] - ra["seconds"]   # A's clock at the connect command
+            try:
+                event = a.agent.event("path_changed", max(1.0, start + DIRECT_BOUND + 2 - ra["t"]), marks[0])
+            except ProcessError:
+                event = None
+            if event is not None:
+                out["upgraded"] = round(event["t"] - start, 3)
+        for side, node, other in (("a", a, b), ("b", b, a)):
+            details = node.agent.command("path", 10, cmd="path", peer=other.peer_id)["details"]
+            out[side + "_final_path"] = (details or {}).get("path")
+            out[side + "_final_transport"] = (details or {}).get("transport")
+        return out
+
     def run_matrix(self, mode):
         """Run every pair in *mode*; returns a list of result dicts."""
         connect = {"in-band": self.in_band, "paste": self.paste}[mode]
@@ -346,11 +396,15 @@ class PunchLab:
         for a_kind, b_kind in pairs():
             a, b = self.nodes[a_kind][0], self.nodes[b_kind][1]
             started = time.monotonic()
+            marks = (a.agent.mark, b.agent.mark)
             try:
                 ra, rb = connect(a, b)
             except ProcessError as e:   # no answer at all: recorded like a failure
                 ra, rb = {"event": "no_answer", "error": str(e)[:500], "error_type": "ProcessError"}, None
-            results.append(entry(mode, a, b, ra, rb, time.monotonic() - started))
+            record = entry(mode, a, b, ra, rb, time.monotonic() - started)
+            if record["ok"]:
+                record.update(self.after(mode, a, b, ra, rb, marks))
+            results.append(record)
             self.part(a, b)
         return results
 
@@ -378,16 +432,25 @@ def entry(mode, a, b, ra, rb, wall):
         "reasons": None if failed is None else failed.get("reasons"),
         "api_missing": (ra.get("api_missing") or (rb or {}).get("api_missing")),
         "a_result": ra, "b_result": rb,
+        "messages": None, "upgraded": None, "a_final_path": None, "b_final_path": None,
+        "a_final_transport": None, "b_final_transport": None,
     }
+
+
+def short_path(path):
+    path = path or {}
+    return PATH_SHORT.get(path.get("kind"), path.get("kind") or "?")
 
 
 def cell(r):
     if r is None:
         return ""
     if r["ok"]:
-        path = r["path"] or {}
-        kind = PATH_SHORT.get(path.get("kind"), path.get("kind") or "?")
-        return "{}/{} {:.2f}s".format(kind, r["transport"] or "?", r["seconds"])
+        text = "{}/{} {:.2f}s".format(short_path(r["path"]), r["transport"] or "?", r["seconds"])
+        if r["upgraded"] is not None:
+            text += ">{}/{} {:.2f}s".format(short_path(r["a_final_path"]), r["a_final_transport"] or "?",
+                                            r["upgraded"])
+        return text
     side = "" if r["failed_side"] in (None, "a") else "(B)"
     return "FAIL{} {}".format(side, short_reason({k: r[k] for k in ("error", "reasons", "api_missing",
                                                                      "error_type")}))
@@ -415,10 +478,23 @@ def timing(results):
 
 def summary(results):
     median, worst, count = timing(results)
-    required = [r for r in results if r["category"] != "may-fail"]
-    lines = ["connected {}/{} pairs (required: {}/{}); time to connect over connected pairs: {}".format(
-        count, len(results), sum(r["ok"] for r in required), len(required),
+    relayed = [r for r in results if r["category"] == "relayed"]
+    upgraded = [r["upgraded"] for r in results if r["upgraded"] is not None]
+    lines = ["connected {}/{} pairs ({}/{} of them relayed, where only a relay can); time to connect: {}".format(
+        count, len(results), sum(r["ok"] for r in relayed), len(relayed),
         "median {:.2f} s, max {:.2f} s".format(median, worst) if count else "none")]
+    direct_times = [r["seconds"] for r in results if r["ok"] and r["category"] != "relayed" and r["upgraded"] is None]
+    relay_times = [r["seconds"] for r in relayed if r["ok"]]
+    for what, times in (("direct at once", direct_times), ("relayed", relay_times)):
+        if times:
+            lines.append("  {}: {} pairs, median {:.2f} s, max {:.2f} s".format(
+                what, len(times), statistics.median(times), max(times)))
+    if upgraded:
+        lines.append("  started relayed, then direct: {} pairs, direct after {} s".format(
+            len(upgraded), ", ".join("{:.2f}".format(u) for u in upgraded)))
+    unsent = ["{} x {}".format(r["a"], r["b"]) for r in results if r["ok"] and not all((r["messages"] or {}).values())]
+    if unsent:
+        lines.append("  a message did not arrive: " + ", ".join(unsent))
     failures = {}
     for r in results:
         if not r["ok"]:
@@ -430,51 +506,85 @@ def summary(results):
     return "\n".join(lines)
 
 
+def path_table(results):
+    """One line per pair: each side's path (kind, strategy, via) at connect and at the end, times."""
+    header = ("mode", "A", "B", "A at connect", "A at the end", "B at the end", "transport", "connect s", "direct s")
+
+    def describe(path):
+        if not path:
+            return "?"
+        text = "{} ({})".format(path.get("kind"), path.get("strategy") or "-")
+        return text + (" via " + path["via"][:8] if path.get("via") else "")
+
+    rows = [(r["mode"], r["a"], r["b"], describe(r["path"]) if r["ok"] else "FAIL",
+             describe(r["a_final_path"]) if r["ok"] else "-", describe(r["b_final_path"]) if r["ok"] else "-",
+             r["a_final_transport"] or "-", "{:.2f}".format(r["seconds"]) if r["ok"] else "-",
+             "{:.2f}".format(r["upgraded"]) if r["upgraded"] is not None else "-") for r in results]
+    return format_rows(header, rows)
+
+
 LEGEND = ("cell: A's path kind/transport and seconds from connect to connected (paste: the later side); "
+          "then, for a pair that started relayed, '>' the path it moved to and seconds from connect to the move; "
           "dir=direct map=mapped ptcp=punched-tcp pudp=punched-udp in=incoming (B's dial won) RELAY=relayed "
           "?=no path reported; FAIL(B)=B's side failed")
 
 
-def punching_problems(results, median_bound=None, max_bound=MAX_BOUND):
-    """What the results break of issue 12's requirements (the library's part)."""
+def punching_problems(results, median_bound=None, max_bound=MAX_BOUND, relay_id=None):
+    """What the results break of issues 12 and 13 (the library's part), each line with its issue."""
     problems = []
     missing = sorted({r["api_missing"] for r in results if r["api_missing"]})
     for api in missing:
-        problems.append("library API missing: " + api)
+        problems.append(ISSUE + "library API missing: " + api)
     connected = [r for r in results if r["ok"]]
     no_paths = bool(connected) and all(r["path"] is None for r in connected)
     if no_paths:
-        problems.append("library API missing: Service.peer_details(peer)['path'] (no connection reported a path)")
+        problems.append(ISSUE + "library API missing: Service.peer_details(peer)['path'] "
+                        "(no connection reported a path)")
     for r in results:
         pair = "{} {} x {}".format(r["mode"], r["a"], r["b"])
         if r["api_missing"]:
             continue
-        if r["category"] == "may-fail":
-            if not r["ok"]:
-                reason = text_of(r).lower()
-                if "symmetric" not in reason and "relay" not in reason:
-                    problems.append("{}: may fail, but its reason should say 'symmetric' or 'relay': {}".format(
-                        pair, brief(r)))
-            continue
+        relayed = r["category"] == "relayed"
+        issue = RELAY_ISSUE if relayed else ISSUE
         if not r["ok"]:
-            problems.append("{}: must connect, failed: {}".format(pair, brief(r)))
+            problems.append(issue + "{}: must connect, failed: {}".format(pair, brief(r)))
             continue
-        for side, path, result in (("A", r["path"], r["a_result"]), ("B", r["b_path"], r["b_result"])):
-            if result is None or (path is None and no_paths):
-                continue
+        if r["seconds"] is not None and r["seconds"] < 0.02:
+            problems.append(ISSUE + "{}: connected at once ({:.3f} s): a connection of the pair's previous run "
+                            "came back after both disconnected".format(pair, r["seconds"]))
+        if not all((r["messages"] or {}).values()):
+            problems.append(RELAY_ISSUE + "{}: a message did not arrive ({})".format(pair, r["messages"]))
+        finals = (("A", r["a_final_path"]), ("B", r["b_final_path"]))
+        if no_paths:
+            continue
+        if relayed:
+            for side, path in finals:
+                path = path or {}
+                if path.get("kind") != "relayed" or path.get("strategy") != "relay" or (
+                        relay_id is not None and path.get("via") != relay_id):
+                    problems.append(RELAY_ISSUE + "{}: {}'s path should be relayed by the relay strategy via the "
+                                    "seed {}, is {}".format(pair, side, relay_id, path or None))
+            continue
+        for side, path in finals:
             kind = (path or {}).get("kind")
             if path is None:
-                problems.append("{}: {}'s connection reports no path".format(pair, side))
+                problems.append(ISSUE + "{}: {}'s connection reports no path".format(pair, side))
             elif kind not in DIRECT:
-                problems.append("{}: {}'s path kind {!r} is not direct".format(pair, side, kind))
-        if r["category"] == "tcp" and r["transport"] != "tcp":
-            problems.append("{}: a udp-blocked pair must connect over TCP, got {}".format(pair, r["transport"]))
+                problems.append(ISSUE + "{}: {}'s path kind {!r} is not direct{}".format(
+                    pair, side, kind, " (it connected relayed and did not move to a direct path within {} s)".format(
+                        DIRECT_BOUND) if r["upgraded"] is None else ""))
+        if r["upgraded"] is not None and r["upgraded"] >= DIRECT_BOUND:
+            problems.append(ISSUE + "{}: direct only {:.2f} s after connect, bound {} s".format(
+                pair, r["upgraded"], DIRECT_BOUND))
+        if r["category"] == "tcp" and r["a_final_transport"] != "tcp":
+            problems.append(ISSUE + "{}: a udp-blocked pair must connect over TCP, got {}".format(
+                pair, r["a_final_transport"]))
     median, worst, count = timing(results)
     if count and median_bound is not None and median >= median_bound:
-        problems.append("median time to connect {:.2f} s, bound {} s".format(median, median_bound))
+        problems.append(ISSUE + "median time to connect {:.2f} s, bound {} s".format(median, median_bound))
     if count and worst >= max_bound:
         slow = max((r for r in connected), key=lambda r: r["seconds"])
-        problems.append("worst time to connect {:.2f} s ({} x {}, {}), bound {} s".format(
+        problems.append(ISSUE + "worst time to connect {:.2f} s ({} x {}, {}), bound {} s".format(
             worst, slow["a"], slow["b"], slow["mode"], max_bound))
     return problems
 
@@ -523,8 +633,9 @@ class PunchMatrixTests(LabTestCase):
             all_results += results
             record["modes"][mode] = {"results": results, "seconds": round(time.monotonic() - mode_start, 1)}
             median, worst, count = timing(results)
-            print("\n-- {}, mode {} ({:.0f} s) --\n{}\n{}\n{}".format(
-                title, mode, time.monotonic() - mode_start, matrix_table(results), LEGEND, summary(results)))
+            print("\n-- {}, mode {} ({:.0f} s) --\n{}\n{}\n{}\n\n{}".format(
+                title, mode, time.monotonic() - mode_start, matrix_table(results), LEGEND, summary(results),
+                path_table(results)))
         stats = lab.lab.unimpair()
         record["impairment_stats"] = stats
         record["seconds"] = {"build": round(built, 1), "up": round(up, 1),
@@ -544,11 +655,10 @@ class PunchMatrixTests(LabTestCase):
         if impairment and impairment.get("loss_pct"):
             self.assertGreater(stats["dropped"], 0, stats)
 
-        # Hole punching (issue 12): needs the library.
-        problems = punching_problems(all_results, median_bound)
+        # Hole punching (issue 12) and relays (issue 13): need the library.
+        problems = punching_problems(all_results, median_bound, relay_id=lab.seed_id)
         if problems:
-            self.fail(ISSUE + "hole punching requirements not met ({}):\n".format(title)
-                      + "\n".join(problems))
+            self.fail("hole punching and relay requirements not met ({}):\n".format(title) + "\n".join(problems))
 
     def test_matrix_20ms(self):
         """Every pair of NAT kinds with 20 ms RTT links: connect, path kind, time."""

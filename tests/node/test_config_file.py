@@ -110,6 +110,11 @@ class DefaultFileTests(unittest.TestCase):
         self.assertEqual((config.accept_relayed, config.relay_limits.window), (False, 262144))
         self.assertEqual(config.relay_limits.circuits_total, 64)
 
+    def test_upgrade_intervals(self) -> None:
+        config = parse_config('{"upgrade_interval": 1, "upgrade_interval_max": 2.5}')
+        self.assertEqual((config.upgrade_interval, config.upgrade_interval_max), (1.0, 2.5))
+        self.assertEqual((Config().upgrade_interval, Config().upgrade_interval_max), (5.0, 300.0))
+
     def test_integral_numbers_for_durations(self) -> None:
         self.assertEqual(parse_config('{"heartbeat_interval": 5}').heartbeat_interval, 5.0)
 
@@ -158,6 +163,8 @@ INVALID = [
     ('{"heartbeat_interval": 30, "inactivity_timeout": 30}', "inactivity_timeout", "30"),
     ('{"relay_limits": {"window": 1000}}', "relay_limits.window", "1000"),
     ('{"accept_relayed": 1}', "accept_relayed", "1"),
+    ('{"upgrade_interval": 0}', "upgrade_interval", "0"),
+    ('{"upgrade_interval": 10, "upgrade_interval_max": 5}', "upgrade_interval_max", "5"),
 ]
 
 

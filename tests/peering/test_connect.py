@@ -80,3 +80,146 @@ class StaggeredDialTests(SynchronousTestCase):
         error = self.failureResultOf(self.result, ConnectFailed).value
         self.assertIn("tcp refused", str(error))
         self.assertIn("udp timed out", str(error))
+
+
+class FakeConn:
+    """What the attempt reads of a connection: its path, transport, state."""
+
+    def __init__(self, kind=None, transport_name="tcp"):
+        from crust.session.connection import PathInfo
+
+        self.path = PathInfo(kind, "relay", via="r") if kind else None
+        self.transport_name = transport_name
+        self.connected = True
+        self.is_active = False
+        self.initiator = True
+        self.closed = 0
+
+    def close_duplicate(self):
+        self.closed += 1
+
+
+RELAY = "relay-target"
+
+
+class RelayedSuccessTests(SynchronousTestCase):
+    """A relayed connection ends the attempt; the tries that could make a direct one run on."""
+
+    def make(self):
+        self.clock = Clock()
+        self.dial = Dialler()
+        self.done = []
+        dial = lambda target, attempt: self.dial(target, PEER, attempt)  # noqa: E731
+        legs = [Leg("tcp", 0.0, (TCP,), dial), Leg("udp-punch", 0.0, (UDP,), dial, "punched-udp"),
+                Leg("relay", 2.0, (RELAY,), dial, "relayed")]
+        self.attempt = ConnectAttempt(PEER, legs, self.clock, 30.0, lambda peer: False, self.done.append)
+        self.result = self.attempt.wait()
+        self.attempt.start()
+        self.clock.advance(2.0)
+        self.assertEqual(self.dial.order, [TCP, UDP, RELAY])
+        self.relayed = FakeConn("relayed")
+        self.dial.dials[RELAY].callback(self.relayed)
+        self.relayed.is_active = True
+        self.attempt.promoted(self.relayed, PEER)
+
+    def cancelled(self, target):
+        return self.dial.dials[target].called
+
+    def test_direct_tries_run_on_after_a_relayed_success(self):
+        self.make()
+        self.attempt.succeeded(self.relayed)
+        self.assertEqual(self.successResultOf(self.result), PEER)
+        self.assertEqual(self.done, [self.attempt])
+        self.assertTrue(self.attempt.running_on)
+        self.assertFalse(self.cancelled(TCP) or self.cancelled(UDP))
+        # what a try makes afterwards is left to the peer table (it may replace the relayed connection)
+        direct = FakeConn()
+        self.dial.dials[UDP].callback(direct)
+        self.assertEqual(direct.closed, 0)
+        self.assertTrue(self.attempt.running_on)  # the TCP try still runs
+        self.dial.dials[TCP].errback(ConnectionRefusedError("refused"))
+        self.assertFalse(self.attempt.running_on)
+
+    def test_abandon_stops_them(self):
+        self.make()
+        self.attempt.succeeded(self.relayed)
+        self.attempt.abandon()
+        self.assertTrue(self.cancelled(TCP))
+        self.assertTrue(self.cancelled(UDP))
+        self.assertFalse(self.attempt.running_on)
+
+    def test_a_direct_success_abandons_everything(self):
+        self.make()
+        self.attempt.succeeded(FakeConn())
+        self.assertTrue(self.cancelled(TCP))
+        self.assertTrue(self.cancelled(UDP))
+        self.assertFalse(self.attempt.running_on)
+
+    def test_a_connection_in_its_handshake_is_kept_after_a_relayed_success(self):
+        self.make()
+        direct = FakeConn()
+        self.dial.dials[TCP].callback(direct)  # connected, handshake running
+        self.attempt.succeeded(self.relayed)
+        self.assertEqual(direct.closed, 0)
+
+    def test_without_the_connection_everything_stops_as_before(self):
+        self.make()
+        direct = FakeConn()
+        self.dial.dials[TCP].callback(direct)
+        self.attempt.succeeded()
+        self.assertEqual(direct.closed, 1)
+        self.assertTrue(self.cancelled(UDP))
+
+
+class FakeTable:
+    def __init__(self):
+        self.active = {}
+        self.listeners = []
+
+    def listen(self, listener):
+        self.listeners.append(listener)
+
+    def has_candidates(self, peer_id):
+        return False
+
+
+class ConnectorRunningOnTests(SynchronousTestCase):
+    """The connector keeps an attempt a relayed connection ended while its direct tries run, and stops them."""
+
+    def setUp(self):
+        from crust.config import Config
+        from crust.connection_info import PubConnectionInfo
+        from crust.peering.connector import Connector
+
+        self.clock = Clock()
+        self.dial = Dialler()
+        dial = lambda target, attempt: self.dial(target, PEER, attempt)  # noqa: E731
+        legs = [Leg("udp-punch", 0.0, (UDP,), dial, "punched-udp"), Leg("relay", 0.0, (RELAY,), dial, "relayed")]
+        dialer = type("FakeDialer", (), {"plan": lambda self, info: legs})()
+        self.table = FakeTable()
+        self.connector = Connector(dialer, self.table, self.clock, lambda: Config(), lambda *args: None)
+        self.result = self.connector.connect(PubConnectionInfo(PEER))
+        self.relayed = FakeConn("relayed")
+        self.relayed.purpose = self.connector.attempts[PEER]
+        self.dial.dials[RELAY].callback(self.relayed)
+        self.table.active[PEER] = self.relayed
+        self.connector.peer_promoted(self.relayed, PEER)
+        self.assertEqual(self.successResultOf(self.result), PEER)
+        self.assertNoResult(self.dial.dials[UDP])
+
+    def test_the_peer_gone_stops_the_tries(self):
+        del self.table.active[PEER]
+        self.relayed.peer_id = PEER
+        self.connector.connection_ended(self.relayed, "closed")
+        self.assertTrue(self.dial.dials[UDP].called)
+
+    def test_a_direct_connection_stops_the_tries(self):
+        direct = FakeConn()
+        direct.purpose = None
+        self.table.active[PEER] = direct
+        self.connector.peer_promoted(direct, PEER)
+        self.assertTrue(self.dial.dials[UDP].called)
+
+    def test_stopping_stops_the_tries(self):
+        self.connector.stop("stopping")
+        self.assertTrue(self.dial.dials[UDP].called)

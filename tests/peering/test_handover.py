@@ -178,3 +178,58 @@ class EarlyMoveTests(TestCase):
         self.assertEqual(new.held, [])
         handovers.moved(old, "urgent")
         self.assertIsNone(new.held)
+
+
+class RelayedPromotionTests(TestCase):
+    """
+    The peer chose a relayed connection while a direct one waits for its
+    choice: the direct one stays a candidate (the chooser may claim it to
+    replace the relayed one); a direct choice closes the others as before.
+    """
+
+    def setUp(self):
+        from tests.punch.fakes import TableNode
+        from tests.util import ordered_identities as ids
+
+        high, low = ids()
+        self.peer = high.peer_id
+        self.node = TableNode(low.peer_id)  # the smaller id: the peer chooses
+
+    def candidate(self, relayed=False):
+        from twisted.internet.testing import StringTransport
+
+        from crust.session.connection import PeerConnection
+        from crust.wire import Hello
+
+        from tests.punch.fakes import NET
+
+        conn = PeerConnection(self.node.table, self.node.clock, local_id=self.node.local_id, network=NET,
+                              initiator=True, max_message_size=100_000, max_queued_bytes=1_000_000,
+                              drop_after=60.0, heartbeat_interval=20.0, inactivity_timeout=120.0,
+                              handshake_timeout=10.0)
+        if relayed:
+            mark_relayed(conn)
+        self.node.table.connection_made(conn)
+        conn.makeConnection(StringTransport())
+        conn.handshake.tls_complete(self.peer)
+        conn.dataReceived(Hello(network=NET, handover=True).encode())
+        self.assertFalse(conn.is_active)  # waiting for the peer's CHOOSE
+        return conn
+
+    def choose(self, conn):
+        from crust.wire import FrameType, frame
+
+        conn.dataReceived(frame(FrameType.CHOOSE))
+        self.assertTrue(conn.is_active)
+
+    def test_a_relayed_choice_leaves_a_direct_candidate(self):
+        direct, relayed = self.candidate(), self.candidate(relayed=True)
+        self.choose(relayed)
+        self.assertTrue(direct.connected and not direct.closing)
+        self.assertIn(direct, self.node.table.candidates[self.peer])
+
+    def test_a_direct_choice_closes_the_other_candidates(self):
+        direct, relayed = self.candidate(), self.candidate(relayed=True)
+        other = self.candidate()
+        self.choose(direct)
+        self.assertTrue(relayed.closing and other.closing)

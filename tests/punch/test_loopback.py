@@ -160,3 +160,48 @@ class LoopbackPunchTests(TestCase):
         r, a, b = yield self.three(serve=False)
         yield self.assert_connect_fails(a, b, "no common peer", r.peer_id.short(), "does not serve")
         self.assertEqual(r.punch.rendezvous.counters["forwarded"], 0)
+
+
+class ExtraSocketTests(TestCase):
+    """An extra UDP socket of a birthday punch: one QUIC dispatcher, whatever the number of dials on it."""
+
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_two_dials_on_one_socket_share_its_dispatcher(self):
+        from crust.address import Address
+        from crust.session.purpose import Purpose
+        from crust.transport.udp import UdpEndpoint
+
+        a, b = make_service(self), make_service(self)
+        yield a.start_listening()
+        yield b.start_listening()
+        socket = UdpEndpoint(reactor, host="127.0.0.1", port=0, socket_buffer=0)
+        socket.listen()
+        self.addCleanup(lambda: socket.stop() if socket.listening else None)
+        first = a.udp.quic_for_socket(socket)
+        self.assertIs(a.udp.quic_for_socket(socket), first)
+
+        def dial(address):
+            factory = a.dialer.factory(Purpose(), initiator=True, expected=b.peer_id, transport_name="udp")
+            return a.udp.quic_for_socket(socket).dial(address, factory, b.peer_id)
+
+        # first a dial that goes nowhere, then one to B, from the same socket
+        nobody = UdpEndpoint(reactor, host="127.0.0.1", port=0, socket_buffer=0)
+        nobody.listen()
+        port = nobody.transport.getHost().port
+        nobody.stop()
+        nowhere = dial(Address.parse(f"udp:127.0.0.1:{port}"))
+        nowhere.addErrback(lambda f: None)
+        ib = yield b.prepare_connection_info()
+        yield dial([x for x in ib.public.addresses if x.transport == "udp"][0])
+        yield wait_for(lambda: a.is_connected(b.peer_id) and b.is_connected(a.peer_id))
+        nowhere.cancel()  # its end must not close the socket the connection runs on
+        yield sleep(0.2)
+        self.assertTrue(socket.listening)
+        a.send(b.peer_id, b"over the extra socket", 1)
+        yield wait_for(lambda: b.events.named("new_message"))
+        self.assertEqual(b.events.named("new_message"), [(a.peer_id, b"over the extra socket")])
+        # the socket closes with its last connection
+        a.disconnect(b.peer_id)
+        yield wait_for(lambda: not socket.listening and not first.drivers, timeout=10)

@@ -390,6 +390,13 @@ class ManagerTests(SynchronousTestCase):
         self.assertIsNone(conn.path)
         self.assertEqual(self.bob.tcp.stopped, [ALICE.peer_id])
 
+    def test_incoming_while_punching_is_punched(self):
+        """A connection the peer opened while we punch (the upgrade of a relayed connection) is the punch's."""
+        self.exchange(self.alice, self.bob)
+        self.hops(3)
+        conn = self.promoted(self.bob, "tcp:203.0.113.1:4242", PathInfo("incoming", ""))
+        self.assertEqual(conn.path, PathInfo("punched-tcp", "tcp-punch"))
+
     def test_a_known_path_is_kept(self):
         self.exchange(self.alice, self.bob)
         self.hops(3)
@@ -403,6 +410,47 @@ class ManagerTests(SynchronousTestCase):
         self.bob.table.active[ALICE.peer_id] = SimpleNamespace(closing=False)
         self.hops(1)
         self.assertEqual(self.bob.udp.punches, [])
+
+    def test_responder_punches_when_connected_through_a_relay(self):
+        """A relayed connection's upgrade: the peer asks to punch, and a direct path needs both sides."""
+        self.exchange(self.alice, self.bob)
+        self.hops(2)
+        self.bob.table.active[ALICE.peer_id] = SimpleNamespace(closing=False, transport_name="tcp",
+                                                               path=PathInfo("relayed", "relay", via=str(R)))
+        self.hops(1)
+        self.assertEqual(len(self.bob.udp.punches), 1)
+        self.assertEqual(len(self.bob.tcp.punches), 1)
+
+    def relayed(self, node: Node) -> Any:
+        conn = SimpleNamespace(peer_address=None, path=PathInfo("relayed", "relay", via=str(R)),
+                               transport_name="tcp", peer_id=ALICE.peer_id, closing=False)
+        node.table.active[ALICE.peer_id] = conn
+        node.manager.peer_promoted(conn, ALICE.peer_id)
+        return conn
+
+    def test_a_relayed_connection_leaves_punches_running(self):
+        self.exchange(self.alice, self.bob)
+        self.hops(3)
+        self.relayed(self.bob)
+        self.assertEqual((self.bob.udp.stopped, self.bob.tcp.stopped), ([], []))
+        self.assertTrue(self.bob.manager.punching(ALICE.peer_id))
+
+    def test_punches_stop_when_the_relayed_connection_ends(self):
+        self.exchange(self.alice, self.bob)
+        self.hops(3)
+        conn = self.relayed(self.bob)
+        del self.bob.table.active[ALICE.peer_id]
+        self.bob.manager.connection_ended(conn, "closed by the peer's user")
+        self.assertEqual((self.bob.udp.stopped, self.bob.tcp.stopped), ([ALICE.peer_id], [ALICE.peer_id]))
+
+    def test_punches_go_on_when_a_relayed_candidate_ends(self):
+        """Only the end of the relayed connection that was active stops them, not any relayed connection's."""
+        self.exchange(self.alice, self.bob)
+        self.hops(3)
+        other = SimpleNamespace(peer_address=None, path=PathInfo("relayed", "relay"), transport_name="tcp",
+                                peer_id=ALICE.peer_id, closing=False)
+        self.bob.manager.connection_ended(other, "TLS handshake failed")
+        self.assertEqual(self.bob.udp.stopped, [])
 
     def test_stop(self):
         self.net.drop = lambda f, t, b: True

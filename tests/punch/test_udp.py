@@ -423,6 +423,54 @@ class BirthdayTests(SynchronousTestCase):
         net.run(1.0)
         self.assertEqual(net.clock.getDelayedCalls(), [])
 
+    def test_a_socket_of_one_run_that_hears_another_runs_check_stays_with_the_connection(self):
+        """
+        Both sides paste: two exchanges, two runs to the same peer, each
+        with its own extra sockets.  A check of the first run reaching a
+        socket of the second makes the first dial on it: when the second
+        run ends, that socket must stay open for the connection.
+        """
+        net = Network()
+        hard = Node(net, BIG, "198.51.100.2", nat=SYMMETRIC, birthday_sockets=True, seed=7, port=40000)
+        easy = Node(net, SMALL, "203.0.113.1", nat=EIM, seed=8)
+        start = net.clock.seconds() + 0.1
+        other = bytes.fromhex("99aabbccddeeff00")
+        hard.punch(easy, start)
+        hard.punch(easy, start, attempt=other)
+        net.run(0.5)
+        first, second = hard.puncher._runs[ATTEMPT], hard.puncher._runs[other]
+        self.assertTrue(second.sockets)
+        socket = next(iter(second.sockets.values()))
+        check = checks.encode_check(first.key, ATTEMPT, 1, checks.BIRTHDAY)
+        hard.puncher.datagram_received(check, easy.endpoint.public.sockaddr(), socket)
+        [(address, dialled_on, d)] = [dial for dial in hard.dials if dial[1] is socket]
+        hard.puncher.stop(SMALL.peer_id)  # the connection became active: both runs end
+        self.assertFalse(socket.stopped)
+        self.assertTrue(all(s.stopped for s in hard.sockets if s is not socket))
+
+    def test_dials_still_running_are_cancelled_when_the_run_ends(self):
+        """A second dial left running would connect again later: after the first connection, or after a disconnect."""
+        net = Network()
+        big, small = Node(net, BIG, "203.0.113.1"), Node(net, SMALL, "203.0.113.2")
+        start = net.clock.seconds() + 0.1
+        results = big.punch(small, start)
+        small.punch(big, start)
+        net.run(1.0)
+        [(address, socket, first)] = big.dials
+        big.puncher._runs[ATTEMPT]._nominate(Address("udp", "203.0.113.2", 6000), None)  # another pair confirmed
+        [_, (_, _, second)] = big.dials
+        first.callback("quic")
+        self.assertEqual(results, ["quic"])
+        self.assertTrue(second.called)  # cancelled
+        # stopped from outside (the connection became active first): the same
+        results = big.punch(small, net.clock.seconds(), attempt=b"\x01" * 8)
+        small.punch(big, net.clock.seconds(), attempt=b"\x01" * 8)
+        net.run(1.0)
+        [(_, _, third)] = big.dials[2:]
+        big.puncher.stop(SMALL.peer_id)
+        self.assertTrue(third.called)
+        self.assertEqual(results, [])
+
 
 class BirthdayWinnerTests(SynchronousTestCase):
     def test_punch_ended_from_outside_keeps_the_socket_that_carries_the_connection(self):

@@ -245,6 +245,7 @@ class StrategyTests(SynchronousTestCase):
         conn_r = self.node.connect(R)
         self.assertEqual(self.strategy.targets(self.info, {}), [RelayTarget(T)])
         self.assertEqual(str(RelayTarget(T)), "relay")
+        self.assertEqual(str(RelayTarget(T, (R,))), f"relay (not via {R.short()})")  # the next relay's leg
         self.assertEqual(self.strategy.targets(self.info, {"punch": object()}), [])  # legs added later
         conn_r.path = PathInfo("relayed", "relay", via=str(R2))
         self.assertEqual(self.strategy.targets(self.info, {}), [])  # no relays through relays

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from crust.config import MIB, RelayLimits
 from crust.errors import ConnectFailed
 from crust.relay import messages
+from crust.relay import server as server_module
 from crust.relay.splicer import SplicePump
 from crust.session.purpose import Purpose
 
@@ -216,3 +217,177 @@ class FrameLoopbackTests(RelayLoopbackTests):
     """The same, circuits on frames (C{relay_splice} off)."""
 
     splice = False
+
+
+class MisbehavingRelayTests(TestCase):
+    """
+    Relays that corrupt or drop what they carry, or a target that refuses:
+    only the relayed connection fails, cleanly (its TLS notices), nothing
+    corrupted is delivered, and a connect tries through another relay.
+    """
+
+    timeout = 60
+    splice = True
+
+    @defer.inlineCallbacks
+    def nodes(self, relays: int, **config):
+        """C{relays} relaying services, A and B connected to each; A and B reach each other only through them."""
+        config.setdefault("enable_udp", False)
+        config.setdefault("relay_splice", self.splice)
+        rs = [make_service(self, serve_relay=True, **config) for _ in range(relays)]
+        a, b = make_service(self, **config), make_service(self, **config)
+        for r in rs:
+            yield connect_pair(self, a, r)
+            yield connect_pair(self, b, r)
+        for node in (a, b):
+            for name in OTHER_STRATEGIES:
+                node.dialer.unregister(name)
+        return rs, a, b
+
+    def misbehave(self, what):
+        """The first relay that forwards DATA keeps doing C{what(payload)} to it (None: drop it); returns it."""
+        bad: list = []
+        forward = server_module.CircuitCore._forward
+
+        def wrapper(core, side, d, payload):
+            if not bad:
+                bad.append(core.server)
+            if core.server is bad[0] and what.armed:
+                payload = what(payload)
+                if payload is None:
+                    return
+            forward(core, side, d, payload)
+
+        def spliced(pump, chunk):
+            if not bad:
+                bad.append(pump.session.core.server)
+            if pump.session.core.server is bad[0] and what.armed:
+                chunk = what(bytes(chunk))
+                if chunk is None:
+                    return
+            data(pump, chunk)
+
+        data = SplicePump.data
+        self.patch(server_module.CircuitCore, "_forward", wrapper)
+        self.patch(SplicePump, "data", spliced)
+        return bad
+
+    @staticmethod
+    def flip_last_byte(payload):
+        return payload[:-1] + bytes([payload[-1] ^ 0x01])
+
+    @defer.inlineCallbacks
+    def test_a_corrupting_relay_fails_only_that_connection_and_delivers_nothing_corrupted(self):
+        (r,), a, b = yield self.nodes(1)
+        corrupt = self.flip_last_byte
+        corrupt.armed = False  # type: ignore[attr-defined]
+        self.misbehave(corrupt)
+        yield a.connect(b.peer_id)
+        yield wait_for(lambda: a.peer_id in b.peers.active)
+        self.assertEqual(r.relay.stats()["splice_spliced"], 1 if self.splice else 0)  # the way the class says
+        sent = [b"message %d " % i + os.urandom(32) for i in range(20)]
+        for m in sent[:10]:
+            a.send(b.peer_id, m, 1)
+        yield wait_for(lambda: len(b.events.named("new_message")) >= 10)
+        corrupt.armed = True  # type: ignore[attr-defined]
+        for m in sent[10:]:
+            a.send(b.peer_id, m, 1)
+        yield wait_for(lambda: a.events.named("lost_peer") and b.events.named("lost_peer"))
+        got = [data for _, data in b.events.named("new_message")]
+        self.assertEqual(got, sent[:len(got)])  # exactly what was sent, in order: nothing corrupted, nothing made up
+        self.assertLess(len(got), len(sent))
+        [(peer, reason)] = b.events.named("lost_peer")
+        self.assertEqual(peer, a.peer_id)
+        self.assertTrue("TLS" in reason or "tls" in reason or "decrypt" in reason or "mac" in reason.lower(), reason)
+        # only that connection: both are still connected to the relay, which carries nothing any more
+        self.assertTrue(a.is_connected(r.peer_id) and b.is_connected(r.peer_id))
+        yield wait_for(lambda: r.relay.stats()["circuits"] == 0)
+
+    @defer.inlineCallbacks
+    def test_a_relay_that_corrupts_the_handshake_is_left_for_another(self):
+        rs, a, b = yield self.nodes(2)
+        corrupt = self.flip_last_byte
+        corrupt.armed = True  # type: ignore[attr-defined]
+        bad = self.misbehave(corrupt)
+        yield a.connect(b.peer_id)
+        yield wait_for(lambda: a.peer_id in b.peers.active)
+        [bad_relay] = [r for r in rs if r.relay.server is bad[0]]
+        [good] = [r for r in rs if r is not bad_relay]
+        path = a.peer_details(b.peer_id)["path"]
+        self.assertEqual((path["kind"], path["via"]), ("relayed", str(good.peer_id)))
+        a.send(b.peer_id, b"through the good relay", 0)
+        yield wait_for(lambda: b.events.named("new_message"))
+        self.assertEqual(b.events.named("new_message"), [(a.peer_id, b"through the good relay")])
+        closed = a.events.named("relay_circuit_closed")
+        self.assertEqual([(p, via) for p, via, _ in closed], [(b.peer_id, bad_relay.peer_id)])
+
+    @defer.inlineCallbacks
+    def test_a_relay_that_drops_what_it_carries_is_left_for_another(self):
+        rs, a, b = yield self.nodes(2, handshake_timeout=1.0)
+        drop = lambda payload: None  # noqa: E731
+        drop.armed = True  # type: ignore[attr-defined]
+        bad = self.misbehave(drop)
+        started = reactor.seconds()
+        yield a.connect(b.peer_id)
+        yield wait_for(lambda: a.peer_id in b.peers.active)
+        [bad_relay] = [r for r in rs if r.relay.server is bad[0]]
+        path = a.peer_details(b.peer_id)["path"]
+        self.assertEqual(path["kind"], "relayed")
+        self.assertNotEqual(path["via"], str(bad_relay.peer_id))
+        self.assertGreaterEqual(reactor.seconds() - started, 1.0)  # the first circuit's handshake timed out
+        a.send(b.peer_id, b"through the other relay", 0)
+        yield wait_for(lambda: b.events.named("new_message"))
+
+    @defer.inlineCallbacks
+    def test_a_relay_that_drops_everything_fails_the_connect_with_the_reasons(self):
+        (r,), a, b = yield self.nodes(1, handshake_timeout=1.0)
+        drop = lambda payload: None  # noqa: E731
+        drop.armed = True  # type: ignore[attr-defined]
+        self.misbehave(drop)
+        error = yield self.assertFailure(a.connect(b.peer_id), ConnectFailed)
+        self.assertTrue(any("handshake" in reason for reason in error.reasons), error.reasons)
+        self.assertTrue(any("no relay" in reason for reason in error.reasons), error.reasons)  # none other to try
+        self.assertTrue(a.is_connected(r.peer_id) and b.is_connected(r.peer_id))
+
+    @defer.inlineCallbacks
+    def test_a_target_that_refuses_is_not_asked_again_through_another_relay(self):
+        rs, a, b = yield self.nodes(2)
+        b.config = b.config.replace(accept_relayed=False)
+        error = yield self.assertFailure(a.connect(b.peer_id), ConnectFailed)
+        [reason] = error.reasons
+        self.assertIn("refused (this node does not accept relayed connections)", reason)
+        self.assertEqual(sum(r.relay.stats()["circuits_total"] for r in rs), 0)
+        self.assertEqual(b.relay.ends.counters["refused"], 1)
+
+
+class MisbehavingFrameRelayTests(MisbehavingRelayTests):
+    """The same, circuits on frames (C{relay_splice} off)."""
+
+    splice = False
+
+
+class StandbyLimitTests(TestCase):
+    """A limit ends the standby circuit of a connection that moved to a direct path: the connection carries on."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_time_limit_on_the_standby(self):
+        tests = RelayLoopbackTests("test_connect_by_peer_id_goes_through_the_relay")
+        tests.addCleanup = self.addCleanup  # type: ignore[method-assign]
+        r, a, b = yield tests.relayed(RelayLimits(seconds_per_circuit=2.0))
+        ib = yield b.prepare_connection_info()
+        address = [x for x in ib.public.addresses if x.transport == "tcp"][0]
+        yield a.dialer.dial(address, Purpose(), expected=b.peer_id)
+        yield wait_for(lambda: a.events.named("path_changed") and b.events.named("path_changed"))
+        yield wait_for(lambda: a.events.named("relay_circuit_closed") and b.events.named("relay_circuit_closed"),
+                       timeout=10)
+        for node, other in ((a, b), (b, a)):
+            self.assertEqual(node.events.named("relay_circuit_closed"),
+                             [(other.peer_id, r.peer_id, messages.REASON_TIME_LIMIT)])
+            self.assertEqual(node.events.named("lost_peer"), [])
+            self.assertTrue(node.peer_details(other.peer_id)["address"].startswith("tcp:127.0.0.1:"))  # direct
+        a.send(b.peer_id, b"still connected", 0)
+        yield wait_for(lambda: b.events.named("new_message"))
+        self.assertEqual(b.events.named("new_message")[-1], (a.peer_id, b"still connected"))
+        self.assertEqual(r.relay.stats()["limit_closed"], 1)

@@ -149,10 +149,12 @@ class ConnectionTests(SynchronousTestCase):
         self.assertFalse(self.transport.disconnecting)
         self.clock.advance(1)
         self.assertTrue(self.transport.disconnecting)
+        self.assertTrue(self.transport.disconnected)  # aborted at once: no flush over a dead path
         self.assertIn((FrameType.CLOSE, ), [f[:1] for f in self.written()])
         self.lose()
         (reason,) = self.owner.named("lost")[0]
         self.assertIn("nothing received for 120 s", reason)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_backpressure_queues_and_drains_by_priority(self):
         self.make()

@@ -392,6 +392,7 @@ class Lab:
         self.stun = None
         self.turn = None
         self.impairment = None
+        self.blocked = None  # (a, b): the public addresses ``block`` keeps apart
         self._namespaces = []
         self._processes = []
         self._torn_down = False
@@ -528,6 +529,29 @@ class Lab:
             stats = self.impairment.stop()
             self.impairment = None
         return stats
+
+    def block(self, a, b):
+        """Drop everything between *a* and *b* (public IP addresses) at the internet router, both ways.
+
+        Traffic of either with anyone else still flows. Replaces any earlier
+        block; ``unblock`` lifts it.
+        """
+        rules = "\n".join("    ip saddr {} ip daddr {} counter drop".format(x, y) for x, y in ((a, b), (b, a)))
+        self.unblock()
+        netns.nft(self.internet.ns, "table inet natlab_block {{\n  chain forward {{\n"
+                  "    type filter hook forward priority -10; policy accept;\n{}\n  }}\n}}\n".format(rules))
+        self.blocked = (a, b)
+
+    def unblock(self):
+        """Lift the block of ``block`` (nothing if there is none); returns the packets it dropped."""
+        if self.blocked is None:
+            return 0
+        listing = netns.run(netns.exec_prefix(self.internet.ns) + ["nft", "list", "table", "inet", "natlab_block"],
+                            check=False).stdout
+        dropped = sum(int(n) for n in re.findall(r"counter packets (\d+)", listing))
+        netns.run(netns.exec_prefix(self.internet.ns) + ["nft", "delete", "table", "inet", "natlab_block"])
+        self.blocked = None
+        return dropped
 
     def _wan_node(self, node):
         node = self.nodes[node] if isinstance(node, str) else node

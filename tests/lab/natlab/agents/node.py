@@ -6,6 +6,8 @@
             [--no-reachability-test] [--serve-rendezvous] [--discovery] [--echo]
             [--connect-timeout S] [--bootstrap-timeout S] [--deadline S]
             [--turn udp:IP:PORT,USER,PASSWORD] [--turn-lifetime S] [--turn-option NAME=SECONDS]
+            [--serve-relay] [--relay-delay S] [--relay-limit NAME=VALUE] [--no-accept-relayed]
+            [--upgrade-interval S] [--upgrade-interval-max S] [--heartbeat S] [--inactivity S]
 
 Once listening it prints ``{"event": "ready", "peer_id", "info" (the public
 connection info JSON), "listen", "external", "mappings"}``. With port mapping
@@ -28,6 +30,11 @@ Commands on stdin, one JSON object a line (``"cmd"`` names it):
     {"cmd": "peers"}                           -> {"event": "peers", "peers": [peer_details...]}
     {"cmd": "send_blob", "peer": ID, "size": N, "seed": S}  -> "sent" (with "size", "sha256") / "send_error"
     {"cmd": "turn"}                            -> {"event": "turn", "status": [...], "counters": [...]}
+    {"cmd": "path", "peer": ID}                -> {"event": "path", "peer", "details" (peer_details or null)}
+    {"cmd": "relay"}                           -> {"event": "relay", "stats": Service.relay.stats()}
+    {"cmd": "stream", "peer": ID, "tag": T, "interval": S, "priorities": [0, 1, 2, 3]}   -> "streaming"
+    {"cmd": "stream_stop"}                     -> {"event": "stream_stopped", "tag", "sent": {priority: count}}
+    {"cmd": "stream_report"}                   -> {"event": "stream_report", "received": {tag: {priority: [n]}}}
     {"cmd": "stop"}                            -> "stopped" (after stopService), then exit
 
 ``connect`` with ``"info"`` calls ``service.connect(our_info, info)`` (the
@@ -58,6 +65,20 @@ another ``TurnOptions`` field to a number (``permission_refresh=8``).
 (each allocation: ``TurnClient.status()``), and ``{"cmd": "turn"}`` reports
 it with the clients' counters. ``send_blob`` sends ``size`` bytes of
 pseudo-random data from ``seed`` as one message (priority 1).
+
+Relays: ``--serve-relay`` sets ``Config.serve_relay``, ``--relay-delay``
+``Config.relay_delay``, ``--relay-limit`` (repeatable) a ``RelayLimits``
+field (``bytes_per_circuit=262144``), ``--no-accept-relayed`` turns
+``Config.accept_relayed`` off; ``--upgrade-interval`` and
+``--upgrade-interval-max`` set how often a relayed connection tries for a
+direct path, ``--heartbeat`` and ``--inactivity`` the liveness settings.
+
+``stream`` sends numbered messages to the peer, one every ``interval``
+seconds, cycling through ``priorities`` (the text ``stream T P N``: tag T,
+priority P, the Nth message of that tag and priority, from 0); ``stream_stop``
+stops it and says how many of each priority went out (and how many ``send``
+refused). Stream messages that arrive are not printed: they are kept in
+arrival order, per tag and priority, and ``stream_report`` gives them.
 """
 
 import argparse
@@ -100,6 +121,7 @@ class Printer:
     def __init__(self, service, echo):
         self.service = service
         self.echo = echo
+        self.streamed = {}  # tag -> priority -> the numbers of stream messages received, in order
 
     def __getattr__(self, name):
         if name not in EVENT_NAMES:
@@ -110,6 +132,10 @@ class Printer:
         return report
 
     def new_message(self, peer_id, data):
+        if data.startswith(b"stream "):
+            _, tag, priority, number = data.decode().split(" ")
+            self.streamed.setdefault(tag, {}).setdefault(int(priority), []).append(int(number))
+            return
         if len(data) > 4096:
             emit("new_message", peer=str(peer_id), size=len(data), sha256=hashlib.sha256(data).hexdigest())
             return
@@ -151,9 +177,11 @@ def describe(service):
 class Commands(LineReceiver):
     delimiter = b"\n"
 
-    def __init__(self, service, done):
+    def __init__(self, service, done, printer):
         self.service = service
         self.done = done
+        self.printer = printer
+        self.stream = None
 
     def lineReceived(self, line):
         line = line.strip()
@@ -291,6 +319,49 @@ class Commands(LineReceiver):
              counters=[dict(c.counters) for c in turn.clients] if turn is not None else [],
              relays=dict(turn.counters) if turn is not None else {})
 
+    def do_path(self, command):
+        emit("path", peer=command["peer"], details=self.service.peer_details(PeerId.from_text(command["peer"])))
+
+    def do_relay(self, command):
+        relay = getattr(self.service, "relay", None)
+        emit("relay", stats=relay.stats() if relay is not None else None)
+
+    def do_stream(self, command):
+        if self.stream is not None:
+            self.stream["loop"].stop()
+        peer = PeerId.from_text(command["peer"])
+        priorities = command.get("priorities", [0, 1, 2, 3])
+        tag = command.get("tag", "s").encode()
+        state = {"sent": {p: 0 for p in priorities}, "refused": {p: 0 for p in priorities}, "turn": 0,
+                 "tag": tag.decode()}
+
+        def one():
+            priority = priorities[state["turn"] % len(priorities)]
+            state["turn"] += 1
+            number = state["sent"][priority]
+            try:
+                self.service.send(peer, b"stream %s %d %d" % (tag, priority, number), priority)
+            except Exception:
+                state["refused"][priority] += 1
+            else:
+                state["sent"][priority] += 1
+
+        state["loop"] = loop = task.LoopingCall(one)
+        loop.start(float(command.get("interval", 0.01)))
+        self.stream = state
+        emit("streaming", peer=str(peer), tag=state["tag"], priorities=priorities)
+
+    def do_stream_stop(self, command):
+        state, self.stream = self.stream, None
+        if state is None:
+            emit("stream_stopped", sent=None)
+            return
+        state["loop"].stop()
+        emit("stream_stopped", tag=state["tag"], sent=state["sent"], refused=state["refused"])
+
+    def do_stream_report(self, command):
+        emit("stream_report", received=self.printer.streamed)
+
     def do_peers(self, command):
         emit("peers", peers=[self.service.peer_details(p) for p in self.service.connected_peers()])
 
@@ -330,8 +401,39 @@ def main():
     parser.add_argument("--turn-lifetime", type=int, help="the allocation lifetime to ask TURN servers for")
     parser.add_argument("--turn-option", action="append", default=[],
                         help="a TurnOptions field and a number of seconds, NAME=VALUE (repeatable)")
+    parser.add_argument("--serve-relay", action="store_true", help="carry circuits between two peers connected to us")
+    parser.add_argument("--relay-delay", type=float)
+    parser.add_argument("--relay-limit", action="append", default=[],
+                        help="a RelayLimits field and a number, NAME=VALUE (repeatable)")
+    parser.add_argument("--no-accept-relayed", action="store_true")
+    parser.add_argument("--upgrade-interval", type=float)
+    parser.add_argument("--upgrade-interval-max", type=float)
+    parser.add_argument("--heartbeat", type=float)
+    parser.add_argument("--inactivity", type=float)
     args = parser.parse_args()
     extra = {}
+    fields = {f.name for f in dataclasses.fields(Config)}
+    for flag, name, value in (("--serve-relay", "serve_relay", True if args.serve_relay else None),
+                              ("--relay-delay", "relay_delay", args.relay_delay),
+                              ("--no-accept-relayed", "accept_relayed", False if args.no_accept_relayed else None),
+                              ("--upgrade-interval", "upgrade_interval", args.upgrade_interval),
+                              ("--upgrade-interval-max", "upgrade_interval_max", args.upgrade_interval_max),
+                              ("--heartbeat", "heartbeat_interval", args.heartbeat),
+                              ("--inactivity", "inactivity_timeout", args.inactivity)):
+        if value is None:
+            continue
+        if name not in fields:
+            emit("unsupported", option=flag, error="the library has no Config." + name)
+            return 2
+        extra[name] = value
+    if args.relay_limit:
+        from crust.config import RelayLimits
+
+        limits = {}
+        for option in args.relay_limit:
+            name, value = option.split("=", 1)
+            limits[name] = None if value == "none" else float(value) if "." in value else int(value)
+        extra["relay_limits"] = RelayLimits(**limits)
     if args.turn:
         if "turn_servers" not in {f.name for f in dataclasses.fields(Config)}:
             emit("unsupported", option="--turn", error="the library has no Config.turn_servers")
@@ -363,12 +465,13 @@ def main():
     for option in args.turn_option:
         name, value = option.split("=", 1)
         service.turn.configure(**{name: float(value)})
-    service.add_observer(Printer(service, args.echo))
+    printer = Printer(service, args.echo)
+    service.add_observer(printer)
     done = defer.Deferred()
 
     @defer.inlineCallbacks
     def go():
-        stdio.StandardIO(Commands(service, done))
+        stdio.StandardIO(Commands(service, done, printer))
         service.startService()
         if args.discovery:
             service.start_service_discovery(listen=True)

@@ -30,6 +30,7 @@ LAYERS = (
     ("bootstrap", ("crust.bootstrap",)),
     ("punch", ("crust.punch",)),
     ("relay", ("crust.relay",)),
+    ("streams", ("crust.streams",)),
     ("service", ("crust.service", "crust.metrics")),
     ("node", ("crust.node",)),
 )

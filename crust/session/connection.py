@@ -199,6 +199,7 @@ class PeerConnection(Protocol):
         # messages received while held (handover): DATA payloads, and (type, payload) of other message frames
         self._held: Optional[list[Any]] = None
         self._stream_source: Optional[StreamSource] = None
+        self._streams_next = False  # whose turn it is: the stream source's, or queued messages'
 
     # -- identity -----------------------------------------------------------
 
@@ -582,17 +583,16 @@ class PeerConnection(Protocol):
             while queues.count and not self._paused:
                 write(take(_DRAIN_BATCH))  # one transport write per ~64 KiB, not per message
         else:
-            streams_next = False  # streams and messages of priority >= 2 take turns
-            while not self._paused:
+            while not self._paused:  # streams and messages of priority >= 2 take turns
                 urgent = queues.most_urgent
-                if urgent is not None and (urgent < NEVER_DROPPED_BELOW or not streams_next
+                if urgent is not None and (urgent < NEVER_DROPPED_BELOW or not self._streams_next
                                            or not source.pending()):
+                    self._streams_next = True
                     write(queues.take(_DRAIN_BATCH))
-                    streams_next = True
                 elif source.pending():
+                    self._streams_next = False
                     write(source.take(_DRAIN_BATCH))
                     self._sent = True
-                    streams_next = False
                 else:
                     break
         bulk = self._bulk

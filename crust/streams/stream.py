@@ -352,19 +352,20 @@ class Stream:
         self._linger = None
         if not self._ended:
             self.channel.reset(REASON_CLOSED, f"no end of stream from the peer within {self.linger:g} s of the close")
-            self._end(Failure(ConnectionDone("the stream was closed (the peer did not finish in time)")))
+            self._end(Failure(ConnectionDone("the stream was closed (the peer did not finish in time)")),
+                      reset=True)
 
     def _cancel_linger(self) -> None:
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._linger = None
 
-    def _end(self, reason: Failure) -> None:
+    def _end(self, reason: Failure, reset: bool = False) -> None:
         self._ended = True
         self._write_open = False
         self._cancel_linger()
-        if reason.check(ConnectionDone):
-            self.channel.closed()
+        if not reset and reason.check(ConnectionDone):
+            self.channel.closed()  # both ways ended cleanly (otherwise the channel was reset, or is gone)
         self._in, self._in_size = [], 0
         self.clock.callLater(0, self._report, reason)
 

@@ -33,6 +33,7 @@ LAYERS = (
     ("streams", ("crust.streams",)),
     ("service", ("crust.service", "crust.metrics")),
     ("node", ("crust.node",)),
+    ("endpoints", ("crust.endpoints",)),
 )
 PUBLIC_FACE = "crust"  # crust/__init__.py: lazy re-exports by name, imports nothing of crust's
 

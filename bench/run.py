@@ -56,10 +56,10 @@ from _common import (  # noqa: E402
     ratio,
 )
 
-IMPLS = ("crust", "tls", "quic", "aioquic", "relay", "signed", "batched")
+IMPLS = ("crust", "tls", "quic", "aioquic", "relay", "signed", "batched", "stream")
 TESTS = ("bulk", "rate", "setup")
 NAMES = {"crust": "crust", "tls": "TLS baseline", "quic": "crust/QUIC", "aioquic": "aioquic",
-         "relay": "crust relayed", "signed": "crust signed", "batched": "crust batched"}
+         "relay": "crust relayed", "signed": "crust signed", "batched": "crust batched", "stream": "crust stream"}
 
 # what each implementation is: the worker kind, its section, and the tests it runs
 KINDS = {
@@ -70,10 +70,12 @@ KINDS = {
     "relay": ("relay", "relay"),
     "signed": ("crust", "signed"),
     "batched": ("crust", "signed"),
+    "stream": ("stream", "streams"),
 }
 # a raw QUIC stream has no messages to count; the relayed case measures what a relay costs in bulk;
-# signing costs per message: the signed cases measure the 100-byte rate
-IMPL_TESTS = {"aioquic": ("bulk", "setup"), "relay": ("bulk",), "signed": ("rate",), "batched": ("rate",)}
+# signing costs per message: the signed cases measure the 100-byte rate; a byte stream, bulk
+IMPL_TESTS = {"aioquic": ("bulk", "setup"), "relay": ("bulk",), "signed": ("rate",), "batched": ("rate",),
+              "stream": ("bulk",)}
 # crust over TCP sending with Service.send(..., signed=...): each message signed, or in batches
 SIGNING = {"signed": "message", "batched": "batch"}
 # their Config.max_queued_bytes: the sender stops 1 MiB over half of it, and the end marker waits behind
@@ -93,6 +95,9 @@ SECTIONS = {
     # the baseline is the tcp section's crust (unsigned), measured just before in the same repetition
     "signed": {"subject": "signed", "baseline": "crust", "base_short": "unsigned",
                "title": "signed messages over TCP (Ed25519: each message signed, or in batches) vs unsigned"},
+    # the baseline is the tcp section's crust (messages), measured just before in the same repetition
+    "streams": {"subject": "stream", "baseline": "crust", "base_short": "messages",
+                "title": "crust byte stream over TCP (one stream, 64 KiB writes) vs crust messages over TCP"},
 }
 
 # targets for subject/baseline per section; "min": the ratio must be at least this, "max": at most
@@ -107,8 +112,11 @@ QUIC_TARGETS = {
 RELAY_TARGETS = {
     "bulk_mib_s": ("min", 0.50),
 }
+STREAM_TARGETS = {
+    "bulk_mib_s": ("min", 0.85),
+}
 SECTION_TARGETS: dict[str, dict[str, tuple[str, float]]] = {
-    "tcp": TARGETS, "quic": QUIC_TARGETS, "relay": RELAY_TARGETS, "signed": {}}
+    "tcp": TARGETS, "quic": QUIC_TARGETS, "relay": RELAY_TARGETS, "signed": {}, "streams": STREAM_TARGETS}
 
 # measured on this kind of machine with the same shape of test (Twisted TLS 1.3
 # + Int32StringReceiver), quoted for comparison only
@@ -280,7 +288,7 @@ class Runner:
         client = None
         try:
             listening = server.wait("listening", deadline)
-            if kind in ("crust", "quic", "relay"):
+            if kind in ("crust", "quic", "relay", "stream"):
                 self.crust_location.setdefault(impl, listening.get("crust", ""))
             if "quic_options" in listening:
                 self.quic_options.setdefault(impl, listening["quic_options"])
@@ -518,7 +526,7 @@ def _section_lines(summary: dict[str, Any], name: str) -> list[str]:
     sec = summary["sections"][name]
     impls = sec["impls"]
     subject, baseline = sec["subject"], sec["baseline"]
-    short = {"crust": "crust", "quic": "QUIC", "relay": "relayed", "signed": "signed"}[subject]
+    short = {"crust": "crust", "quic": "QUIC", "relay": "relayed", "signed": "signed", "stream": "stream"}[subject]
     base_short = sec.get("base_short") or {"tls": "baseline", "aioquic": "aioquic", "crust": "direct"}[baseline]
     alts = [i for i in impls if i not in (subject, baseline)]
     head = ["measurement"] + [NAMES.get(i, i) for i in impls]
@@ -581,6 +589,9 @@ def render(summary: dict[str, Any]) -> str:
                 lines.append("signed: every message signed (Ed25519, PyNaCl) and checked by the receiver; batched: "
                              "one signature per batch (Config.signed_batch_max 64, signed_batch_window 5 ms); "
                              "crust over TCP, priority 1")
+            if name == "streams":
+                lines.append("stream: one crust byte stream, written in 64 KiB chunks while it takes them (a push "
+                             "producer), half-closed at the end; messages: the crust row above")
             if name == "relay":
                 lines.append("relayed: 64 KiB messages from one node to another through a third (no rate or byte "
                              "limit; the default window); its CPU counts the relay's process too")

@@ -553,6 +553,15 @@ class PeerConnection(Protocol):
         self.transport.write(frame)
         self._last_sent = self.clock.seconds()
 
+    def set_channel_handler(self, ftype: int, handler: Optional[Callable[[int, bytes], object]]) -> None:
+        """
+        Control frames of C{ftype} (a subsystem's, L{crust.session.signalling})
+        whose payload is a u32 channel id and data go to C{handler(channel,
+        data)}, without the copy of splitting the payload (None: back to the
+        control-frame table).
+        """
+        self._decoder.set_channel_handler(ftype, handler)
+
     def set_stream_source(self, source: Optional[StreamSource]) -> None:
         """Share the transport with C{source} (see the module docstring); None removes it."""
         self._stream_source = source

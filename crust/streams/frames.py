@@ -57,8 +57,8 @@ class StreamFrame(enum.IntEnum):
 
 #: The most bytes a STREAM_DATA frame carries (a receiver takes up to this).
 MAX_CHUNK = 64 * 1024
-#: The most bytes this implementation puts in one STREAM_DATA frame (a TLS record's worth).
-SEND_CHUNK = 16 * 1024
+#: The most bytes this implementation puts in one STREAM_DATA frame.
+SEND_CHUNK = MAX_CHUNK
 #: A service name: 1..255 bytes of UTF-8, no control characters or whitespace.
 MAX_SERVICE_NAME = 255
 #: Windows and credits: 1 byte .. 1 GiB.

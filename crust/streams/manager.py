@@ -58,10 +58,14 @@ class StreamOptions:
     """
     Settings of a node's byte streams.
 
-    @ivar window: bytes a stream receives ahead of what its protocol took
-        (multiplexed streams; over QUIC the window is QUIC's own,
-        C{QuicOptions.max_stream_data}).  It is also the most a stream holds
-        for a protocol that paused reading.
+    @ivar window: the most bytes a stream receives ahead of what its
+        protocol took (multiplexed streams; over QUIC the window is QUIC's
+        own, C{QuicOptions.max_stream_data}), so the most it holds for a
+        protocol that paused reading.
+    @ivar connection_window: what the streams of one connection receive
+        ahead of their protocols together, beyond C{min_window} each: a
+        stream is granted less than C{window} while the others hold the rest.
+    @ivar min_window: what every stream may be granted whatever the others hold.
     @ivar max_streams: streams open at once on one connection (both sides' together).
     @ivar max_pending_opens: our opens waiting for an answer, and the peer's
         QUIC streams waiting for their header, on one connection.
@@ -73,7 +77,9 @@ class StreamOptions:
         the peer's end of stream before it resets.
     """
 
-    window: int = MIB
+    window: int = 16 * MIB
+    connection_window: int = 64 * MIB
+    min_window: int = 128 * 1024
     max_streams: int = 1024
     max_pending_opens: int = 256
     open_timeout: float = 30.0
@@ -82,8 +88,12 @@ class StreamOptions:
     linger: float = LINGER
 
     def __post_init__(self) -> None:
-        if not isinstance(self.window, int) or not frames.SEND_CHUNK <= self.window <= frames.MAX_WINDOW:
-            raise ValueError(f"a stream window is {frames.SEND_CHUNK}..{frames.MAX_WINDOW} bytes, not {self.window!r}")
+        for name in ("window", "connection_window", "min_window"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not frames.SEND_CHUNK <= value <= frames.MAX_WINDOW:
+                raise ValueError(f"{name} must be {frames.SEND_CHUNK}..{frames.MAX_WINDOW} bytes, not {value!r}")
+        if not self.min_window <= self.window <= self.connection_window:
+            raise ValueError("the windows must be min_window <= window <= connection_window")
         for name in ("max_streams", "max_pending_opens"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -147,8 +157,17 @@ class Streams:
         self._faults = RateLimiter(clock, per_key=(1 / 60, 3), total=(1.0, 10), max_keys=256)
         self._unregister: list[Callable[[], None]] = []
         for ftype in StreamFrame:
-            self._unregister.append(table.control_frames.register(int(ftype), self._handler(int(ftype))))
+            handler = self._data if ftype == StreamFrame.DATA else self._handler(int(ftype))
+            self._unregister.append(table.control_frames.register(int(ftype), handler))
         table.listen(self)
+
+    def _data(self, conn: "PeerConnection", payload: bytes) -> None:
+        """STREAM_DATA, the common frame: straight to the connection's streams."""
+        backend = self.backends.get(conn)
+        if type(backend) is FramedStreams:
+            backend.data_received(payload)
+        else:
+            self._frame(conn, StreamFrame.DATA, payload)
 
     def _handler(self, ftype: int) -> Callable[["PeerConnection", bytes], None]:
         def handler(conn: "PeerConnection", payload: bytes) -> None:

@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 from crust.errors import ProtocolViolation, StreamOpenFailed, StreamRefused
 from crust.identity import PeerId
 from crust.streams import frames
-from crust.streams.frames import HIGH_BIT, SEND_CHUNK, StreamFrame, data_header, is_ours
+from crust.streams.frames import HIGH_BIT, MAX_CHUNK, SEND_CHUNK, StreamFrame, data_header, is_ours
 from crust.streams.stream import Stream
 
 if TYPE_CHECKING:
@@ -57,14 +57,14 @@ class FramedChannel:
                  "consumed_total", "_out", "_out_size", "fin_wanted", "fin_taken", "fin_received", "queued",
                  "gone")
 
-    def __init__(self, mux: "FramedStreams", sid: int, credit: int, window: int) -> None:
+    def __init__(self, mux: "FramedStreams", sid: int, credit: int) -> None:
         self.mux = mux
         self.sid = sid
         self.stream: Optional[Stream] = None
         self.notify_drain = False
         self.credit = credit  # bytes we may still send
-        self.window = window  # what we receive in
-        self.recv_limit = window  # total bytes the other side may send
+        self.window = mux.window  # the most we let the other side send ahead of what the protocol took
+        self.recv_limit = mux.commit(0)  # total bytes the other side may send
         self.received = 0
         self.consumed_total = 0
         self._out: deque[Union[bytes, memoryview]] = deque()
@@ -101,16 +101,25 @@ class FramedChannel:
     def consumed(self, size: int) -> None:
         if self.gone:
             return
-        self.consumed_total += size
-        grant = self.consumed_total + self.window - self.recv_limit
-        if grant >= max(1, self.window // 4):
-            self.recv_limit += grant
-            self.mux.send_control(frames.encode_credit(self.sid, grant))
+        self.consumed_total = consumed = self.consumed_total + size
+        mux = self.mux
+        mux.committed -= size
+        grant = consumed + self.window - self.recv_limit
+        if grant >= self.window >> 2:
+            grant = mux.commit(self.recv_limit - consumed, grant)
+            if grant:
+                self.recv_limit += grant
+                mux.send_control(frames.encode_credit(self.sid, grant))
 
     def reset(self, reason: str, detail: str = "") -> None:
         if not self.gone:
             self.mux.send_control(frames.encode_reset(self.sid, reason, detail))
             self.mux.forget(self)
+
+    @property
+    def outstanding(self) -> int:
+        """Bytes the other side may still send (granted, not yet taken by the protocol)."""
+        return self.recv_limit - self.consumed_total
 
     def closed(self) -> None:
         self.mux.forget(self)
@@ -182,6 +191,9 @@ class FramedStreams:
         self.peer_id = peer_id
         options = layer.options
         self.window = options.window
+        self.connection_window = options.connection_window
+        self.min_window = options.min_window
+        self.committed = 0  # granted to the peer on all streams and not yet taken by their protocols
         self.high = local_id > peer_id  # our ids have the top bit set
         self.channels: dict[int, FramedChannel] = {}
         self._opening: dict[int, _Opening] = {}
@@ -192,6 +204,7 @@ class FramedStreams:
         self._notify_call: Any = None
         self.closed = False
         conn.set_stream_source(self)
+        conn.set_channel_handler(StreamFrame.DATA, self.channel_data)
 
     def __repr__(self) -> str:
         return f"<FramedStreams {len(self.channels)} open on {self.conn!r}>"
@@ -251,8 +264,24 @@ class FramedStreams:
         if not self.closed:
             self.conn.send_control(frame)
 
+    def commit(self, outstanding: int, want: Optional[int] = None) -> int:
+        """
+        How much more a stream that has C{outstanding} bytes granted may be
+        granted, up to C{want} (a window): the connection's streams together
+        hold at most C{connection_window} granted and not taken, but every
+        stream may have C{min_window}.  The grant is counted as committed.
+        """
+        if want is None:
+            want = self.window
+        room = max(self.connection_window - self.committed, self.min_window - outstanding, 0)
+        grant = min(want, room)
+        self.committed += grant
+        return grant
+
     def forget(self, channel: FramedChannel) -> None:
-        channel.gone = True
+        if not channel.gone:
+            channel.gone = True
+            self.committed -= channel.outstanding
         if self.channels.get(channel.sid) is channel:
             del self.channels[channel.sid]
 
@@ -272,16 +301,17 @@ class FramedStreams:
             raise StreamOpenFailed(f"the connection to {self.peer_id} used up its stream ids")
         sid = self._next | (HIGH_BIT if self.high else 0)
         self._next += 1
-        channel = FramedChannel(self, sid, 0, self.window)
+        channel = FramedChannel(self, sid, 0)
         d: Deferred = Deferred(lambda _: self._cancel_open(sid))
         timer = self.layer.clock.callLater(options.open_timeout, self._open_timed_out, sid)
         self._opening[sid] = _Opening(channel, service, factory, d, timer)
-        self.conn.send_control(frames.encode_open(sid, self.window, service))
+        self.conn.send_control(frames.encode_open(sid, channel.recv_limit, service))
         return d
 
     def _cancel_open(self, sid: int) -> None:
         opening = self._opening.pop(sid, None)
         if opening is not None:
+            self.forget(opening.channel)
             if opening.timer.active():
                 opening.timer.cancel()
             self.send_control(frames.encode_reset(sid, frames.REASON_ABORTED, "the open was cancelled"))
@@ -289,6 +319,7 @@ class FramedStreams:
     def _open_timed_out(self, sid: int) -> None:
         opening = self._opening.pop(sid, None)
         if opening is not None:
+            self.forget(opening.channel)
             self.send_control(frames.encode_reset(sid, frames.REASON_ABORTED, "no answer in time"))
             timeout = self.layer.options.open_timeout
             opening.deferred.errback(StreamOpenFailed(
@@ -299,7 +330,7 @@ class FramedStreams:
 
     def frame_received(self, ftype: int, payload: bytes) -> None:
         if ftype == StreamFrame.DATA:
-            self._data(payload)
+            self.data_received(payload)
         elif ftype == StreamFrame.CREDIT:
             self._credit(payload)
         elif ftype == StreamFrame.OPEN:
@@ -311,12 +342,18 @@ class FramedStreams:
         elif ftype == StreamFrame.RESET:
             self._reset(payload)
 
-    def _data(self, payload: bytes) -> None:
-        sid = frames.data_stream(payload)
+    def data_received(self, payload: bytes) -> None:
+        """A STREAM_DATA frame's payload."""
+        self.channel_data(frames.data_stream(payload), payload[4:])
+
+    def channel_data(self, sid: int, data: bytes) -> None:
+        """The stream id and data of a STREAM_DATA frame (the connection splits them)."""
+        size = len(data)
+        if not 0 < size <= MAX_CHUNK:
+            raise frames.StreamFrameError(f"STREAM_DATA of {size} bytes, not 1..{MAX_CHUNK}")
         channel = self.channels.get(sid)
         if channel is None:
             return  # ended while it was on its way
-        size = len(payload) - 4
         if channel.fin_received:
             self._fault(channel, frames.REASON_OVERFLOW, "data after the end of the stream")
             return
@@ -328,7 +365,7 @@ class FramedStreams:
             return
         stream = channel.stream
         if stream is not None:
-            stream.data_received(payload[4:])
+            stream.data_received(data)
 
     def _fault(self, channel: FramedChannel, reason: str, detail: str) -> None:
         self.layer.note_fault(self.peer_id, f"stream {channel.sid:#x}: {detail}")
@@ -356,6 +393,7 @@ class FramedStreams:
         reset = frames.decode_reset(payload)
         opening = self._opening.pop(reset.sid, None)
         if opening is not None:
+            self.forget(opening.channel)
             if opening.timer.active():
                 opening.timer.cancel()
             opening.deferred.errback(StreamRefused(self.peer_id, opening.service, reset.reason, reset.detail))
@@ -405,9 +443,9 @@ class FramedStreams:
             self.send_control(frames.encode_reset(sid, frames.REASON_REFUSED,
                                                   f"nobody listens for service {request.service!r} here"))
             return
-        channel = FramedChannel(self, sid, request.window, self.window)
+        channel = FramedChannel(self, sid, request.window)
         self.channels[sid] = channel
-        self.send_control(frames.encode_accept(sid, self.window))  # ahead of anything the protocol writes
+        self.send_control(frames.encode_accept(sid, channel.recv_limit))  # ahead of anything the protocol writes
         try:
             self._start(channel, request.service, factory)
         except Exception:
@@ -428,6 +466,7 @@ class FramedStreams:
             return
         self.closed = True
         self.conn.set_stream_source(None)
+        self.conn.set_channel_handler(StreamFrame.DATA, None)
         channels, self.channels = list(self.channels.values()), {}
         openings, self._opening = list(self._opening.values()), {}
         self._ready.clear()

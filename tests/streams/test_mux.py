@@ -55,6 +55,10 @@ class FakeConn:
     def set_stream_source(self, source):
         self.source = source
 
+    def set_channel_handler(self, ftype, handler):
+        self.channel_handlers = getattr(self, "channel_handlers", {})
+        self.channel_handlers[ftype] = handler
+
     def streams_ready(self):
         if not self.paused:
             self.flush()
@@ -121,7 +125,8 @@ class MuxTests(SynchronousTestCase):
         self.make()
 
     def make(self, **options):
-        opts = StreamOptions(**{"window": 64 * 1024, "high_water": 32 * 1024, "low_water": 8 * 1024, **options})
+        opts = StreamOptions(**{"window": 64 * 1024, "min_window": 64 * 1024, "high_water": 32 * 1024,
+                                "low_water": 8 * 1024, **options})
         self.a = Side(self.clock, HIGH, LOW, opts)
         self.b = Side(self.clock, LOW, HIGH, opts)
 
@@ -229,15 +234,42 @@ class MuxTests(SynchronousTestCase):
         self.pump()
         self.assertEqual(slow.received, b"s" * (5 * window))
 
+    def test_the_connection_window_is_shared(self):
+        k = 1024
+        self.make(window=128 * k, connection_window=256 * k, min_window=64 * k)
+        self.b.layer.listen("svc", self.b.factory())
+        senders = [self.open() for _ in range(4)]
+        for reader in self.b.protocols:
+            reader.transport.pauseProducing()
+        for sender in senders:
+            sender.transport.write(b"z" * (512 * k))
+        self.pump()
+        held = [reader.transport.held for reader in self.b.protocols]
+        self.assertEqual(held, [128 * k, 128 * k, 64 * k, 64 * k])  # the last two had min_window only
+        mux = self.b.layer.backends[self.b.conn]
+        self.assertEqual(mux.committed, sum(held))
+        for reader in self.b.protocols:  # reading again, each gets everything, the budget shared
+            reader.transport.resumeProducing()
+        self.pump(200)
+        self.assertEqual([len(reader.received) for reader in self.b.protocols], [512 * k] * 4)
+        for sender in senders:
+            sender.transport.loseConnection()
+        self.pump()
+        self.assertEqual(mux.committed, 0)  # nothing left granted once the streams ended
+
     def test_streams_take_turns(self):
+        self.make(window=1 << 20)
         self.b.layer.listen("svc", self.b.factory())
         one, two = self.open(), self.open()
         self.a.conn.paused = True
         one.transport.write(b"1" * 100_000)
         two.transport.write(b"2" * 100_000)
-        data = self.a.layer.backends[self.a.conn].take(64 * 1024)
-        owners = [payload[4:5] for _, payload in split_frames(data)]
-        self.assertEqual(owners, [b"1", b"2", b"1", b"2"])  # 16 KiB each, in turn
+        mux = self.a.layer.backends[self.a.conn]
+        data = b"".join(mux.take(64 * 1024) for _ in range(4))
+        frames_ = split_frames(data)
+        self.assertEqual([payload[4:5] for _, payload in frames_], [b"1", b"2", b"1", b"2"])  # in turn
+        sizes = [len(payload) - 4 for _, payload in frames_]
+        self.assertEqual(sizes, [frames.SEND_CHUNK] * 2 + [100_000 - frames.SEND_CHUNK] * 2)
 
     def test_producer_paused_until_the_data_went_out(self):
         from tests.streams.test_stream import Producer

@@ -24,6 +24,7 @@ from zope.interface import implementer
 from crust.endpoints import CrustClientEndpoint, CrustServerEndpoint
 from crust.errors import StreamRefused
 from crust.observer import CrustObserver
+from crust.streams.manager import StreamOptions
 
 from tests.util import connect_pair, make_service, wait_for
 
@@ -250,6 +251,8 @@ class StreamLoopbackMixin:
 
     @defer.inlineCallbacks
     def test_a_stalled_reader_stops_only_its_stream(self):
+        for service in (self.a, self.b):  # a window well below what the stalled stream's sender has
+            service.streams.options = StreamOptions(window=1 << 20)
         sinks = {"stalled": factory_of(Stalled), "flowing": factory_of(Collector)}
         for name, factory in sinks.items():
             self.b.listen_streams(name, factory)
@@ -291,7 +294,7 @@ class StreamLoopbackMixin:
     def stalled_window(self):
         if self.config.get("enable_tcp") is False:
             return self.a.quic.options.max_stream_data
-        return self.a.streams.options.window
+        return self.b.streams.options.window
 
     @defer.inlineCallbacks
     def test_half_close(self):

@@ -83,8 +83,8 @@ class StreamOptions:
     max_streams: int = 1024
     max_pending_opens: int = 256
     open_timeout: float = 30.0
-    high_water: int = 256 * 1024
-    low_water: int = 64 * 1024
+    high_water: int = MIB
+    low_water: int = 256 * 1024
     linger: float = LINGER
 
     def __post_init__(self) -> None:

@@ -6,11 +6,7 @@ node knows, and a plain Twisted program that uses only the strings.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import textwrap
 from pathlib import Path
@@ -28,7 +24,7 @@ from crust.endpoints import CrustClientEndpoint, CrustServerEndpoint, EndpointEr
 from crust.errors import ConnectFailed
 from crust.identity import Identity
 
-from tests.util import connect_pair, make_service, wait_for
+from tests.util import Processes, connect_pair, make_node_dir, make_service, node_contact, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER = Identity.from_seed(bytes(range(32))).peer_id
@@ -230,62 +226,29 @@ CLIENT = textwrap.dedent("""
     reactor.run()
 """)
 
-NODE_CONFIG = {"network_name": "endpoint-test", "listen_host": "127.0.0.1", "enable_service_discovery": False,
-               "enable_port_mapping": False}
-
-
 class PlainTwistedProgramTests(TestCase):
     """Two processes that import only Twisted: the C{crust:} strings with C{datadir=} do the rest."""
 
     timeout = 120
 
-    def start(self, script, *args):
-        log = open(os.path.join(self.dir, f"out-{len(self.procs)}.txt"), "w+")
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        proc = subprocess.Popen([sys.executable, script, *args], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=self.dir)
-        self.procs.append((proc, log))
-        return proc, log
-
-    def output(self, log):
-        log.seek(0)
-        return log.read()
-
-    def stop_all(self):
-        for proc, log in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
-            log.close()
-
     @defer.inlineCallbacks
     def test_server_and_client_from_strings_with_data_directories(self):
-        self.dir = tempfile.mkdtemp(prefix="crust-ep-")
-        self.procs = []
-        self.addCleanup(self.stop_all)
-        server_dir, client_dir = os.path.join(self.dir, "server"), os.path.join(self.dir, "client")
-        for path in (server_dir, client_dir):
-            os.mkdir(path, 0o700)
-            Path(path, "config.json").write_text(json.dumps(NODE_CONFIG))
-        Path(self.dir, "server.py").write_text(SERVER)
-        Path(self.dir, "client.py").write_text(CLIENT)
-        server, server_log = self.start("server.py", server_dir)
-        yield wait_for(lambda: "LISTENING" in self.output(server_log) or server.poll() is not None, timeout=60)
-        self.assertIn("LISTENING", self.output(server_log))
-        state = json.loads(Path(server_dir, "node.json").read_text())
-        server_id = state["peer_id"]
-        tcp = [a for a in state["listen_addresses"] if a.startswith("tcp:")][0]
-        self.assertIn(f"crust:{server_id}:shout", self.output(server_log))
+        base = tempfile.mkdtemp(prefix="crust-ep-")
+        procs = Processes(self, base)
+        server_dir = make_node_dir(os.path.join(base, "server"))
+        Path(base, "server.py").write_text(SERVER)
+        Path(base, "client.py").write_text(CLIENT)
+        server, server_log = procs.start("server.py", server_dir)
+        yield wait_for(lambda: "LISTENING" in procs.output(server_log) or server.poll() is not None, timeout=60)
+        self.assertIn("LISTENING", procs.output(server_log))
+        contact = node_contact(server_dir)
+        server_id = contact["peer_id"]
+        self.assertIn(f"crust:{server_id}:shout", procs.output(server_log))
         # the client's node knows the server as a contact: nothing else is needed to reach it by peer id
-        config = dict(NODE_CONFIG, hard_coded_contacts=[{"peer_id": server_id, "address": tcp}])
-        Path(client_dir, "config.json").write_text(json.dumps(config))
-        client, client_log = self.start("client.py", server_id, client_dir)
+        client_dir = make_node_dir(os.path.join(base, "client"), hard_coded_contacts=[contact])
+        client, client_log = procs.start("client.py", server_id, client_dir)
         yield wait_for(lambda: client.poll() is not None, timeout=90)
-        out = self.output(client_log)
+        out = procs.output(client_log)
         self.assertIn("REPLY HELLO OVER CRUST FROM crust:" + server_id + ":shout", out)
         self.assertIn("CLOSED", out)
         self.assertNotIn("FAILED", out)

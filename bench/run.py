@@ -2,8 +2,9 @@
 """
 crust benchmarks, one command: crust over TCP against plain Twisted TLS 1.3,
 crust over QUIC against aioquic's own asyncio client and server, crust
-relayed through a third node against crust over TCP directly, and signed
-100-byte messages (each signed, and in batches) against unsigned ones, same run.
+relayed through a third node against crust over TCP directly, signed
+100-byte messages (each signed, and in batches) against unsigned ones, and a
+crust byte stream against crust's messages over TCP, same run.
 
     python bench/run.py                 # full run (~2.5 minutes), tables on stdout
     python bench/run.py --quick         # smoke run (~15 s): short, 1 repetition

@@ -155,6 +155,8 @@ class Streams:
         self.listeners: dict[str, StreamListener] = {}
         self.backends: dict["PeerConnection", Backend] = {}
         self._faults = RateLimiter(clock, per_key=(1 / 60, 3), total=(1.0, 10), max_keys=256)
+        self._refusals = RateLimiter(clock, per_key=(1 / 60, 3), total=(1.0, 10), max_keys=256)
+        self.refused = 0  # streams refused: nobody listened for their service
         self._unregister: list[Callable[[], None]] = []
         for ftype in StreamFrame:
             handler = self._data if ftype == StreamFrame.DATA else self._handler(int(ftype))
@@ -200,8 +202,10 @@ class Streams:
         """The factory that takes a stream to C{service}, or None (the open is refused)."""
         listener = self.listeners.get(service)
         if listener is None:
-            self.log.info("refused a stream from {peer} to service {service!r}: nobody listens for it",
-                          peer=str(peer_id), service=service)
+            self.refused += 1
+            if self._refusals.allow(peer_id):
+                self.log.info("refused a stream from {peer} to service {service!r}: nobody listens for it "
+                              "({count} refused in all)", peer=str(peer_id), service=service, count=self.refused)
             return None
         return listener.factory
 

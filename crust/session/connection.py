@@ -566,6 +566,17 @@ class PeerConnection(Protocol):
         """Share the transport with C{source} (see the module docstring); None removes it."""
         self._stream_source = source
 
+    def write_frame(self, frame: bytes) -> bool:
+        """
+        Write C{frame} (a stream source's) at once if the transport takes
+        data and nothing is queued; False (nothing written) otherwise.
+        """
+        if not self._direct or self._stream_source is None:
+            return False
+        self._write(frame)
+        self._sent = True
+        return True
+
     def streams_ready(self) -> None:
         """The stream source has something to send: send it now if the transport takes data."""
         source = self._stream_source

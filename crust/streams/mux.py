@@ -31,6 +31,7 @@ are dropped.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
@@ -48,6 +49,9 @@ from crust.streams.stream import Stream
 if TYPE_CHECKING:
     from crust.session.connection import PeerConnection
     from crust.streams.manager import Streams
+
+
+_DATA_HEADER = struct.Struct("!IBI")  # frame length, type, stream id
 
 
 class FramedChannel:
@@ -86,6 +90,11 @@ class FramedChannel:
 
     def send(self, data: bytes) -> None:
         if self.gone or self.fin_wanted:
+            return
+        size = len(data)
+        if not self._out_size and size <= self.credit and size <= SEND_CHUNK and self.mux.write_now(
+                _DATA_HEADER.pack(size + 5, StreamFrame.DATA, self.sid) + data):
+            self.credit -= size  # the fast path: nothing of ours waits, and the connection takes data
             return
         self._out.append(data)
         self._out_size += len(data)
@@ -259,6 +268,10 @@ class FramedStreams:
         channel.queued = True
         self._ready.append(channel)
         self.conn.streams_ready()
+
+    def write_now(self, frame: bytes) -> bool:
+        """Write a stream's frame at once, if no other stream waits and the connection takes data."""
+        return not self._ready and not self.closed and self.conn.write_frame(frame)
 
     def send_control(self, frame: bytes) -> None:
         if not self.closed:

@@ -63,6 +63,12 @@ class FakeConn:
         if not self.paused:
             self.flush()
 
+    def write_frame(self, frame):
+        if self.paused or (self.source is not None and self.source.pending()):
+            return False
+        self.out += frame
+        return True
+
     def flush(self):
         while self.source is not None and self.source.pending():
             self.out += self.source.take(64 * 1024)

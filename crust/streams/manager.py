@@ -106,7 +106,7 @@ class StreamOptions:
 
 @implementer(IListeningPort)
 class StreamListener:
-    """Streams to one service name go to C{factory} (the L{IListeningPort} of L{Streams.listen})."""
+    """Streams to one service name go to C{factory} (the C{IListeningPort} of L{Streams.listen})."""
 
     def __init__(self, streams: "Streams", service: str, factory: Any) -> None:
         self.streams = streams

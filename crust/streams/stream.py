@@ -14,16 +14,16 @@ The transport behaves as a TCP transport does:
     goes back, so the sender stops; C{resumeProducing} delivers it;
   - C{loseWriteConnection} sends what is queued, then the end of the stream
     (FIN) one way; the peer's protocol gets C{readConnectionLost} if it
-    provides L{IHalfCloseableProtocol}, else its transport closes too;
+    provides C{IHalfCloseableProtocol}, else its transport closes too;
   - C{loseConnection} sends what is queued and FIN, reads no more (what
     still arrives is dropped) and ends the stream once the peer's FIN
     arrives (after C{linger} seconds without it, with a reset);
   - C{abortConnection} resets the stream both ways at once.
 
 C{connectionLost} comes in a later reactor turn, once: with
-L{ConnectionDone} for a clean end both ways, L{ConnectionAborted} after
+C{ConnectionDone} for a clean end both ways, C{ConnectionAborted} after
 C{abortConnection}, L{StreamReset} when the peer reset the stream, and
-L{ConnectionLost} naming the reason when the crust connection under it
+C{ConnectionLost} naming the reason when the crust connection under it
 ended.
 """
 

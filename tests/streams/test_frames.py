@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -12,6 +12,9 @@ from crust.errors import ProtocolViolation
 from crust.session.framing import FrameDecoder
 from crust.streams import frames as f
 from crust.streams.frames import MAX_CHUNK, MAX_WINDOW, StreamFrame, StreamFrameError, StreamOpen, StreamReset
+
+from tests import examples
+from tests.mutate import valid_or_mutated
 
 DECODERS = [f.decode_open, f.decode_accept, f.decode_data, f.decode_credit, f.decode_fin, f.decode_reset]
 u32 = st.integers(0, 2**32 - 1)
@@ -134,17 +137,34 @@ class QuicHeaderTests(SynchronousTestCase):
         self.assertRaises(StreamFrameError, f.parse_quic_answer, b"\x01\x01a\x00\x01\xff")
 
 
+_valid_payloads = st.one_of(
+    st.builds(lambda sid, window, name: f.encode_open(sid, window, name)[5:], u32, st.integers(1, MAX_WINDOW),
+              st.sampled_from(["web", "amp", "é" * 10])),
+    st.builds(lambda sid, window: f.encode_accept(sid, window)[5:], u32, st.integers(1, MAX_WINDOW)),
+    st.builds(lambda sid, data: f.encode_data(sid, data)[5:], u32, st.binary(min_size=1, max_size=100)),
+    st.builds(lambda sid, credit: f.encode_credit(sid, credit)[5:], u32, st.integers(1, MAX_WINDOW)),
+    st.builds(lambda sid: f.encode_fin(sid)[5:], u32),
+    st.builds(lambda sid, reason, detail: f.encode_reset(sid, reason, detail)[5:], u32,
+              st.sampled_from(sorted(f.REASONS)), st.text(max_size=30)),
+)
+_valid_headers = st.one_of(
+    st.builds(f.encode_quic_open, st.sampled_from(["web", "amp", "x" * 255])),
+    st.just(f.ACCEPTED),
+    st.builds(f.encode_quic_refusal, st.sampled_from(sorted(f.REASONS)), st.text(max_size=40)),
+)
+
+
 class PropertyTests(SynchronousTestCase):
-    @settings(max_examples=400, deadline=None)
-    @given(st.sampled_from(DECODERS), st.binary(max_size=600))
+    @examples(500)
+    @given(st.sampled_from(DECODERS), valid_or_mutated(_valid_payloads, 600))
     def test_decoders_raise_only_frame_errors(self, decode, payload) -> None:
         try:
             decode(payload)
         except StreamFrameError:
             pass
 
-    @settings(max_examples=300, deadline=None)
-    @given(st.binary(max_size=400))
+    @examples(300)
+    @given(valid_or_mutated(_valid_headers, 400))
     def test_quic_parsers_raise_only_frame_errors(self, data) -> None:
         for parse in (f.parse_quic_open, f.parse_quic_answer):
             try:
@@ -154,20 +174,20 @@ class PropertyTests(SynchronousTestCase):
             if result is not None:
                 self.assertLessEqual(result[1], len(data))  # a header never claims bytes it does not have
 
-    @settings(max_examples=200, deadline=None)
+    @examples(200)
     @given(u32, st.integers(1, MAX_WINDOW), names)
     def test_open_round_trip(self, sid, window, name) -> None:
         ftype, payload = split(f.encode_open(sid, window, name))
         self.assertEqual(f.decode_open(payload), StreamOpen(sid, window, name))
 
-    @settings(max_examples=200, deadline=None)
+    @examples(200)
     @given(u32, st.binary(min_size=1, max_size=2000), u32, st.integers(1, MAX_WINDOW))
     def test_binary_round_trips(self, sid, data, other, credit) -> None:
         self.assertEqual(f.decode_data(split(f.encode_data(sid, data))[1]), (sid, data))
         self.assertEqual(f.decode_credit(split(f.encode_credit(other, credit))[1]), (other, credit))
         self.assertEqual(f.decode_fin(split(f.encode_fin(other))[1]), other)
 
-    @settings(max_examples=200, deadline=None)
+    @examples(200)
     @given(u32, st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=64),
            st.text(max_size=600))
     def test_reset_round_trip(self, sid, reason, detail) -> None:
@@ -175,7 +195,7 @@ class PropertyTests(SynchronousTestCase):
         self.assertEqual((reset.sid, reset.reason), (sid, reason))
         self.assertTrue(detail.startswith(reset.detail))
 
-    @settings(max_examples=200, deadline=None)
+    @examples(100)
     @given(names, st.binary(max_size=50), st.integers(1, 8))
     def test_open_header_in_pieces(self, name, rest, step) -> None:
         data = f.encode_quic_open(name) + rest
@@ -187,7 +207,7 @@ class PropertyTests(SynchronousTestCase):
             else:
                 self.assertEqual(parsed, (name, size))
 
-    @settings(max_examples=100, deadline=None)
+    @examples(100)
     @given(st.lists(st.tuples(st.sampled_from(list(StreamFrame)), st.binary(max_size=100)), max_size=20),
            st.integers(1, 50))
     def test_frames_through_the_connection_decoder(self, items, step) -> None:

@@ -214,6 +214,56 @@ def run(size: int, n: int, repeats: int, max_queued: int) -> dict[str, float]:
         assert proto.count - before == n
 
     out["baseline_receive"] = _best(tls_receive, repeats) / n
+    out.update(stream_run(message, n, repeats, max_queued))
+    return out
+
+
+def stream_run(message: bytes, n: int, repeats: int, max_queued: int) -> dict[str, float]:
+    """
+    The same work on a byte stream (L{crust.streams}) of an ACTIVE
+    connection: writes of C{message} with the transport accepting, and
+    receiving STREAM_DATA frames of that size in 16 KiB chunks.  Nothing
+    for a crust without streams.
+    """
+    try:
+        from crust.streams import frames
+    except ImportError:
+        return {}
+    from twisted.internet.protocol import Factory, Protocol
+
+    class Sink(Protocol):
+        nbytes = 0
+
+        def dataReceived(self, data):
+            self.nbytes += len(data)
+
+    service, peer, conn, _ = crust_connection(max_queued)
+    mux = service.streams.backend(conn, peer)
+    service.listen_streams("micro", Factory.forProtocol(Sink))
+    sid = (0 if mux.high else frames.HIGH_BIT) | 1  # a stream the peer opened, with all the credit we need
+    conn.dataReceived(frames.encode_open(sid, frames.MAX_WINDOW, "micro"))
+    channel = mux.channels[sid]
+    stream = channel.stream
+    out: dict[str, float] = {}
+
+    def send():
+        channel.credit = 1 << 60
+        write = stream.write
+        for _ in range(n):
+            write(message)
+
+    out["stream_send"] = _best(send, repeats) / n
+    chunks = _chunks(b"".join(frames.encode_data(sid, message[i:i + frames.MAX_CHUNK])
+                              for i in range(0, len(message), frames.MAX_CHUNK)) * n)
+
+    def receive():
+        data_received = conn.dataReceived
+        before = stream.protocol.nbytes
+        for chunk in chunks:
+            data_received(chunk)
+        assert stream.protocol.nbytes - before == n * len(message)
+
+    out["stream_receive"] = _best(receive, repeats) / n
     return out
 
 
@@ -377,10 +427,14 @@ def main(argv=None) -> int:
     print(f"crust: {os.path.dirname(crust.__file__)}; CPU ns per message, best of {repeats}")
     rows = [("send (transport accepting)", "crust_send_direct", "baseline_send"),
             ("send while paused + drain", "crust_send_queued", "baseline_send"),
-            ("receive (16 KiB chunks)", "crust_receive", "baseline_receive")]
+            ("receive (16 KiB chunks)", "crust_receive", "baseline_receive"),
+            ("stream write (accepting)", "stream_send", "baseline_send"),
+            ("stream receive (16 KiB chunks)", "stream_receive", "baseline_receive")]
     for name, r in results.items():
         print(f"\n{name} messages{'':14}crust  Int32StringReceiver  crust/baseline")
         for label, ck, bk in rows:
+            if ck not in r:
+                continue
             c, b = r[ck] * 1e9, r[bk] * 1e9
             print(f"  {label:28} {c:10,.0f}  {b:19,.0f}  {c / b:13.2f}x")
     c, b = setup["crust_setup"] * 1e6, setup["baseline_setup"] * 1e6

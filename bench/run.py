@@ -2,8 +2,9 @@
 """
 crust benchmarks, one command: crust over TCP against plain Twisted TLS 1.3,
 crust over QUIC against aioquic's own asyncio client and server, crust
-relayed through a third node against crust over TCP directly, and signed
-100-byte messages (each signed, and in batches) against unsigned ones, same run.
+relayed through a third node against crust over TCP directly, signed
+100-byte messages (each signed, and in batches) against unsigned ones, and a
+crust byte stream against crust's messages over TCP, same run.
 
     python bench/run.py                 # full run (~3.5 minutes), tables on stdout
     python bench/run.py --quick         # smoke run (~25 s): short, 1 repetition
@@ -56,11 +57,11 @@ from _common import (  # noqa: E402
     ratio,
 )
 
-IMPLS = ("crust", "tls", "quic", "aioquic", "relay", "signed", "batched", "relay-frames")
+IMPLS = ("crust", "tls", "quic", "aioquic", "relay", "signed", "batched", "stream", "relay-frames")
 DEFAULT_IMPLS = IMPLS[:-1]  # relay-frames on request: the relayed case without splicing, for comparison
 TESTS = ("bulk", "rate", "setup")
 NAMES = {"crust": "crust", "tls": "TLS baseline", "quic": "crust/QUIC", "aioquic": "aioquic",
-         "relay": "crust relayed", "signed": "crust signed", "batched": "crust batched",
+         "relay": "crust relayed", "signed": "crust signed", "batched": "crust batched", "stream": "crust stream",
          "relay-frames": "relayed, frames"}
 
 # what each implementation is: the worker kind, its section, and the tests it runs
@@ -72,11 +73,12 @@ KINDS = {
     "relay": ("relay", "relay"),
     "signed": ("crust", "signed"),
     "batched": ("crust", "signed"),
+    "stream": ("stream", "streams"),
     "relay-frames": ("relay", "relay"),
 }
 # a raw QUIC stream has no messages to count; signing costs per message: the signed cases measure the
-# 100-byte rate
-IMPL_TESTS = {"aioquic": ("bulk", "setup"), "signed": ("rate",), "batched": ("rate",)}
+# 100-byte rate; a byte stream, bulk
+IMPL_TESTS = {"aioquic": ("bulk", "setup"), "signed": ("rate",), "batched": ("rate",), "stream": ("bulk",)}
 # crust over TCP sending with Service.send(..., signed=...): each message signed, or in batches
 SIGNING = {"signed": "message", "batched": "batch"}
 # their Config.max_queued_bytes: the sender stops 1 MiB over half of it, and the end marker waits behind
@@ -96,6 +98,9 @@ SECTIONS = {
     # the baseline is the tcp section's crust (unsigned), measured just before in the same repetition
     "signed": {"subject": "signed", "baseline": "crust", "base_short": "unsigned",
                "title": "signed messages over TCP (Ed25519: each message signed, or in batches) vs unsigned"},
+    # the baseline is the tcp section's crust (messages), measured just before in the same repetition
+    "streams": {"subject": "stream", "baseline": "crust", "base_short": "messages",
+                "title": "crust byte stream over TCP (one stream, 64 KiB writes) vs crust messages over TCP"},
 }
 
 # targets for subject/baseline per section; "min": the ratio must be at least this, "max": at most
@@ -110,8 +115,11 @@ QUIC_TARGETS = {
 RELAY_TARGETS = {
     "bulk_mib_s": ("min", 0.50),
 }
+STREAM_TARGETS = {
+    "bulk_mib_s": ("min", 0.85),
+}
 SECTION_TARGETS: dict[str, dict[str, tuple[str, float]]] = {
-    "tcp": TARGETS, "quic": QUIC_TARGETS, "relay": RELAY_TARGETS, "signed": {}}
+    "tcp": TARGETS, "quic": QUIC_TARGETS, "relay": RELAY_TARGETS, "signed": {}, "streams": STREAM_TARGETS}
 
 # measured on this kind of machine with the same shape of test (Twisted TLS 1.3
 # + Int32StringReceiver), quoted for comparison only
@@ -284,7 +292,7 @@ class Runner:
         client = None
         try:
             listening = server.wait("listening", deadline)
-            if kind in ("crust", "quic", "relay"):
+            if kind in ("crust", "quic", "relay", "stream"):
                 self.crust_location.setdefault(impl, listening.get("crust", ""))
             if "quic_options" in listening:
                 self.quic_options.setdefault(impl, listening["quic_options"])
@@ -531,7 +539,7 @@ def _section_lines(summary: dict[str, Any], name: str) -> list[str]:
     sec = summary["sections"][name]
     impls = sec["impls"]
     subject, baseline = sec["subject"], sec["baseline"]
-    short = {"crust": "crust", "quic": "QUIC", "relay": "relayed", "signed": "signed"}[subject]
+    short = {"crust": "crust", "quic": "QUIC", "relay": "relayed", "signed": "signed", "stream": "stream"}[subject]
     base_short = sec.get("base_short") or {"tls": "baseline", "aioquic": "aioquic", "crust": "direct"}[baseline]
     alts = [i for i in impls if i not in (subject, baseline)]
     head = ["measurement"] + [NAMES.get(i, i) for i in impls]
@@ -594,6 +602,9 @@ def render(summary: dict[str, Any]) -> str:
                 lines.append("signed: every message signed (Ed25519, PyNaCl) and checked by the receiver; batched: "
                              "one signature per batch (Config.signed_batch_max 64, signed_batch_window 5 ms); "
                              "crust over TCP, priority 1")
+            if name == "streams":
+                lines.append("stream: one crust byte stream, written in 64 KiB chunks while it takes them (a push "
+                             "producer), half-closed at the end; messages: the crust row above")
             if name == "relay":
                 lines.append("relayed: one node to another through a third (no rate or byte limit; its limits on "
                              "new circuits lifted for the setup test); its CPU counts the relay's process too")

@@ -7,8 +7,8 @@ tests/ only).  Run it from the repository root:
 It runs ``python bench/run.py --quick --json`` (about 20 s: one short
 repetition of every measurement, crust over TCP and the TLS baseline, crust
 over QUIC and the aioquic baseline, each in its own pair of processes on
-127.0.0.1, crust relayed through a third process on every test, and signed
-messages) and ``python bench/micro.py --quick --json``,
+127.0.0.1, crust relayed through a third process on every test, signed
+messages, and a crust byte stream) and ``python bench/micro.py --quick --json``,
 and checks that every figure was measured and is plausible.  It asserts no
 performance target: those depend on the machine.
 """
@@ -87,6 +87,15 @@ class QuickBench(unittest.TestCase):
         self.assertEqual((signed["baseline"], signed["subject"]), ("crust", "signed"))
         self.assertTrue(math.isfinite(signed["ratios"]["rate_msg_s"]))
         self.assertTrue(math.isfinite(signed["alternatives"]["batched"]["rate_msg_s"]))
+        # a byte stream: bulk only, against crust's messages over TCP
+        for figure in ("bulk_mib_s", "bulk_cpu_ms_per_mib"):
+            value = figures[figure]["stream"]
+            self.assertTrue(value > 0 and math.isfinite(value), f"{figure}/stream = {value}")
+        self.assertNotIn("stream", figures["rate_msg_s"])
+        streams = summary["sections"]["streams"]
+        self.assertEqual(streams["baseline"], "crust")
+        self.assertTrue(math.isfinite(streams["ratios"]["bulk_mib_s"]))
+        self.assertIn(streams["targets"]["bulk_mib_s"]["met"], (True, False))
         # every setup iteration was its own connection
         for impl in ("crust", "tls", "quic", "aioquic", "relay"):
             self.assertEqual(summary["runs"]["setup"][impl][0]["connections"], summary["settings"]["connections"])

@@ -27,6 +27,11 @@ Implementations (C{--impl}):
   - C{crust} with C{--signed message} or C{--signed batch}: the client sends
     with C{Service.send(..., signed=True)} or C{signed="batch"}; the server
     checks every signature (its observer gets the messages as any others).
+  - C{stream}: crust over TCP as C{crust}, the bulk test on a byte stream
+    (L{crust.streams}) instead of messages: the client opens one stream to
+    the server's service C{bench} and writes C{--size}-byte chunks while the
+    stream accepts them (a push producer), then half-closes it (the end
+    marker); the server counts the bytes and answers with a 1-byte ack.
 (aioquic's own asyncio client and server, the QUIC baseline, are in
 C{bench/aioquic_worker.py}.)
 
@@ -65,7 +70,7 @@ perf_counter = time.perf_counter
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--role", choices=("server", "client", "relay"), required=True)
-    p.add_argument("--impl", choices=("crust", "quic", "tls", "relay"), required=True)
+    p.add_argument("--impl", choices=("crust", "quic", "tls", "relay", "stream"), required=True)
     p.add_argument("--test", choices=("bulk", "rate", "setup"), required=True)
     p.add_argument("--size", type=int, default=100, help="message size in bytes")
     p.add_argument("--duration", type=float, default=4.0, help="measured seconds (stream tests)")
@@ -490,6 +495,122 @@ def relay_node(args, reactor) -> None:
     service.prepare_connection_info().addCallbacks(listening, _fail(reactor, "listen"))
 
 
+# -- crust byte streams ---------------------------------------------------------------------
+
+
+def stream_server(args, reactor) -> None:
+    """A crust service (TCP) counting the bytes of the stream the client opens to its service C{bench}."""
+    import crust
+    from twisted.internet.interfaces import IHalfCloseableProtocol
+    from twisted.internet.protocol import Factory, Protocol
+    from zope.interface import implementer
+
+    from crust import Identity, Service
+
+    service = Service(Identity.generate(), _crust_config(args), reactor=reactor)
+    size = args.size
+
+    @implementer(IHalfCloseableProtocol)
+    class Sink(Protocol):
+        nbytes = 0
+        ended = False
+        started = False
+
+        @property
+        def count(self):
+            return self.nbytes // size  # in --size messages' worth
+
+        def dataReceived(self, data):
+            if not self.started:
+                self.started = True
+                meter.first(self)
+            self.nbytes += len(data)
+
+        def readConnectionLost(self):
+            self.ended = True
+            meter.end(self)
+            self.transport.write(ACK)
+            self.transport.loseConnection()
+
+        def writeConnectionLost(self):
+            pass
+
+    meter = Meter(reactor, args.warmup, lambda: None)
+    meter.extra = lambda: {}
+    service.listen_streams("bench", Factory.forProtocol(Sink))
+    service.startService()
+
+    def announce(info):
+        _mark_listening()
+        emit(event="listening", port=info.public.addresses[0].port, info=info.public.to_json(),
+             crust=os.path.dirname(crust.__file__))
+
+    service.prepare_connection_info().addCallbacks(announce, _fail(reactor, "listen"))
+
+
+def stream_client(args, reactor) -> None:
+    """Connects as the crust client does, opens a stream to C{bench} and writes while it takes data."""
+    from twisted.internet.defer import ensureDeferred
+    from twisted.internet.interfaces import IPushProducer
+    from twisted.internet.protocol import Factory, Protocol
+    from zope.interface import implementer
+
+    from crust import PubConnectionInfo, Service
+
+    their = PubConnectionInfo.from_json(args.info)
+    service = Service(_identity_above(their.peer_id), _crust_config(args), reactor=reactor)
+    service.startService()
+
+    @implementer(IPushProducer)
+    class Sender(Protocol):
+        paused = False
+        stopping = False
+        sent = 0
+
+        def connectionMade(self):
+            self.transport.registerProducer(self, True)
+
+        def pauseProducing(self):
+            self.paused = True
+
+        def resumeProducing(self):
+            self.paused = False
+            self.pump()
+
+        def stopProducing(self):
+            self.paused = True
+
+        def pump(self):
+            write = self.transport.write
+            chunk = message
+            n = 0
+            while not self.paused and not self.stopping:
+                write(chunk)
+                n += 1
+            self.sent += n
+
+        def stop(self):
+            self.stopping = True
+            self.transport.loseWriteConnection()
+
+        def dataReceived(self, data):
+            if data == ACK:
+                state["clock"].acked(self.sent)
+
+    message = b"x" * args.size
+    state: dict = {}
+
+    async def stream() -> None:
+        ours = await service.prepare_connection_info()
+        peer = await service.connect(ours, args.info)
+        sender = await service.open_stream(peer, "bench", Factory.forProtocol(Sender))
+        clock = state["clock"] = SendClock(reactor, args.warmup, args.duration, sender.stop)
+        clock.start()
+        sender.pump()
+
+    ensureDeferred(stream()).addErrback(_fail(reactor, "client"))
+
+
 # -- the baseline: Twisted TLS 1.3 + Int32StringReceiver -----------------------------------
 
 
@@ -693,6 +814,8 @@ def main(argv=None) -> int:
         ("relay", "relay"): relay_node,
         ("relay", "server"): crust_server,
         ("relay", "client"): crust_client,
+        ("stream", "server"): stream_server,
+        ("stream", "client"): stream_client,
     }[(args.impl, args.role)]
     def start() -> None:
         try:

@@ -86,3 +86,30 @@ class BadSignature(SignedMessageError):
 
 class SignedNotSupported(CrustError):
     """The peer did not say it takes signed messages (an older crust); nothing was sent."""
+
+
+class StreamRefused(CrustError):
+    """
+    A peer refused to open a byte stream (L{crust.streams}): nobody listens
+    for that service there, or it holds all the streams it may.
+
+    @ivar peer_id: the peer.
+    @ivar service: the service name asked for.
+    @ivar reason: the peer's reason code (C{refused}, C{too-many-streams}, ...).
+    @ivar detail: what exactly, for people.
+    """
+
+    def __init__(self, peer_id, service: str, reason: str, detail: str = "") -> None:
+        self.peer_id = peer_id
+        self.service = service
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{peer_id} refused a stream to service {service!r}: {detail or reason}")
+
+
+class StreamOpenFailed(CrustError):
+    """A byte stream could not be opened for a reason of our side (not connected, too many streams, a bad name)."""
+
+
+class StreamServiceInUse(CrustError):
+    """Something already listens for streams to that service name on this node."""

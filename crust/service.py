@@ -59,6 +59,7 @@ from crust.observer import Observers
 from crust.punch.wiring import install as install_punching
 from crust.relay.wiring import install as install_relaying
 from crust.session.signing import install as install_signing
+from crust.streams.wiring import install as install_streams
 from crust.peering.table import PeerTable
 from crust.roles import Role
 from crust.transport.tcp import TcpTransport
@@ -154,6 +155,7 @@ class Service(MultiService):
             local_id=self.peer_id, reactor=reactor, config=lambda: self.config, table=self.peers, dialer=self.dialer,
             rendezvous=self.punch.rendezvous, creator=lambda: self._creator, emit=self.observers.emit, tcp=self.tcp,
             parent=self)
+        self.streams = install_streams(local_id=self.peer_id, clock=self.clock, table=self.peers)
         # told of promotions last: the cache and the connection's path are up to date when connect() fires
         self.connector = Connector(self.dialer, self.peers, self.clock, lambda: self.config, self.observers.emit)
         self.signing = install_signing(identity=identity, network=self.config.network_name or "", clock=self.clock,
@@ -399,6 +401,14 @@ class Service(MultiService):
     def queued_bytes(self, peer_id: PeerId) -> int:
         conn = self.peers.active.get(peer_id)
         return conn.queued_bytes + self.signing.pending(peer_id) if conn is not None else 0
+
+    def listen_streams(self, service: str, factory: Any) -> Any:
+        """Accept byte streams peers open to C{service} (L{crust.streams}); returns an C{IListeningPort}."""
+        return self.streams.listen(service, factory)
+
+    def open_stream(self, peer: Any, service: str, factory: Any) -> Deferred:
+        """Connect to C{peer} (see L{connect}), open a byte stream to its C{service}; fires with the protocol."""
+        return self.connect(peer).addCallback(lambda peer_id: self.streams.open(peer_id, service, factory))
 
     def disconnect(self, peer_id: PeerId) -> bool:
         """

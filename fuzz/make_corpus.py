@@ -43,6 +43,8 @@ from crust.punch.messages import EnvelopeType, RendezvousFrame, seal  # noqa: E4
 from crust.relay import messages as relay  # noqa: E402
 from crust.relay.messages import CircuitLimits, RelayFrame  # noqa: E402
 from crust.session.signed_frames import encode_batch, encode_single_head  # noqa: E402
+from crust.streams import frames as streams  # noqa: E402
+from crust.streams.frames import StreamFrame  # noqa: E402
 from crust.transport.quic.dispatcher import QuicDispatcher  # noqa: E402
 from crust.transport.tls import make_certificate  # noqa: E402
 from crust.wire import (CHOOSE_FRAME, DATA, GRANT_FRAME, HEARTBEAT_FRAME, CertInfo, CloseReason, FrameType,  # noqa: E402
@@ -239,6 +241,17 @@ def signed_frames() -> Iterable[bytes]:
     yield b"\x01" + encode_batch(2, signature, [(1, b"first"), (2, b""), (5, b"third")])
 
 
+def stream_frames() -> Iterable[bytes]:
+    choices = tuple(StreamFrame) + ("quic open", "quic answer")
+    for encoded in (streams.encode_open(0x80000001, 1 << 20, "web"), streams.encode_accept(0x80000001, 1 << 20),
+                    streams.encode_data(1, b"stream data"), streams.encode_credit(1, 65536), streams.encode_fin(1),
+                    streams.encode_reset(1, streams.REASON_REFUSED, "nobody listens for service 'x' here")):
+        yield _selector(choices, StreamFrame(encoded[4])) + encoded[5:]
+    yield _selector(choices, "quic open") + streams.encode_quic_open("amp") + b"first bytes"
+    yield _selector(choices, "quic answer") + streams.ACCEPTED + b"reply"
+    yield _selector(choices, "quic answer") + streams.encode_quic_refusal(streams.REASON_TOO_MANY, "1024 open")
+
+
 def state() -> Iterable[bytes]:
     yield json.dumps({"pid": 1234, "peer_id": str(A.peer_id), "control": "/run/crust/control.sock",
                       "listening": ["tcp:0.0.0.0:4242"]}).encode()
@@ -272,7 +285,8 @@ TARGETS: dict[str, Callable[[], Iterable[bytes]]] = {
     "turn": turn, "echo": echo_, "natpmp": natpmp, "pcp": pcp, "upnp": upnp, "discovery": discovery_,
     "connection_info": connection_info, "config_file": config_file, "bootstrap_cache": bootstrap_cache,
     "jsonread": jsonread, "address": address, "punch_checks": punch_checks, "punch_messages": punch_messages,
-    "relay_messages": relay_messages, "signed_frames": signed_frames, "state": state, "control": control, "udp": udp,
+    "relay_messages": relay_messages, "signed_frames": signed_frames,
+    "stream_frames": stream_frames, "state": state, "control": control, "udp": udp,
 }
 
 

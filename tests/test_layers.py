@@ -30,8 +30,10 @@ LAYERS = (
     ("bootstrap", ("crust.bootstrap",)),
     ("punch", ("crust.punch",)),
     ("relay", ("crust.relay",)),
+    ("streams", ("crust.streams",)),
     ("service", ("crust.service", "crust.metrics")),
     ("node", ("crust.node",)),
+    ("endpoints", ("crust.endpoints",)),
 )
 PUBLIC_FACE = "crust"  # crust/__init__.py: lazy re-exports by name, imports nothing of crust's
 

@@ -57,3 +57,77 @@ def connect_pair(testcase, a: Service, b: Service):
     peer = yield a.connect(ia, ib.public)
     yield wait_for(lambda: a.peer_id in b.peers.active)
     return peer
+
+
+# -- processes with their own crust nodes (data directories) -------------------------------------
+
+#: A node's config file for a process that must talk to loopback only.
+LOOPBACK_NODE_CONFIG = {"network_name": "crust-tests", "listen_host": LOOPBACK, "enable_service_discovery": False,
+                        "enable_port_mapping": False}
+
+
+class Processes:
+    """
+    Programs run in processes of their own (Python, with this checkout's
+    crust first on the path), their output kept in files; stopped (SIGTERM,
+    then SIGKILL) at the test's cleanup.
+    """
+
+    def __init__(self, testcase, directory: str) -> None:
+        self.dir = directory
+        self.procs: list = []
+        testcase.addCleanup(self.stop_all)
+
+    def start(self, *argv: str):
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        log = open(os.path.join(self.dir, f"out-{len(self.procs)}.txt"), "w+")
+        root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ, PYTHONPATH=root)
+        proc = subprocess.Popen([sys.executable, *argv], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir)
+        self.procs.append((proc, log))
+        return proc, log
+
+    @staticmethod
+    def output(log) -> str:
+        log.seek(0)
+        return log.read()
+
+    def stop_all(self) -> None:
+        import signal
+        import subprocess
+
+        for proc, log in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+            log.close()
+
+
+def make_node_dir(path: str, **config) -> str:
+    """A node data directory with a config file for loopback only (plus C{config}); returns C{path}."""
+    import json
+    import os
+
+    os.makedirs(path, 0o700, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump({**LOOPBACK_NODE_CONFIG, **config}, f)
+    return path
+
+
+def node_contact(path: str) -> dict:
+    """The running node of data directory C{path} as a contact (its peer id and TCP address, from node.json)."""
+    import json
+    import os
+
+    with open(os.path.join(path, "node.json")) as f:
+        state = json.load(f)
+    tcp = [a for a in state["listen_addresses"] if a.startswith("tcp:")][0]
+    return {"peer_id": state["peer_id"], "address": tcp}

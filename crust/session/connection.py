@@ -11,6 +11,11 @@ Sending never piles unbounded data into the transport: the connection is a
 push producer registered with its transport, writes go straight through while
 the transport accepts them, and are queued by priority (bounded in bytes)
 while it is paused.
+
+A L{StreamSource} (the byte streams multiplexed on the connection,
+L{crust.streams}) shares the transport with the messages: what it has to
+send goes out after queued messages of priorities 0 and 1, and alternates
+with queued messages of priorities 2 and above, one batch each.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from crust.session.framing import FrameDecoder, FrameTooLarge
 from crust.session.handshake import Handshake, HandshakeState
 from crust.identity import PeerId
 from crust.session.purpose import ACCEPTED, Purpose
-from crust.session.send_queue import Dropped, SendQueues
+from crust.session.send_queue import NEVER_DROPPED_BELOW, Dropped, SendQueues
 from crust.session.signed_frames import MESSAGE_FRAME_TYPES
 from crust.transport.interfaces import ISecureTransport
 from crust.transport.tls import cert_info, peer_id_from_certificate, readable_certificate
@@ -61,6 +66,16 @@ _CLOSE_GRACE = 5.0  # seconds a closing connection may take to flush before it i
 _SOCKET_IO_SIZE = 256 * 1024
 _DRAIN_BATCH = 64 * 1024  # bytes of queued frames joined into one transport write
 _LIVENESS_GRAIN = 4  # while sending, the liveness timer looks every interval/4
+
+
+class StreamSource(TypingProtocol):
+    """Frames that share a connection's transport with its messages (L{PeerConnection.set_stream_source})."""
+
+    def pending(self) -> bool:
+        """Whether there is something to send."""
+
+    def take(self, limit: int) -> bytes:
+        """Frames to send now: at least one when L{pending}, more while they fit in C{limit} bytes."""
 
 
 class ConnectionOwner(TypingProtocol):
@@ -193,6 +208,8 @@ class PeerConnection(Protocol):
         self._move_pending: list[str] = []  # lanes whose MOVE waits for their queued data to go out
         # messages received while held (handover): DATA payloads, and (type, payload) of other message frames
         self._held: Optional[list[Any]] = None
+        self._stream_source: Optional[StreamSource] = None
+        self._streams_next = False  # whose turn it is: the stream source's, or queued messages'
 
     # -- identity -----------------------------------------------------------
 
@@ -346,7 +363,8 @@ class PeerConnection(Protocol):
 
     def resumeProducing(self) -> None:
         self._paused = False
-        if self.queues:
+        source = self._stream_source
+        if self.queues or (source is not None and source.pending()):
             self._drain()
         self._update_direct()
 
@@ -558,21 +576,73 @@ class PeerConnection(Protocol):
         self.transport.write(frame)
         self._last_sent = self.clock.seconds()
 
+    def set_channel_handler(self, ftype: int, handler: Optional[Callable[[int, bytes], object]]) -> None:
+        """
+        Control frames of C{ftype} (a subsystem's, L{crust.session.signalling})
+        whose payload is a u32 channel id and data go to C{handler(channel,
+        data)}, without the copy of splitting the payload (None: back to the
+        control-frame table).
+        """
+        self._decoder.set_channel_handler(ftype, handler)
+
+    def set_stream_source(self, source: Optional[StreamSource]) -> None:
+        """Share the transport with C{source} (see the module docstring); None removes it."""
+        self._stream_source = source
+
+    def write_frame(self, frame: bytes) -> bool:
+        """
+        Write C{frame} (a stream source's) at once if the transport takes
+        data and nothing is queued; False (nothing written) otherwise.
+        """
+        if not self._direct or self._stream_source is None:
+            return False
+        self._write(frame)
+        self._sent = True
+        return True
+
+    def streams_ready(self) -> None:
+        """The stream source has something to send: send it now if the transport takes data."""
+        source = self._stream_source
+        if source is None or not self._direct:
+            return  # paused (the drain sends it), or not usable
+        transport = self.transport
+        assert transport is not None  # direct: connected
+        write = transport.write
+        while not self._paused and source.pending():
+            write(source.take(_DRAIN_BATCH))
+            self._sent = True
+        if self._paused:
+            self._direct = False
+
     def _drain(self) -> None:
         transport = self.transport
         assert transport is not None  # connected: the transport resumed us
         now = self.clock.seconds()
         self._expire(now)
         had = self.queued_bytes
-        lanes: list[tuple[SendQueues, Callable[[], bool], Callable[[bytes], object]]] = [
-            (self.queues, lambda: self._paused, transport.write)
-        ]
-        if self._bulk is not None:  # without it, nothing is queued for bulk
-            lanes.append((self.bulk_queues, lambda: self._bulk_paused, self._bulk.write))
-        for queues, paused, write in lanes:
+        queues, write, source = self.queues, transport.write, self._stream_source
+        if source is None:
             take = queues.take
-            while queues.count and not paused():
+            while queues.count and not self._paused:
                 write(take(_DRAIN_BATCH))  # one transport write per ~64 KiB, not per message
+        else:
+            while not self._paused:  # streams and messages of priority >= 2 take turns
+                urgent = queues.most_urgent
+                if urgent is not None and (urgent < NEVER_DROPPED_BELOW or not self._streams_next
+                                           or not source.pending()):
+                    self._streams_next = True
+                    write(queues.take(_DRAIN_BATCH))
+                elif source.pending():
+                    self._streams_next = False
+                    write(source.take(_DRAIN_BATCH))
+                    self._sent = True
+                else:
+                    break
+        bulk = self._bulk
+        if bulk is not None:  # without it, nothing is queued for bulk
+            queues = self.bulk_queues
+            while queues.count and not self._bulk_paused:
+                bulk.write(queues.take(_DRAIN_BATCH))
         if self.queued_bytes < had:
             self._last_sent = now
         if self._move_pending:

@@ -8,7 +8,7 @@ is collected without quadratic copying.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 from crust.errors import ProtocolViolation
 from crust.wire import DATA, HEADER_SIZE, LENGTH
@@ -33,9 +33,12 @@ class FrameDecoder:
     Splits a byte stream into frames.
 
     DATA payloads go to C{on_data(payload)}, every other frame to
-    C{on_control(type, payload)}.  Errors raise L{ProtocolViolation}; the
-    decoder is then unusable, as is the stream it read.  After L{stop}
-    (a handler may call it), nothing more is delivered.
+    C{on_control(type, payload)}, but frames of a type given a channel
+    handler (L{set_channel_handler}): their payload is a u32 channel id and
+    data, and they go to C{handler(channel, data)}, the data sliced from
+    what was read once.  Errors raise L{ProtocolViolation}; the decoder is
+    then unusable, as is the stream it read.  After L{stop} (a handler may
+    call it), nothing more is delivered.
 
     @ivar data_frames: the DATA frames decoded so far (those of a chunk whose
         handler raised are not counted).
@@ -43,7 +46,7 @@ class FrameDecoder:
     """
 
     __slots__ = ("_max_length", "_on_data", "_on_control", "_buffer", "_pending", "_pending_size", "_need",
-                 "data_frames", "data_bytes", "_stopped")
+                 "data_frames", "data_bytes", "_stopped", "_channels")
 
     def __init__(
         self,
@@ -61,6 +64,18 @@ class FrameDecoder:
         self.data_frames = 0  # DATA frames decoded so far
         self.data_bytes = 0  # and their payload bytes
         self._stopped = False
+        self._channels: dict[int, Callable[[int, bytes], object]] = {}
+
+    def set_channel_handler(self, ftype: int, handler: Optional[Callable[[int, bytes], object]]) -> None:
+        """
+        Frames of C{ftype} go to C{handler(channel, data)} (see the class
+        docstring); a payload shorter than a channel id still goes to
+        C{on_control}.  None: back to C{on_control}.
+        """
+        if handler is None:
+            self._channels.pop(ftype, None)
+        else:
+            self._channels[ftype] = handler
 
     def set_handlers(self, on_data: Callable[[bytes], object], on_control: Callable[[int, bytes], object]) -> None:
         self._on_data = on_data
@@ -97,6 +112,7 @@ class FrameDecoder:
         unpack = LENGTH.unpack_from
         max_length = self._max_length
         on_data = self._on_data
+        channels = self._channels
         size = len(buf)
         offset = 0
         frames = lengths = 0  # DATA frames, and their lengths (payload and type byte): counted once per chunk
@@ -116,6 +132,8 @@ class FrameDecoder:
                 on_data(buf[offset + 5 : end])
                 frames += 1
                 lengths += length
+            elif channels and ftype in channels and length >= 5:
+                channels[ftype](unpack(buf, offset + 5)[0], buf[offset + 9 : end])
             else:
                 self._on_control(ftype, buf[offset + 5 : end])
             offset = end

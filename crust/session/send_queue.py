@@ -78,6 +78,11 @@ class SendQueues:
     def __bool__(self) -> bool:
         return self.count > 0
 
+    @property
+    def most_urgent(self) -> Optional[int]:
+        """The priority of the most urgent queued frame, or None when nothing is queued."""
+        return self._priorities[0] if self._priorities else None
+
     def push(self, priority: int, header: bytes, payload: bytes, now: float) -> None:
         """Queue one frame: its C{header} and C{payload} (or a whole frame and C{b""})."""
         q = self._queues.get(priority)

@@ -212,6 +212,31 @@ class RelayLoopbackTests(RelayNodes):
         yield wait_for(lambda: b.events.named("new_message")[-1][1] == b"through the relay again")
         self.assertEqual(a.events.named("lost_peer"), [])
 
+    @defer.inlineCallbacks
+    def test_byte_streams_over_a_relayed_connection(self):
+        from tests.streams.test_streams_loopback import Collector, Echo, factory_of
+
+        r, a, b = yield self.relayed()
+        b.listen_streams("echo", factory_of(Echo))
+        stream = yield a.open_stream(b.peer_id, "echo", factory_of(Collector))
+        self.assertEqual(stream.transport.getPeer().transport, "relay")
+        payload = os.urandom(2 * MIB)
+        stream.transport.write(payload)
+        yield wait_for(lambda: len(stream.received) == len(payload), timeout=30)
+        self.assertEqual(bytes(stream.received), payload)
+        # a handover to a direct connection: the stream stays on the circuit (now the standby), new ones go direct
+        ib = yield b.prepare_connection_info()
+        address = [x for x in ib.public.addresses if x.transport == "tcp"][0]
+        yield a.dialer.dial(address, Purpose(), expected=b.peer_id)
+        yield wait_for(lambda: a.events.named("path_changed") and b.events.named("path_changed"))
+        stream.transport.write(b"still here")
+        yield wait_for(lambda: bytes(stream.received).endswith(b"still here"))
+        direct = yield a.open_stream(b.peer_id, "echo", factory_of(Collector))
+        self.assertEqual(direct.transport.getPeer().transport, "tcp")
+        direct.transport.write(b"direct")
+        yield wait_for(lambda: direct.received == b"direct")
+        self.assertEqual(r.relay.stats()["circuits"], 1)
+
 
 class FrameLoopbackTests(RelayLoopbackTests):
     """The same, circuits on frames (C{relay_splice} off)."""

@@ -457,3 +457,97 @@ class EarlyFailureTests(SynchronousTestCase):
         conn.close_duplicate()
         conn.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.owner.named("failed_early"), [])
+
+
+class FakeSource:
+    """A stream source: each frame it gives is one DATA-like frame of type 30 carrying its tag."""
+
+    def __init__(self):
+        self.frames = []
+
+    def pending(self):
+        return bool(self.frames)
+
+    def take(self, limit):
+        out, total = [], 0
+        while self.frames and (not out or total + len(self.frames[0]) <= limit):
+            f = self.frames.pop(0)
+            out.append(f)
+            total += len(f)
+        return b"".join(out)
+
+    def add(self, *tags):
+        self.frames.extend(frame(30, tag) for tag in tags)
+
+
+class OneWriteTransport(StringTransport):
+    """Pauses its producer after every write: one batch per resumeProducing."""
+
+    def write(self, data):
+        StringTransport.write(self, data)
+        if self.producer is not None:
+            self.producer.pauseProducing()
+
+
+class StreamSourceTests(ConnectionTests):
+    def test_source_writes_at_once_while_the_transport_takes_data(self):
+        self.make()
+        self.written()
+        source = FakeSource()
+        self.conn.set_stream_source(source)
+        source.add(b"s1", b"s2")
+        self.conn.streams_ready()
+        self.assertEqual(self.written(), [(30, b"s1"), (30, b"s2")])
+
+    def test_paused_transport_holds_stream_frames_until_resumed(self):
+        self.make()
+        self.written()
+        source = FakeSource()
+        self.conn.set_stream_source(source)
+        self.conn.pauseProducing()
+        source.add(b"s1")
+        self.conn.streams_ready()
+        self.assertEqual(self.written(), [])
+        self.conn.resumeProducing()
+        self.assertEqual(self.written(), [(30, b"s1")])
+
+    def test_urgent_messages_go_before_streams_and_bulk_takes_turns(self):
+        conn = self.make(max_message_size=70000, max_queued_bytes=10**6)
+        self.written()
+        transport = OneWriteTransport()
+        conn.transport.unregisterProducer()
+        conn.transport = transport
+        transport.registerProducer(conn, True)
+        source = FakeSource()
+        conn.set_stream_source(source)
+        conn.pauseProducing()
+        big = 40000  # two frames do not fit one batch (64 KiB): one frame per write
+        source.add(*(b"s%d" % i + b"." * big for i in range(3)))
+        for i in range(3):
+            conn.send_message(b"b%d" % i + b"." * big, 5)
+        conn.send_message(b"urgent", 0)
+        conn.send_message(b"one", 1)
+        order = []
+        for _ in range(10):
+            conn.resumeProducing()
+            order += [payload[:2] for _, payload in parse_frames(transport.value())]
+            transport.clear()
+        self.assertEqual(order[:2], [b"ur", b"on"])  # priorities 0 and 1 first (b0 fits in their batch)
+        self.assertEqual(order[2:], [b"b0", b"s0", b"b1", b"s1", b"b2", b"s2"])
+
+    def test_an_urgent_message_overtakes_queued_stream_data(self):
+        conn = self.make(max_message_size=70000, max_queued_bytes=10**6)
+        self.written()
+        transport = OneWriteTransport()
+        conn.transport.unregisterProducer()
+        conn.transport = transport
+        transport.registerProducer(conn, True)
+        source = FakeSource()
+        conn.set_stream_source(source)
+        conn.pauseProducing()
+        source.add(*(b"s%d" % i + b"." * 40000 for i in range(3)))
+        conn.resumeProducing()
+        conn.send_message(b"urgent", 0)  # paused again: queued, and first at the next resume
+        conn.resumeProducing()
+        frames = parse_frames(transport.value())
+        self.assertEqual([p[:2] for _, p in frames], [b"s0", b"ur"])

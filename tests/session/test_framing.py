@@ -135,3 +135,40 @@ class FrameDecoderPropertyTests(SynchronousTestCase):
         c = Collector(limit=_LIMIT)
         e = self.assertRaises(FrameTooLarge, c.decoder.feed, struct.pack("!I", length) + rest)
         self.assertEqual(e.size, length - 1)
+
+
+class ChannelFrameTests(SynchronousTestCase):
+    """Frames of a type with a channel handler: a u32 channel id and data, split by the decoder."""
+
+    def test_channel_frames_split_others_unchanged(self):
+        c = Collector(limit=100_000)
+        channel = []
+        c.decoder.set_channel_handler(30, lambda ch, data: channel.append((ch, data)))
+        stream = (frame(30, struct.pack("!I", 7) + b"seven") + frame(DATA, b"message")
+                  + frame(30, struct.pack("!I", 0x80000001) + b"y" * 70_000) + frame(31, b"other")
+                  + frame(30, b"\x00\x01"))  # too short for a channel id: the control handler decides
+        for i in range(0, len(stream), 1000):
+            c.decoder.feed(stream[i:i + 1000])
+        self.assertEqual(channel, [(7, b"seven"), (0x80000001, b"y" * 70_000)])
+        self.assertEqual(c.frames, [(DATA, b"message"), (31, b"other"), (30, b"\x00\x01")])
+
+    def test_removing_the_handler(self):
+        c = Collector()
+        c.decoder.set_channel_handler(30, lambda ch, data: self.fail("removed"))
+        c.decoder.set_channel_handler(30, None)
+        c.decoder.feed(frame(30, b"\x00\x00\x00\x01data"))
+        self.assertEqual(c.frames, [(30, b"\x00\x00\x00\x01data")])
+
+    @examples(200)
+    @given(st.lists(st.tuples(st.sampled_from([DATA, 30, 31]), st.binary(max_size=300)), max_size=20),
+           st.integers(1, 64))
+    def test_any_chunking(self, items, step):
+        c = Collector()
+        channel = []
+        c.decoder.set_channel_handler(30, lambda ch, data: channel.append((30, struct.pack("!I", ch) + data)))
+        stream = b"".join(frame(t, p) for t, p in items)
+        for i in range(0, len(stream), step):
+            c.decoder.feed(stream[i:i + step])
+        expected_channel = [(t, p) for t, p in items if t == 30 and len(p) >= 4]
+        self.assertEqual(channel, expected_channel)
+        self.assertEqual(c.frames, [(t, p) for t, p in items if not (t == 30 and len(p) >= 4)])

@@ -572,14 +572,162 @@ class StreamTests(QuicTestCase):
         self.net.run(lambda: sproto.lost, seconds=5)
         self.assertIn("protocol error", str(sproto.lost.value))
 
-    def test_unknown_stream_is_a_protocol_error(self):
+    def test_unknown_unidirectional_stream_is_a_protocol_error(self):
         client, cproto, server, sproto = self.connect()
-        client.quic.send_stream_data(0, b"bidirectional")
+        client.quic.send_stream_data(10, b"a third lane")
         client.schedule_flush()
         self.net.run(lambda: cproto.lost and sproto.lost, seconds=5)
-        self.assertIn("stream 0", str(sproto.lost.value))
+        self.assertIn("stream 10", str(sproto.lost.value))
         self.assertTrue(cproto.lost.value.by_peer)
         self.assertIn("protocol error", str(cproto.lost.value))
+
+
+class AppReceiver:
+    """Collects the events of one application stream (QuicAppStream.receiver)."""
+
+    def __init__(self, app=None, consume=True) -> None:
+        self.app = app
+        self.consume = consume
+        self.received = bytearray()
+        self.events: list = []
+        if app is not None:
+            app.receiver = self
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+        if self.consume:
+            self.app.consumed(len(data))
+
+    def fin_received(self) -> None:
+        self.events.append("fin")
+
+    def reset_received(self, code: int) -> None:
+        self.events.append(("reset", code))
+
+    def fin_sent(self) -> None:
+        self.events.append("fin sent")
+
+    def drained(self) -> None:
+        self.events.append("drained")
+
+
+class AppStreamTests(QuicTestCase):
+    """Bidirectional application streams (crust's byte streams over QUIC)."""
+
+    def accept_into(self, driver, receivers: list, consume=True):
+        driver.set_stream_acceptor(lambda app: receivers.append(AppReceiver(app, consume)))
+
+    def test_streams_both_ways_with_fin(self):
+        client, cproto, server, sproto = self.connect()
+        accepted: list = []
+        self.accept_into(server, accepted)
+        payloads = [random.Random(i).randbytes(100_000 * (i + 1)) for i in range(3)]
+        ours = []
+        for payload in payloads:
+            app = client.open_stream()
+            ours.append(AppReceiver(app))
+            app.write(payload)
+            app.end()
+        self.assertEqual(len({app.app.stream_id for app in ours}), 3)  # each open is a new stream
+        self.net.run(lambda: len(accepted) == 3 and all("fin" in r.events for r in accepted), seconds=10)
+        self.assertEqual([bytes(r.received) for r in accepted], payloads)
+        self.assertEqual(["fin sent"], ours[0].events)
+        for r in accepted:  # answer on the same stream
+            r.app.write(b"reply %d" % len(r.received))
+            r.app.end()
+        self.net.run(lambda: all("fin" in r.events for r in ours), seconds=5)
+        self.assertEqual([bytes(r.received) for r in ours], [b"reply %d" % len(p) for p in payloads])
+        self.assertIsNone(cproto.lost)
+
+    def test_streams_opened_before_the_acceptor_are_held(self):
+        client, cproto, server, sproto = self.connect()
+        app = client.open_stream()
+        AppReceiver(app)
+        app.write(b"early")
+        self.net.run(seconds=1)
+        accepted: list = []
+        self.accept_into(server, accepted)
+        self.net.run(lambda: accepted and accepted[0].received, seconds=1)
+        self.assertEqual(bytes(accepted[0].received), b"early")
+
+    def test_too_many_held_streams_is_a_protocol_error(self):
+        from crust.transport.quic.driver import MAX_HELD_STREAMS
+
+        client, cproto, server, sproto = self.connect()
+        for _ in range(MAX_HELD_STREAMS + 1):
+            client.open_stream().write(b"x")
+        self.net.run(lambda: sproto.lost, seconds=5)
+        self.assertIn("nobody took", str(sproto.lost.value))
+
+    def test_a_reader_that_does_not_consume_stops_its_sender(self):
+        client, cproto, server, sproto = self.connect()
+        accepted: list = []
+        self.accept_into(server, accepted, consume=False)
+        window = server.quic.stream_window
+        app = client.open_stream()
+        AppReceiver(app)
+        app.write(b"x" * (4 * window))
+        other = client.open_stream()
+        AppReceiver(other)
+        other.write(b"y" * (2 * window))
+        self.net.run(seconds=5)
+        stalled, flowing = accepted
+        self.assertEqual(len(stalled.received), window)  # its window, and not a byte more
+        self.assertEqual(len(flowing.received), window)
+        flowing.app.consumed(len(flowing.received))  # the other reader reads: only its stream goes on
+        self.net.run(seconds=5)
+        self.assertEqual(len(flowing.received), 2 * window)
+        self.assertEqual(len(stalled.received), window)
+        stalled.app.consumed(window)
+        self.net.run(seconds=5)
+        self.assertEqual(len(stalled.received), 2 * window)
+
+    def test_drained_after_the_data_went_out(self):
+        client, cproto, server, sproto = self.connect()
+        accepted: list = []
+        self.accept_into(server, accepted)
+        app = client.open_stream()
+        mine = AppReceiver(app)
+        app.write(b"z" * 3_000_000)
+        app.notify_drain = True
+        client._app_drain.add(app)
+        self.assertGreater(app.unsent, client.options.low_water)
+        self.net.run(lambda: "drained" in mine.events, seconds=10)
+        self.assertLessEqual(app.unsent, client.options.low_water)
+
+    def test_reset_both_ways(self):
+        client, cproto, server, sproto = self.connect()
+        accepted: list = []
+        self.accept_into(server, accepted)
+        app = client.open_stream()
+        mine = AppReceiver(app)
+        app.write(b"data")
+        self.net.run(lambda: accepted and accepted[0].received, seconds=2)
+        app.reset(7)
+        self.net.run(lambda: accepted[0].events, seconds=2)
+        self.assertEqual(accepted[0].events, [("reset", 7)])
+        second = client.open_stream()
+        theirs = AppReceiver(second)
+        second.write(b"more")
+        self.net.run(lambda: len(accepted) == 2 and accepted[1].received, seconds=2)
+        accepted[1].app.reset(3)
+        self.net.run(lambda: theirs.events, seconds=2)
+        self.assertEqual(theirs.events, [("reset", 3)])
+        self.assertEqual(mine.events, [])  # a reset of ours is not reported back to us
+        self.assertIsNone(cproto.lost)
+        self.assertIsNone(sproto.lost)
+
+    def test_peer_may_open_more_than_aioquic_default_streams(self):
+        client, cproto, server, sproto = self.connect()
+        accepted: list = []
+        self.accept_into(server, accepted)
+        apps = [client.open_stream() for _ in range(300)]
+        for app in apps:
+            AppReceiver(app)
+            app.write(b"hello")
+        self.net.run(lambda: len(accepted) == 300, seconds=10)
+        self.assertIsNone(sproto.lost)
+        self.assertEqual(len(accepted), 300)
 
 
 class CloseTests(QuicTestCase):

@@ -25,6 +25,13 @@ Backpressure is per lane: its producer is paused when the bytes not yet sent
 on its stream (queued here, or buffered in aioquic beyond what flow and
 congestion control let out) exceed C{high_water}, and resumed after a flush
 leaves them at or below C{low_water}.
+
+Application streams: bidirectional QUIC streams, opened by either side
+(L{QuicDriver.open_stream}; the peer's go to C{stream_acceptor}, held until
+there is one), each a L{QuicAppStream} that carries one of crust's byte
+streams (L{crust.streams}).  Their receive window follows what the
+application consumed (L{crust.transport.quic.tls.CrustQuicConnection}), so a
+reader that stops reading stops its sender.
 """
 
 from __future__ import annotations
@@ -349,6 +356,141 @@ class QuicLane:
         self.receiver.dataReceived(data)
 
 
+#: Streams the peer opened before anyone took them (C{stream_acceptor}), held at most.
+MAX_HELD_STREAMS = 64
+
+
+class QuicAppStream:
+    """
+    One bidirectional QUIC stream of the application.  What arrives goes to
+    C{receiver} in the driver's flush: C{data_received(data)},
+    C{fin_received()} (after all the data), C{reset_received(code)} (the
+    peer reset the stream or stopped reading it; the stream is then
+    forgotten); C{fin_sent()} once our FIN went to QUIC, and C{drained()}
+    once C{notify_drain} is set and the bytes not yet sent fell to the low-water mark.
+    """
+
+    __slots__ = ("driver", "stream_id", "receiver", "notify_drain", "consumed_total", "bytes_written",
+                 "bytes_received", "_out", "_out_size", "_handed", "_stream", "_fin", "_fin_handed",
+                 "_fin_told", "_in", "_in_size", "_fin_received", "_fin_delivered", "_reset_code", "_gone")
+
+    def __init__(self, driver: "QuicDriver", stream_id: int) -> None:
+        self.driver = driver
+        self.stream_id = stream_id
+        self.receiver: Any = None
+        self.notify_drain = False
+        self.consumed_total = 0
+        self.bytes_written = 0
+        self.bytes_received = 0
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._handed = 0
+        self._stream: Any = None
+        self._fin = False
+        self._fin_handed = False
+        self._fin_told = False
+        self._in: list[bytes] = []
+        self._in_size = 0
+        self._fin_received = False
+        self._fin_delivered = False
+        self._reset_code: Optional[int] = None
+        self._gone = False
+
+    def __repr__(self) -> str:
+        return f"<QuicAppStream {self.stream_id} {self.driver!r}>"
+
+    @property
+    def unsent(self) -> int:
+        """Bytes written that have not been sent once yet."""
+        stream = self._stream
+        sent = stream.sender.highest_offset if stream is not None else 0
+        return self._out_size + self._handed - sent
+
+    def write(self, data: bytes) -> None:
+        if self._fin or self._gone or self.driver.ended or not data:
+            return
+        if type(data) is not bytes:
+            data = bytes(data)
+        self._out.append(data)
+        self._out_size += len(data)
+        self.bytes_written += len(data)
+        self.driver._app_out.add(self)
+        self.driver.schedule_flush()
+
+    def end(self) -> None:
+        """Send FIN after what is queued."""
+        if self._fin or self._gone:
+            return
+        self._fin = True
+        self.driver._app_out.add(self)
+        self.driver.schedule_flush()
+
+    def consumed(self, size: int) -> None:
+        """The application took C{size} more bytes: the peer may send as many more (QUIC flow control)."""
+        if self._gone or size <= 0:
+            return
+        self.consumed_total += size
+        quic = self.driver.quic
+        quic.stream_consumed[self.stream_id] = self.consumed_total
+        stream = self._stream or quic._streams.get(self.stream_id)
+        if stream is not None and \
+                self.consumed_total + quic.stream_window - stream.max_stream_data_local >= quic.stream_window // 4:
+            self.driver.schedule_flush()  # a MAX_STREAM_DATA is due
+
+    def reset(self, code: int) -> None:
+        """Abort both ways (RESET_STREAM and STOP_SENDING with C{code}) and forget the stream."""
+        if self._gone:
+            return
+        driver = self.driver
+        if not driver.ended:
+            quic = driver.quic
+            try:
+                quic.reset_stream(self.stream_id, code)
+            except ValueError:
+                pass  # finished already
+            if not self._fin_received and self.stream_id in quic._streams:
+                try:
+                    quic.stop_stream(self.stream_id, code)
+                except ValueError:
+                    pass
+            driver.schedule_flush()
+        self._out, self._out_size = [], 0
+        self.driver._app_out.discard(self)
+        self.forget()
+
+    def forget(self) -> None:
+        """
+        Nothing more is delivered for this stream, nor can be written; what
+        was written (and the FIN) still goes out.
+        """
+        if self._gone:
+            return
+        self._gone = True
+        self._in, self._in_size = [], 0
+        driver = self.driver
+        driver._app.pop(self.stream_id, None)
+        driver._app_in.discard(self)
+        driver._app_drain.discard(self)
+        driver.quic.stream_consumed.pop(self.stream_id, None)
+
+    def _push(self, quic: CrustQuicConnection) -> None:
+        if self._stream is None:
+            self._stream = quic._streams.get(self.stream_id)
+        out = self._out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self._out = []
+            self._handed += self._out_size
+            self._out_size = 0
+            quic.send_stream_data(self.stream_id, data, end_stream=self._fin)
+            self._fin_handed = self._fin
+        elif self._fin and not self._fin_handed:
+            quic.send_stream_data(self.stream_id, b"", end_stream=True)
+            self._fin_handed = True
+        if self._stream is None:
+            self._stream = quic._streams.get(self.stream_id)
+
+
 class QuicDriver:
     """
     Runs one L{CrustQuicConnection}; see the module docstring.
@@ -386,6 +528,14 @@ class QuicDriver:
         self.bulk = QuicLane(self, "bulk", ours + 4, theirs + 4)
         self._lanes = (self.urgent, self.bulk)
         self._lane_by_stream = {theirs: self.urgent, theirs + 4: self.bulk}
+        #: called with each L{QuicAppStream} the peer opens (they are held until it is set)
+        self.stream_acceptor: Optional[Callable[[QuicAppStream], None]] = None
+        self._app: dict[int, QuicAppStream] = {}
+        self._app_out: set[QuicAppStream] = set()
+        self._app_in: set[QuicAppStream] = set()
+        self._app_drain: set[QuicAppStream] = set()
+        self._app_new: list[QuicAppStream] = []  # the peer's, not yet given to the acceptor
+        self._app_peer_next = 1 if self.is_client else 0  # the peer's next new bidirectional stream id
         self._send = send_datagram
         self._owner = owner
         self._host = host
@@ -470,6 +620,22 @@ class QuicDriver:
         self.schedule_flush()
         return protocol
 
+    def open_stream(self) -> QuicAppStream:
+        """A new bidirectional stream of ours (nothing is sent on it yet)."""
+        if not self.established or self.ended:
+            raise RuntimeError(f"{self!r} is not established")
+        stream_id = self.quic.get_next_available_stream_id()
+        self.quic.send_stream_data(stream_id, b"")  # it exists now: the next id is another
+        app = self._app[stream_id] = QuicAppStream(self, stream_id)
+        self.quic.stream_consumed[stream_id] = 0
+        return app
+
+    def set_stream_acceptor(self, acceptor: Optional[Callable[[QuicAppStream], None]]) -> None:
+        """Give the streams the peer opens to C{acceptor} (those it opened already first)."""
+        self.stream_acceptor = acceptor
+        if acceptor is not None and self._app_new:
+            self.schedule_flush()
+
     def lose_connection(self) -> None:
         """
         Close cleanly: send what is queued, FIN both streams, and close the
@@ -553,6 +719,10 @@ class QuicDriver:
                 self._deliver(lane)
         if self.terminated:  # a receiver closed everything (close_now)
             return
+        if (self._app_new or self._app_in) and not self.ended:
+            self._deliver_app()
+            if self.terminated:
+                return
         if self.urgent.fin_received and not self._closing and not self.ended:
             self.lose_connection()  # the peer is closing: like a FIN on TCP
         quic = self.quic
@@ -560,7 +730,11 @@ class QuicDriver:
             for lane in self._lanes:
                 if lane._out or (lane._fin and not lane._fin_handed):
                     lane._push(quic)
+            if self._app_out:
+                self._push_app()
         self._transmit(now)
+        if self._app_drain and not self.ended:
+            self._app_drained()
         if self._closing and not self.ended and self._all_done():
             self._decide(QuicConnectionDone("closed cleanly"))
             quic.close(error_code=CLOSED, reason_phrase="closed")
@@ -574,6 +748,102 @@ class QuicDriver:
         self._check_closed()
         if self._failure is not None and not self._reported:
             self._report()
+
+    def _deliver_app(self) -> None:
+        """Hand the peer's new streams to the acceptor, and what arrived to each stream's receiver."""
+        acceptor = self.stream_acceptor
+        if self._app_new and acceptor is not None:
+            new, self._app_new = self._app_new, []
+            for app in new:
+                if not app._gone:
+                    self._call(acceptor, app)
+        for app in list(self._app_in):
+            if self.ended:
+                return
+            if app.receiver is None:
+                continue  # not taken yet: it keeps its data
+            self._app_in.discard(app)
+            if app._in:
+                data = app._in[0] if len(app._in) == 1 else b"".join(app._in)
+                app._in, app._in_size = [], 0
+                self._call(app.receiver.data_received, data)
+            if app._gone:
+                continue
+            if app._reset_code is not None:
+                code = app._reset_code
+                app.forget()
+                self._call(app.receiver.reset_received, code)
+            elif app._fin_received and not app._fin_delivered:
+                app._fin_delivered = True
+                self._call(app.receiver.fin_received)
+
+    def _push_app(self) -> None:
+        quic = self.quic
+        told = []
+        for app in self._app_out:
+            app._push(quic)
+            if app._fin_handed and not app._fin_told:
+                app._fin_told = True
+                told.append(app)
+            if app.notify_drain:
+                self._app_drain.add(app)
+        self._app_out.clear()
+        for app in told:
+            if not app._gone and app.receiver is not None:
+                self._call(app.receiver.fin_sent)
+
+    def _app_drained(self) -> None:
+        low = self.options.low_water
+        for app in list(self._app_drain):
+            if not app.notify_drain or app._gone:
+                self._app_drain.discard(app)
+            elif app.unsent <= low:
+                self._app_drain.discard(app)
+                app.notify_drain = False
+                if app.receiver is not None:
+                    self._call(app.receiver.drained)
+
+    def _call(self, method: Callable[..., Any], *args: Any) -> None:
+        try:
+            method(*args)
+        except Exception:
+            self.log.failure("{method!r} failed on {driver}", method=method, driver=repr(self))
+
+    def _app_data(self, event: StreamDataReceived) -> None:
+        stream_id = event.stream_id
+        app = self._app.get(stream_id)
+        if app is None:
+            if stream_id & 2:
+                self._protocol_error(f"the peer sent on unidirectional stream {stream_id}; crust uses only "
+                                     f"streams {sorted(self._lane_by_stream)} from this peer")
+                return
+            if stream_id & 1 == (0 if self.is_client else 1) or stream_id < self._app_peer_next:
+                return  # one of ours, or an old one of the peer's: it was reset or ended, nothing more for it
+            if self.stream_acceptor is None and len(self._app_new) >= MAX_HELD_STREAMS:
+                self._protocol_error(f"the peer opened over {MAX_HELD_STREAMS} streams nobody took yet")
+                return
+            self._app_peer_next = stream_id + 4
+            app = self._app[stream_id] = QuicAppStream(self, stream_id)
+            self.quic.stream_consumed[stream_id] = 0
+            self._app_new.append(app)
+        data = event.data
+        if data:
+            app._in.append(data)
+            app._in_size += len(data)
+            app.bytes_received += len(data)
+            limit = self.options.max_receive_buffer
+            if app._in_size > limit:
+                self._protocol_error(f"over {limit} bytes held for stream {stream_id}")
+                return
+        if event.end_stream:
+            app._fin_received = True
+        self._app_in.add(app)
+
+    def _app_reset(self, stream_id: int, code: int) -> None:
+        app = self._app.get(stream_id)
+        if app is not None and app._reset_code is None:
+            app._reset_code = code
+            self._app_in.add(app)
 
     def _resume_producers(self) -> bool:
         """Resume the producers of lanes at or below the low-water mark; whether any wrote."""
@@ -688,8 +958,8 @@ class QuicDriver:
             if type(event) is StreamDataReceived:
                 lane = lanes.get(event.stream_id)
                 if lane is None:
-                    self._protocol_error(f"the peer sent on stream {event.stream_id}; crust uses only "
-                                         f"streams {sorted(lanes)} from this peer")
+                    if not self.ended:
+                        self._app_data(event)
                 elif not self.ended:
                     data = event.data
                     if data:
@@ -714,7 +984,10 @@ class QuicDriver:
             elif type(event) is events.ConnectionTerminated:
                 self._terminated(event)
             elif type(event) is events.StreamReset or type(event) is events.StopSendingReceived:
-                self._protocol_error(f"the peer reset stream {event.stream_id} (error {event.error_code})")
+                if event.stream_id in lanes or event.stream_id & 2:
+                    self._protocol_error(f"the peer reset stream {event.stream_id} (error {event.error_code})")
+                else:
+                    self._app_reset(event.stream_id, event.error_code)
             event = next_event()
 
     def _handshake_completed(self, event: events.HandshakeCompleted) -> None:

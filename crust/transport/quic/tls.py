@@ -25,9 +25,9 @@ from typing import Any, Optional
 
 from aioquic import tls as aioquic_tls
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
+from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
 from aioquic.quic.events import ConnectionTerminated
-from aioquic.quic.packet import QuicErrorCode
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -38,6 +38,8 @@ from crust.transport.tls import make_certificate, peer_id_from_certificate
 
 ALPN = "crust/1"
 CID_LENGTH = 8  # bytes in every connection id we issue (the dispatcher routes on it)
+#: Bidirectional streams (crust's byte streams) the peer may have open at once.
+MAX_BIDI_STREAMS = 1024
 
 # Transport error codes for identity refusals: CRYPTO_ERROR + TLS alert (RFC 9001 section 4.8)
 BAD_CERTIFICATE = QuicErrorCode.CRYPTO_ERROR + 42
@@ -69,6 +71,36 @@ class CrustQuicConnection(QuicConnection):
         super().__init__(**kwargs)
         # crust-bbr paces at its own rate, not aioquic's congestion_window / smoothed_rtt
         quic_congestion.install_pacer(self._loss)
+        #: bytes the application took from each of its bidirectional streams (crust's byte
+        #: streams): their receive window moves with it, not with what arrived
+        self.stream_consumed: dict[int, int] = {}
+        self.stream_window = self._configuration.max_stream_data
+        limit = self._local_max_streams_bidi
+        limit.value = limit.sent = MAX_BIDI_STREAMS
+
+    def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
+        """
+        aioquic doubles a stream's receive window whenever half of it
+        arrived, whether the application read it or not; for application
+        streams (bidirectional: crust's byte streams) the window is what the
+        application consumed plus C{stream_window}, so a reader that stops
+        reading stops its sender.  The lanes (unidirectional) keep aioquic's rule.
+        """
+        if stream.stream_id & 2:
+            super()._write_stream_limits(builder, space, stream)
+            return
+        consumed = self.stream_consumed.get(stream.stream_id)
+        if consumed is not None:
+            window = self.stream_window
+            target = consumed + window
+            if target - stream.max_stream_data_local >= window // 4:
+                stream.max_stream_data_local = target
+        if stream.max_stream_data_local and stream.max_stream_data_local_sent != stream.max_stream_data_local:
+            buf = builder.start_frame(QuicFrameType.MAX_STREAM_DATA, capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
+                                      handler=self._on_max_stream_data_delivery, handler_args=(stream,))
+            buf.push_uint_var(stream.stream_id)
+            buf.push_uint_var(stream.max_stream_data_local)
+            stream.max_stream_data_local_sent = stream.max_stream_data_local
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
@@ -100,16 +132,25 @@ def check_aioquic() -> None:
     for name in ("_request_client_certificate", "_peer_certificate", "_peer_certificate_chain", "_supported_groups"):
         if not hasattr(context, name):
             missing.append(f"aioquic.tls.Context.{name}")
-    for name in ("_initialize", "_close_begin", "get_peer_address"):  # the last is public, new in 1.7
+    for name in ("_initialize", "_close_begin", "_write_stream_limits", "_on_max_stream_data_delivery",
+                 "get_peer_address"):  # the last is public, new in 1.7
         if not callable(getattr(QuicConnection, name, None)):
             missing.append(f"aioquic.quic.connection.QuicConnection.{name}")
     probe = QuicConnection(configuration=QuicConfiguration(is_client=True))
     from aioquic.quic.connection import QuicConnectionState
 
     for name, kind in (("_streams", dict), ("_close_event", type(None)), ("_is_client", bool),
-                       ("_state", QuicConnectionState)):
+                       ("_state", QuicConnectionState), ("_configuration", QuicConfiguration)):
         if not isinstance(getattr(probe, name, ...), kind):
             missing.append(f"aioquic.quic.connection.QuicConnection.{name}")
+    if not all(hasattr(getattr(probe, "_local_max_streams_bidi", None), name) for name in ("value", "sent")):
+        missing.append("aioquic.quic.connection.QuicConnection._local_max_streams_bidi")
+    from aioquic.quic.stream import QuicStream
+
+    probe_stream = QuicStream(stream_id=0, max_stream_data_local=1)
+    for name in ("max_stream_data_local", "max_stream_data_local_sent"):
+        if not hasattr(probe_stream, name):
+            missing.append(f"aioquic.quic.stream.QuicStream.{name}")
     # crust-bbr's pacer replaces the recovery's (quic_congestion.install_pacer)
     from aioquic.quic.recovery import QuicPacketPacer, QuicPacketRecovery
 

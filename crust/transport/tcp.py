@@ -136,7 +136,7 @@ class TcpTransport:
         seconds = min(self._timeout(), MAX_SYN_WAIT) if timeout is None else timeout
         endpoint = endpoint_type(self.reactor, address.host, address.port,
                                  timeout=max(1, int(seconds)), bindAddress=binding)
-        return endpoint.connect(tls).addCallback(_wrapped)
+        return _handed_over(endpoint.connect(tls))
 
     def set_admission(self, check: Optional[Callable[[Any], Optional[str]]]) -> None:
         """C{check(addr)}: why a connection just accepted from C{addr} must be closed at once, or None."""
@@ -225,9 +225,27 @@ class _AcceptEvents:
         self._port.accept_event(event)
 
 
-def _wrapped(tls_protocol: Any) -> Any:
-    """The protocol inside Twisted's TLS protocol."""
-    return tls_protocol.wrappedProtocol
+def _handed_over(connecting: Deferred) -> Deferred:
+    """
+    The protocol inside the TLS protocol C{connecting} fires with, in a
+    Deferred of its own (cancelling it cancels C{connecting}).  The
+    endpoint's Deferred is left holding nothing: Twisted's connector and
+    its client transport refer to each other, and through the endpoint's
+    factory to that Deferred, until the cyclic collector runs, and the
+    connection must not wait with them.
+    """
+    result: Deferred = Deferred(lambda _: connecting.cancel())
+
+    def connected(tls_protocol: Any) -> None:
+        if not result.called:
+            result.callback(tls_protocol.wrappedProtocol)
+
+    def failed(failure: Any) -> None:
+        if not result.called:
+            result.errback(failure)
+
+    connecting.addCallbacks(connected, failed)
+    return result
 
 
 def _port_taken(host: str, port: int) -> Optional[OSError]:

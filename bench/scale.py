@@ -155,7 +155,7 @@ def holder_main(args: argparse.Namespace) -> int:
                 continue
             waits.append(d.addTimeout(60, reactor).addCallbacks(lambda _: 1, lambda _: 0))
         answered = await gatherResults(waits)
-        emit(event="pinged", answered=sum(answered), of=len(peers), failures=dict(failures.most_common(20)))
+        emit(event="pinged", answered=sum(answered), of=len(peers))
 
     def progress() -> None:
         emit(event="progress", totals=dict(totals))
@@ -306,7 +306,6 @@ class Scale:
             result = proc.wait("pinged", 120)
             answered += result["answered"]
             of += result["of"]
-            failures.update(result["failures"])
         for proc in self.holders:
             status = proc.ask("status", "status")
             lost += status["totals"].get("lost", 0)

@@ -11,6 +11,13 @@ over QUIC and the aioquic baseline, each in its own pair of processes on
 messages, and a crust byte stream) and ``python bench/micro.py --quick --json``,
 and checks that every figure was measured and is plausible.  It asserts no
 performance target: those depend on the machine.
+
+L{SoakAndScale} runs the churn soak (``bench/soak.py --minutes 0.1``) and the
+scale run (``bench/scale.py --connections 50``) for a few seconds each, under
+30 s together, and checks their JSON: every figure there, no message lost,
+every connection held.  Alone:
+
+    python -m twisted.trial bench.test_bench_smoke.SoakAndScale
 """
 
 from __future__ import annotations
@@ -107,3 +114,43 @@ class QuickBench(unittest.TestCase):
                 self.assertTrue(0 < ns < 1e7, f"{case} {name}: {ns} ns")
         for name, us in result["us_per_connection"].items():
             self.assertTrue(10 < us < 1e6, f"{name}: {us} us")
+
+
+class SoakAndScale(unittest.TestCase):
+    """The churn soak and the scale run, tiny: their figures are all there, and nothing is lost."""
+
+    def test_soak(self) -> None:
+        s = _run(os.path.join(HERE, "soak.py"), "--minutes", "0.1", "--concurrency", "4", "--json", timeout=60)
+        self.assertEqual(s["lost"], 0, s["failures"])
+        self.assertGreater(s["connections"], 0)
+        messages = s["messages"]
+        self.assertGreater(messages["sent"], 0)
+        self.assertEqual(messages["received"], messages["sent"])
+        self.assertEqual(messages["node_received"], messages["sent"])  # the node saw each one, once
+        self.assertEqual(messages["node_out_of_order"], 0)
+        for point in ("start", "warmup", "middle", "end", "quiet"):
+            self.assertGreater(s["rss_kib"][point], 0, point)
+            self.assertGreater(s["fds"][point], 0, point)
+        self.assertEqual(s["checkpoints"]["quiet"]["connections_now"], 0)
+        self.assertTrue(s["fds_flat"], s["fds"])  # the node let go of every connection's descriptor
+        self.assertTrue(math.isfinite(s["rss_growth_kib"]))
+        self.assertGreater(s["conn_per_s"], 0)
+        self.assertGreater(s["joins"]["bootstrap"], 0)
+        self.assertTrue(all(n > 0 for n in s["partings"].values()), s["partings"])
+        self.assertIn("tables_grown", s)
+        self.assertEqual(set(s["verdict"]), {"no_loss", "fds_flat", "rss_growth_under_2_mib"})
+
+    def test_scale(self) -> None:
+        s = _run(os.path.join(HERE, "scale.py"), "--connections", "50", "--holders", "2", "--idle-seconds", "2",
+                 "--json", timeout=60)
+        self.assertEqual(s["connections_held"], 50)
+        self.assertEqual(s["node_held"], 50)
+        self.assertEqual(s["still_held_after_idle"], 50)
+        self.assertEqual(s["lost_while_held"], 0)
+        self.assertEqual(s["echoed"], {"answered": 50, "of": 50})
+        self.assertTrue(0 < s["kib_per_connection"] < 10_000, s["kib_per_connection"])
+        self.assertGreater(s["conn_per_s"], 0)
+        self.assertTrue(0 <= s["idle_cpu_percent"] <= 200)
+        self.assertEqual(s["after_holders_gone"]["fds"], s["before"]["fds"])
+        for field in ("malloc_kib_per_connection", "python_blocks_per_connection", "fds_per_connection"):
+            self.assertTrue(math.isfinite(s[field]), field)

@@ -336,3 +336,79 @@ class ReconnectAndForgetTests(TestCase):
             yield wait_for(lambda: b.peer_id not in a.peers.active)
             self.assertNotIn(b.peer_id, a.peers.hellos)
         self.assertEqual(a.peers.hellos, {})
+
+
+class EndedConnectionTests(TestCase):
+    """
+    A connection that ended is freed by reference counting, on both sides:
+    nothing of crust's (its handshake, decoders, connect attempt, the
+    transport below it) holds it in a cycle, so a node under churn does not
+    carry its ended connections until the next full collection.
+    """
+
+    timeout = 30
+
+    def setUp(self):
+        import gc
+
+        gc.collect()
+        gc.disable()  # only reference counting frees anything during these tests
+        self.addCleanup(gc.enable)
+        self.made = []
+
+    def track(self, service):
+        import weakref
+
+        made = service.peers.connection_made
+
+        def connection_made(conn, accepted_from=None):
+            self.made.append(weakref.ref(conn))
+            return made(conn, accepted_from)
+
+        service.peers.connection_made = connection_made
+        return service
+
+    @defer.inlineCallbacks
+    def assertAllFreed(self, *services):
+        yield wait_for(lambda: all(not s.peers.connections for s in services))
+        yield sleep(0.2)  # the sockets' last turns
+        self.assertTrue(self.made)
+        alive = [ref() for ref in self.made if ref() is not None]
+        self.assertEqual(alive, [])
+
+    @defer.inlineCallbacks
+    def part(self, how, **config):
+        a = self.track(make_service(self, **config))
+        b = self.track(make_service(self, **config))
+        peer = yield connect_pair(self, a, b)
+        a.send(peer, b"hello", 0)
+        yield wait_for(lambda: b.events.named("new_message"))
+        if how == "disconnect":
+            a.disconnect(peer)
+        else:
+            a.peers.active[peer].transport.abortConnection()
+        yield self.assertAllFreed(a, b)
+
+    def test_tcp_disconnect(self):
+        return self.part("disconnect", enable_udp=False)
+
+    def test_tcp_abort(self):
+        return self.part("abort", enable_udp=False)
+
+    def test_quic_disconnect(self):
+        return self.part("disconnect", enable_tcp=False)
+
+    @defer.inlineCallbacks
+    def test_reachability_probe(self):
+        """A node tests a bootstrapping node's listener with a connection of its own: that one goes too."""
+        from crust.config import HardCodedContact
+        from crust.roles import Role
+
+        seed = self.track(make_service(self, enable_udp=False, accept_bootstrap=True))
+        yield seed.start_listening()
+        contact = HardCodedContact(seed.peer_id, seed.listen_addresses[0])
+        node = self.track(make_service(self, enable_udp=False, hard_coded_contacts=(contact,)))
+        peer = yield node.bootstrap(role=Role.NODE)
+        self.assertEqual(len(self.made), 4)  # the bootstrap connection's two ends, the probe's two
+        node.disconnect(peer)
+        yield self.assertAllFreed(seed, node)

@@ -220,6 +220,8 @@ class ConnectAttempt(Purpose):
             conn.path = PathInfo(leg.kinds.get(target, leg.path_kind), leg.name, self._promoted_at - self.started_at)
 
     def lost(self, conn: "PeerConnection", reason: str) -> None:
+        if self._promoted is conn:
+            self._promoted = None  # (the connection holds the attempt as its purpose: no cycle to outlive it)
         target = self._connections.pop(conn, None)
         if target is None:
             return

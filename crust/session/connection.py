@@ -173,6 +173,7 @@ class PeerConnection(Protocol):
         self.queues = SendQueues(drop_after)
         self._decoder = FrameDecoder(max_message_size, self._data_before_active, self._control)
         self._paused = False
+        self._producing = False  # registered as our transport's producer (and the bulk lane's, on QUIC)
         self._timer: Optional[IDelayedCall] = None
         self._close_timer: Optional[IDelayedCall] = None
         self._tls_problem = ""
@@ -248,6 +249,7 @@ class PeerConnection(Protocol):
         self.peer_address = Address.from_sockaddr(self.transport_name, transport.getPeer())
         self.local_address = Address.from_sockaddr(self.transport_name, transport.getHost())
         transport.registerProducer(self, True)
+        self._producing = True
         socket_transport = getattr(transport, "transport", None)  # TCP under the TLS layer
         if socket_transport is not None and getattr(socket_transport, "bufferSize", 0) < _SOCKET_IO_SIZE:
             socket_transport.bufferSize = _SOCKET_IO_SIZE
@@ -354,6 +356,34 @@ class PeerConnection(Protocol):
         if lost:
             self.owner.dropped(self, lost, "connection closed")
         self.owner.lost(self, text)
+        # the reason's traceback holds the frames that made it (the TLS layer's, with the TLS
+        # connection in them), and through them the reason itself: keep its text only
+        reason.cleanFailure()
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """
+        The connection ended: drop the references back to it from its parts
+        (the handshake's delegate, the decoders' handlers, the writers), so
+        that it is freed as soon as nobody else holds it, not at the next full
+        collection of cyclic garbage (a node under churn would otherwise
+        carry every ended connection until then).
+        """
+        self.handshake.detach()
+        if self._producing:  # it ended without our close: our transport still holds us as its producer
+            self._producing = False
+            if self._bulk is not None:
+                self._bulk.unregisterProducer()
+            if self.transport is not None:
+                self.transport.unregisterProducer()
+        if self._bulk is not None:
+            self._bulk.receiver = None
+        self._bulk_lane = None  # (it holds us)
+        for decoder in (self._decoder, self._bulk_decoder):
+            if decoder is not None:
+                decoder.set_handlers(_discard, _ignore_control)
+                decoder.reset()
+        self._write = self._bulk_write = _discard
 
     # -- IPushProducer -------------------------------------------------------
 
@@ -702,6 +732,7 @@ class PeerConnection(Protocol):
             if self._bulk is not None:
                 self._bulk.unregisterProducer()
             transport.unregisterProducer()
+            self._producing = False
             transport.loseConnection()
             self._close_timer = self.clock.callLater(_CLOSE_GRACE, self._abort)
 
@@ -890,6 +921,10 @@ _EARLY_STATES = frozenset((HandshakeState.AWAIT_TLS, HandshakeState.AWAIT_HELLO,
 
 
 def _discard(payload: bytes) -> None:
+    pass
+
+
+def _ignore_control(ftype: int, payload: bytes) -> None:
     pass
 
 

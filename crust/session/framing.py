@@ -81,6 +81,13 @@ class FrameDecoder:
         self._on_data = on_data
         self._on_control = on_control
 
+    def reset(self) -> None:
+        """Forget what was buffered (the stream ended: a partial frame will never be completed)."""
+        self._buffer = b""
+        self._pending = []
+        self._pending_size = 0
+        self._need = 0
+
     @property
     def buffered(self) -> int:
         return len(self._buffer) + self._pending_size

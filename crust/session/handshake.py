@@ -30,7 +30,7 @@ the other side promotes whichever candidate carries CHOOSE.
 from __future__ import annotations
 
 import enum
-from typing import Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from crust.identity import PeerId
 from crust.wire import (
@@ -262,6 +262,11 @@ class Handshake:
     def closed(self) -> None:
         self.state = HandshakeState.CLOSED
 
+    def detach(self) -> None:
+        """The connection is gone: outputs from now on go nowhere (and the handshake holds it no longer)."""
+        self.state = HandshakeState.CLOSED
+        self._delegate = _DETACHED
+
     # -- helpers ----------------------------------------------------------
 
     @property
@@ -278,3 +283,17 @@ class Handshake:
         self.state = HandshakeState.CLOSED
         self._delegate.reject(reason, detail)
         self._delegate.refused(reason.value, detail)
+
+
+class _Detached:
+    """The delegate of a handshake whose connection is gone: every output is ignored, every claim refused."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return _ignore
+
+
+def _ignore(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+_DETACHED: Any = _Detached()

@@ -317,7 +317,7 @@ class TcpTransport:
                 return fail(CannotListenError(None, 0, "not listening: no port to connect from"))
             binding = makeBinding(local[0], local[1], reuseAddress=True, reusePort=True)
         tls = TLSMemoryBIOFactory(self.creator(), tls_client, factory, clock=self.reactor)
-        return self._endpoint(address, timeout, binding).connect(tls).addCallback(_wrapped)
+        return _handed_over(self._endpoint(address, timeout, binding).connect(tls))
 
     def connect_plain(self, address: Address, factory: Factory, timeout: Optional[float] = None) -> Deferred:
         """
@@ -428,9 +428,27 @@ class _AcceptEvents:
         self._port.accept_event(event)
 
 
-def _wrapped(tls_protocol: Any) -> Any:
-    """The protocol inside Twisted's TLS protocol."""
-    return tls_protocol.wrappedProtocol
+def _handed_over(connecting: Deferred) -> Deferred:
+    """
+    The protocol inside the TLS protocol C{connecting} fires with, in a
+    Deferred of its own (cancelling it cancels C{connecting}).  The
+    endpoint's Deferred is left holding nothing: Twisted's connector and
+    its client transport refer to each other, and through the endpoint's
+    factory to that Deferred, until the cyclic collector runs, and the
+    connection must not wait with them.
+    """
+    result: Deferred = Deferred(lambda _: connecting.cancel())
+
+    def connected(tls_protocol: Any) -> None:
+        if not result.called:
+            result.callback(tls_protocol.wrappedProtocol)
+
+    def failed(failure: Any) -> None:
+        if not result.called:
+            result.errback(failure)
+
+    connecting.addCallbacks(connected, failed)
+    return result
 
 
 def _port_taken(host: str, port: int) -> Optional[OSError]:

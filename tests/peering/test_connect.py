@@ -73,6 +73,28 @@ class StaggeredDialTests(SynchronousTestCase):
         self.make([UDP])
         self.assertEqual(self.dial.order, [UDP])
 
+    def test_forgets_its_connection_when_it_ends(self):
+        """The connection holds the attempt (its purpose): the attempt must not hold it back once it ends."""
+        import gc
+
+        attempt = self.make([TCP])
+
+        class Conn:
+            path = None
+            peer_address = TCP
+            transport_name = "tcp"
+            connected = True
+            is_active = True
+
+        conn = Conn()
+        self.dial.dials[TCP].callback(conn)
+        attempt.promoted(conn, PEER)
+        attempt.succeeded()
+        self.assertIn(conn, gc.get_referents(attempt.__dict__))
+        attempt.lost(conn, "connection lost")
+        self.assertNotIn(conn, gc.get_referents(attempt.__dict__))
+        self.assertNotIn(conn, attempt._connections)
+
     def test_failure_lists_every_address(self):
         self.make([TCP, UDP])
         self.dial.dials[TCP].errback(ConnectionRefusedError("tcp refused"))

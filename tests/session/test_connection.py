@@ -1,7 +1,9 @@
 """PeerConnection with a StringTransport and a Clock: framing, liveness, queues."""
 
+import gc
 import json
 import struct
+import weakref
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -293,6 +295,67 @@ class ConnectionTests(SynchronousTestCase):
         # one REJECT, for the first CHOOSE; the HELLO is not refused again, nor the MOVE reported
         self.assertEqual([t for t, _ in parse_frames(transport.value())], [FrameType.REJECT])
         self.assertEqual([c[0] for c in owner.calls], ["bad_input", "refused"])  # one line saying why, one refusal
+
+
+class LettingGoTests(SynchronousTestCase):
+    """
+    An ended connection is freed as soon as nobody holds it, by reference
+    counting: nothing of its own (handshake, decoders, transport) still
+    refers to it, so a node under churn does not carry every ended
+    connection until the next full collection of cyclic garbage.
+    """
+
+    make = ConnectionTests.make
+    lose = ConnectionTests.lose
+
+    def setUp(self):
+        gc.collect()
+        gc.disable()  # only reference counting frees anything during these tests
+        self.addCleanup(gc.enable)
+
+    def assertFreed(self):
+        gone = weakref.ref(self.conn)
+        handshake = weakref.ref(self.conn.handshake)
+        del self.conn
+        self.assertIsNone(gone())
+        self.assertIsNone(handshake())
+        self.assertIsNone(self.transport.producer)
+
+    def test_lost_by_the_peer(self):
+        self.make()
+        self.conn.dataReceived(frame(DATA, b"partial")[:6])  # a frame that will never be completed
+        self.lose()
+        self.assertFreed()
+
+    def test_closed_by_us(self):
+        from crust.wire import CloseReason
+
+        self.make()
+        self.conn.close(CloseReason.DISCONNECT)
+        self.lose()
+        self.assertFreed()
+
+    def test_lost_in_the_handshake(self):
+        self.clock = Clock()
+        self.owner = FakeOwner()
+        self.conn = PeerConnection(self.owner, self.clock, local_id=HIGH, network=NET, initiator=False,
+                                   max_message_size=1000, max_queued_bytes=3000, drop_after=60.0,
+                                   heartbeat_interval=20.0, inactivity_timeout=120.0, handshake_timeout=10.0)
+        self.transport = StringTransport()
+        self.conn.makeConnection(self.transport)
+        self.lose()
+        self.assertFreed()
+
+    def test_the_reason_keeps_no_frames(self):
+        """The reason's traceback (the frames that made it, and all they hold) is not kept."""
+        self.make()
+        try:
+            raise ConnectionDone("gone")
+        except ConnectionDone:
+            reason = Failure()
+        self.assertIsNotNone(reason.tb)
+        self.conn.connectionLost(reason)
+        self.assertIsNone(reason.tb)
 
 
 class HostileHelloTests(SynchronousTestCase):

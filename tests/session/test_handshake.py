@@ -189,6 +189,25 @@ class BootstrapHandshakeTests(SynchronousTestCase):
         self.assertNotIn("send_grant", rec.names())
 
 
+class DetachTests(SynchronousTestCase):
+    def test_a_detached_handshake_holds_and_tells_its_connection_nothing(self):
+        """Once its connection is gone: no reference back to it (no cycle), and late inputs go nowhere."""
+        import gc
+
+        rec = Recorder()
+        hs = Handshake(rec, LOW, NET, Intent.CONNECT)
+        hs.tls_complete(HIGH)
+        hs.hello_received(hello(intent=Intent.BOOTSTRAP))
+        calls = list(rec.calls)
+        hs.detach()
+        self.assertEqual(hs.state, HandshakeState.CLOSED)
+        self.assertNotIn(rec, gc.get_referents(hs.__dict__))
+        hs.admission_result(True)  # a late answer (a reachability test that outlived the connection)
+        hs.grant_received()
+        hs.hello_received(hello())
+        self.assertEqual(rec.calls, calls)
+
+
 class EarlyClaimTests(SynchronousTestCase):
     """A connector that chooses claims at TLS completion when the certificate says it may."""
 

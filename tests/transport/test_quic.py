@@ -6,6 +6,7 @@ so handshakes, losses, timers, migration and closes run deterministically.
 from __future__ import annotations
 
 import datetime
+import gc
 import random
 import ssl
 import struct
@@ -767,6 +768,17 @@ class CloseTests(QuicTestCase):
         client.abort_connection("test")
         self.net.run(lambda: cproto.lost, seconds=1)
         self.assertEqual(producer.events, ["stop"])
+
+    def test_the_driver_lets_go_of_its_protocol_once_told(self):
+        """As Twisted's transports do: after connectionLost, nothing of the driver refers to the protocol."""
+        client, cproto, server, sproto = self.connect()
+        client.abort_connection("test")
+        self.net.run(lambda: cproto.lost and sproto.lost, seconds=5)
+        for driver, protocol in ((client, cproto), (server, sproto)):
+            self.assertIsNone(driver.protocol)
+            self.assertIsNone(driver.urgent.receiver)
+            self.assertIsNone(driver.bulk.receiver)
+            self.assertNotIn(protocol, gc.get_referents(driver, driver.urgent, driver.bulk))
 
     def test_graceful_close_is_bounded(self):
         self.nodes(dict(close_timeout=3))

@@ -4,6 +4,7 @@ import json
 
 from cryptography import x509
 from hypothesis import given
+from OpenSSL import SSL
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -14,6 +15,7 @@ from crust.transport.tls import (
     _der_octets_content,
     cert_info,
     make_certificate,
+    make_context,
     peer_id_from_certificate,
 )
 from crust.errors import ProtocolViolation
@@ -149,3 +151,47 @@ class CertificateTests(SynchronousTestCase):
             self.assertEqual(_der_octets_content(_der_octets(payload)), payload)
         for bad in (b"", b"\x04", b"\x04\x05abc", b"\x04\x83\x00\x00\x01x", b"\x0c\x01a"):
             self.assertRaises(ProtocolViolation, _der_octets_content, bad)
+
+
+class ContextTests(SynchronousTestCase):
+    def _pair(self):
+        server = SSL.Connection(make_context(Identity.generate()), None)
+        client = SSL.Connection(make_context(Identity.generate()), None)
+        for conn in (server, client):
+            conn.set_verify(SSL.VERIFY_PEER, lambda *args: True)  # these tests are not about peer ids
+        server.set_accept_state()
+        client.set_connect_state()
+        for _ in range(4):
+            for a, b in ((client, server), (server, client)):
+                try:
+                    a.do_handshake()
+                except SSL.WantReadError:
+                    pass
+                try:
+                    b.bio_write(a.bio_read(1 << 20))
+                except SSL.WantReadError:
+                    pass
+        return server, client
+
+    def test_idle_connections_give_their_record_buffers_back(self):
+        """
+        Each connection's two record buffers (about 34 KiB) are released
+        while it is idle: a node holding 10,000 connections keeps 330 MiB
+        less.
+        """
+        self.assertTrue(make_context(Identity.generate()).set_mode(0) & SSL.MODE_RELEASE_BUFFERS)
+
+    def test_connections_work_across_idle_times(self):
+        """Buffers given back are taken again: data still flows both ways, record after record."""
+        server, client = self._pair()
+        for size in (1, 16384, 70000, 5):
+            for a, b in ((client, server), (server, client)):
+                a.sendall(b"m" * size)
+                b.bio_write(a.bio_read(1 << 20))
+                got = b""
+                while True:
+                    try:
+                        got += b.recv(1 << 17)
+                    except SSL.WantReadError:
+                        break
+                self.assertEqual(got, b"m" * size)

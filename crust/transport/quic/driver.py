@@ -610,7 +610,7 @@ class QuicDriver:
         self.bulk.receiver = bulk_receiver
         protocol.makeConnection(self.urgent)
         if self._reported:  # it ended before anyone was attached
-            self.clock.callLater(0, protocol.connectionLost, self._failure)
+            self.clock.callLater(0, self._tell_lost)
             return protocol
         handshake_completed = getattr(protocol, "handshakeCompleted", None)
         if handshake_completed is not None and not self.ended:
@@ -1075,12 +1075,23 @@ class QuicDriver:
             producer, lane.producer = lane.producer, None
             if producer is not None:
                 producer.stopProducing()
-        protocol = self.protocol
+        self._tell_lost()
+
+    def _tell_lost(self) -> None:
+        """
+        Tell the protocol the connection ended, then let go of it (as
+        Twisted's transports do): the protocol holds its lanes, and through
+        them us, so it is freed as soon as its user lets go of it.
+        """
+        protocol, failure = self.protocol, self._failure
         if protocol is not None:
             try:
                 protocol.connectionLost(failure)
             except Exception:
                 self.log.failure("connectionLost of {protocol!r} failed", protocol=protocol)
+        self.protocol = None
+        for lane in self._lanes:
+            lane.receiver = None
 
     def _deliver(self, lane: QuicLane) -> None:
         if self._aborted:

@@ -363,7 +363,7 @@ def cmd_peers(ctx: Context) -> int:
             if isinstance(path.get("elapsed"), (int, float)):
                 how += f" in {path['elapsed']:.2f} s"
         address = p.get("address")
-        address = address if address and address != "None" else "-"  # (a relayed connection has none)
+        address = address or "-"  # (a relayed connection has none)
         return (f"{p.get('peer_id')}  {address}  {direction}{how}"
                 f"  role={p.get('role')}  queued={p.get('queued_bytes')}")
 
@@ -456,6 +456,8 @@ def cmd_connect(ctx: Context) -> int:
     if not ctx.json and path.get("kind"):
         took = f" in {path['elapsed']:.2f} s" if isinstance(path.get("elapsed"), (int, float)) else ""
         where = f" {result['address']}" if result.get("address") else ""
+        if path.get("via"):
+            where += f" via {path['via']}"
         ctx.err.write(f"connected {path['kind']}{where}{took}\n")
     return EXIT_OK
 

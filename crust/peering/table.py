@@ -217,8 +217,8 @@ class PeerTable:
         return {
             "peer_id": str(peer_id),
             "transport": conn.transport_name,
-            "address": str(conn.peer_address),
-            "local_address": str(conn.local_address),
+            "address": str(conn.peer_address) if conn.peer_address is not None else None,  # None: relayed
+            "local_address": str(conn.local_address) if conn.local_address is not None else None,
             "role": self.role_of(peer_id),
             "initiator": conn.initiator,
             "queued_bytes": conn.queued_bytes,

@@ -171,7 +171,7 @@ class ScriptedTests(SynchronousTestCase):
         self.assertIn(PEER, out)
         self.assertIn("incoming", out)
         self.assertEqual(json.loads(self.run_cli("--json", "peers")[1]), {"peers": [peer]})
-        relayed = dict(peer, address="None", initiator=True,
+        relayed = dict(peer, address=None, initiator=True,
                        path={"kind": "relayed", "strategy": "relay", "elapsed": 2.5, "via": OTHER})
         self.answers["peers"] = lambda r: [ok(r, {"peers": [relayed]})]
         status, out, _ = self.run_cli("peers")
@@ -195,6 +195,18 @@ class ScriptedTests(SynchronousTestCase):
         status, out, err = self.run_cli("connect", info, "--timeout", "3")
         self.assertEqual((status, out, err), (0, PEER + "\n", ""))
         self.assertEqual(self.node.requests[-1], {"id": 1, "cmd": "connect", "info": info, "timeout": 3.0})
+
+    def test_connect_says_which_path(self) -> None:
+        relayed = {"peer_id": PEER, "address": None,
+                   "path": {"kind": "relayed", "strategy": "relay", "elapsed": 2.5, "via": OTHER}}
+        self.answers["connect"] = lambda r: [ok(r, relayed)]
+        status, out, err = self.run_cli("connect", PEER)
+        self.assertEqual((status, out, err), (0, PEER + "\n", f"connected relayed via {OTHER} in 2.50 s\n"))
+        direct = {"peer_id": PEER, "address": "udp:203.0.113.7:4000",
+                  "path": {"kind": "punched-udp", "strategy": "udp-punch", "elapsed": 0.25}}
+        self.answers["connect"] = lambda r: [ok(r, direct)]
+        status, out, err = self.run_cli("connect", PEER)
+        self.assertEqual(err, "connected punched-udp udp:203.0.113.7:4000 in 0.25 s\n")
 
     def test_connect_from_file(self) -> None:
         self.answers["connect"] = lambda r: [ok(r, {"peer_id": PEER})]

@@ -65,7 +65,7 @@ class RelayLoopbackTests(RelayNodes):
         for node, other in ((a, b), (b, a)):
             path = node.peer_details(other.peer_id)["path"]
             self.assertEqual((path["kind"], path["strategy"], path["via"]), ("relayed", "relay", str(r.peer_id)))
-            self.assertEqual(node.peer_details(other.peer_id)["address"], "None")
+            self.assertEqual(node.peer_details(other.peer_id)["address"], None)
             self.assertEqual(node.events.named("relay_circuit_opened"), [(other.peer_id, r.peer_id)])
         self.assertIsNotNone(a.peer_details(b.peer_id)["path"]["elapsed"])
         self.assertEqual(r.relay.stats()["circuits"], 1)

@@ -56,6 +56,10 @@ class FrameType(enum.IntEnum):
 
 DATA = int(FrameType.DATA)
 HEARTBEAT_FRAME = pack_header(1, FrameType.HEARTBEAT)
+#: A HEARTBEAT the receiver answers with one of its own (doc/protocol.md section 5): asked by a side that heard
+#: nothing for half its inactivity timeout, whatever the peer's heartbeat interval.
+HEARTBEAT_ASK = b"\x01"
+HEARTBEAT_ASK_FRAME = pack_header(2, FrameType.HEARTBEAT) + HEARTBEAT_ASK
 CHOOSE_FRAME = pack_header(1, FrameType.CHOOSE)
 GRANT_FRAME = pack_header(1, FrameType.GRANT)
 MOVE_FRAME = pack_header(1, FrameType.MOVE)

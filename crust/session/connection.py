@@ -47,6 +47,8 @@ from crust.wire import (
     MOVE_FRAME,
     DATA,
     GRANT_FRAME,
+    HEARTBEAT_ASK,
+    HEARTBEAT_ASK_FRAME,
     HEARTBEAT_FRAME,
     CloseReason,
     FrameType,
@@ -198,6 +200,7 @@ class PeerConnection(Protocol):
         self._bulk_write: Callable[[bytes], object] = _discard
         self.bulk_queues = SendQueues(drop_after)
         self._last_received = 0.0
+        self._asked_at = -1.0  # the _last_received our last asking HEARTBEAT went out after
         self.peer_address: Optional[Address] = None
         self.local_address: Optional[Address] = None
         self.deliver: Callable[[bytes], object] = _discard
@@ -828,7 +831,10 @@ class PeerConnection(Protocol):
             raise ProtocolViolation(f"unknown frame type {ftype}")
 
     def _heartbeat_received(self, payload: bytes) -> None:
-        pass  # receiving it is the point: _feed dated it
+        # receiving it is the point: _feed dated it.  An asking one is answered, one frame for one frame,
+        # while our transport takes data (paused, the peer is not reading: answers would only pile up)
+        if payload[:1] == HEARTBEAT_ASK and not self._paused:
+            self._write_control(HEARTBEAT_FRAME)
 
     def _hello_received(self, payload: bytes) -> None:
         self.handshake.hello_received(Hello.decode(payload))
@@ -882,6 +888,8 @@ class PeerConnection(Protocol):
 
     def _schedule_liveness(self, now: float, sending: bool = False) -> None:
         due = min(self._last_sent + self.heartbeat_interval, self._last_received + self.inactivity_timeout)
+        if self._asked_at != self._last_received:
+            due = min(due, self._last_received + self.inactivity_timeout / 2)
         if sending:
             # sends do not read the clock: while they go on, look again soon to date the last one
             due = min(due, now + self.heartbeat_interval / _LIVENESS_GRAIN)
@@ -909,7 +917,11 @@ class PeerConnection(Protocol):
             return
         if self.queues or self.bulk_queues:
             self._expire(now)
-        if now - self._last_sent >= self.heartbeat_interval:
+        if now - self._last_received >= self.inactivity_timeout / 2 and self._asked_at != self._last_received:
+            # silent for half the time we wait: ask the peer to answer, however seldom it sends heartbeats
+            self._asked_at = self._last_received
+            self._write_control(HEARTBEAT_ASK_FRAME)
+        elif now - self._last_sent >= self.heartbeat_interval:
             self._write_control(HEARTBEAT_FRAME)
             self._last_sent = now
         self._schedule_liveness(now, sending)

@@ -143,6 +143,34 @@ class ConnectionTests(SynchronousTestCase):
         gap = self.clock.seconds() - last_send
         self.assertTrue(20 <= gap <= 25.25, gap)
 
+    def test_silent_for_half_the_timeout_asks_the_peer_to_answer(self):
+        # a peer that sends heartbeats seldom (20 s) keeps a connection that waits only 3 s alive by answering
+        self.make(heartbeat_interval=20.0, inactivity_timeout=3.0)
+        self.written()
+        for _ in range(10):
+            self.clock.advance(1.5)
+            self.assertEqual(self.written(), [(FrameType.HEARTBEAT, b"\x01")])  # asked once per silence
+            self.clock.advance(0.1)
+            self.conn.dataReceived(frame(FrameType.HEARTBEAT))  # the answer
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.pump([0.5] * 6)  # no answer: lost after the timeout, asked once more on the way
+        self.assertEqual([f for f in self.written() if f[0] == FrameType.HEARTBEAT], [(FrameType.HEARTBEAT, b"\x01")])
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_an_asking_heartbeat_is_answered_while_the_transport_takes_data(self):
+        self.make()
+        self.written()
+        self.conn.dataReceived(frame(FrameType.HEARTBEAT, b"\x01"))
+        self.assertEqual(self.written(), [(FrameType.HEARTBEAT, b"")])
+        self.conn.dataReceived(frame(FrameType.HEARTBEAT, b"\x00"))  # not asking (an unknown payload is ignored)
+        self.assertEqual(self.written(), [])
+        self.conn.pauseProducing()  # the peer does not read: asks are not answered, nothing piles up
+        for _ in range(1000):
+            self.conn.dataReceived(frame(FrameType.HEARTBEAT, b"\x01"))
+        self.assertEqual(self.conn.queues.count, 0)
+        self.conn.resumeProducing()
+        self.assertEqual(self.written(), [])
+
     def test_lost_after_inactivity(self):
         self.make()
         self.clock.advance(100)

@@ -893,7 +893,9 @@ class PeerConnection(Protocol):
         if sending:
             # sends do not read the clock: while they go on, look again soon to date the last one
             due = min(due, now + self.heartbeat_interval / _LIVENESS_GRAIN)
-        self._timer = self.clock.callLater(max(0.0, due - now), self._liveness_tick)
+        # (at least a millisecond on: a moment computed as a sum may land a rounding error short of it, and a
+        # tick that finds nothing due must not come again at the same instant)
+        self._timer = self.clock.callLater(max(_LIVENESS_MIN_DELAY, due - now), self._liveness_tick)
 
     def _liveness_tick(self) -> None:
         self._timer = None
@@ -906,7 +908,7 @@ class PeerConnection(Protocol):
             # follows the last send after between 1 and 1.25 intervals
             self._sent = False
             self._last_sent = now
-        if now - self._last_received >= self.inactivity_timeout:
+        if now >= self._last_received + self.inactivity_timeout:  # (as _schedule_liveness adds them)
             self.close(CloseReason.TIMEOUT, f"nothing received for {self.inactivity_timeout:g} s")
             # nothing came for that long: the path is dead, and waiting to flush would only delay what
             # follows the loss (a standby connection taking over, a new connect)
@@ -917,15 +919,18 @@ class PeerConnection(Protocol):
             return
         if self.queues or self.bulk_queues:
             self._expire(now)
-        if now - self._last_received >= self.inactivity_timeout / 2 and self._asked_at != self._last_received:
+        if now >= self._last_received + self.inactivity_timeout / 2 and self._asked_at != self._last_received:
             # silent for half the time we wait: ask the peer to answer, however seldom it sends heartbeats
             self._asked_at = self._last_received
             self._write_control(HEARTBEAT_ASK_FRAME)
-        elif now - self._last_sent >= self.heartbeat_interval:
+        elif now >= self._last_sent + self.heartbeat_interval:
             self._write_control(HEARTBEAT_FRAME)
             self._last_sent = now
         self._schedule_liveness(now, sending)
 
+
+#: The shortest wait between two liveness ticks, in seconds.
+_LIVENESS_MIN_DELAY = 0.001
 
 # States where nothing about the peer is settled: a failure here is "early" (ConnectionOwner.failed_early)
 _EARLY_STATES = frozenset((HandshakeState.AWAIT_TLS, HandshakeState.AWAIT_HELLO,

@@ -157,6 +157,19 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual([f for f in self.written() if f[0] == FrameType.HEARTBEAT], [(FrameType.HEARTBEAT, b"\x01")])
         self.assertTrue(self.transport.disconnecting)
 
+    def test_a_moment_computed_as_a_sum_is_not_missed_by_a_rounding_error(self):
+        # 66.1 - 6.1 < 60 in floating point: the tick due at 6.1 + 60 must still find the ask due (it came
+        # again at once, for ever)
+        self.make()
+        self.clock.advance(6.1)
+        self.conn.dataReceived(frame(FrameType.HEARTBEAT))
+        self.written()
+        self.clock.advance(60)
+        self.assertEqual(self.clock.seconds(), 66.1)
+        self.assertIn((FrameType.HEARTBEAT, b"\x01"), self.written())
+        [call] = self.clock.getDelayedCalls()
+        self.assertGreater(call.getTime(), 66.1)
+
     def test_an_asking_heartbeat_is_answered_while_the_transport_takes_data(self):
         self.make()
         self.written()

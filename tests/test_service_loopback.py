@@ -13,7 +13,7 @@ from crust.errors import ConnectFailed, ConnectToSelf, MessageTooLarge, PeerNotC
 from crust.transport.tls import ConnectionCreator, make_context
 from crust.wire import DATA, CertInfo, Hello
 
-from tests.util import connect_pair, make_service, ordered_identities, sleep, wait_for
+from tests.util import connect_pair, make_service, never_answer, ordered_identities, sleep, wait_for
 
 
 class ConnectTests(TestCase):
@@ -209,8 +209,10 @@ class ConnectTests(TestCase):
 
     @defer.inlineCallbacks
     def test_silent_peer_is_lost_after_the_timeout(self):
-        a = make_service(self, heartbeat_interval=60)  # a never heartbeats in time
+        a = make_service(self, heartbeat_interval=60)  # a never heartbeats in time...
         b = make_service(self, inactivity_timeout=0.5, heartbeat_interval=0.2)
+        # ... nor answers b's asking heartbeats (a peer gone silent)
+        never_answer(self)
         yield connect_pair(self, a, b)
         start = reactor.seconds()
         yield wait_for(lambda: b.events.named("lost_peer"), timeout=5)

@@ -131,3 +131,17 @@ def node_contact(path: str) -> dict:
         state = json.load(f)
     tcp = [a for a in state["listen_addresses"] if a.startswith("tcp:")][0]
     return {"peer_id": state["peer_id"], "address": tcp}
+
+
+def never_answer(case) -> None:
+    """
+    For the rest of test C{case}, no connection answers a HEARTBEAT that asks
+    for one (doc/protocol.md section 5): a peer with a long heartbeat
+    interval is then silent, as a peer gone away is.
+    """
+    from crust.session import connection
+    from crust.wire import FrameType
+
+    handlers = dict(connection._CONTROL_HANDLERS)
+    handlers[FrameType.HEARTBEAT] = lambda conn, payload: None
+    case.patch(connection, "_CONTROL_HANDLERS", handlers)

@@ -187,6 +187,15 @@ class TurnRelays:
 
     # -- PeerListener -------------------------------------------------------------------------
 
+    def classify(self, conn: Any) -> None:
+        """
+        Mark a connection through a TURN server as relayed before the peer
+        table ranks it (L{crust.peering.table.PeerTable.classify_paths}):
+        taken for a direct one, it would replace a relayed connection the
+        peer ranks above it, and the peer would close it.
+        """
+        self.peer_promoted(conn, None)
+
     def peer_promoted(self, conn: Any, peer_id: Any) -> None:
         address = conn.peer_address
         if conn.transport_name != "udp" or address is None:
@@ -221,6 +230,7 @@ def install(*, config: Config, endpoint: Any, clock: Any, addresses: OurAddresse
         return None
     relays = TurnRelays(config, endpoint, clock, addresses, deliver)
     table.listen(relays)
+    table.classify_paths(relays.classify)
     return relays
 
 

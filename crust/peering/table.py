@@ -77,6 +77,7 @@ class PeerTable:
         self.handovers = Handovers(events.emit)
         self._admitter: Optional[BootstrapAdmitter] = None
         self._listeners: list[PeerListener] = []
+        self._path_classifiers: list[Callable[["PeerConnection"], None]] = []
         self.active: dict[PeerId, "PeerConnection"] = {}
         self.candidates: dict[PeerId, set["PeerConnection"]] = {}
         self.connections: set["PeerConnection"] = set()
@@ -100,6 +101,22 @@ class PeerTable:
     def listen(self, listener: PeerListener) -> None:
         """Tell C{listener} of every promotion and every ended connection."""
         self._listeners.append(listener)
+
+    def classify_paths(self, classify: Callable[["PeerConnection"], None]) -> None:
+        """
+        C{classify(conn)} may set the path of a connection whose path is not
+        known yet, before it is ranked against another to the same peer (a
+        subsystem that knows what a connection is: TURN, for connections
+        through a TURN server); a relayed connection taken for a direct one
+        would replace a direct one the peer ranks above it.
+        """
+        self._path_classifiers.append(classify)
+
+    def _classify(self, conn: "PeerConnection") -> None:
+        for classify in self._path_classifiers:
+            if conn.path is not None:
+                return
+            classify(conn)
 
     def set_bootstrap_admitter(self, admitter: Optional[BootstrapAdmitter]) -> None:
         """Who decides on peers' bootstrap requests; without one, they are denied."""
@@ -239,6 +256,7 @@ class PeerTable:
         old = self.active.get(peer_id)
         if old is not None:
             hello = self.hellos.get(peer_id)
+            self._classify(conn)
             if not self.handovers.may_replace(old, conn, hello is not None and hello.handover):
                 return False
             conn.handover_chosen = True  # CHOOSE says so: both sides move off the old connection
@@ -251,6 +269,7 @@ class PeerTable:
         if self._made_before_disconnect(conn, peer_id):
             conn.close(CloseReason.DISCONNECT, "made before our user disconnected this peer")
             return
+        self._classify(conn)
         self.candidates.setdefault(peer_id, set()).add(conn)
         self._remember(peer_id, hello, replace=False)
 

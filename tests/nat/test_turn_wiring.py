@@ -48,9 +48,13 @@ class FakeEndpoint:
 class Table:
     def __init__(self) -> None:
         self.listeners: list[Any] = []
+        self.classifiers: list[Any] = []
 
     def listen(self, listener: Any) -> None:
         self.listeners.append(listener)
+
+    def classify_paths(self, classify: Any) -> None:
+        self.classifiers.append(classify)
 
 
 class TurnRelaysTests(SynchronousTestCase):
@@ -72,6 +76,7 @@ class TurnRelaysTests(SynchronousTestCase):
         self.assertIsNone(install(config=Config(), endpoint=self.endpoint, clock=self.clock,
                                   addresses=self.addresses, table=self.table, deliver=lambda d, a: None))
         self.assertEqual(self.table.listeners, [self.relays])
+        self.assertEqual(self.table.classifiers, [self.relays.classify])
 
     def test_source_route_and_candidates(self):
         self.assertIn(SERVER.sockaddr(), self.endpoint.sources)
@@ -133,6 +138,10 @@ class TurnRelaysTests(SynchronousTestCase):
         for conn in (direct, tcp):
             self.relays.peer_promoted(conn, None)
             self.assertIsNone(conn.path)
+        # the same before it is promoted, when the peer table ranks it (PeerTable.classify_paths)
+        unranked = SimpleNamespace(transport_name="udp", peer_address=PEER, path=None)
+        self.relays.classify(unranked)
+        self.assertEqual(unranked.path, relayed.path)
 
     def test_settled_and_stop(self):
         self.server.silent = True

@@ -15,7 +15,7 @@ from crust.address import Address
 from crust.errors import ConnectFailed, MessageTooLarge
 from crust.wire import DATA
 
-from tests.util import connect_pair, make_service, ordered_identities, sleep, wait_for
+from tests.util import connect_pair, make_service, never_answer, ordered_identities, sleep, wait_for
 
 
 def quic_service(testcase, identity=None, **config):
@@ -126,8 +126,10 @@ class QuicServiceTests(TestCase):
 
     @defer.inlineCallbacks
     def test_silent_peer_lost_after_timeout(self):
-        a = quic_service(self, heartbeat_interval=60)
+        a = quic_service(self, heartbeat_interval=60)  # a never heartbeats in time...
         b = quic_service(self, inactivity_timeout=0.6, heartbeat_interval=0.2)
+        # ... nor answers b's asking heartbeats (a peer gone silent)
+        never_answer(self)
         yield connect_pair(self, a, b)
         yield wait_for(lambda: b.events.named("lost_peer"), timeout=10)
         self.assertIn("nothing received for 0.6 s", b.events.named("lost_peer")[0][1])

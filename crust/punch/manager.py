@@ -279,13 +279,16 @@ class PunchManager:
             # made while we punch to that peer (whoever dialled: a direct dial to its NAT's address gets
             # through only because the punch opened it), or from an address a punch confirmed; "incoming"
             # is what the connector calls a connection the peer opened when no connect of ours waited for it
-            puncher = self.udp if address.transport == "udp" else self.tcp
+            puncher, kind, strategy = self._punchers().get(address.transport, (None, "", ""))
             if puncher is not None and (puncher.punched_from(address) == peer_id or puncher.running(peer_id)):
-                udp = address.transport == "udp"
-                conn.path = PathInfo("punched-udp" if udp else "punched-tcp", "udp-punch" if udp else "tcp-punch")
+                conn.path = PathInfo(kind, strategy)
         for puncher in (self.udp, self.tcp):
             if puncher is not None:
                 puncher.stop(peer_id)
+
+    def _punchers(self) -> dict[str, tuple[Any, str, str]]:
+        """Each transport's puncher, the path kind and the strategy of what it punches."""
+        return {"udp": (self.udp, "punched-udp", "udp-punch"), "tcp": (self.tcp, "punched-tcp", "tcp-punch")}
 
     def connection_ended(self, conn: "PeerConnection", reason: str) -> None:
         peer_id = conn.peer_id

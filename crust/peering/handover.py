@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from twisted.logger import Logger
 
 from crust.identity import PeerId
+from crust.session.connection import is_relayed
 from crust.wire import CloseReason
 
 if TYPE_CHECKING:
@@ -38,10 +39,7 @@ if TYPE_CHECKING:
 
 def rank(conn: "PeerConnection") -> int:
     """How good a path is: relayed 0, anything direct 1."""
-    path = conn.path
-    if conn.transport_name == "relay" or (path is not None and path.kind == "relayed"):
-        return 0
-    return 1
+    return 0 if is_relayed(conn) else 1
 
 
 def describe(conn: Optional["PeerConnection"]) -> Optional[dict[str, Any]]:

@@ -35,7 +35,7 @@ from crust.punch.coordinator import EXCHANGE_TIMEOUT, ExchangeCore, ExchangeMach
 from crust.punch.messages import Envelope, EnvelopeError, EnvelopeType, ReplayGuard, open_envelope, seal
 from crust.punch.plan import ATTEMPT_SIZE, PunchPlan, blind_attempt
 from crust.punch.rendezvous import Rendezvous
-from crust.punch.upgrade import is_relayed
+from crust.session.connection import is_relayed
 from crust.session.connection import PathInfo
 from crust.session.purpose import Purpose
 

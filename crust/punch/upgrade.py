@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from crust.identity import PeerId
 from crust.punch.plan import PunchPlan
+from crust.session.connection import is_relayed
 from crust.session.purpose import Purpose
 
 if TYPE_CHECKING:
@@ -35,14 +36,6 @@ WHILE_PUNCHING = 1.0  # seconds between looks while a punch to the peer (the con
 
 class _Upgrade(Purpose):
     """The purpose of a connection punched to replace a relayed one."""
-
-
-def is_relayed(conn: Optional["PeerConnection"]) -> bool:
-    """Whether C{conn} goes through a relay (a crust circuit or TURN)."""
-    if conn is None:
-        return False
-    path = getattr(conn, "path", None)
-    return getattr(conn, "transport_name", None) == "relay" or (path is not None and path.kind == "relayed")
 
 
 class Upgrader:

@@ -54,7 +54,7 @@ from crust.punch.rendezvous import NoCommonPeer
 from crust.relay import messages
 from crust.relay.circuit import CircuitTLS, CircuitTransport, RelayClosed
 from crust.relay.messages import MAX_DATA_FRAME, RelayInvite, RelayReady
-from crust.relay.server import is_relayed
+from crust.session.connection import is_relayed
 from crust.relay.switch import CircuitSwitch, Leg
 from crust.session.connection import PathInfo
 from crust.session.purpose import ACCEPTED, Purpose

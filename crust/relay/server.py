@@ -51,6 +51,7 @@ from crust.identity import PeerId
 from crust.relay import messages
 from crust.relay.messages import CircuitLimits, RelayOpen
 from crust.relay.switch import CircuitSwitch, Leg
+from crust.session.connection import is_relayed
 
 if TYPE_CHECKING:
     from crust.relay.splicer import SpliceSession, Splicer
@@ -61,12 +62,6 @@ ACCEPT_TIMEOUT = 5.0  # seconds T has to accept an INVITE
 OPEN_RATE = (2.0, 10.0)  # OPENs a second (and burst) from one peer
 OPEN_TOTAL = (50.0, 100.0)  # OPENs a second (and burst) from everyone
 A, T = 0, 1  # the legs of a circuit: toward the peer that opened it, toward the target
-
-
-def is_relayed(conn: "PeerConnection") -> bool:
-    """Whether C{conn} itself runs through a relay (circuits are not carried over those)."""
-    path = conn.path
-    return path is not None and path.kind == "relayed"
 
 
 class CircuitInputs(Protocol):

@@ -134,6 +134,14 @@ class PathInfo:
         return body
 
 
+def is_relayed(conn: Any) -> bool:
+    """Whether C{conn} (a L{PeerConnection}, or None) runs through a relay: a crust circuit or TURN."""
+    if conn is None:
+        return False
+    path = conn.path
+    return conn.transport_name == "relay" or (path is not None and path.kind == "relayed")
+
+
 @implementer(IHandshakeListener, IPushProducer)
 class PeerConnection(Protocol):
     """One crust connection; see the module docstring."""

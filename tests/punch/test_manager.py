@@ -361,7 +361,7 @@ class ManagerTests(SynchronousTestCase):
     # -- connections ----------------------------------------------------------------------
 
     def promoted(self, node: Node, address: str, path: Optional[PathInfo] = None) -> Any:
-        conn = SimpleNamespace(peer_address=Address.parse(address), path=path)
+        conn = SimpleNamespace(peer_address=Address.parse(address), path=path, transport_name=address.split(":")[0])
         node.manager.peer_promoted(conn, ALICE.peer_id)
         return conn
 
@@ -407,7 +407,7 @@ class ManagerTests(SynchronousTestCase):
     def test_no_responder_punch_when_connected_meanwhile(self):
         self.exchange(self.alice, self.bob)
         self.hops(2)
-        self.bob.table.active[ALICE.peer_id] = SimpleNamespace(closing=False)
+        self.bob.table.active[ALICE.peer_id] = SimpleNamespace(closing=False, transport_name="tcp", path=None)
         self.hops(1)
         self.assertEqual(self.bob.udp.punches, [])
 

@@ -14,7 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from crust.errors import CrustError
 from crust.identity import Identity
-from crust.punch.upgrade import Upgrader, is_relayed
+from crust.punch.upgrade import Upgrader
+from crust.session.connection import is_relayed
 from crust.session.connection import PathInfo
 
 PEER = Identity.from_seed(b"P" * 32).peer_id

@@ -198,7 +198,6 @@ class Service(MultiService):
         self.running_for_peers = False
         for d in list(self._inflight):
             d.cancel()
-        self.bootstrapper.stop()
         self.connector.stop("the service is stopping")
         self.listeners.stop()
         self.reflexive.stop()

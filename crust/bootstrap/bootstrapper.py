@@ -40,7 +40,15 @@ if TYPE_CHECKING:
     from crust.peering.table import PeerTable
 
 REACHABILITY_TIMEOUT = 3.0
-BOOTSTRAP_SETTLE = 1.0  # how long a peer's inbound bootstrap connection must last to count as ours
+BOOTSTRAP_TRIES = 2  # requests to one candidate, when the peer dropped the connection the first one gave way to
+
+
+class PeerDroppedBootstrap(ConnectFailed):
+    """
+    Our request gave way to the peer's own bootstrap connection to us, which
+    the peer then dropped (its bootstrap had won elsewhere): we are not
+    connected to it, but a new request may well be granted.
+    """
 
 
 class BootstrapRequest(Purpose):
@@ -48,6 +56,17 @@ class BootstrapRequest(Purpose):
     The purpose of one connection that asks a peer to be our bootstrap peer:
     C{result} fires with the peer's id once it granted (or once we turn out
     to be connected to it anyway), or fails with the reason.
+
+    Two peers that bootstrap off each other at once each open a request to
+    the other; the chooser keeps one of the two connections and closes the
+    other as a duplicate.  The side whose request was closed is connected
+    through the peer's request, which the peer still drops if its bootstrap
+    won elsewhere before the chooser's CHOOSE reached it.  So that side
+    counts it only once the peer holds it as active: at once if the peer
+    chose it (it promoted it before sending CHOOSE); if we chose it, once the
+    peer answers a question asked on it after our CHOOSE
+    (L{crust.session.connection.PeerConnection.ask_peer}).  If the peer drops it first, the request
+    fails with L{PeerDroppedBootstrap}.
     """
 
     def __init__(self, bootstrapper: "Bootstrapper", role: Role,
@@ -65,30 +84,45 @@ class BootstrapRequest(Purpose):
         self.refusal = (reason, detail)
 
     def lost(self, conn: "PeerConnection", reason: str) -> None:
+        if not self.result.called:
+            self._settle(conn, reason, dropped=False)
+
+    def _settle(self, conn: "PeerConnection", reason: str, dropped: bool) -> None:
+        """
+        Our connection C{conn} ended without becoming active: succeed if we
+        are connected to its peer all the same, fail if not.  C{dropped}: a
+        connection of the peer's that we waited on ended meanwhile.
+        """
         result = self.result
-        if result.called:
-            return
         peer_id = conn.peer_id
         table = self._bootstrapper.table
-        active = table.active.get(peer_id) if peer_id is not None else None
+        active = table.usable(peer_id) if peer_id is not None else None
         if peer_id is None or active is None:
-            result.errback(Failure(self.error(conn, reason)))
-        elif active.is_bootstrap and not active.initiator:
-            # Connected only through the peer's own bootstrap request, which it
-            # still drops if its bootstrap won elsewhere: count it only if it is
-            # still the active connection a moment later.
-            def settle() -> None:
+            if dropped:
+                result.errback(Failure(PeerDroppedBootstrap(
+                    peer_id, [f"{conn.peer_address}: {reason}; the peer then dropped its own bootstrap connection"],
+                    "bootstrap attempt failed")))
+            else:
+                result.errback(Failure(self.error(conn, reason)))
+        elif active.is_bootstrap and not active.initiator and active.handshake.is_chooser:
+            # The peer's own request, which we chose: it may not hold it yet.
+            def answered(_: Any) -> None:
                 if result.called:
                     return
-                if table.active.get(peer_id) is active:
+                if table.usable(peer_id) is active:
                     result.callback(peer_id)
                 else:
-                    result.errback(Failure(self.error(
-                        conn, f"{reason}; the peer then dropped its own bootstrap connection")))
+                    self._settle(conn, reason, dropped)
 
-            self._bootstrapper.call_later(BOOTSTRAP_SETTLE, settle)
+            def ended(_: Failure) -> None:
+                if not result.called:
+                    self._settle(conn, reason, dropped=True)
+
+            active.ask_peer().addCallbacks(answered, ended)
         else:
-            result.callback(peer_id)  # we were connected to it already
+            # connected already: through a connection of ours, an ordinary one, or the peer's own request,
+            # which it chose (it made it active before it sent CHOOSE)
+            result.callback(peer_id)
 
     def failed(self, failure: Failure) -> None:
         """The connection could not even be made."""
@@ -126,28 +160,11 @@ class Bootstrapper:
         self._ready = ready
         self._discovery = discovery
         self._transports = transports
-        self._timers: set[Any] = set()
         self.bootstrapped_to: Optional[tuple[PeerId, Address]] = None
         self.held_role: Optional[Role] = None  # the role we hold on the network, once bootstrapped
         self.role_reason = "not bootstrapped yet"
         self._client_reason = ""
         table.listen(self)
-
-    def call_later(self, delay: float, f: Callable[[], None]) -> None:
-        """A timer of ours: L{stop} cancels it."""
-        def run() -> None:
-            self._timers.discard(timer)
-            f()
-
-        timer = self.clock.callLater(delay, run)
-        self._timers.add(timer)
-
-    def stop(self) -> None:
-        """Cancel our timers (the node is stopping)."""
-        for timer in list(self._timers):
-            if timer.active():
-                timer.cancel()
-        self._timers.clear()
 
     # -- PeerListener: every peer we dialled and reached is directly reachable -----
 
@@ -241,6 +258,35 @@ class Bootstrapper:
         return result
 
     def _try(self, candidate: Candidate, role: Role) -> Deferred:
+        """
+        Ask C{candidate} to be our bootstrap peer: up to L{BOOTSTRAP_TRIES}
+        requests, a new one when the peer dropped the connection the last
+        one gave way to (L{PeerDroppedBootstrap}).
+        """
+        current: list[Deferred] = []
+        outcome: Deferred = Deferred(lambda _: current[-1].cancel())
+
+        def request(left: int) -> None:
+            d = self._request(candidate, role)
+            current[:] = [d]
+
+            def failed(f: Failure) -> None:
+                if outcome.called:
+                    return
+                if left > 1 and f.check(PeerDroppedBootstrap):
+                    self.log.info("bootstrap request to {candidate}: {reason}; asking again",
+                                  candidate=str(candidate), reason=str(f.value))
+                    request(left - 1)
+                else:
+                    outcome.errback(f)
+
+            d.addCallbacks(lambda peer_id: None if outcome.called else outcome.callback(peer_id), failed)
+
+        request(BOOTSTRAP_TRIES)
+        return outcome
+
+    def _request(self, candidate: Candidate, role: Role) -> Deferred:
+        """One bootstrap request to C{candidate}: fires with its peer's id, as L{BootstrapRequest.result}."""
         conn_box: list["PeerConnection"] = []
 
         def cancel(d: Deferred) -> None:

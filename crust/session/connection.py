@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol as TypingProtocol
 
 from OpenSSL import SSL
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -209,6 +211,7 @@ class PeerConnection(Protocol):
         self.bulk_queues = SendQueues(drop_after)
         self._last_received = 0.0
         self._asked_at = -1.0  # the _last_received our last asking HEARTBEAT went out after
+        self._answer_waiters: list[Deferred] = []  # ask_peer's: fired by the next HEARTBEAT that comes
         self.peer_address: Optional[Address] = None
         self.local_address: Optional[Address] = None
         self.deliver: Callable[[bytes], object] = _discard
@@ -367,6 +370,9 @@ class PeerConnection(Protocol):
         if lost:
             self.owner.dropped(self, lost, "connection closed")
         self.owner.lost(self, text)
+        waiters, self._answer_waiters = self._answer_waiters, []
+        for d in waiters:  # (after the owner: whoever waited finds the connection gone from it)
+            d.errback(Failure(ConnectionDone(text)))
         # the reason's traceback holds the frames that made it (the TLS layer's, with the TLS
         # connection in them), and through them the reason itself: keep its text only
         reason.cleanFailure()
@@ -607,6 +613,24 @@ class PeerConnection(Protocol):
         self._write_control(frame)
         return True
 
+    def ask_peer(self) -> Deferred:
+        """
+        Send an asking HEARTBEAT (doc/protocol.md section 6) on this active
+        connection: the returned Deferred fires with None at the next
+        HEARTBEAT the peer sends, which shows that the peer holds the
+        connection as active (it sends none before, and none once it closed
+        it), and that it read everything we sent before the question (a
+        CHOOSE, say) unless that HEARTBEAT crossed it.  It fails with
+        C{ConnectionDone} if the connection ends first (or is not active).
+        """
+        d: Deferred = Deferred()
+        if not self.is_active or self._close_reason is not None or not self.connected:
+            d.errback(Failure(ConnectionDone("the connection is not active")))
+            return d
+        self._answer_waiters.append(d)
+        self._write_control(HEARTBEAT_ASK_FRAME)
+        return d
+
     def _write_control(self, frame: bytes) -> None:
         """Control frames (priority 0) go ahead of queued data."""
         if self.transport is None or not self.connected:
@@ -843,6 +867,10 @@ class PeerConnection(Protocol):
         # while our transport takes data (paused, the peer is not reading: answers would only pile up)
         if payload[:1] == HEARTBEAT_ASK and not self._paused:
             self._write_control(HEARTBEAT_FRAME)
+        if self._answer_waiters:
+            waiters, self._answer_waiters = self._answer_waiters, []
+            for d in waiters:
+                d.callback(None)
 
     def _hello_received(self, payload: bytes) -> None:
         self.handshake.hello_received(Hello.decode(payload))

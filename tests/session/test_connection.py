@@ -184,6 +184,30 @@ class ConnectionTests(SynchronousTestCase):
         self.conn.resumeProducing()
         self.assertEqual(self.written(), [])
 
+    def test_ask_peer_fires_at_the_next_heartbeat(self):
+        self.make()
+        self.written()
+        asked = self.conn.ask_peer()
+        self.assertEqual(self.written(), [(FrameType.HEARTBEAT, b"\x01")])
+        self.conn.dataReceived(frame(DATA, b"m"))
+        self.assertNoResult(asked)
+        self.conn.dataReceived(frame(FrameType.HEARTBEAT))
+        self.assertIsNone(self.successResultOf(asked))
+        self.conn.dataReceived(frame(FrameType.HEARTBEAT))  # told once
+
+    def test_ask_peer_fails_when_the_connection_ends_first(self):
+        self.make()
+        asked = self.conn.ask_peer()
+        self.lose()
+        self.failureResultOf(asked, ConnectionDone)
+        self.assertTrue(self.owner.named("lost"))  # the owner heard of the loss first
+        self.failureResultOf(self.conn.ask_peer(), ConnectionDone)  # not active any more
+
+    def test_ask_peer_fails_on_a_connection_not_active(self):
+        self.make(local=LOW, peer=HIGH)  # the peer chooses: waiting for CHOOSE
+        self.assertFalse(self.conn.is_active)
+        self.failureResultOf(self.conn.ask_peer(), ConnectionDone)
+
     def test_lost_after_inactivity(self):
         self.make()
         self.clock.advance(100)

@@ -164,7 +164,9 @@ class Service(MultiService):
                                 our_info=lambda: (self.peer_id, self.candidate_addresses()), parent=self)
         self._inflight: set[Deferred] = set()  # bootstraps and discovery rounds, cancelled on stop
         self.metrics = ServiceMetrics(self)  # Prometheus figures, in a registry of this service's own (doc/metrics.md)
-        self._sent_counts, self._sent_bytes = self.metrics.sent_messages, self.metrics.sent_bytes  # send()'s
+        # what send() reads, bound once (the hot path): the same dicts and lists, never rebound
+        self._sent_counts, self._sent_bytes = self.metrics.sent_messages, self.metrics.sent_bytes
+        self._active, self._signed_batches = self.peers.active, self.signing.batches
 
     @property
     def running_for_peers(self) -> bool:
@@ -377,15 +379,16 @@ class Service(MultiService):
         its priority sent within C{Config.signed_batch_window} (one
         signature): the peer gets a proof anyone can check (doc/signed.md).
         """
-        conn = self.peers.active.get(peer_id)
+        conn = self._active.get(peer_id)
         if conn is None or conn.closing:
             raise PeerNotConnected(f"not connected to {peer_id}")
         try:
-            if signed:
+            if not (signed or self._signed_batches):
+                conn.send_message(data, priority)
+            elif signed:
                 self.signing.send(conn, peer_id, data, priority, signed)
             else:
-                if self.signing.batches:  # a signed batch of this priority goes first: order is kept
-                    self.signing.flush(peer_id, priority)
+                self.signing.flush(peer_id, priority)  # a signed batch of this priority goes first: order is kept
                 conn.send_message(data, priority)
         except MessageTooLarge as e:
             self._emit("message_too_large", peer_id, e.size, e.limit)

@@ -55,7 +55,7 @@ class FrameDecoder:
         on_control: Callable[[int, bytes], object],
     ) -> None:
         self._max_length = max_payload + 1  # the type byte counts
-        self._on_data = on_data
+        self._on_data: Optional[Callable[[bytes], object]] = on_data
         self._on_control = on_control
         self._buffer = b""
         self._pending: list[bytes] = []  # chunks of a frame larger than what we hold
@@ -95,6 +95,7 @@ class FrameDecoder:
     def stop(self) -> None:
         """Deliver no more frames, not even the rest of the chunk being read; drop what is buffered."""
         self._stopped = True
+        self._on_data = None  # (what _parse looks at after each frame)
         self._buffer = b""
         self._pending = []
         self._pending_size = self._need = 0
@@ -122,7 +123,9 @@ class FrameDecoder:
         channels = self._channels
         size = len(buf)
         offset = 0
-        frames = lengths = 0  # DATA frames, and their lengths (payload and type byte): counted once per chunk
+        # DATA frames, counted once per chunk; their bytes are what was read less the control frames' (counted
+        # on their path, the rare one) and the DATA frames' headers
+        frames = control = 0
         while size - offset >= HEADER_SIZE:
             (length,) = unpack(buf, offset)
             if length > max_length:
@@ -136,21 +139,23 @@ class FrameDecoder:
                 break
             ftype = buf[offset + 4]
             if ftype == DATA:
-                on_data(buf[offset + 5 : end])
+                on_data(buf[offset + 5 : end])  # type: ignore[misc]  # (None only once stopped: the loop ends)
                 frames += 1
-                lengths += length
-            elif channels and ftype in channels and length >= 5:
-                channels[ftype](unpack(buf, offset + 5)[0], buf[offset + 9 : end])
             else:
-                self._on_control(ftype, buf[offset + 5 : end])
+                control += end - offset
+                if channels and ftype in channels and length >= 5:
+                    channels[ftype](unpack(buf, offset + 5)[0], buf[offset + 9 : end])
+                else:
+                    self._on_control(ftype, buf[offset + 5 : end])
             offset = end
-            if self._stopped:  # a handler closed the stream: what follows is not read
-                break
-            # a handler may have swapped handlers (state change): pick them up
+            # a handler may have swapped handlers (state change): pick them up; None: it stopped us, and what
+            # follows is not read
             on_data = self._on_data
+            if on_data is None:
+                break
         if frames:
             self.data_frames += frames
-            self.data_bytes += lengths - frames
+            self.data_bytes += offset - control - HEADER_SIZE * frames
         if self._stopped:
             return
         rest = buf[offset:] if offset else buf

@@ -2,7 +2,7 @@
 """
 Churn soak: one crust node under a steady churn of fresh peers, for minutes.
 
-    python bench/soak.py                    # 3 minutes of warm-up, then 10 minutes measured
+    python bench/soak.py                    # 2 minutes of warm-up, then 10 minutes measured
     python bench/soak.py --minutes 0.1      # a few seconds (the smoke test)
     python bench/soak.py --json             # the figures as JSON on stdout
 
@@ -67,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=10.0, help="measured minutes, after the warm-up")
     p.add_argument("--warmup-minutes", type=float, default=None,
-                   help="minutes of churn before the measured time [default: 3, or a fifth of --minutes if less]")
+                   help="minutes of churn before the measured time [default: a fifth of --minutes, at most 3]")
     p.add_argument("--concurrency", type=int, default=8, help="lanes (concurrent peers) in all")
     p.add_argument("--workers", type=int, default=2, help="client processes")
     p.add_argument("--max-messages", type=int, default=40, help="messages per connection: 1 to this")

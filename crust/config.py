@@ -95,6 +95,7 @@ class Config:
     external_reachability_test: bool = True
     bootstrap_timeout: float = 10.0
     bootstrap_concurrency: int = 64
+    bootstrap_retry_max: float = 60.0  # the ready node bootstraps again while it has no peer, at most this far apart
 
     # NAT traversal
     stun_servers: tuple[Address, ...] = ()
@@ -133,6 +134,8 @@ class Config:
             raise ValueError("quic_dial_delay must be in 0..connect_timeout")
         if not 0 < self.upgrade_interval <= self.upgrade_interval_max:
             raise ValueError("upgrade_interval must be positive and at most upgrade_interval_max")
+        if not 0 <= self.bootstrap_retry_max < float("inf"):
+            raise ValueError("bootstrap_retry_max must be 0 or more seconds")
         if not 0 <= self.relay_delay <= self.connect_timeout:
             raise ValueError("relay_delay must be in 0..connect_timeout")
         limits = self.relay_limits

@@ -294,7 +294,8 @@ def cmd_info(ctx: Context) -> int:
         *[f"TURN relay:       {_turn_line(t)}" for t in info.get("turn") or []],
         f"connected peers:  {info.get('peers', 0)}",
         "bootstrapped to:  " + (f"{info['bootstrapped_to']['peer_id']} at {info['bootstrapped_to']['address']}"
-                                if info.get("bootstrapped_to") else "(not bootstrapped)"),
+                                if info.get("bootstrapped_to") else "(not bootstrapped)")
+        + _rebootstrap(info.get("rebootstrap")),
         f"accepts bootstrap: {'yes' if info.get('accept_bootstrap') else 'no'}; "
         f"bootstrap cache: {info.get('bootstrap_cache_size', 0)} peer(s)",
         f"relaying:         {_relaying(info.get('relay') or {})}",
@@ -307,6 +308,18 @@ def cmd_info(ctx: Context) -> int:
     ]
     ctx.emit(info, "\n".join(lines))
     return EXIT_OK
+
+
+def _rebootstrap(status: Any) -> str:
+    """While the node has no peer: when it bootstraps again (the C{info} result's C{rebootstrap})."""
+    if not isinstance(status, dict):
+        return ""
+    state, failures = status.get("state"), status.get("failures") or 0
+    if state == "waiting":
+        return f"; bootstrapping again in {status.get('next_attempt_in')} s ({failures} failed attempt(s))"
+    if state == "bootstrapping" and failures:
+        return f"; bootstrapping again ({failures} failed attempt(s))"
+    return ""
 
 
 def _turn_line(t: dict[str, Any]) -> str:

@@ -319,6 +319,7 @@ _FIELDS: dict[str, _Validator] = {
     "external_reachability_test": _boolean,
     "bootstrap_timeout": _duration,
     "bootstrap_concurrency": _integer(1, 1024),
+    "bootstrap_retry_max": _delay,
     "max_message_size": _integer(1, 1 << 30),
     "max_queued_bytes": _integer(1, 1 << 34),
     "drop_after": _duration,

@@ -30,6 +30,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 
+from crust.bootstrap.keeper import BootstrapKeeper
 from crust.nat.reflexive import describe as describe_nat
 from crust._util.reactor import maybe_global_reactor
 from crust._version import __version__
@@ -126,6 +127,7 @@ class Node(MultiService):
         self._watcher: Any = None
         self._file_config: Optional[Config] = None
         self._start_bootstrap: Any = None
+        self.keeper: Optional[BootstrapKeeper] = None  # bootstraps again while the node has no peer
         self._previous_sighup: Any = None
         self._our_info: Optional[PrivConnectionInfo] = None
         self.closed: Deferred = succeed(None)  # after a failed prepare(): fires once its ports are closed
@@ -268,26 +270,31 @@ class Node(MultiService):
         assert svc is not None and config is not None
         if config.enable_service_discovery:
             svc.start_service_discovery(listen=True)
-        if config.hard_coded_contacts or config.enable_service_discovery:
-            self._start_bootstrap = self.reactor.callLater(0, self._bootstrap_on_start)
+        self.keeper = BootstrapKeeper(self._bootstrap_attempt, lambda: len(svc.connected_peers()), self.reactor,
+                                      max_delay=config.bootstrap_retry_max)
+        svc.add_observer(self.keeper)
+        self._start_bootstrap = self.reactor.callLater(0, self.keeper.start)
 
     # -- bootstrap and config ---------------------------------------------------------
 
-    def _bootstrap_on_start(self) -> None:
+    def _bootstrap_attempt(self) -> Optional[Deferred]:
+        """
+        One bootstrap for the keeper (at start, and again while the node has
+        no peer); None when there is nothing to bootstrap from.
+        """
         self._start_bootstrap = None
         svc, config = self.service, self.config
         if svc is None or not svc.running_for_peers:
-            return
+            return None
         assert config is not None  # prepared with the service
         if config.hard_coded_contacts or svc.bootstrap_cached_peers():
-            d = self.bootstrap()
-        elif not ipaddress.ip_address(config.listen_host).is_loopback:
+            return self.bootstrap()
+        if config.enable_service_discovery and not ipaddress.ip_address(config.listen_host).is_loopback:
             # no contacts: bootstrap off the LAN if anyone answers there
             d = svc.has_peers_on_lan()
             d.addCallback(lambda found: self.bootstrap() if found else None)
-        else:
-            return
-        d.addErrback(lambda f: self.log.warn("bootstrap at start failed: {reason}", reason=f.getErrorMessage()))
+            return d
+        return None
 
     def bootstrap(self, blacklist: Any = (), role: Optional[str] = None) -> Deferred:
         """
@@ -327,6 +334,8 @@ class Node(MultiService):
         self.config = config
         if self.service is not None:
             self.service.apply_config(config)
+        if self.keeper is not None:
+            self.keeper.max_delay = config.bootstrap_retry_max
 
     def _announce(self, info: PubConnectionInfo) -> None:
         svc = self.service
@@ -362,6 +371,8 @@ class Node(MultiService):
         if self._start_bootstrap is not None and self._start_bootstrap.active():
             self._start_bootstrap.cancel()
         self._start_bootstrap = None
+        if self.keeper is not None:
+            self.keeper.stop()
         d = succeed(None)
         if self.running:
             d = MultiService.stopService(self)
@@ -465,6 +476,7 @@ class Node(MultiService):
                                     if svc.bootstrapped_to else None),
                 "accept_bootstrap": svc.config.accept_bootstrap,
                 "bootstrap_cache_size": len(svc.bootstrap_cached_peers()),
+                "rebootstrap": self.keeper.status() if self.keeper is not None else None,
                 "relay": svc.relay.stats(),
                 "data_dir": str(self.data_dir.path),
                 "config_file": (

@@ -754,11 +754,11 @@ class PunchNodeCliTests(LabTestCase):
             self.assertIsNotNone(info, "crust info failed on {}".format(name))
             infos[name] = info
             if seconds is None:
-                refusals = [line for line in proc.lines if "bootstrap at start failed" in line]
+                refusals = [line for line in proc.lines if "bootstrap failed" in line]
                 problems.append("{}{} behind a {} NAT did not bootstrap within {} s of start (the ready node "
                                 "should join as a client when the seed's reachability test fails): {}".format(
                                     ISSUE, name, host.nat.kind, BOOTSTRAP_BOUND,
-                                    refusals[-1].split("bootstrap at start failed: ", 1)[-1][:300] if refusals
+                                    refusals[-1].split("bootstrap failed: ", 1)[-1][:300] if refusals
                                     else "no refusal logged"))
                 # so that the rest can still be checked: as a client, the way the ready node would
                 client = self.crust(host, data_dir, "bootstrap", "--role", "client", timeout=30)

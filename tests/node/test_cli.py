@@ -153,6 +153,18 @@ class ScriptedTests(SynchronousTestCase):
                       "300.0 s; 1 permission(s), 1 channel(s))", out)
         self.assertIn("TURN relay:       udp:192.0.2.2:3478: retrying (401 Unauthorized)", out)
 
+    def test_info_rebootstrap(self) -> None:
+        info: dict[str, Any] = {"peer_id": PEER, "rebootstrap": {"state": "waiting", "failures": 3,
+                                                                 "next_attempt_in": 7.5}}
+        self.answers["info"] = lambda r: [ok(r, info)]
+        self.assertIn("bootstrapped to:  (not bootstrapped); bootstrapping again in 7.5 s (3 failed attempt(s))\n",
+                      self.run_cli("info")[1])
+        info["rebootstrap"] = {"state": "bootstrapping", "failures": 3, "next_attempt_in": None}
+        self.assertIn("(not bootstrapped); bootstrapping again (3 failed attempt(s))\n", self.run_cli("info")[1])
+        for status in ({"state": "held", "failures": 0, "next_attempt_in": None}, None, "garbage"):
+            info["rebootstrap"] = status
+            self.assertIn("bootstrapped to:  (not bootstrapped)\n", self.run_cli("info")[1])
+
     def test_connection_info_is_one_json_line(self) -> None:
         info = {"crust": 1, "id": PEER, "addrs": ["tcp:127.0.0.1:5"]}
         self.answers["connection-info"] = lambda r: [ok(r, {"connection_info": info})]

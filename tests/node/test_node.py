@@ -475,6 +475,82 @@ class NodeBootstrapTests(TestCase):
         yield succeed_later()
 
 
+class NodeRebootstrapTests(TestCase):
+    """The ready node bootstraps again while it has no peer (L{crust.bootstrap.keeper})."""
+
+    timeout = 60
+
+    def start_node(self, name: str, root: Path, cleanup: bool = True, **overrides) -> Node:
+        overrides.setdefault("listen_host", "127.0.0.1")
+        overrides.setdefault("network_name", "test-rebootstrap")
+        overrides.update(enable_service_discovery=False, enable_port_mapping=False)
+        node = Node(root / name, reactor=reactor, overrides=overrides, control=None)
+        node.startService()
+        if cleanup:
+            self.addCleanup(node.stopService)
+        return node
+
+    def seed_contact(self, seed: Node):
+        from crust.config import HardCodedContact
+
+        address = [a for a in seed.service.listen_addresses if a.transport == "tcp"][0]
+        return HardCodedContact(seed.peer_id, address)
+
+    @inlineCallbacks
+    def test_bootstraps_once_its_seed_is_up(self):
+        from tests.util import wait_for
+
+        root = temp_dir(self)
+        seed = self.start_node("seed", root, cleanup=False)
+        contact = self.seed_contact(seed)
+        yield seed.stopService()
+        node = self.start_node("node", root, hard_coded_contacts=(contact,), bootstrap_retry_max=1.0)
+        yield wait_for(lambda: node.keeper.failures >= 2, timeout=20)  # refused, and refused again
+        self.assertIsNone(node.service.bootstrapped_to)
+        seed = self.start_node("seed", root, listen_port=contact.address.port)
+        yield wait_for(lambda: node.service.bootstrapped_to is not None, timeout=20)
+        self.assertEqual(node.service.bootstrapped_to[0], seed.peer_id)
+        info = yield node.describe()
+        self.assertEqual(info["rebootstrap"], {"state": "held", "failures": 0, "next_attempt_in": None})
+
+    @inlineCallbacks
+    def test_bootstraps_again_after_losing_its_seed(self):
+        from crust.observer import RecordingObserver
+        from tests.util import wait_for
+
+        root = temp_dir(self)
+        seed = self.start_node("seed", root, cleanup=False)
+        contact = self.seed_contact(seed)
+        node = self.start_node("node", root, hard_coded_contacts=(contact,), bootstrap_retry_max=1.0)
+        events = RecordingObserver()
+        node.service.add_observer(events)
+        yield wait_for(lambda: seed.peer_id in node.service.connected_peers())
+        yield wait_for(lambda: node.keeper.state == "held")
+        yield seed.stopService()  # a seed restarting
+        yield wait_for(lambda: not node.service.connected_peers())
+        self.assertIn(node.keeper.state, ("waiting", "bootstrapping"))
+        seed = self.start_node("seed", root, listen_port=contact.address.port)
+        yield wait_for(lambda: seed.peer_id in node.service.connected_peers(), timeout=20)
+        yield wait_for(lambda: node.keeper.state == "held")
+        # at start, and again once the seed was back
+        self.assertEqual([args[0] for args in events.named("bootstrap_connect")], [seed.peer_id] * 2)
+
+    @inlineCallbacks
+    def test_zero_retry_maximum_bootstraps_only_at_start(self):
+        from tests.util import sleep, wait_for
+
+        root = temp_dir(self)
+        seed = self.start_node("seed", root, cleanup=False)
+        contact = self.seed_contact(seed)
+        yield seed.stopService()
+        node = self.start_node("node", root, hard_coded_contacts=(contact,), bootstrap_retry_max=0.0)
+        yield wait_for(lambda: node.keeper.failures == 1)
+        self.start_node("seed", root, listen_port=contact.address.port)
+        yield sleep(3.0)
+        self.assertIsNone(node.service.bootstrapped_to)
+        self.assertEqual((node.keeper.state, node.keeper.failures), ("idle", 1))
+
+
 def succeed_later():
     from twisted.internet.task import deferLater
 

@@ -351,9 +351,10 @@ MAX_CONFIG_DEPTH = 16
 MAX_CONFIG_CONTAINERS = 4 * MAX_LIST
 
 
-def parse_config(text: Union[str, bytes], source: str = "<config>") -> Config:
+def parse_config(text: Union[str, bytes], source: str = "<config>", defaults: Optional[Config] = None) -> Config:
     """
-    Validate config file text into a L{Config}; missing fields take defaults.
+    Validate config file text into a L{Config}; missing fields take their
+    values from C{defaults} (L{Config}'s own when None).
 
     @raise ConfigFileError: naming the field (dotted path) and the value.
     """
@@ -373,10 +374,10 @@ def parse_config(text: Union[str, bytes], source: str = "<config>") -> Config:
             where = f" (line {e.line}, column {e.column})" if e.line is not None else ""
             raise ConfigFileError(source, e.key, f"appears twice in one object{where}", show_value=False) from None
         raise ConfigFileError(source, None, e.reason, show_value=False) from None
-    return config_from_dict(body, source)
+    return config_from_dict(body, source, defaults)
 
 
-def config_from_dict(body: Any, source: str = "<config>") -> Config:
+def config_from_dict(body: Any, source: str = "<config>", defaults: Optional[Config] = None) -> Config:
     """Validate a decoded JSON document into a L{Config} (see L{parse_config})."""
     if not isinstance(body, dict):
         raise ConfigFileError(source, None, f"the top level must be a JSON object, not {_type_name(body)}",
@@ -390,7 +391,8 @@ def config_from_dict(body: Any, source: str = "<config>") -> Config:
             raise ConfigFileError(source, key, "unknown field" + _suggest(key, _FIELDS), value)
         values[key] = check(value, key, source)
 
-    defaults = Config()
+    if defaults is None:
+        defaults = Config()
     merged = {f.name: values.get(f.name, getattr(defaults, f.name)) for f in dataclasses.fields(Config)}
     if "service_discovery_listener_port" in values and values["service_discovery_listener_port"] is None:
         merged["service_discovery_listener_port"] = merged["service_discovery_port"]
@@ -516,7 +518,8 @@ def load_config(path: Union[str, os.PathLike[str]], create: bool = True,
 
     A missing file is created with C{defaults} (L{Config}'s own when None;
     the ready node passes its own) when C{create}, and those are returned.
-    An existing file is never written.
+    Fields an existing file leaves out take their values from C{defaults}
+    too.  An existing file is never written.
 
     @raise ConfigFileError: the file is unreadable or invalid; the message
         names the file, the field and the value.
@@ -536,7 +539,7 @@ def load_config(path: Union[str, os.PathLike[str]], create: bool = True,
             log.info("created config file {path} with the defaults (see doc/config.md)", path=str(p))
             return defaults if defaults is not None else Config()
         data = read_config_bytes(p)  # someone else created it meanwhile
-    return parse_config(data, str(p))
+    return parse_config(data, str(p), defaults)
 
 
 def load_or_create_config(data_dir: Union[str, os.PathLike[str]]) -> Config:
@@ -558,11 +561,14 @@ class ConfigWatcher(service.Service):
     and value) and the current config is kept.
 
     @ivar current: the config in force.
+    @ivar defaults: what fields the file leaves out take (L{Config}'s own when None).
     """
 
     def __init__(self, path: Union[str, os.PathLike[str]], callback: Callable[[Config], Any],
-                 current: Optional[Config] = None, interval: float = 2.0, clock: Any = None) -> None:
+                 current: Optional[Config] = None, interval: float = 2.0, clock: Any = None,
+                 defaults: Optional[Config] = None) -> None:
         clock = maybe_global_reactor(clock)
+        self.defaults = defaults
         self.path = Path(path)
         self.callback = callback
         self.current = current
@@ -628,7 +634,7 @@ class ConfigWatcher(service.Service):
         if digest == self._digest and not forced:
             return
         try:
-            config = parse_config(data, str(self.path))
+            config = parse_config(data, str(self.path), self.defaults)
         except ConfigFileError as e:
             if forced or digest != self._rejected:
                 log.error("invalid config file, keeping the current configuration: {error}",

@@ -313,7 +313,8 @@ class Node(MultiService):
         from crust.node.config_file import ConfigWatcher
 
         path = self.config_file or self.data_dir.config_path
-        self._watcher = ConfigWatcher(path, self._config_changed, current=self._file_config, clock=self.reactor)
+        self._watcher = ConfigWatcher(path, self._config_changed, current=self._file_config, clock=self.reactor,
+                                      defaults=NODE_DEFAULTS)
         self._watcher.setServiceParent(self)
         try:
             self._previous_sighup = signal.signal(

@@ -673,8 +673,8 @@ TWISTD = [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; from twiste
 CLI = [sys.executable, "-m", "crust.node.cli"]
 
 
-class PunchNodeCliTests(LabTestCase):
-    """Two ready nodes behind a port-restricted and a symmetric NAT, by the crust command."""
+class ReadyNodes(LabTestCase):
+    """Ready nodes (twistd crust node) in the lab, driven by the crust command: what the tests below share."""
 
     timeout = 180
 
@@ -721,6 +721,10 @@ class PunchNodeCliTests(LabTestCase):
                     found[name] = (info, None)
             time.sleep(0.1)
         return found
+
+
+class PunchNodeCliTests(ReadyNodes):
+    """Two ready nodes behind a port-restricted and a symmetric NAT, by the crust command."""
 
     def test_connect_by_peer_id_and_send(self):
         lab = self.make_lab()
@@ -805,3 +809,73 @@ class PunchNodeCliTests(LabTestCase):
         event = json.loads(line)
         self.assertEqual((event["peer_id"], event["text"]), (ann_id, "hello through two NATs"))
         self.assertEqual(watch.wait(15), 0, watch.output)
+
+
+class SeedRestartTests(ReadyNodes):
+    """Ready nodes behind NATs started before their seed, then through a restart of the seed."""
+
+    def start_seed(self, host, data_dir):
+        proc = host.spawn(TWISTD + ["-n", "--pidfile=", "crust", "node", "--data-dir", data_dir,
+                                    "--no-port-mapping"], name="node-seed")
+        self.addCleanup(proc.stop)
+        proc.wait_for_line(r"connection info \(give it", timeout=30)
+        return proc
+
+    def wait_peers(self, nodes, want, bound):
+        """Seconds until every node's ``crust info`` shows *want* (a predicate of the info); fail after *bound*."""
+        start = time.monotonic()
+        pending = dict(nodes)
+        while pending:
+            for name, (host, data_dir) in list(pending.items()):
+                info = self.info(host, data_dir)
+                if info is not None and want(info):
+                    del pending[name]
+            if time.monotonic() - start > bound:
+                for name in pending:
+                    print("--- {}'s log:\n{}".format(name, self.procs[name].output[-5000:]))
+                self.fail("not within {} s: {}".format(bound, {name: self.info(host, data_dir)
+                                                            for name, (host, data_dir) in pending.items()}))
+            time.sleep(0.1)
+        return time.monotonic() - start
+
+    def test_nodes_wait_for_their_seed_and_come_back_after_its_restart(self):
+        lab = self.make_lab()
+        seed_host = lab.public_host("seed")
+        ann_host = lab.nat("nat-ann", "port-restricted").host("ann")
+        bob_host = lab.nat("nat-bob", "symmetric").host("bob")
+        seed_dir = os.path.join(self.root, "seed")
+        os.makedirs(seed_dir, mode=0o700)
+        with open(os.path.join(seed_dir, "config.json"), "w") as f:
+            json.dump({"listen_port": 5483, "udp_listen_port": 5483, "enable_port_mapping": False}, f)
+
+        # the seed's identity and address, then the seed goes away before anyone starts
+        seed = self.start_seed(seed_host, seed_dir)
+        seed_info = self.info(seed_host, seed_dir)
+        seed.stop()
+        config = {"hard_coded_contacts": [{"peer_id": seed_info["peer_id"], "address": "tcp:{}:5483".format(
+            seed_host.ip)}], "enable_port_mapping": False}
+        nodes, self.procs = {}, {}
+        for name, host in (("ann", ann_host), ("bob", bob_host)):
+            proc, data_dir = self.node(host, name, config)
+            proc.wait_for_line(r"connection info \(give it", timeout=30)
+            nodes[name] = (host, data_dir)
+            self.procs[name] = proc
+        seconds = self.wait_peers(nodes, lambda info: (info.get("rebootstrap") or {}).get("failures", 0) >= 1, 20)
+        print("\nno seed: both nodes failed a bootstrap within {:.1f} s and wait to try again".format(seconds))
+
+        seed = self.start_seed(seed_host, seed_dir)
+        up = self.wait_peers(nodes, lambda info: info.get("peers", 0) >= 1 and info.get("bootstrapped_to"), 20)
+        print("seed up: both bootstrapped {:.1f} s later".format(up))
+
+        seed.stop()  # a restart: the nodes lose their only peer
+        self.wait_peers(nodes, lambda info: info.get("peers") == 0, 15)
+        seed = self.start_seed(seed_host, seed_dir)
+        again = self.wait_peers(nodes, lambda info: info.get("peers", 0) >= 1
+                                and (info.get("rebootstrap") or {}).get("state") == "held", 20)
+        print("seed restarted: both back {:.1f} s later".format(again))
+
+        # and the seed serves as their rendezvous again: connect by peer id through it
+        bob_id = self.info(bob_host, nodes["bob"][1])["peer_id"]
+        connected = self.crust(ann_host, nodes["ann"][1], "connect", bob_id, timeout=45)
+        self.assertEqual((connected.returncode, connected.stdout.strip()), (0, bob_id), connected.stderr[-1500:])
+        print("ann -> bob by peer id after the restart: {}".format(connected.stdout.strip()))

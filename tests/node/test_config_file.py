@@ -92,6 +92,15 @@ class DefaultFileTests(unittest.TestCase):
         self.assertEqual(parse_config("{}"), Config())
         self.assertEqual(parse_config('{"_comment": "seed nodes below", "listen_port": 4000}').listen_port, 4000)
 
+    def test_missing_fields_take_the_given_defaults(self) -> None:
+        defaults = Config(accept_bootstrap=True, serve_relay=True)
+        config = parse_config('{"listen_port": 4000, "serve_relay": false}', defaults=defaults)
+        self.assertEqual((config.listen_port, config.accept_bootstrap, config.serve_relay), (4000, True, False))
+        path = Path(self.mktemp())
+        path.write_text('{"listen_port": 4000}')
+        self.assertTrue(load_config(path, defaults=defaults).accept_bootstrap)
+        self.assertFalse(load_config(path).accept_bootstrap)  # the library's own
+
     def test_listener_port_null_follows_discovery_port(self) -> None:
         c = parse_config('{"service_discovery_port": 6000, "service_discovery_listener_port": null}')
         self.assertEqual((c.service_discovery_port, c.service_discovery_listener_port), (6000, 6000))
@@ -280,6 +289,17 @@ class WatcherTests(unittest.TestCase):
         self.assertEqual(self.watcher.current.listen_port, 4001)
         self.clock.advance(10)
         self.assertEqual(len(self.seen), 1)  # no repeat without a change
+
+    def test_reload_takes_the_same_defaults(self) -> None:
+        defaults = Config(serve_rendezvous=True)
+        watcher = ConfigWatcher(self.path, self.seen.append, current=load_config(self.path, defaults=defaults),
+                                interval=2.0, clock=self.clock, defaults=defaults)
+        watcher.startService()
+        self.addCleanup(watcher.stopService)
+        self.write({"listen_port": 4001})
+        self.clock.advance(2)
+        mine = [c for c in self.seen if c.serve_rendezvous]
+        self.assertEqual([c.listen_port for c in mine], [4001])
 
     def test_invalid_edit_keeps_old_config_and_logs_once(self) -> None:
         self.write('{"listen_port": 4000, "bootstrap_cache": {"max_size": -5}}')

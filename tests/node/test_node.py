@@ -305,6 +305,9 @@ class RunningNodeTests(TestCase):
         node.startService()
         self.addCleanup(node.stopService)
         self.assertEqual((node.config.network_name, node.config.connect_timeout), ("from-file", 7.0))
+        # what the file leaves out takes the ready node's defaults, not the library's
+        self.assertEqual((node.config.accept_bootstrap, node.config.serve_rendezvous, node.config.serve_relay),
+                         (True, True, True))
 
     @inlineCallbacks
     def test_describe(self):

@@ -451,7 +451,7 @@ def cmd_connect(ctx: Context) -> int:
     raw = ctx.args.info
     data = _read_argument("@-" if raw == "-" else raw, "connection info")
     try:
-        text = data.decode("utf-8").strip()
+        text = data.decode("utf-8").strip().lstrip("\ufeff")
     except UnicodeDecodeError:
         raise CliError("the connection info is not UTF-8 text", EXIT_USAGE, "bad-request") from None
     if not text:
@@ -462,6 +462,9 @@ def cmd_connect(ctx: Context) -> int:
     # the node gives up after `timeout`; we wait a little longer for its answer
     if _PEER_ID.match(text):
         result = ctx.call("connect", timeout + 5, peer_id=text.lower(), timeout=timeout)
+    elif not text.startswith("{"):
+        raise CliError(f"{_safe(text[:80])!r} is neither a peer id (52 base32 characters) nor connection info "
+                       "(a JSON object: crust connection-info on the peer prints it)", EXIT_USAGE, "bad-request")
     else:
         result = ctx.call("connect", timeout + 5, info=text, timeout=timeout)
     ctx.emit(result, result["peer_id"])  # the peer id alone on stdout: scripts read it

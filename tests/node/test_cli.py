@@ -208,6 +208,13 @@ class ScriptedTests(SynchronousTestCase):
         self.assertEqual((status, out, err), (0, PEER + "\n", ""))
         self.assertEqual(self.node.requests[-1], {"id": 1, "cmd": "connect", "info": info, "timeout": 3.0})
 
+    def test_connect_to_neither_a_peer_id_nor_info(self) -> None:
+        for text in ("zzzz", PEER[:-1], PEER + "a", "tcp:127.0.0.1:5483"):
+            status, out, err = self.run_cli("connect", text)
+            self.assertEqual((status, out), (2, ""))
+            self.assertIn("is neither a peer id (52 base32 characters) nor connection info", err)
+        self.assertEqual(self.node.requests, [])  # refused before asking the node
+
     def test_connect_says_which_path(self) -> None:
         relayed = {"peer_id": PEER, "address": None,
                    "path": {"kind": "relayed", "strategy": "relay", "elapsed": 2.5, "via": OTHER}}
@@ -237,7 +244,7 @@ class ScriptedTests(SynchronousTestCase):
 
     def test_bad_request_is_a_usage_error(self) -> None:
         self.answers["connect"] = lambda r: [error(r, "bad-request", "bad connection info: not JSON")]
-        status, _, err = self.run_cli("connect", "nonsense")
+        status, _, err = self.run_cli("connect", "{nonsense")
         self.assertEqual(status, 2)
         self.assertIn("bad connection info", err)
 

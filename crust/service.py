@@ -139,7 +139,7 @@ class Service(MultiService):
         self.listeners = Listeners(
             peer_id=self.peer_id, config=lambda: self.config, dialer=self.dialer, tcp=self.tcp,
             udp_endpoint=self.udp_endpoint, quic=self.quic, echo_socket=self.echo_socket,
-            addresses=self.addresses, emit=self.observers.emit,
+            addresses=self.addresses, emit=self.observers.emit, clock=self.clock,
             running=lambda: self.running_for_peers, listening=self._listening)
         self.reflexive = ReflexiveDiscovery(
             self.clock, self.addresses, self.udp_stack.echo if self.udp_stack is not None else None,
@@ -240,10 +240,6 @@ class Service(MultiService):
         """
         return self.listeners.start()
 
-    @property
-    def _ports(self) -> list[Any]:
-        return self.listeners.ports
-
     def _listening(self, tcp_port: Optional[int], udp_port: Optional[int]) -> None:
         self._start_port_mapping(tcp_port, udp_port)
         if self.turn is not None:
@@ -286,6 +282,7 @@ class Service(MultiService):
         return config.listen_port if config.force_acceptor_port_in_ext_ep and config.listen_port else None
 
     def _public_info(self) -> PubConnectionInfo:
+        self.listeners.refresh()  # the host may have moved to another network since we began listening
         candidates = self.addresses.candidates(self._forced_tcp_port())
         return PubConnectionInfo(self.peer_id, tuple(c.address for c in candidates), candidates=tuple(candidates),
                                  nat=self.addresses.nat)

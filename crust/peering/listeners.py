@@ -10,6 +10,7 @@ observers hear of each listener that starts or fails.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -36,15 +37,19 @@ class Listeners:
         bound while the node accepts bootstrap requests.
     @param running: returns whether the node accepts connections.
     @param listening: called with (TCP port, UDP port) once listening (port mapping starts there).
+    @param clock: paces L{refresh}.
     @ivar ports: the listening TCP ports.
     """
 
     log = Logger()
+    #: the least time between two looks at the host's interfaces (L{refresh})
+    refresh_interval = 2.0
 
     def __init__(self, *, peer_id: PeerId, config: Callable[[], Config], dialer: Dialer, tcp: TcpTransport,
                  udp_endpoint: Any, quic: Any, addresses: OurAddresses, emit: Callable[..., None],
                  echo_socket: Any = None,
-                 running: Callable[[], bool], listening: Callable[[Optional[int], Optional[int]], None]) -> None:
+                 running: Callable[[], bool], listening: Callable[[Optional[int], Optional[int]], None],
+                 clock: Any = None) -> None:
         self._peer_id = peer_id
         self._config = config
         self._dialer = dialer
@@ -58,6 +63,8 @@ class Listeners:
         self._listening = listening
         self._started: Optional[OneShot] = None
         self.ports: list[Any] = []
+        self._clock = clock
+        self._next_refresh = float("-inf")
 
     def start(self) -> Deferred:
         """Start listening (once per run); fires with our listening addresses."""
@@ -68,6 +75,35 @@ class Listeners:
             d.addCallback(self._done)
             d.addBoth(self._started.fire)
         return self._started.wait()
+
+    def refresh(self) -> bool:
+        """
+        Look at the host's interfaces again (at most every L{refresh_interval}
+        seconds, and only for listeners bound to every interface): the host
+        may have moved to another network, or a VPN come up, since we began
+        listening.  Returns whether our listening addresses changed.
+        """
+        if self._clock is not None:
+            now = self._clock.seconds()
+            if now < self._next_refresh:
+                return False
+            self._next_refresh = now + self.refresh_interval
+        current = self._addresses.listen
+        host = self._config().listen_host
+        if not current or not ipaddress.ip_address(host).is_unspecified:
+            return False
+        ports: dict[str, int] = {}
+        for address in current:
+            ports.setdefault(address.transport, address.port)
+        hosts = addresses_for_listener(host)
+        fresh = [Address(transport, h, port) for transport, port in ports.items() for h in hosts]
+        if set(fresh) == set(current):
+            return False
+        gone = sorted({a.host for a in current} - set(hosts))
+        self.log.info("this host's addresses changed: now {addresses}{gone}", addresses=" ".join(hosts),
+                      gone=f" ({' '.join(gone)} gone)" if gone else "")
+        self._addresses.listen = fresh
+        return True
 
     def local_ports(self) -> tuple[Optional[int], Optional[int]]:
         """Our (TCP listening port, UDP port), each None when not listening."""
@@ -101,6 +137,8 @@ class Listeners:
         driver.attach(factory.buildProtocol(driver.peer_address()))
 
     def _done(self, _: Any) -> list[Address]:
+        if self._clock is not None:
+            self._next_refresh = self._clock.seconds() + self.refresh_interval
         addresses = list(self._addresses.listen)
         tcp = [a for a in addresses if a.transport == "tcp"]
         udp_port = None

@@ -137,7 +137,7 @@ class BootstrapTests(TestCase):
         node = make_service(self, hard_coded_contacts=(contact(seed),))
         yield node.start_listening()
         claimed = list(node.listen_addresses)
-        for port in node._ports:
+        for port in node.listeners.ports:
             yield port.stopListening()
         yield node.udp_endpoint.stop()
         node.listen_addresses = claimed  # it still claims the listeners it closed
@@ -154,7 +154,7 @@ class BootstrapTests(TestCase):
         node = make_service(self, hard_coded_contacts=(contact(seed),))
         yield node.start_listening()
         claimed = list(node.listen_addresses)
-        for port in node._ports:
+        for port in node.listeners.ports:
             yield port.stopListening()
         yield node.udp_endpoint.stop()
         node.listen_addresses = claimed  # it still claims the listeners it closed
@@ -182,7 +182,7 @@ class BootstrapTests(TestCase):
         seed = yield self.seed(external_reachability_test=False)
         node = make_service(self, hard_coded_contacts=(contact(seed),))
         yield node.start_listening()
-        for port in node._ports:
+        for port in node.listeners.ports:
             yield port.stopListening()
         peer = yield node.bootstrap(role=Role.NODE)
         self.assertEqual(peer, seed.peer_id)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.internet.defer import CancelledError, DeferredList
+from twisted.internet.defer import CancelledError, DeferredList, TimeoutError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -109,7 +109,10 @@ class BootstrapResponder:
                 conn.admission_result(True)
 
         def missed(f: Failure, address: Address) -> None:
-            outcomes[address] = "timed out" if f.check(CancelledError) else str(f.value)
+            if f.check(CancelledError, TimeoutError):
+                outcomes[address] = f"no answer within {REACHABILITY_TIMEOUT:g} s"
+            else:
+                outcomes[address] = f.getErrorMessage() or type(f.value).__name__
 
         for address in targets:
             d = self._dialer.probe(address, expected_peer=peer_id)

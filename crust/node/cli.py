@@ -46,7 +46,7 @@ START_HINT = "is the node running? start it with: twistd -n crust node"
 
 _PEER_ID = re.compile(r"^[a-z2-7]{52}$", re.IGNORECASE)
 # error codes of the control protocol that mean "the arguments were wrong"
-_USAGE_CODES = ("bad-request",)
+_USAGE_CODES = ("bad-request", "too-large")
 
 
 class CliError(Exception):
@@ -121,8 +121,20 @@ class NodeClient:
         try:
             self._sock.sendall(line)
         except OSError as e:
+            said = self._last_words()
+            if said is not None and said.get("ok") is False:  # it refused the request (too large) and hung up
+                code = str(said.get("code") or "failed")
+                raise CliError(str(said.get("error") or "the node refused the request"),
+                               EXIT_USAGE if code in _USAGE_CODES else EXIT_FAILED, code) from None
             raise NodeUnreachable(f"lost the connection to the node: {e.strerror or e}") from None
         return rid
+
+    def _last_words(self) -> Optional[dict[str, Any]]:
+        """The line the node sent before it closed the connection on us, if any."""
+        try:
+            return self.read(1.0)
+        except (CliError, OSError):  # socket.timeout is an OSError
+            return None
 
     def read(self, timeout: Any = "default") -> dict[str, Any]:
         """The next line from the node, decoded."""

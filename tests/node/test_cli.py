@@ -100,6 +100,29 @@ class HostileLineTests(SynchronousTestCase):
             e = self.assertRaises(CliError, only_refused, self, client.read)
             self.assertIn("the node sent", str(e))
 
+    def test_a_request_the_node_refused_as_too_large_and_hung_up_on(self) -> None:
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        refusal = error({"id": None}, "too-large", "request line over 10 bytes (a message is at most 5 bytes: "
+                                                   "max_message_size); closing the connection")
+        theirs.sendall(json.dumps(refusal).encode() + b"\n")
+        theirs.close()
+        client = cli.NodeClient("unused", timeout=5)
+        client._sock = ours
+        e = self.assertRaises(cli.CliError, client.send, "send", data="x" * (1 << 20))
+        self.assertNotIsInstance(e, cli.NodeUnreachable)  # it said why: not "Broken pipe"
+        self.assertEqual((e.status, e.code), (cli.EXIT_USAGE, "too-large"))
+        self.assertIn("max_message_size", e.message)
+
+    def test_hung_up_on_without_a_word(self) -> None:
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        theirs.close()
+        client = cli.NodeClient("unused", timeout=5)
+        client._sock = ours
+        e = self.assertRaises(cli.NodeUnreachable, client.send, "send", data="x" * (1 << 20))
+        self.assertIn("lost the connection to the node", e.message)
+
     def test_a_good_line(self) -> None:
         self.assertEqual(self.client_reading(b'{"id": 1, "ok": true}\n').read(), {"id": 1, "ok": True})
 

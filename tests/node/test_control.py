@@ -27,6 +27,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from crust.address import Address
+from crust.config import Config
 from crust.connection_info import PubConnectionInfo
 from crust.node.control import (
     DEFAULT_MAX_REQUEST,
@@ -418,8 +419,15 @@ class ProtocolTests(SynchronousTestCase):
         self.proto.dataReceived(b'{"id":1,"cmd":"ping","pad":"' + b"x" * 5000 + b'"}\n')
         [response] = self.lines()
         self.assertError(response, "too-large", "4096")
+        self.assertNotIn("max_message_size", response["error"])  # this node has no config to name
         self.assertTrue(self.transport.disconnecting)
         self.proto.dataReceived(b'{"id":2,"cmd":"ping"}\n')  # ignored once closing
+
+    def test_oversize_line_names_the_message_limit(self) -> None:
+        self.node.config = Config(max_message_size=1000, max_queued_bytes=10000)  # type: ignore[attr-defined]
+        self.proto.dataReceived(b'{"id":1,"cmd":"send","data":"' + b"x" * 5000 + b'"}\n')
+        [response] = self.lines()
+        self.assertError(response, "too-large", "4096", "a message is at most 1000 bytes: max_message_size")
         self.assertEqual(self.transport.value(), b"")
 
     def test_oversize_without_newline(self) -> None:

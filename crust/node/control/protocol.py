@@ -623,7 +623,11 @@ class ControlProtocol(Protocol):
     def _oversize(self) -> None:
         limit = self.factory.max_request
         self.log.warn("control request over {limit} bytes; closing that control connection", limit=limit)
-        self._send_error(None, TOO_LARGE, f"request line over {limit} bytes; closing the connection")
+        config = getattr(getattr(self.factory, "node", None), "config", None)
+        hint = ""
+        if config is not None:  # what makes a request this long: a message to send
+            hint = f" (a message is at most {config.max_message_size} bytes: max_message_size)"
+        self._send_error(None, TOO_LARGE, f"request line over {limit} bytes{hint}; closing the connection")
         self._buffer = bytearray()
         self._close()
 

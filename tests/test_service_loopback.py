@@ -326,6 +326,25 @@ class ReconnectAndForgetTests(TestCase):
             yield wait_for(lambda: b.peer_id not in a.peers.active and a.peer_id not in b.peers.active)
 
     @defer.inlineCallbacks
+    def test_connect_by_peer_id_after_disconnect_finds_the_peer_where_it_was(self):
+        a = make_service(self)
+        b = make_service(self)
+        ib = yield b.prepare_connection_info()
+        yield a.connect(ib.public)
+        a.disconnect(b.peer_id)
+        yield wait_for(lambda: b.peer_id not in a.peers.active and a.peer_id not in b.peers.active)
+        # no common peer to ask: only the addresses remembered from the info we were given
+        peer = yield a.connect(b.peer_id)
+        self.assertEqual(peer, b.peer_id)
+        a.send(b.peer_id, b"found again", 0)
+        yield wait_for(lambda: (a.peer_id, b"found again") in b.events.named("new_message"))
+        # the other way round, from what a's HELLO said of its listeners (b was never given a's info)
+        b.disconnect(a.peer_id)
+        yield wait_for(lambda: b.peer_id not in a.peers.active and a.peer_id not in b.peers.active)
+        peer = yield b.connect(a.peer_id)
+        self.assertEqual(peer, a.peer_id)
+
+    @defer.inlineCallbacks
     def test_what_a_peer_said_is_forgotten_when_it_is_gone(self):
         a = make_service(self, enable_udp=False)
         ia = yield a.prepare_connection_info()

@@ -8,12 +8,20 @@ success, and an incoming candidate that ends may leave an attempt with
 nothing left to wait for.  An attempt that a relayed connection ended, with
 tries still running that could make a direct one, is kept until they end,
 a direct connection is active, or the peer is gone (then they stop).
+
+It also remembers where the peers it was connected to can be reached (the
+connection info we were given for them, else the listeners their HELLO
+claimed): C{connect(peer_id)} with no addresses dials those beside the
+other ways (through a common peer), so a peer we were disconnected from is
+found again where it was.  At most L{REMEMBERED_PEERS} peers, the least
+recently connected forgotten first.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -24,6 +32,9 @@ from crust.peering.handover import rank
 from crust.session.connection import PathInfo
 from crust.connection_info import PubConnectionInfo
 from crust.identity import PeerId
+
+#: how many peers' addresses the connector remembers for C{connect(peer_id)}
+REMEMBERED_PEERS = 256
 
 if TYPE_CHECKING:
     from crust.session.connection import PeerConnection
@@ -48,6 +59,8 @@ class Connector:
         self.attempts: dict[PeerId, ConnectAttempt] = {}
         self._watchers: list[Callable[[ConnectAttempt, float], object]] = []
         self._running_on: dict[PeerId, ConnectAttempt] = {}  # done, relayed, with tries running on
+        self.remembered: OrderedDict[PeerId, PubConnectionInfo] = OrderedDict()  # most recent last
+        self._given: set[PeerId] = set()  # whose remembered info a user gave (kept over what a HELLO says)
         table.listen(self)
 
     def watch(self, watcher: Callable[[ConnectAttempt, float], object]) -> None:
@@ -60,6 +73,10 @@ class Connector:
         attempt = self.attempts.get(peer_id)
         if attempt is not None:
             return attempt.wait()
+        if info.addresses:
+            self._remember(info, given=True)
+        else:
+            info = self.remembered.get(peer_id, info)  # where we last knew it to be, beside the rendezvous
         attempt = ConnectAttempt(peer_id, self._dialer.plan(info), self._clock, self._config().connect_timeout,
                                  self._table.has_candidates, self._attempt_done)
         self.attempts[peer_id] = attempt
@@ -88,9 +105,40 @@ class Connector:
             self.log.warn("connect to {peer} failed: {reason}", peer=str(attempt.peer_id), reason=str(attempt.error))
             self._emit("connect_failure", attempt.peer_id, attempt.error)
 
+    def _remember(self, info: PubConnectionInfo, given: bool) -> None:
+        """
+        Remember C{info}; a HELLO's claim does not replace info a user gave
+        that lists every listener it claims (that info says more: reflexive
+        addresses, the NAT), but does replace it when the peer moved.
+        """
+        peer_id = info.peer_id
+        known = self.remembered.get(peer_id)
+        if given:
+            self._given.add(peer_id)
+            self.remembered[peer_id] = info
+        elif known is None or peer_id not in self._given or not set(info.addresses) <= set(known.addresses):
+            self._given.discard(peer_id)
+            self.remembered[peer_id] = info
+        self.remembered.move_to_end(peer_id)
+        while len(self.remembered) > REMEMBERED_PEERS:
+            forgotten, _ = self.remembered.popitem(last=False)
+            self._given.discard(forgotten)
+
+    def _claimed(self, conn: "PeerConnection", peer_id: PeerId) -> Optional[PubConnectionInfo]:
+        """What the peer's HELLO says of where it listens (loopback only if it came over loopback)."""
+        hello = conn.handshake.peer_hello
+        if hello is None or not hello.listeners:
+            return None
+        local = conn.peer_address is not None and conn.peer_address.is_loopback
+        addresses = tuple(a for a in hello.listeners if local or not a.is_loopback)
+        return PubConnectionInfo(peer_id, addresses) if addresses else None
+
     # -- PeerListener ------------------------------------------------------------------
 
     def peer_promoted(self, conn: "PeerConnection", peer_id: PeerId) -> None:
+        claimed = self._claimed(conn, peer_id)
+        if claimed is not None:
+            self._remember(claimed, given=False)
         if rank(conn) > 0 and peer_id in self._running_on:
             self._running_on.pop(peer_id).abandon()  # a direct path won: the other tries are not needed
         attempt = self.attempts.get(peer_id)

@@ -1,10 +1,13 @@
 """ConnectAttempt: racing a peer's addresses, TCP first (Happy Eyeballs)."""
 
+from types import SimpleNamespace
+
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from crust.address import Address
+from crust.connection_info import PubConnectionInfo
 from crust.peering.attempt import ConnectAttempt, Leg
 from crust.errors import ConnectFailed
 from crust.identity import PeerId
@@ -116,6 +119,8 @@ class FakeConn:
         self.is_active = False
         self.initiator = True
         self.closed = 0
+        self.handshake = SimpleNamespace(peer_hello=None)  # no HELLO to remember listeners from
+        self.peer_address = None
 
     def close_duplicate(self):
         self.closed += 1
@@ -245,3 +250,70 @@ class ConnectorRunningOnTests(SynchronousTestCase):
     def test_stopping_stops_the_tries(self):
         self.connector.stop("stopping")
         self.assertTrue(self.dial.dials[UDP].called)
+
+
+class RememberedPeerTests(SynchronousTestCase):
+    """Where the connector last knew each peer to be, for C{connect(peer_id)}: its rules and its cap."""
+
+    def setUp(self):
+        from crust.config import Config
+        from crust.peering.connector import Connector
+
+        self.planned = []
+        dialer = type("FakeDialer", (), {"plan": lambda _, info: self.planned.append(info) or []})()
+        self.connector = Connector(dialer, FakeTable(), Clock(), lambda: Config(), lambda *args: None)
+
+    def promoted(self, peer_id, listeners, came_from="tcp:203.0.113.9:40000"):
+        from crust.address import Address
+        from crust.wire import Hello
+
+        conn = FakeConn()
+        conn.peer_address = Address.parse(came_from)
+        conn.handshake = SimpleNamespace(peer_hello=Hello(network="n", listeners=tuple(map(Address.parse, listeners))))
+        self.connector.peer_promoted(conn, peer_id)
+
+    def addresses(self, peer_id):
+        return [str(a) for a in self.connector.remembered[peer_id].addresses]
+
+    def connect(self, info):
+        self.failureResultOf(self.connector.connect(info), ConnectFailed)  # the fake dialer plans no leg
+
+    def test_a_hello_claim_is_remembered_without_loopback(self):
+        self.promoted(PEER, ["tcp:198.51.100.4:5483", "tcp:127.0.0.1:5483", "udp:198.51.100.4:5484"])
+        self.assertEqual(self.addresses(PEER), ["tcp:198.51.100.4:5483", "udp:198.51.100.4:5484"])
+        # a peer id alone is dialled where it was
+        self.connect(PubConnectionInfo(PEER))
+        self.assertEqual([str(a) for a in self.planned[-1].addresses],
+                         ["tcp:198.51.100.4:5483", "udp:198.51.100.4:5484"])
+
+    def test_loopback_kept_for_a_peer_on_this_host(self):
+        self.promoted(PEER, ["tcp:127.0.0.1:5483"], came_from="tcp:127.0.0.1:40000")
+        self.assertEqual(self.addresses(PEER), ["tcp:127.0.0.1:5483"])
+
+    def test_given_info_is_kept_over_a_claim_it_covers_and_replaced_when_the_peer_moved(self):
+        given = PubConnectionInfo.from_json(
+            '{"crust":1,"id":"%s","addrs":["tcp:203.0.113.5:7000","tcp:10.0.0.5:7000"]}' % PEER)
+        self.connect(given)
+        self.assertIs(self.planned[-1], given)
+        self.promoted(PEER, ["tcp:10.0.0.5:7000"])
+        self.assertEqual(self.addresses(PEER), ["tcp:203.0.113.5:7000", "tcp:10.0.0.5:7000"])  # says more
+        self.promoted(PEER, ["tcp:10.0.0.5:7100"])  # it restarted on another port
+        self.assertEqual(self.addresses(PEER), ["tcp:10.0.0.5:7100"])
+
+    def test_info_given_with_addresses_is_dialled_as_given(self):
+        self.promoted(PEER, ["tcp:198.51.100.4:5483"])
+        given = PubConnectionInfo.from_json('{"crust":1,"id":"%s","addrs":["tcp:203.0.113.5:7000"]}' % PEER)
+        self.connect(given)
+        self.assertIs(self.planned[-1], given)
+
+    def test_capped_least_recent_forgotten(self):
+        from crust.identity import Identity
+        from crust.peering import connector
+
+        self.patch(connector, "REMEMBERED_PEERS", 3)
+        peers = [Identity.generate().peer_id for _ in range(5)]
+        for i, peer_id in enumerate(peers):
+            self.promoted(peer_id, ["tcp:198.51.100.%d:5483" % (i + 1)])
+            if i == 2:
+                self.promoted(peers[0], ["tcp:198.51.100.1:5483"])  # connected again: most recent
+        self.assertEqual(list(self.connector.remembered), [peers[0], peers[3], peers[4]])

@@ -384,6 +384,16 @@ class PeerTable:
             for d in waiters:
                 d.callback(None)
 
+    def heir(self, conn: "PeerConnection") -> Optional["PeerConnection"]:
+        """The standby that takes over from the active C{conn} as it ends (see L{lost}), if there is one."""
+        peer_id = conn.peer_id
+        if peer_id is None or self.active.get(peer_id) is not conn or peer_id in self.handovers.moving:
+            return None
+        standby = self.handovers.standby.get(peer_id)
+        if standby is None or not standby.connected or standby.closing or not standby.is_active:
+            return None
+        return standby
+
     def dropped(self, conn: "PeerConnection", drops: list[Dropped], reason: str) -> None:
         peer_id = conn.peer_id
         for drop in drops:

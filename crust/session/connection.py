@@ -101,6 +101,11 @@ class ConnectionOwner(TypingProtocol):
         certificate, a timeout before HELLO): nothing else said so.
         """
     def lost(self, conn: "PeerConnection", reason: str) -> None: ...
+    def heir(self, conn: "PeerConnection") -> Optional["PeerConnection"]:
+        """
+        The connection that takes over the messages C{conn} still had queued
+        as it ended (the peer's standby, when C{conn} was its active one), or None.
+        """
     def dropped(self, conn: "PeerConnection", drops: list[Dropped], reason: str) -> None: ...
     def writable(self, conn: "PeerConnection") -> None: ...
     def control_received(self, conn: "PeerConnection", ftype: int, payload: bytes) -> bool: ...
@@ -366,6 +371,10 @@ class PeerConnection(Protocol):
         if early is not None and not self._reported:
             self._reported = True
             self.owner.failed_early(self, *early)
+        if self.queues.count or self.bulk_queues.count:
+            heir = self.owner.heir(self)
+            if heir is not None:  # the connection goes on elsewhere: what was not sent yet goes there
+                heir.adopt(self.queues.take_frames_of(DATA) + self.bulk_queues.take_frames_of(DATA))
         lost = self.queues.clear() + self.bulk_queues.clear()
         if lost:
             self.owner.dropped(self, lost, "connection closed")
@@ -533,6 +542,23 @@ class PeerConnection(Protocol):
                 self._bulk_write = self._bulk.write
 
     # -- handover (doc/protocol.md §5b) -----------------------------------------------
+
+    def adopt(self, frames: list[tuple[int, bytes, bytes]]) -> None:
+        """
+        Send the messages another connection to the peer had queued and did
+        not send before it ended (this one carries on for it), ahead of
+        anything sent from now on, each on its priority's lane.
+        """
+        if not frames or not self.connected:
+            return
+        now = self.clock.seconds()
+        for priority, header, payload in frames:
+            queues = self.bulk_queues if priority >= 2 and self._bulk is not None else self.queues
+            queues.push(priority, header, payload, now)
+        self._direct = self._direct_bulk = False  # nothing may overtake them
+        if not self._paused:
+            self._drain()
+        self._update_direct()
 
     @property
     def lanes(self) -> int:

@@ -186,6 +186,30 @@ class SendQueues:
         self.count -= count
         return taken[0] if len(taken) == 1 else b"".join(taken)
 
+    def take_frames_of(self, ftype: int) -> list[tuple[int, bytes, bytes]]:
+        """
+        Take the queued frames of type C{ftype} (a frame's fifth byte) out,
+        most urgent first and in order within a priority, each as
+        C{(priority, header, payload)} (a small frame whole, as its header,
+        with an empty payload).  Frames of other types stay queued, in order.
+        """
+        found: list[tuple[int, bytes, bytes]] = []
+        rest: list[tuple[int, bytes, bytes, float]] = []
+        for priority in self._priorities:
+            for run in self._queues[priority]:
+                pieces = [tuple(run.frames)] if run.split else [(f, b"") for f in run.frames[run.start:]]
+                for header, payload in pieces:
+                    if header[4] == ftype:
+                        found.append((priority, header, payload))
+                    else:
+                        rest.append((priority, header, payload, run.time))
+            self._queues[priority].clear()
+        self._priorities.clear()
+        self.size = self.count = 0
+        for priority, header, payload, time in rest:
+            self.push(priority, header, payload, time)
+        return found
+
     def clear(self) -> list[Dropped]:
         """Empty everything (the connection ended); report what was lost."""
         return [self._remove(p) for p in list(self._priorities)]

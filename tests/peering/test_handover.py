@@ -116,6 +116,29 @@ class HandoverTests(TestCase):
         yield wait_for(lambda: self.counter.seen.get(0) == [7])
 
     @defer.inlineCallbacks
+    def test_what_the_dead_path_had_not_sent_goes_on_the_standby(self):
+        a, b, ib, old_a, old_b = yield self.connected(True)
+        address = [x for x in ib.public.addresses if x.transport == "tcp"][0]
+        yield a.dialer.dial(address, Purpose(), expected=b.peer_id)
+        yield wait_for(lambda: a.events.named("path_changed") and b.events.named("path_changed"))
+        direct = a.peers.active[b.peer_id]
+        direct.pauseProducing()  # its transport takes no more (a path that went dark): sends queue
+        for n in range(50):
+            for priority in (0, 1, 2):
+                a.send(b.peer_id, struct.pack("!BI", priority, n) + b"y" * 300, priority)
+        self.assertEqual(direct.queues.count, 150)
+        direct.transport.abortConnection()  # the direct path dies with them queued
+        yield wait_for(lambda: a.peers.active.get(b.peer_id) is old_a)
+        a.send(b.peer_id, struct.pack("!BI", 0, 50), 0)  # after the move back: behind them
+        yield wait_for(lambda: len(self.counter.seen.get(0, [])) == 51 and len(self.counter.seen.get(1, [])) == 50
+                       and len(self.counter.seen.get(2, [])) == 50)
+        self.assertEqual(self.counter.seen[0], list(range(51)))
+        self.assertEqual(self.counter.seen[1], list(range(50)))
+        self.assertEqual(self.counter.seen[2], list(range(50)))
+        self.assertEqual(a.events.named("message_dropped"), [])
+        self.assertEqual(a.events.named("lost_peer"), [])
+
+    @defer.inlineCallbacks
     def test_no_handover_between_two_direct_connections(self):
         a, b, ib, old_a, old_b = yield self.connected(True)
         old_a.path = old_b.path = PathInfo("direct", "tcp")

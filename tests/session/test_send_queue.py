@@ -111,3 +111,33 @@ class SendQueuesTests(SynchronousTestCase):
         q.push(3, frame(DATA, big)[:5], big, 0.0)
         self.assertIs(q._queues[3][0].frames[1], big)
         self.assertEqual(payloads(q.take(1 << 20)), [big])
+
+
+class TakeFramesOfTests(SynchronousTestCase):
+    """What a connection that ended hands its heir: its queued DATA frames, in order, nothing else."""
+
+    def test_data_frames_in_order_control_frames_left_behind(self):
+        q = SendQueues(60)
+        big = b"B" * RUN_BYTES  # a run of its own, header and payload apart
+        q.push(2, frame(DATA, b"c1")[:5], b"c1", 0)
+        q.push(0, frame(0x30, b"ctl"), b"", 0)  # a control frame queued whole
+        q.push(0, frame(DATA, b"a1")[:5], b"a1", 0)
+        q.push(2, frame(DATA, big)[:5], big, 0)
+        q.push(1, frame(DATA, b"b1")[:5], b"b1", 0)
+        q.push(2, frame(DATA, b"c2")[:5], b"c2", 0)
+        taken = q.take_frames_of(DATA)
+        self.assertEqual([(p, payloads(h + d)[0]) for p, h, d in taken],
+                         [(0, b"a1"), (1, b"b1"), (2, b"c1"), (2, big), (2, b"c2")])
+        self.assertEqual((q.count, q.most_urgent), (1, 0))  # the control frame stays, to be reported
+        self.assertEqual(q.clear(), [Dropped(0, 1, len(frame(0x30, b"ctl")) - 5)])
+        again = SendQueues(60)  # and they queue as they were
+        for p, h, d in taken:
+            again.push(p, h, d, 0)
+        self.assertEqual(payloads(again.take(10 * RUN_BYTES)), [b"a1", b"b1", b"c1", big, b"c2"])
+
+    def test_what_was_taken_already_is_not_taken_again(self):
+        q = SendQueues(60)
+        for data in (b"x1", b"x2", b"x3"):
+            q.push(0, frame(DATA, data)[:5], data, 0)
+        self.assertEqual(payloads(q.take(1)), [b"x1"])  # one frame went out
+        self.assertEqual([payloads(h + d)[0] for _, h, d in q.take_frames_of(DATA)], [b"x2", b"x3"])

@@ -32,7 +32,7 @@ from crust.errors import ConnectFailed, HandshakeRefused
 from crust.identity import PeerId
 from crust.session.purpose import Purpose
 from crust.roles import Role
-from crust.wire import Intent, RejectReason
+from crust.wire import CloseReason, Intent, RejectReason
 
 if TYPE_CHECKING:
     from crust.session.connection import PeerConnection
@@ -49,6 +49,12 @@ class PeerDroppedBootstrap(ConnectFailed):
     the peer then dropped (its bootstrap had won elsewhere): we are not
     connected to it, but a new request may well be granted.
     """
+
+
+def _closed_as_duplicate(reason: str) -> bool:
+    """Whether a connection's end C{reason} says it was closed as a duplicate of another (ours or the peer's)."""
+    duplicate = CloseReason.DUPLICATE.value
+    return reason.startswith(f"{duplicate}:") or reason.startswith(f"peer closed: {duplicate}")
 
 
 class BootstrapRequest(Purpose):
@@ -85,7 +91,9 @@ class BootstrapRequest(Purpose):
 
     def lost(self, conn: "PeerConnection", reason: str) -> None:
         if not self.result.called:
-            self._settle(conn, reason, dropped=False)
+            # closed as a duplicate (by us or the peer): the peer had another connection to us then, and if
+            # none is left when the close is done, it dropped that one meanwhile
+            self._settle(conn, reason, dropped=_closed_as_duplicate(reason))
 
     def _settle(self, conn: "PeerConnection", reason: str, dropped: bool) -> None:
         """

@@ -144,6 +144,44 @@ class ConcurrentBootstrapTests(SynchronousTestCase):
         self.assertIs(self.table.usable(self.b), again)
         self.assertEqual(self.events, [("bootstrap_connect", self.b, B_ADDRESS)])
 
+    def test_the_peer_drops_its_request_before_ours_has_closed(self) -> None:
+        """
+        The same race, with B's CLOSE of its request reaching A before A's own
+        request, closed as its duplicate, has finished closing: when A's
+        request ends, A is connected to B through nothing, and must ask again
+        (it used to report the duplicate as the candidate's failure).
+        """
+        self.make(a_chooses=True)
+        theirs = self.peer_request()
+        self.assertEqual(sent(theirs), [FrameType.HELLO, FrameType.GRANT, FrameType.CHOOSE])
+        self.granted(self.ours)
+        self.assertTrue(self.ours.closing)  # closed as a duplicate of B's request...
+        theirs.dataReceived(encode_close(CloseReason.DUPLICATE, "another connection to this peer was chosen"))
+        lose(theirs)  # ... which B drops before A's close is done
+        lose(self.ours)
+        self.assertFalse(self.connected())
+        self.assertNoResult(self.result)
+        self.assertEqual(len(self.dialer.made), 2)  # asked again
+        again = self.dialer.made[1]
+        again.handshake.tls_complete(self.b)
+        self.granted(again)
+        self.assertEqual(self.successResultOf(self.result), self.b)
+        self.assertIs(self.table.usable(self.b), again)
+
+    def test_the_peer_closes_ours_as_a_duplicate_of_a_request_it_then_dropped(self) -> None:
+        """
+        B is the chooser: it closes A's request as a duplicate of its own,
+        which it drops before choosing it.  A asks again.
+        """
+        self.make(a_chooses=False)
+        theirs = self.peer_request()
+        self.ours.dataReceived(encode_close(CloseReason.DUPLICATE, "another connection to this peer was chosen"))
+        lose(self.ours)
+        theirs.dataReceived(encode_close(CloseReason.DUPLICATE, "another connection to this peer was chosen"))
+        lose(theirs)
+        self.assertNoResult(self.result)
+        self.assertEqual(len(self.dialer.made), 2)
+
     def test_the_peer_keeps_its_request(self) -> None:
         """B answers on its request: it holds it active, and A counts it as its bootstrap."""
         theirs = self.race_lost_by_our_request()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Protocol, U
 from twisted.application.service import Service as _TwistedService
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from crust.address import Address
@@ -153,6 +153,9 @@ class Bootstrapper:
     """
 
     log = Logger()
+    #: a failure that repeats the one last warned about within this many seconds is logged at debug level
+    #: (a node that bootstraps again and again while its seed is down says so once, not every minute)
+    REPEAT_QUIET = 600.0
 
     def __init__(self, *, peer_id: PeerId, clock: Any, config: Callable[[], Config], dialer: "Dialer",
                  table: "PeerTable", emit: Callable[..., None], cache: Optional[BootstrapCache],
@@ -172,6 +175,7 @@ class Bootstrapper:
         self.held_role: Optional[Role] = None  # the role we hold on the network, once bootstrapped
         self.role_reason = "not bootstrapped yet"
         self._client_reason = ""
+        self._warned: Optional[tuple[str, float]] = None  # the failure last warned about, and when
         table.listen(self)
 
     # -- PeerListener: every peer we dialled and reached is directly reachable -----
@@ -249,7 +253,8 @@ class Bootstrapper:
             our_peer_id=self.peer_id,
             transports=tuple(self._transports()),
         )
-        self.log.info(
+        self.log.emit(
+            LogLevel.debug if self._warned is not None else LogLevel.info,  # quiet while failing again and again
             "bootstrapping as {role} from {count} candidate(s): {candidates}",
             role=str(role), count=len(candidates), candidates=", ".join(map(str, candidates[:10])),
         )
@@ -321,13 +326,20 @@ class Bootstrapper:
             self.role_reason, self._client_reason = self._client_reason, ""
         else:
             self.role_reason = f"bootstrapped to {peer_id.short()} as a {role}"
+        self._warned = None
         self.log.info("bootstrapped to {peer} at {address} as a {role}", peer=str(peer_id), address=str(address),
                       role=str(role))
         self._emit("bootstrap_connect", peer_id, address)
         return peer_id
 
     def _failed(self, failure: Failure) -> Failure:
-        self.log.warn("bootstrap failed: {reason}", reason=str(failure.value))
+        reason, now = str(failure.value), self.clock.seconds()
+        warned = self._warned
+        if warned is not None and warned[0] == reason and now - warned[1] < self.REPEAT_QUIET:
+            self.log.debug("{reason} (again)", reason=reason)
+        else:
+            self.log.warn("{reason}", reason=reason)
+            self._warned = (reason, now)
         self._emit("bootstrap_failed", failure.value)
         return failure
 

@@ -142,14 +142,12 @@ class BootstrapKeeper(CrustObserver):
             return
         self.failures += 1
         if self.max_delay <= 0:
-            self.state = IDLE
-            self.log.warn("bootstrap failed: {reason}", reason=failure.getErrorMessage())
+            self.state = IDLE  # (the bootstrapper warned of the failure itself)
             return
         delay = self._schedule(self.delay(self.failures))
-        if self.failures == 1:
-            self.log.warn("bootstrap failed: {reason}; trying again in {delay:.1f} s, then at most every "
-                          "{max:g} s until a peer answers", reason=failure.getErrorMessage(), delay=delay,
-                          max=self.max_delay)
+        if self.failures == 1:  # (the bootstrapper warned of the failure itself)
+            self.log.info("no peer answered: bootstrapping again in {delay:.1f} s, then at most every {max:g} s "
+                          "until one does", delay=delay, max=self.max_delay)
         else:
             self.log.debug("bootstrap attempt {n} failed: {reason}; next in {delay:.1f} s", n=self.failures,
                            reason=failure.getErrorMessage(), delay=delay)

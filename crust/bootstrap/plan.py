@@ -408,7 +408,7 @@ class BootstrapAttempt:
 
     def _fail(self, reason: BootstrapFailed) -> None:
         self.state = State.FAILED
-        log.warn("{summary}", summary=reason.summary)
+        log.debug("{summary}", summary=reason.summary)  # the caller says it (the bootstrapper, once)
         self.callbacks.failed(reason)
 
     def _cancel_all(self) -> None:

@@ -9,7 +9,9 @@ connection only once B holds it too, and ask B again if B dropped it: a
 bootstrap never reports a peer the node is not connected to.
 
 A runs a real L{PeerTable} and L{Bootstrapper}; B is played by hand, frame
-by frame, on L{StringTransport}s.
+by frame, on L{StringTransport}s.  The same harness checks that a bootstrap
+failing the same way again and again (a node retrying while its seed is
+down) warns once, not at every attempt.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ def lose(conn: PeerConnection) -> None:
     conn.connectionLost(Failure(ConnectionDone()))
 
 
-class ConcurrentBootstrapTests(SynchronousTestCase):
+class BootstrapHarness(SynchronousTestCase):
+    """A's table and bootstrapper, B played by hand: what the tests below share."""
 
     def make(self, a_chooses: bool) -> None:
         high, low = ordered_identities()
@@ -121,6 +124,9 @@ class ConcurrentBootstrapTests(SynchronousTestCase):
         self.assertTrue(self.ours.closing)
         lose(self.ours)
         return theirs
+
+
+class ConcurrentBootstrapTests(BootstrapHarness):
 
     def test_the_peer_drops_its_request_after_a_while(self) -> None:
         """
@@ -230,3 +236,55 @@ class ConcurrentBootstrapTests(SynchronousTestCase):
         self.granted(self.ours)
         self.assertEqual(self.successResultOf(self.result), self.b)
         self.assertIs(self.table.usable(self.b), self.ours)
+
+
+class RepeatedFailureLogTests(BootstrapHarness):
+    """A bootstrap that fails the same way again and again warns once (the keeper retries for hours)."""
+
+    def setUp(self) -> None:
+        from twisted.logger import Logger
+
+        self.logged: list[dict] = []
+        self.patch(Bootstrapper, "log", Logger(observer=self.logged.append))
+
+    def levels(self, fragment: str) -> list[str]:
+        from twisted.logger import formatEvent
+
+        return [e["log_level"].name for e in self.logged if fragment in formatEvent(e)]
+
+    def fail_once(self) -> None:
+        conn = self.dialer.made[-1]
+        lose(conn)  # B never answers: the only candidate fails
+        self.failureResultOf(self.result)
+
+    def again(self) -> None:
+        self.result = self.bootstrapper.bootstrap()
+        self.dialer.made[-1].handshake.tls_complete(self.b)
+
+    def test_the_same_failure_is_warned_about_once(self) -> None:
+        self.make(a_chooses=True)
+        self.fail_once()
+        self.again()
+        self.fail_once()
+        self.clock.advance(Bootstrapper.REPEAT_QUIET - 1)
+        self.again()
+        self.fail_once()
+        self.assertEqual(self.levels("all 1 candidates failed"), ["warn", "debug", "debug"])
+        self.assertEqual(self.levels("bootstrapping as node"), ["info", "debug", "debug"])
+        self.assertEqual(len([e for e in self.events if e[0] == "bootstrap_failed"]), 3)  # every one is told
+        self.clock.advance(1)  # long enough: said again
+        self.again()
+        self.fail_once()
+        self.assertEqual(self.levels("all 1 candidates failed")[-1], "warn")
+
+    def test_a_success_ends_the_quiet(self) -> None:
+        self.make(a_chooses=True)
+        self.fail_once()
+        self.again()
+        self.granted(self.dialer.made[-1])
+        self.assertEqual(self.successResultOf(self.result), self.b)
+        self.table.disconnect(self.b)
+        lose(self.dialer.made[-1])
+        self.again()
+        self.fail_once()
+        self.assertEqual(self.levels("all 1 candidates failed"), ["warn", "warn"])

@@ -12,9 +12,10 @@ its rendezvous and its relay.  The keeper tries again:
     together do not come back together), until a peer answers;
   - when the last connected peer is lost, after C{initial_delay} (and the
     jitter);
-  - never while any peer is connected, and never when there is nothing to
+  - never while any peer is connected, never when there is nothing to
     bootstrap from (no contacts, no cached peers, no LAN nodes: the attempt
-    says so by returning None or firing with None).
+    says so by returning None or firing with None), and not after an
+    attempt was cancelled or found the service stopped.
 
 Whatever ends the node's solitude (a retry, a C{crust bootstrap}, a peer
 connecting to us) resets the delay.  The keeper is an observer of the
@@ -27,11 +28,12 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from crust.errors import ServiceNotRunning
 from crust.observer import CrustObserver
 
 #: what L{BootstrapKeeper.state} may be
@@ -139,6 +141,9 @@ class BootstrapKeeper(CrustObserver):
         self._running = None
         if self._peer_count() > 0:
             self._held()  # someone connected to us meanwhile
+            return
+        if failure.check(CancelledError, ServiceNotRunning):
+            self.state = IDLE  # the service stopped (or someone cancelled): nothing to try again for
             return
         self.failures += 1
         if self.max_delay <= 0:

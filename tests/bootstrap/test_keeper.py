@@ -160,6 +160,15 @@ class KeeperTests(SynchronousTestCase):
         self.assertEqual((keeper.state, keeper.failures), (STOPPED, 0))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_a_stopped_service_or_a_cancelled_attempt_is_not_retried(self) -> None:
+        from crust.errors import ServiceNotRunning
+
+        for error in (ServiceNotRunning("the service is not running"), CancelledError()):
+            self.keeper.start()
+            self.attempts.pending.pop(0).errback(error)
+            self.assertEqual((self.keeper.state, self.keeper.failures), (IDLE, 0))
+            self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_an_attempt_that_raises_is_logged_not_fatal(self) -> None:
         def broken() -> Deferred:
             raise RuntimeError("broken")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Optional
 
+from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -77,10 +78,9 @@ class BootstrapKeeper(CrustObserver):
         self._running: Optional[Deferred] = None
 
     def delay(self, failures: int) -> float:
-        """Seconds to wait after C{failures} failed attempts (jitter not included)."""
-        if failures <= 0:
-            return min(self.initial_delay, self.max_delay)
-        return min(self.initial_delay * 2.0 ** min(failures, 64), self.max_delay)
+        """Seconds to wait after C{failures} failed attempts, jitter included (Twisted's L{backoffPolicy})."""
+        jitter = self._jitter
+        return backoffPolicy(self.initial_delay, self.max_delay, 2.0, lambda: max(0.0, float(jitter())))(failures)
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -159,7 +159,6 @@ class BootstrapKeeper(CrustObserver):
 
     def _schedule(self, delay: float) -> float:
         self._cancel_call()
-        delay += max(0.0, float(self._jitter()))
         self.state = WAITING
         self.next_attempt = self._clock.seconds() + delay
         self._call = self._clock.callLater(delay, self._try)

@@ -282,7 +282,6 @@ class Node(MultiService):
         One bootstrap for the keeper (at start, and again while the node has
         no peer); None when there is nothing to bootstrap from.
         """
-        self._start_bootstrap = None
         svc, config = self.service, self.config
         if svc is None or not svc.running_for_peers:
             return None

@@ -51,12 +51,6 @@ class PeerDroppedBootstrap(ConnectFailed):
     """
 
 
-def _closed_as_duplicate(reason: str) -> bool:
-    """Whether a connection's end C{reason} says it was closed as a duplicate of another (ours or the peer's)."""
-    duplicate = CloseReason.DUPLICATE.value
-    return reason.startswith(f"{duplicate}:") or reason.startswith(f"peer closed: {duplicate}")
-
-
 class BootstrapRequest(Purpose):
     """
     The purpose of one connection that asks a peer to be our bootstrap peer:
@@ -93,7 +87,7 @@ class BootstrapRequest(Purpose):
         if not self.result.called:
             # closed as a duplicate (by us or the peer): the peer had another connection to us then, and if
             # none is left when the close is done, it dropped that one meanwhile
-            self._settle(conn, reason, dropped=_closed_as_duplicate(reason))
+            self._settle(conn, reason, dropped=conn.close_code == CloseReason.DUPLICATE.value)
 
     def _settle(self, conn: "PeerConnection", reason: str, dropped: bool) -> None:
         """

@@ -200,6 +200,7 @@ class PeerConnection(Protocol):
         self._verified_info: Optional[CertInfo] = None
         self.tls_verdict: Optional[bool] = None
         self._close_reason: Optional[str] = None  # set when we decide to close
+        self.close_code: Optional[str] = None  # the CloseReason code of the close that ended it (ours or the peer's)
         self._last_sent = 0.0
         self._sent = False  # data went out since the liveness timer last looked
         self._direct = False  # see _update_direct
@@ -769,6 +770,7 @@ class PeerConnection(Protocol):
         self._direct = self._direct_bulk = self._queue_bulk = self._usable = False
         if self._close_reason is None:
             self._close_reason = f"{reason.value}: {detail}" if detail else reason.value
+            self.close_code = reason.value
         if not self.connected:
             return
         if self.handshake.state is not HandshakeState.AWAIT_TLS:
@@ -925,6 +927,7 @@ class PeerConnection(Protocol):
         reason, detail = decode_reason(payload, "CLOSE")
         if self._close_reason is None:
             self._close_reason = f"peer closed: {reason}" + (f" ({detail})" if detail else "")
+            self.close_code = reason
         self.handshake.closed()
         self._lose()
 

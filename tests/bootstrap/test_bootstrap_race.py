@@ -125,6 +125,22 @@ class BootstrapHarness(SynchronousTestCase):
         lose(self.ours)
         return theirs
 
+    def drop(self, conn: PeerConnection) -> None:
+        """B closes C{conn} as a duplicate, and it is gone."""
+        conn.dataReceived(encode_close(CloseReason.DUPLICATE, "another connection to this peer was chosen"))
+        lose(conn)
+
+    def assert_asked_again_and_granted(self) -> None:
+        """A is connected to B through nothing, asked again, and bootstraps off B on that request."""
+        self.assertFalse(self.connected())
+        self.assertNoResult(self.result)
+        self.assertEqual(len(self.dialer.made), 2)  # asked again
+        again = self.dialer.made[1]
+        again.handshake.tls_complete(self.b)
+        self.granted(again)
+        self.assertEqual(self.successResultOf(self.result), self.b)
+        self.assertIs(self.table.usable(self.b), again)
+
 
 class ConcurrentBootstrapTests(BootstrapHarness):
 
@@ -138,16 +154,8 @@ class ConcurrentBootstrapTests(BootstrapHarness):
         self.clock.advance(5.0)
         self.assertNoResult(self.result)
         self.assertEqual(self.events, [])
-        theirs.dataReceived(encode_close(CloseReason.DUPLICATE, "another connection to this peer was chosen"))
-        lose(theirs)
-        self.assertFalse(self.connected())
-        self.assertNoResult(self.result)
-        self.assertEqual(len(self.dialer.made), 2)  # asked again
-        again = self.dialer.made[1]
-        again.handshake.tls_complete(self.b)
-        self.granted(again)
-        self.assertEqual(self.successResultOf(self.result), self.b)
-        self.assertIs(self.table.usable(self.b), again)
+        self.drop(theirs)
+        self.assert_asked_again_and_granted()
         self.assertEqual(self.events, [("bootstrap_connect", self.b, B_ADDRESS)])
 
     def test_the_peer_drops_its_request_before_ours_has_closed(self) -> None:
@@ -162,17 +170,9 @@ class ConcurrentBootstrapTests(BootstrapHarness):
         self.assertEqual(sent(theirs), [FrameType.HELLO, FrameType.GRANT, FrameType.CHOOSE])
         self.granted(self.ours)
         self.assertTrue(self.ours.closing)  # closed as a duplicate of B's request...
-        theirs.dataReceived(encode_close(CloseReason.DUPLICATE, "another connection to this peer was chosen"))
-        lose(theirs)  # ... which B drops before A's close is done
+        self.drop(theirs)  # ... which B drops before A's close is done
         lose(self.ours)
-        self.assertFalse(self.connected())
-        self.assertNoResult(self.result)
-        self.assertEqual(len(self.dialer.made), 2)  # asked again
-        again = self.dialer.made[1]
-        again.handshake.tls_complete(self.b)
-        self.granted(again)
-        self.assertEqual(self.successResultOf(self.result), self.b)
-        self.assertIs(self.table.usable(self.b), again)
+        self.assert_asked_again_and_granted()
 
     def test_the_peer_closes_ours_as_a_duplicate_of_a_request_it_then_dropped(self) -> None:
         """
@@ -181,10 +181,8 @@ class ConcurrentBootstrapTests(BootstrapHarness):
         """
         self.make(a_chooses=False)
         theirs = self.peer_request()
-        self.ours.dataReceived(encode_close(CloseReason.DUPLICATE, "another connection to this peer was chosen"))
-        lose(self.ours)
-        theirs.dataReceived(encode_close(CloseReason.DUPLICATE, "another connection to this peer was chosen"))
-        lose(theirs)
+        self.drop(self.ours)
+        self.drop(theirs)
         self.assertNoResult(self.result)
         self.assertEqual(len(self.dialer.made), 2)
 
@@ -224,8 +222,7 @@ class ConcurrentBootstrapTests(BootstrapHarness):
         self.granted(self.ours)
         theirs.dataReceived(frame(FrameType.CHOOSE))
         self.assertIs(self.table.active.get(self.b), theirs)
-        self.ours.dataReceived(encode_close(CloseReason.DUPLICATE, "another connection to this peer was chosen"))
-        lose(self.ours)
+        self.drop(self.ours)
         self.assertEqual(self.successResultOf(self.result), self.b)
         self.assertIs(self.table.usable(self.b), theirs)
         self.assertEqual(self.events, [("bootstrap_connect", self.b, B_ADDRESS)])

@@ -101,12 +101,17 @@ class HandoverTests(TestCase):
             yield b.stopService()
 
     @defer.inlineCallbacks
-    def test_back_to_the_relayed_connection_when_the_direct_one_dies(self):
+    def moved_to_direct(self):
+        """Connected relayed, then moved to a direct connection (the relayed one kept as a standby)."""
         a, b, ib, old_a, old_b = yield self.connected(True)
         address = [x for x in ib.public.addresses if x.transport == "tcp"][0]
         yield a.dialer.dial(address, Purpose(), expected=b.peer_id)
         yield wait_for(lambda: a.events.named("path_changed") and b.events.named("path_changed"))
-        direct = a.peers.active[b.peer_id]
+        return a, b, old_a, old_b, a.peers.active[b.peer_id]
+
+    @defer.inlineCallbacks
+    def test_back_to_the_relayed_connection_when_the_direct_one_dies(self):
+        a, b, old_a, old_b, direct = yield self.moved_to_direct()
         self.assertIsNot(direct, old_a)
         direct.transport.abortConnection()  # the direct path dies
         yield wait_for(lambda: a.peers.active.get(b.peer_id) is old_a and b.peers.active.get(a.peer_id) is old_b)
@@ -117,11 +122,7 @@ class HandoverTests(TestCase):
 
     @defer.inlineCallbacks
     def test_what_the_dead_path_had_not_sent_goes_on_the_standby(self):
-        a, b, ib, old_a, old_b = yield self.connected(True)
-        address = [x for x in ib.public.addresses if x.transport == "tcp"][0]
-        yield a.dialer.dial(address, Purpose(), expected=b.peer_id)
-        yield wait_for(lambda: a.events.named("path_changed") and b.events.named("path_changed"))
-        direct = a.peers.active[b.peer_id]
+        a, b, old_a, old_b, direct = yield self.moved_to_direct()
         direct.pauseProducing()  # its transport takes no more (a path that went dark): sends queue
         for n in range(50):
             for priority in (0, 1, 2):

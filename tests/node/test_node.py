@@ -500,13 +500,19 @@ class NodeRebootstrapTests(TestCase):
         return HardCodedContact(seed.peer_id, address)
 
     @inlineCallbacks
+    def seed_not_up(self, root: Path):
+        """The contact of a seed (in C{root}/seed) that is not running: it ran once, for its identity and port."""
+        seed = self.start_node("seed", root, cleanup=False)
+        contact = self.seed_contact(seed)
+        yield seed.stopService()
+        return contact
+
+    @inlineCallbacks
     def test_bootstraps_once_its_seed_is_up(self):
         from tests.util import wait_for
 
         root = temp_dir(self)
-        seed = self.start_node("seed", root, cleanup=False)
-        contact = self.seed_contact(seed)
-        yield seed.stopService()
+        contact = yield self.seed_not_up(root)
         node = self.start_node("node", root, hard_coded_contacts=(contact,), bootstrap_retry_max=1.0)
         yield wait_for(lambda: node.keeper.failures >= 2, timeout=20)  # refused, and refused again
         self.assertIsNone(node.service.bootstrapped_to)
@@ -543,9 +549,7 @@ class NodeRebootstrapTests(TestCase):
         from tests.util import sleep, wait_for
 
         root = temp_dir(self)
-        seed = self.start_node("seed", root, cleanup=False)
-        contact = self.seed_contact(seed)
-        yield seed.stopService()
+        contact = yield self.seed_not_up(root)
         node = self.start_node("node", root, hard_coded_contacts=(contact,), bootstrap_retry_max=0.0)
         yield wait_for(lambda: node.keeper.failures == 1)
         self.start_node("seed", root, listen_port=contact.address.port)

@@ -187,6 +187,14 @@ class ValidationTests(unittest.TestCase):
                 self.assertIn(f"my.json: {field}: ", str(e))
                 self.assertIn(value_text, str(e))
 
+    def test_bootstrap_retry_max_zero_or_more_seconds(self) -> None:
+        self.assertEqual(parse_config('{"bootstrap_retry_max": 0}', "my.json").bootstrap_retry_max, 0.0)
+        for bad in ("-1", "true", '"60"', "700000"):
+            e = self.assertRaises(ConfigFileError, parse_config, '{"bootstrap_retry_max": %s}' % bad, "my.json")
+            self.assertEqual(e.field, "bootstrap_retry_max")
+        self.assertRaises(ValueError, Config, bootstrap_retry_max=-1.0)
+        self.assertRaises(ValueError, Config, bootstrap_retry_max=float("inf"))
+
     def test_quic_dial_delay_may_be_zero_not_over_the_connect_timeout(self) -> None:
         self.assertEqual(parse_config('{"quic_dial_delay": 0}', "my.json").quic_dial_delay, 0.0)
         self.assertRaises(ConfigError, parse_config, '{"quic_dial_delay": 40, "connect_timeout": 30}', "my.json")
@@ -230,7 +238,7 @@ class ValidationTests(unittest.TestCase):
 
     @examples(200)
     @given(hostile_json({"listen_port": 4000, "enable_tcp": True, "stun_servers": ["udp:1.2.3.4:3478"],
-                         "relay_limits": {"max_sessions": 4}, "_comment": ["x"]}))
+                         "relay_limits": {"max_sessions": 4}, "bootstrap_retry_max": 60.0, "_comment": ["x"]}))
     def test_hostile(self, doc: bytes) -> None:
         only_refused(self, lambda: parse_config(doc), ConfigFileError)
 

@@ -623,7 +623,7 @@ class ControlProtocol(Protocol):
     def _oversize(self) -> None:
         limit = self.factory.max_request
         self.log.warn("control request over {limit} bytes; closing that control connection", limit=limit)
-        config = getattr(getattr(self.factory, "node", None), "config", None)
+        config = getattr(self.factory.node, "config", None)  # (a node not prepared yet has none)
         hint = ""
         if config is not None:  # what makes a request this long: a message to send
             hint = f" (a message is at most {config.max_message_size} bytes: max_message_size)"

@@ -78,7 +78,7 @@ class BootstrapKeeper(CrustObserver):
         self._running: Optional[Deferred] = None
 
     def delay(self, failures: int) -> float:
-        """Seconds to wait after C{failures} failed attempts, jitter included (Twisted's L{backoffPolicy})."""
+        """Seconds to wait after C{failures} failed attempts, jitter included (Twisted's C{backoffPolicy})."""
         jitter = self._jitter
         return backoffPolicy(self.initial_delay, self.max_delay, 2.0, lambda: max(0.0, float(jitter())))(failures)
 
